@@ -1,0 +1,57 @@
+"""One clock for everything that waits: the limiter, retry back-off, the engine.
+
+Production code uses :class:`LoopClock`, which is the running event loop's own clock
+(``loop.time()`` / ``loop.call_at``). Tests inject :class:`asyncingest.testing.FakeClock`,
+whose time only moves when the test (or its auto-advance driver) says so, so limiter and
+retry tests run in fake time and finish in milliseconds.
+
+Wall-clock time (``wall()``) is only used to interpret HTTP-date ``Retry-After`` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The time source every waiting component takes."""
+
+    def time(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    def wall(self) -> float:
+        """Seconds since the epoch (for HTTP-date headers only)."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` (in the event loop) once ``time() >= when``."""
+        ...
+
+    async def sleep(self, delay: float) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's clock. Stateless, so one instance may serve any loop."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        return asyncio.get_running_loop().call_at(when, callback)
+
+    async def sleep(self, delay: float) -> None:
+        await asyncio.sleep(max(0.0, delay))
+
+    def __repr__(self) -> str:
+        return "LoopClock()"
