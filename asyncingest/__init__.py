@@ -1,0 +1,103 @@
+"""asyncingest: pull data out of rate-limited HTTP APIs into Parquet.
+
+Everything a user may import is re-exported here; the ``_modules`` are private.
+See docs/architecture.md for the data flow.
+"""
+
+from ._clock import Clock, LoopClock
+from ._config import (
+    ApiConfig,
+    AuthConfig,
+    ConcurrencyConfig,
+    CursorPagination,
+    EndpointConfig,
+    ForEach,
+    FromFile,
+    HttpConfig,
+    LinkHeaderPagination,
+    NextUrlPagination,
+    NoPagination,
+    OffsetPagination,
+    OutputConfig,
+    PagePagination,
+    PipelineConfig,
+    RateWindow,
+    RetryConfig,
+)
+from ._engine import Engine, run
+from ._errors import AsyncIngestError, ConfigError, Problem
+from ._events import (
+    EndpointFinished,
+    EndpointStarted,
+    Event,
+    EventBus,
+    FileCommitted,
+    JobsQueued,
+    RecordsRejected,
+    RecordsWritten,
+    RequestFailed,
+    RequestFinished,
+    RequestRetried,
+    RunFinished,
+    RunStarted,
+    Subscriber,
+)
+from ._limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
+from ._loading import config_from_dict, load_config
+from ._result import EndpointSummary, RunResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiConfig",
+    # errors
+    "AsyncIngestError",
+    "AuthConfig",
+    "Clock",
+    "ConcurrencyConfig",
+    "ConcurrencyLimit",
+    "ConfigError",
+    "CursorPagination",
+    "EndpointConfig",
+    "EndpointFinished",
+    "EndpointStarted",
+    "EndpointSummary",
+    # running a pipeline
+    "Engine",
+    # events
+    "Event",
+    "EventBus",
+    "FileCommitted",
+    "ForEach",
+    "FromFile",
+    "HttpConfig",
+    "JobsQueued",
+    "Limits",
+    "LinkHeaderPagination",
+    "LoopClock",
+    "NextUrlPagination",
+    "NoPagination",
+    "OffsetPagination",
+    "OutputConfig",
+    "PagePagination",
+    # config models
+    "PipelineConfig",
+    "Problem",
+    "RateWindow",
+    "RecordsRejected",
+    "RecordsWritten",
+    "RequestFailed",
+    "RequestFinished",
+    "RequestRetried",
+    "RetryConfig",
+    "RunFinished",
+    "RunResult",
+    "RunStarted",
+    # limits and time
+    "SlidingWindowLimiter",
+    "Subscriber",
+    "__version__",
+    "config_from_dict",
+    "load_config",
+    "run",
+]

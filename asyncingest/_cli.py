@@ -1,0 +1,170 @@
+"""``python -m asyncingest``: a thin layer over the public API.
+
+Exit codes: 0 everything fetched and written; 1 finished, but some requests or records
+failed (the summary names them); 2 bad config or usage; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from ._config import PipelineConfig
+from ._display import LiveDisplay, PlainDisplay, summary_table
+from ._engine import Engine
+from ._errors import ConfigError
+from ._events import Subscriber
+from ._loading import load_config
+from ._plan import describe_plan
+from ._result import RunResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEMO_CONFIG = Path(__file__).parent / "_demo" / "demo.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m asyncingest",
+        description="Pull data out of rate-limited HTTP APIs into Parquet.",
+        epilog="Exit codes: 0 all fetched; 1 finished with failures; 2 bad config or usage.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a pipeline config", description="Run a pipeline config.")
+    run.add_argument("config", help="pipeline config (YAML or JSON)")
+    _run_options(run)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a config value, e.g. --set api.concurrency.requests_per_endpoint=32 "
+        "or --set endpoints.laps.params.limit=50 (repeatable)",
+    )
+
+    val = sub.add_parser(
+        "validate",
+        help="check a config and print the plan",
+        description="Check a config: print every problem (exit 2) or the plan.",
+    )
+    val.add_argument("config")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the bundled demo against the bundled mock API",
+        description="Start the mock API on a free loopback port and run the demo "
+        "config against it. No network needed.",
+    )
+    _run_options(demo)
+
+    mock = sub.add_parser(
+        "mock-api",
+        help="serve the bundled mock API",
+        description="Serve the bundled mock API until interrupted.",
+    )
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8000)
+    mock.add_argument("--preset", choices=["demo", "small"], default="demo")
+    mock.add_argument("--seed", type=int, default=None)
+    mock.add_argument("--latency-ms", type=float, default=None, help="fixed latency per request")
+    mock.add_argument(
+        "--fault-rate", type=float, default=None, help="share of requests given a fault"
+    )
+    mock.add_argument(
+        "--rate-limit",
+        action="append",
+        default=[],
+        metavar="N/SECONDS",
+        help="server-side sliding window, e.g. 170/10 (repeatable)",
+    )
+    mock.add_argument(
+        "--token", default=None, help="require this token (bearer, X-API-Key or api_key)"
+    )
+    return p
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--output", "-o", default=None, help="output directory (default: output.directory)"
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        if args.command == "validate":
+            cfg = load_config(args.config, args.overrides)
+            Console(soft_wrap=True).print(describe_plan(cfg, source=args.config))
+            return EXIT_OK
+        if args.command == "run":
+            cfg = load_config(args.config, args.overrides)
+            result = asyncio.run(_run(cfg, args.output, args.quiet, console))
+            return _finish(result, console)
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            result = asyncio.run(
+                run_demo(args.output, lambda cfg: _run(cfg, None, args.quiet, console, "demo"))
+            )
+            return _finish(result, console)
+        if args.command == "mock-api":
+            from ._mockapi_cli import serve_from_args
+
+            asyncio.run(serve_from_args(args, console))
+            return EXIT_OK
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+async def _run(
+    cfg: PipelineConfig,
+    output: str | None,
+    quiet: bool,
+    console: Console,
+    title: str = "asyncingest",
+) -> RunResult:
+    subscribers: list[Subscriber] = []
+    if quiet:
+        return await Engine(cfg, output=output).run()
+    if console.is_terminal:
+        with LiveDisplay(console, title) as live:
+            subscribers.append(live)
+            return await Engine(cfg, output=output, subscribers=subscribers).run()
+    subscribers.append(PlainDisplay(console.file))
+    return await Engine(cfg, output=output, subscribers=subscribers).run()
+
+
+def _finish(result: RunResult, console: Console) -> int:
+    console.print(summary_table(result))
+    for e in result.endpoints:
+        if not e.ok:
+            console.print(
+                f"[red]{e.name}[/]: {e.failed_requests} failed requests, "
+                f"{e.records_rejected} rejected records",
+                highlight=False,
+            )
+            for reason in e.first_errors:
+                console.print(f"    {reason}", highlight=False, markup=False)
+    if not result.ok:
+        console.print(f"dead letters: {Path(result.output) / '_dead_letter'}", highlight=False)
+    console.print(f"output: {Path(result.output).resolve()}", highlight=False)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Frozen events the engine emits; displays, logs and metrics subscribe to them.
+
+The engine never prints. A subscriber is any callable taking an :data:`Event`; it runs
+inline in the event loop, so it must be quick (count, store, schedule), never block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._result import EndpointSummary, RunResult
+
+log = logging.getLogger("asyncingest")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    endpoints: tuple[str, ...]
+    output: str
+    rate_limits: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStarted:
+    endpoint: str
+    parent: str | None
+    total_jobs: int | None  # known up front for file fan-out, else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsQueued:
+    """More work for an endpoint: parent records or input ids arrived."""
+
+    endpoint: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """One attempt got an answer (or failed); ``ok`` is a usable page."""
+
+    endpoint: str
+    status: int | None
+    attempt: int
+    ok: bool
+    duration: float
+    limiter_wait: float
+    nbytes: int
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRetried:
+    endpoint: str
+    url: str  # secrets redacted
+    reason: str
+    attempt: int
+    wait: float
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A request gave up after its retries; its work is recorded as a dead letter."""
+
+    endpoint: str
+    url: str  # secrets redacted
+    reason: str
+    attempts: int
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsRejected:
+    endpoint: str
+    count: int
+    reason: str  # the first reason of the batch
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsWritten:
+    endpoint: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileCommitted:
+    """A Parquet file is complete, fsynced and visible under its final name."""
+
+    endpoint: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFinished:
+    summary: EndpointSummary
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    result: RunResult
+
+
+Event = (
+    RunStarted
+    | EndpointStarted
+    | JobsQueued
+    | RequestFinished
+    | RequestRetried
+    | RequestFailed
+    | RecordsRejected
+    | RecordsWritten
+    | FileCommitted
+    | EndpointFinished
+    | RunFinished
+)
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Fan an event out to every subscriber; a failing subscriber never breaks the run."""
+
+    __slots__ = ("_subscribers",)
+
+    def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
+        self._subscribers = list(subscribers)
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def emit(self, event: Event) -> None:
+        for sub in self._subscribers:
+            try:
+                sub(event)
+            except Exception:  # a display bug must not lose data
+                log.exception("event subscriber %r failed on %s", sub, type(event).__name__)
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def __repr__(self) -> str:
+        return f"EventBus({len(self._subscribers)} subscribers)"

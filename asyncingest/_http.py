@@ -1,0 +1,218 @@
+"""The HTTP layer: one aiohttp session, one request at a time, every failure classified.
+
+It owns the things that keep secrets and the process safe:
+
+* credentials (bearer, API-key header or query parameter) are attached only to URLs on the
+  configured origin (scheme, host, port); a next-page link or a redirect to another host
+  gets the request without them;
+* redirects are followed here (at most 5), not by aiohttp, so that rule holds on every hop;
+* the whole request, body included, runs under the total deadline, and a gap between body
+  chunks longer than ``read_timeout`` fails it, so a trickling body cannot hang a worker;
+* bodies larger than ``max_body_bytes`` are refused (from Content-Length, or while reading).
+
+``fetch`` never raises for network trouble: it returns a ``Response`` or a ``Failure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from ._config import ApiConfig
+from ._request import Request
+from ._retry import FailureKind
+
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    url: URL
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    kind: FailureKind
+    detail: str
+    status: int | None = None
+    retry_after: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+def origin(url: URL) -> tuple[str, str, int]:
+    scheme = (url.scheme or "").lower()
+    return (scheme, (url.host or "").lower(), url.port or (443 if scheme == "https" else 80))
+
+
+class Credentials:
+    """The secret and where it goes. ``repr`` and ``str`` never show it."""
+
+    __slots__ = ("_kind", "_name", "_secret")
+
+    def __init__(self, kind: str, name: str | None, secret: str) -> None:
+        self._kind, self._name, self._secret = kind, name, secret
+
+    def apply(self, headers: dict[str, str], params: list[tuple[str, str]]) -> None:
+        if self._kind == "bearer":
+            headers["Authorization"] = f"Bearer {self._secret}"
+        elif self._kind == "header":
+            headers[self._name or "X-API-Key"] = self._secret
+        else:
+            params.append((self._name or "api_key", self._secret))
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    @property
+    def query_param(self) -> str | None:
+        return self._name if self._kind == "query" else None
+
+    def __repr__(self) -> str:
+        return f"Credentials({self._kind}, ***)"
+
+    __str__ = __repr__
+
+
+class HttpClient:
+    """An aiohttp session configured from ``ApiConfig``. Use as an async context manager."""
+
+    def __init__(self, api: ApiConfig, credentials: Credentials | None = None) -> None:
+        self.api = api
+        self.credentials = credentials
+        self._origin = origin(URL(str(api.base_url)))
+        self._session: aiohttp.ClientSession | None = None
+        h = api.http
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=h.connect_timeout,
+            sock_connect=h.connect_timeout,
+            sock_read=h.read_timeout,
+        )
+        self._headers = {"User-Agent": h.user_agent, "Accept": "application/json", **api.headers}
+
+    async def __aenter__(self) -> HttpClient:
+        h = self.api.http
+        # True: the default context (certificates verified); False: verification off.
+        ssl_ctx: ssl.SSLContext | bool = bool(h.verify_tls)
+        connector = aiohttp.TCPConnector(
+            limit=h.max_connections,
+            limit_per_host=h.max_connections_per_host,
+            ssl=ssl_ctx,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            raise_for_status=False,
+            auto_decompress=True,
+            trust_env=False,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret (and its query parameter value) removed."""
+        return self.credentials.redact(text) if self.credentials else text
+
+    def display_url(self, request: Request) -> str:
+        return self.redact(str(request.full_url))
+
+    async def fetch(self, request: Request) -> Response | Failure:
+        try:
+            async with asyncio.timeout(self.api.http.total_timeout):
+                return await self._fetch(request)
+        except TimeoutError:
+            return Failure(
+                FailureKind.TIMEOUT, f"no complete response within {self.api.http.total_timeout:g}s"
+            )
+
+    async def _fetch(self, request: Request) -> Response | Failure:
+        assert self._session is not None, "HttpClient used outside 'async with'"
+        url, params = request.url, list(request.params)
+        method, body = request.method, request.json_body
+        for _hop in range(MAX_REDIRECTS + 1):
+            headers = dict(self._headers)
+            send_params = list(params)
+            if self.credentials is not None and origin(url) == self._origin:
+                self.credentials.apply(headers, send_params)
+            kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
+            if send_params:
+                kwargs["params"] = send_params
+            if body is not None:
+                kwargs["data"] = orjson.dumps(body)
+                headers["Content-Type"] = "application/json"
+            try:
+                async with self._session.request(method, url, **kwargs) as resp:
+                    if resp.status in _REDIRECTS and "Location" in resp.headers:
+                        url = resp.url.join(URL(resp.headers["Location"]))
+                        params = []
+                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                            method, body = "GET", None
+                        continue
+                    return await self._read(resp)
+            except aiohttp.ServerTimeoutError as exc:
+                return Failure(FailureKind.TIMEOUT, self.redact(f"timed out: {exc}"))
+            except aiohttp.ClientPayloadError as exc:
+                kind = FailureKind.TRUNCATED if "length" in str(exc).lower() else FailureKind.RESET
+                return Failure(kind, self.redact(f"body cut short: {exc}"))
+            except aiohttp.ServerDisconnectedError as exc:
+                return Failure(FailureKind.RESET, self.redact(f"server disconnected: {exc}"))
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
+            except aiohttp.ClientResponseError as exc:
+                return Failure(FailureKind.CONNECTION, self.redact(f"bad response: {exc}"))
+        return Failure(FailureKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects", status=310)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> Response | Failure:
+        cap = self.api.http.max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            return Failure(
+                FailureKind.BODY_TOO_LARGE,
+                f"Content-Length {resp.content_length} exceeds max_body_bytes {cap}",
+                status=resp.status,
+            )
+        if resp.content_length is not None:
+            data = await resp.read()
+        else:
+            chunks, size = [], 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > cap:
+                    return Failure(
+                        FailureKind.BODY_TOO_LARGE,
+                        f"body exceeds max_body_bytes {cap}",
+                        status=resp.status,
+                    )
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        if resp.status >= 300:
+            return Failure(
+                FailureKind.HTTP_STATUS,
+                f"HTTP {resp.status}{_snippet(data)}",
+                status=resp.status,
+                retry_after=resp.headers.get("Retry-After"),
+                headers=resp.headers,
+            )
+        return Response(resp.status, resp.headers, data, resp.url)
+
+
+def _snippet(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
+    return f": {text}" if text else ""

@@ -1,0 +1,149 @@
+"""What one request is, and where the records are in what came back.
+
+Pure data and pure functions: no I/O. ``Request`` is built by the engine from an endpoint
+config and a binding (parent record or input id); paginators derive the next ``Request``
+from the current one and its ``Page``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+from yarl import URL
+
+from ._config import EndpointConfig
+
+Record = dict[str, Any]
+
+
+class WrongShape(Exception):
+    """The body parsed, but the records are not where the config says."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    url: URL  # absolute; query parameters live in ``params`` unless the URL came from a link
+    params: tuple[tuple[str, str], ...] = ()
+    json_body: Any = None
+    page: int = 0  # 0-based page index within one walk
+    state: Any = None  # paginator state (offset, page number, cursor)
+
+    def with_params(self, **updates: str) -> Request:
+        merged = dict(self.params)
+        merged.update(updates)
+        return replace(self, params=tuple(merged.items()))
+
+    @property
+    def full_url(self) -> URL:
+        return self.url.update_query(self.params) if self.params else self.url
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A parsed response: the request it answers, its body, headers and records."""
+
+    request: Request
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+    records: list[Record] = field(default_factory=list)
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """Follow a dotted path (``paging.next.after``); ``$`` or ``""`` is the object itself.
+
+    Returns ``None`` when any step is missing.
+    """
+    if path in ("", "$"):
+        return obj
+    for part in path.split("."):
+        if isinstance(obj, Mapping):
+            obj = obj.get(part)
+        elif isinstance(obj, list) and part.lstrip("-").isdigit():
+            idx = int(part)
+            obj = obj[idx] if -len(obj) <= idx < len(obj) else None
+        else:
+            return None
+        if obj is None:
+            return None
+    return obj
+
+
+_MISSING = object()
+
+
+def extract_records(body: Any, path: str) -> list[Record]:
+    """The records at ``path``: a list of objects, or one object (the whole body as a record)."""
+    node: Any = body
+    if path not in ("", "$"):
+        for part in path.split("."):
+            if not isinstance(node, Mapping):
+                raise WrongShape(f"expected an object at '{part}' of '{path}', got {_kind(node)}")
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                raise WrongShape(f"no '{path}' in the response body")
+    if node is None:
+        return []
+    if isinstance(node, list):
+        for item in node:
+            if not isinstance(item, dict):
+                raise WrongShape(f"expected objects in '{path}', got {_kind(item)}")
+        return node
+    if isinstance(node, dict):
+        return [node]
+    raise WrongShape(f"expected a list or an object at '{path}', got {_kind(node)}")
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def render(template: str, variables: Mapping[str, Any], *, in_path: bool) -> str:
+    """Fill ``{placeholders}``; values bound into a path are percent-encoded."""
+    if "{" not in template:
+        return template
+    values = {k: quote(_text(v), safe="") if in_path else _text(v) for k, v in variables.items()}
+    return template.format_map(values)
+
+
+def _render_body(body: Any, variables: Mapping[str, Any]) -> Any:
+    if isinstance(body, str):
+        # A body value that is exactly one placeholder keeps the variable's JSON type.
+        if body.startswith("{") and body.endswith("}") and body[1:-1] in variables:
+            return variables[body[1:-1]]
+        return render(body, variables, in_path=False)
+    if isinstance(body, dict):
+        return {k: _render_body(v, variables) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_render_body(v, variables) for v in body]
+    return body
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def build_request(base_url: URL, endpoint: EndpointConfig, variables: Mapping[str, Any]) -> Request:
+    """The first request of one walk of ``endpoint`` with ``variables`` bound."""
+    path = render(endpoint.path, variables, in_path=True)
+    url = base_url.join(URL(path.lstrip("/"), encoded=True)) if path else base_url
+    params = tuple(
+        (k, render(v, variables, in_path=False) if isinstance(v, str) else _text(v))
+        for k, v in endpoint.params.items()
+    )
+    body = _render_body(endpoint.json_body, variables) if endpoint.json_body is not None else None
+    return Request(method=endpoint.method, url=url, params=params, json_body=body)
+
+
+def base_url_of(raw: str) -> URL:
+    """The base URL with a trailing slash, so that joining keeps its path prefix."""
+    url = URL(raw)
+    return url if url.path.endswith("/") else url.with_path(url.path + "/")

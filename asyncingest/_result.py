@@ -1,0 +1,110 @@
+"""What a run did: per-endpoint counters while it runs, frozen summaries when it ends."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    """Mutable counters owned by one endpoint runner (single event loop, no locks)."""
+
+    name: str
+    jobs: int = 0
+    requests: int = 0
+    retries: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)  # by failure kind
+    failed_requests: int = 0
+    records_received: int = 0
+    records_written: int = 0
+    records_rejected: int = 0
+    nbytes: int = 0
+    limiter_wait: float = 0.0
+    started: float = 0.0
+    finished: float = 0.0
+    files: list[str] = field(default_factory=list)
+    first_errors: list[str] = field(default_factory=list)  # a few reasons, for the summary
+
+    def note_error(self, reason: str) -> None:
+        if len(self.first_errors) < 5:
+            self.first_errors.append(reason)
+
+    def summary(self) -> EndpointSummary:
+        return EndpointSummary(
+            name=self.name,
+            jobs=self.jobs,
+            requests=self.requests,
+            retries=self.retries,
+            statuses=dict(self.statuses),
+            failures=dict(self.failures),
+            failed_requests=self.failed_requests,
+            records_received=self.records_received,
+            records_written=self.records_written,
+            records_rejected=self.records_rejected,
+            nbytes=self.nbytes,
+            limiter_wait=self.limiter_wait,
+            duration=max(0.0, self.finished - self.started),
+            files=tuple(self.files),
+            first_errors=tuple(self.first_errors),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSummary:
+    name: str
+    jobs: int
+    requests: int
+    retries: int
+    statuses: dict[int, int]
+    failures: dict[str, int]
+    failed_requests: int
+    records_received: int
+    records_written: int
+    records_rejected: int
+    nbytes: int
+    limiter_wait: float
+    duration: float
+    files: tuple[str, ...]
+    first_errors: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_requests == 0 and self.records_rejected == 0
+
+    @property
+    def throttled(self) -> int:
+        return self.statuses.get(429, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    run_id: str
+    output: str
+    endpoints: tuple[EndpointSummary, ...]
+    duration: float
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.cancelled and all(e.ok for e in self.endpoints)
+
+    @property
+    def exit_code(self) -> int:
+        """0: everything fetched and written; 1: finished, but something failed."""
+        return 0 if self.ok else 1
+
+    @property
+    def records_written(self) -> int:
+        return sum(e.records_written for e in self.endpoints)
+
+    @property
+    def requests(self) -> int:
+        return sum(e.requests for e in self.endpoints)
+
+    def endpoint(self, name: str) -> EndpointSummary:
+        for e in self.endpoints:
+            if e.name == name:
+                return e
+        raise KeyError(name)
