@@ -101,6 +101,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
+    if not console.is_terminal:
+        # Logs and CI: do not squeeze tables into 80 columns.
+        console = Console(stderr=True, width=max(console.width, 132))
     try:
         if args.command == "validate":
             cfg = load_config(args.config, args.overrides)
@@ -111,12 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(_run(cfg, args.output, args.quiet, console))
             return _finish(result, console)
         if args.command == "demo":
-            from ._demo import run_demo
+            from ._demo import demo_settings, run_demo
 
-            result = asyncio.run(
+            result, server = asyncio.run(
                 run_demo(args.output, lambda cfg: _run(cfg, None, args.quiet, console, "demo"))
             )
-            return _finish(result, console)
+            code = _finish(result, console)
+            limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
+            console.print(
+                f"mock API, as the server counted: {server.requests:,} requests, "
+                f"{server.sent_429:,} 429s, {sum(server.faults.values()):,} injected faults; "
+                f"window {limits}: peak {server.max_in_window}, {server.violations} violations",
+                highlight=False,
+            )
+            return code
         if args.command == "mock-api":
             from ._mockapi_cli import serve_from_args
 

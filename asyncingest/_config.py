@@ -256,9 +256,12 @@ class EndpointConfig(_Model):
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     json_body: dict[str, Any] | None = Field(None, alias="body")
     records: str = Field(
-        "$",
-        description="dotted path of the records in the body; '$' is the body itself "
-        "(a list: each item is a record; an object: the whole body is one record)",
+        "$", description="dotted path of the list of records in the body; '$' is the body itself"
+    )
+    single_record: bool = Field(
+        False,
+        description="the value at 'records' is one object (e.g. the whole body), not a list; "
+        "anything else is a wrong-shaped response",
     )
     primary_key: tuple[str, ...] = ()
     schema_: dict[str, FieldType] | None = Field(None, alias="schema")

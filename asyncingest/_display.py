@@ -115,7 +115,9 @@ def progress_table(model: ProgressModel, title: str = "asyncingest") -> Table:
         "waited",
         "state",
     ):
-        table.add_column(col, justify="left" if col in ("endpoint", "state") else "right")
+        table.add_column(
+            col, justify="left" if col in ("endpoint", "state") else "right", no_wrap=True
+        )
     for row in model.rows.values():
         state = "done" if row.finished else ("waiting" if row.requests == 0 else "running")
         name = f"  {row.name}" if row.parent else row.name
@@ -146,7 +148,7 @@ def summary_table(result: RunResult) -> Table:
         "files",
         "MB",
     ):
-        table.add_column(col, justify="left" if col == "endpoint" else "right")
+        table.add_column(col, justify="left" if col == "endpoint" else "right", no_wrap=True)
     for e in result.endpoints:
         table.add_row(
             e.name,

@@ -192,6 +192,8 @@ class EndpointRunner:
             self.events.emit(
                 RequestFinished(
                     self.name,
+                    request.method,
+                    self.client.display_url(request),
                     status,
                     attempt,
                     ok,
@@ -199,6 +201,7 @@ class EndpointRunner:
                     waited,
                     len(result.body) if isinstance(result, Response) else 0,
                     len(outcome.records) if isinstance(outcome, Page) else 0,
+                    None if isinstance(outcome, Page) else self.client.redact(outcome.detail),
                 )
             )
             if isinstance(outcome, Page):
@@ -238,7 +241,7 @@ class EndpointRunner:
             except orjson.JSONDecodeError as exc:
                 return Failure(FailureKind.MALFORMED_JSON, f"malformed JSON: {exc}", result.status)
         try:
-            records = extract_records(body, self.endpoint.records) if body is not None else []
+            records = extract_records(body, self.endpoint.records, self.endpoint.single_record)
         except WrongShape as exc:
             return Failure(FailureKind.WRONG_SHAPE, f"unexpected body: {exc}", result.status)
         return Page(request, result.status, result.headers, body, records)

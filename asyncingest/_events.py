@@ -45,6 +45,8 @@ class RequestFinished:
     """One attempt got an answer (or failed); ``ok`` is a usable page."""
 
     endpoint: str
+    method: str
+    url: str  # secrets redacted
     status: int | None
     attempt: int
     ok: bool
@@ -52,6 +54,7 @@ class RequestFinished:
     limiter_wait: float
     nbytes: int
     records: int
+    error: str | None = None  # why the attempt was not usable (secrets redacted)
 
 
 @dataclass(frozen=True, slots=True)

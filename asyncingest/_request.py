@@ -76,8 +76,12 @@ def lookup(obj: Any, path: str) -> Any:
 _MISSING = object()
 
 
-def extract_records(body: Any, path: str) -> list[Record]:
-    """The records at ``path``: a list of objects, or one object (the whole body as a record)."""
+def extract_records(body: Any, path: str, single: bool = False) -> list[Record]:
+    """The records at ``path``: a list of objects, or (``single``) exactly one object.
+
+    Anything else raises :class:`WrongShape`, so a response of the wrong shape is retried
+    rather than written as a bogus record.
+    """
     node: Any = body
     if path not in ("", "$"):
         for part in path.split("."):
@@ -86,6 +90,10 @@ def extract_records(body: Any, path: str) -> list[Record]:
             node = node.get(part, _MISSING)
             if node is _MISSING:
                 raise WrongShape(f"no '{path}' in the response body")
+    if single:
+        if isinstance(node, dict):
+            return [node]
+        raise WrongShape(f"expected one object at '{path}', got {_kind(node)}")
     if node is None:
         return []
     if isinstance(node, list):
@@ -93,9 +101,7 @@ def extract_records(body: Any, path: str) -> list[Record]:
             if not isinstance(item, dict):
                 raise WrongShape(f"expected objects in '{path}', got {_kind(item)}")
         return node
-    if isinstance(node, dict):
-        return [node]
-    raise WrongShape(f"expected a list or an object at '{path}', got {_kind(node)}")
+    raise WrongShape(f"expected a list of records at '{path}', got {_kind(node)}")
 
 
 def _kind(v: Any) -> str:

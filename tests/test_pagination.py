@@ -115,7 +115,6 @@ def test_parse_link_header_variants() -> None:
     ("body", "path", "expected"),
     [
         ([{"a": 1}], "$", [{"a": 1}]),
-        ({"a": 1}, "$", [{"a": 1}]),
         ({"results": [{"a": 1}]}, "results", [{"a": 1}]),
         ({"data": {"items": [{"a": 1}, {"a": 2}]}}, "data.items", [{"a": 1}, {"a": 2}]),
         ({"results": None}, "results", []),
@@ -123,6 +122,14 @@ def test_parse_link_header_variants() -> None:
 )
 def test_records_are_found_where_the_config_says(body: Any, path: str, expected: Any) -> None:
     assert extract_records(body, path) == expected
+
+
+def test_a_single_record_body() -> None:
+    assert extract_records({"a": 1}, "$", single=True) == [{"a": 1}]
+    with pytest.raises(WrongShape):
+        extract_records([{"a": 1}], "$", single=True)
+    with pytest.raises(WrongShape):
+        extract_records({"error": "x"}, "$")  # a list was expected
 
 
 @pytest.mark.parametrize(

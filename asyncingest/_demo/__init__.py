@@ -1,0 +1,35 @@
+"""``python -m asyncingest demo``: the bundled demo config against the bundled mock API."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .._config import PipelineConfig
+from .._loading import load_config
+from .._mockapi import MockAPI, MockSettings, MockStats
+from .._result import RunResult
+
+DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
+
+
+def demo_settings() -> MockSettings:
+    """The demo server: a strict 100/s window (the config asks for 90/s), latency, faults."""
+    return MockSettings.demo(rate_limits=((100, 1.0),))
+
+
+async def run_demo(
+    output: str | None,
+    runner: Callable[[PipelineConfig], Awaitable[RunResult]],
+    settings: MockSettings | None = None,
+) -> tuple[RunResult, MockStats]:
+    """Start the mock API on a free loopback port and run the demo config against it.
+
+    Returns the run's result and the server's own counters (requests, 429s, violations).
+    """
+    async with MockAPI(settings or demo_settings()) as api:
+        overrides = [f"api.base_url={api.url}"]
+        if output:
+            overrides.append(f"output.directory={output}")
+        cfg = load_config(DEMO_CONFIG, overrides)
+        return await runner(cfg), api.stats

@@ -1,0 +1,337 @@
+"""End to end against the bundled mock API on loopback: every record exactly once, the
+server's window never exceeded, faults retried to completion, failures accounted for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import asyncingest
+from asyncingest import Event, RequestRetried, RunFinished, config_from_dict
+from asyncingest._mockapi import FAULT_KINDS, MockAPI, MockSettings
+
+from .conftest import assert_same_records, read_records
+
+FAST_RETRY = {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05, "max_retry_after": 5}
+
+F1_ENDPOINTS: list[dict[str, Any]] = [
+    {
+        "name": "meetings",
+        "path": "/v1/meetings",
+        "params": {"year": 2024},
+        "primary_key": "meeting_key",
+    },
+    {
+        "name": "sessions",
+        "path": "/v1/sessions",
+        "params": {"meeting_key": "{meeting_key}"},
+        "for_each": {"endpoint": "meetings", "bind": ["meeting_key"]},
+        "primary_key": "session_key",
+    },
+    {
+        "name": "drivers",
+        "path": "/v1/drivers",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"], "copy": ["meeting_key"]},
+    },
+    {
+        "name": "laps",
+        "path": "/v1/laps",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+        "records": "results",
+        "pagination": {"type": "offset", "limit": 10, "total_path": "total"},
+        "primary_key": ["session_key", "driver_number", "lap_number"],
+        "schema": {
+            "session_key": "int64",
+            "driver_number": "int64",
+            "lap_number": "int64",
+            "lap_duration": "float64",
+            "duration_sector_1": "float64",
+            "duration_sector_2": "float64",
+            "duration_sector_3": "float64",
+            "is_pit_out_lap": "bool",
+            "st_speed": "int64",
+        },
+    },
+    {
+        "name": "weather",
+        "path": "/v1/weather",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+    },
+    {
+        "name": "pit",
+        "path": "/v1/pit",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+    },
+    {
+        "name": "stints",
+        "path": "/v1/stints",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+    },
+    {
+        "name": "race_control",
+        "path": "/v1/race_control",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+        "records": "data.items",
+        "pagination": {"type": "page", "size": 3, "total_pages_path": "meta.total_pages"},
+    },
+    {
+        "name": "team_radio",
+        "path": "/v1/team_radio",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+        "records": "items",
+        "pagination": {"type": "next_url", "next_path": "next"},
+    },
+]
+
+F1_KEYS = {
+    "meetings": ["meeting_key"],
+    "sessions": ["session_key"],
+    "drivers": ["session_key", "driver_number"],
+    "laps": ["session_key", "driver_number", "lap_number"],
+    "weather": ["session_key", "date"],
+    "pit": ["session_key", "driver_number", "lap_number"],
+    "stints": ["session_key", "driver_number", "stint_number"],
+    "race_control": ["session_key", "date"],
+    "team_radio": ["session_key", "driver_number", "date"],
+}
+
+CRM_ENDPOINTS: list[dict[str, Any]] = [
+    {
+        "name": "contacts",
+        "path": "/crm/v3/objects/contacts",
+        "records": "results",
+        "pagination": {"type": "cursor", "cursor_path": "paging.next.after", "limit": 7},
+        "primary_key": "id",
+    },
+    {
+        "name": "engagements",
+        "path": "/crm/v3/objects/engagements",
+        "records": "results",
+        "pagination": {"type": "cursor", "cursor_path": "paging.next.after", "limit": 4},
+        "primary_key": "id",
+    },
+    {
+        "name": "engagement_contacts",
+        "path": "/crm/v4/objects/engagements/{engagement_id}/associations/contacts",
+        "for_each": {
+            "endpoint": "engagements",
+            "bind": {"engagement_id": "id"},
+            "copy": {"engagement_id": "id"},
+        },
+        "records": "results",
+        "concurrency": 5,
+    },
+    {
+        "name": "companies",
+        "path": "/crm/v3/objects/companies",
+        "params": {"limit": 5},
+        "pagination": {"type": "link_header"},
+        "primary_key": "id",
+    },
+]
+
+
+def pipeline(url: str, endpoints: list[dict[str, Any]], out: Path, **api: Any) -> Any:
+    raw = {
+        "api": {"base_url": url, "retry": FAST_RETRY, **api},
+        "output": {"directory": str(out), "row_group_rows": 50, "max_rows_per_file": 120},
+        "endpoints": endpoints,
+    }
+    return config_from_dict(raw)
+
+
+def expected_f1(api: MockAPI) -> dict[str, list[dict[str, Any]]]:
+    d = api.dataset
+    return {name: getattr(d, name) for name in F1_KEYS}
+
+
+async def test_f1_crawl_writes_every_record_exactly_once_under_faults(tmp_path: Path) -> None:
+    settings = MockSettings.small(
+        fault_rate=0.35,
+        fault_kinds=FAULT_KINDS[:-1],  # every fault but slow_body
+        rate_limits=((15, 0.5),),
+    )
+    async with MockAPI(settings) as api:
+        cfg = pipeline(
+            api.url, F1_ENDPOINTS, tmp_path, rate_limits=[{"requests": 15, "per_seconds": 0.5}]
+        )
+        result = await asyncingest.run(cfg)
+        stats = api.stats
+    assert result.ok, [e.first_errors for e in result.endpoints]
+    assert result.exit_code == 0
+    for name, records in expected_f1(api).items():
+        assert_same_records(read_records(tmp_path, name), records, F1_KEYS[name])
+    assert sum(stats.faults.values()) > 10  # faults really happened, and were retried
+    assert sum(e.retries for e in result.endpoints) >= sum(stats.faults.values())
+    assert stats.violations == 0
+    assert stats.max_in_window == [15]  # the budget was used to the limit, never past it
+
+
+async def test_copied_parent_fields_land_in_child_records(tmp_path: Path) -> None:
+    async with MockAPI(MockSettings.small()) as api:
+        result = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS[:3], tmp_path))
+        sessions = {s["session_key"]: s["meeting_key"] for s in api.dataset.sessions}
+    assert result.ok
+    drivers = read_records(tmp_path, "drivers")
+    assert drivers and all(d["meeting_key"] == sessions[d["session_key"]] for d in drivers)
+
+
+async def test_crm_export_with_bearer_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_TOKEN", "s3cret-crm-token")
+    settings = MockSettings.small(token="s3cret-crm-token", fault_rate=0.2)
+    async with MockAPI(settings) as api:
+        cfg = pipeline(
+            api.url, CRM_ENDPOINTS, tmp_path, auth={"type": "bearer", "env": "CRM_TOKEN"}
+        )
+        result = await asyncingest.run(cfg)
+        d, unauthorized = api.dataset, api.stats.unauthorized
+    assert result.ok, [e.first_errors for e in result.endpoints]
+    assert unauthorized == 0
+    assert_same_records(read_records(tmp_path, "contacts"), d.contacts, ["id"])
+    assert_same_records(read_records(tmp_path, "engagements"), d.engagements, ["id"])
+    assert_same_records(read_records(tmp_path, "companies"), d.companies, ["id"])
+    expected = [
+        {"engagement_id": e["id"], **a}
+        for e in d.engagements
+        for a in d.association_records(e["id"])
+    ]
+    got = read_records(tmp_path, "engagement_contacts")
+    assert_same_records(got, expected, ["engagement_id", "toObjectId"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+async def test_fan_out_over_an_input_file(tmp_path: Path, fmt: str) -> None:
+    ids = [str(1000 + 3 * i) for i in range(60)]
+    path = tmp_path / f"ids.{fmt}"
+    if fmt == "csv":
+        path.write_text("name,user_id\n" + "".join(f"n{i},{u}\n" for i, u in enumerate(ids)))
+    elif fmt == "jsonl":
+        path.write_bytes(b"".join(orjson.dumps({"user_id": u}) + b"\n" for u in ids))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"user_id": ids}), path)
+    endpoint = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(path), "column": "user_id"},
+        "concurrency": 8,
+    }
+    async with MockAPI(MockSettings.small(fault_rate=0.2)) as api:
+        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path / "out"))
+        expected = [api.dataset.user(u) for u in ids]
+    assert result.ok
+    assert result.endpoint("users").requests >= len(ids)
+    assert_same_records(read_records(tmp_path / "out", "users"), expected, ["user_id"])  # type: ignore[arg-type]
+
+
+async def test_post_with_a_json_body(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.csv"
+    ids.write_text("user_id\n11\n12\n13\n")
+    endpoint = {
+        "name": "scores",
+        "path": "/partner/score",
+        "method": "POST",
+        "body": {"user_id": "{user_id}"},
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(ids), "column": "user_id"},
+    }
+    async with MockAPI(MockSettings.small()) as api:
+        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path / "out"))
+        expected = [api.dataset.user(u) for u in ("11", "12", "13")]
+    assert result.ok
+    assert_same_records(read_records(tmp_path / "out", "scores"), expected, ["user_id"])  # type: ignore[arg-type]
+
+
+async def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)})
+    async with MockAPI(settings) as api:
+        result = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS[:1], tmp_path))
+        arrivals = [e.time for e in api.stats.log if e.path.startswith("/v1/meetings")]
+    assert result.ok and result.endpoint("meetings").retries == 1
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 1.0  # the mock's Retry-After: 1
+
+
+async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(tmp_path: Path) -> None:
+    settings = MockSettings.small(
+        forced_faults={"/v1/meetings": ("slow_body",)}, slow_body_seconds=5.0
+    )
+    events: list[Event] = []
+    async with MockAPI(settings) as api:
+        cfg = pipeline(
+            api.url, F1_ENDPOINTS[:1], tmp_path, http={"total_timeout": 0.3, "read_timeout": 10}
+        )
+        result = await asyncingest.run(cfg, subscribers=[events.append])
+        expected = api.dataset.meetings
+    assert result.ok
+    retries = [e for e in events if isinstance(e, RequestRetried)]
+    assert len(retries) == 1 and "0.3s" in retries[0].reason
+    assert_same_records(read_records(tmp_path, "meetings"), expected, ["meeting_key"])
+
+
+async def test_a_failing_endpoint_is_dead_lettered_and_does_not_stop_the_others(
+    tmp_path: Path,
+) -> None:
+    broken = {"name": "broken", "path": "/v1/no-such-thing"}
+    async with MockAPI(MockSettings.small()) as api:
+        result = await asyncingest.run(pipeline(api.url, [broken, *F1_ENDPOINTS[:2]], tmp_path))
+        expected = api.dataset.sessions
+    assert not result.ok and result.exit_code == 1
+    b = result.endpoint("broken")
+    assert b.failed_requests == 1 and b.requests == 1  # a 404 is not retried
+    assert_same_records(read_records(tmp_path, "sessions"), expected, ["session_key"])
+    lines = (tmp_path / "_dead_letter" / "broken" / "dead-letters.jsonl").read_bytes().splitlines()
+    entry = orjson.loads(lines[0])
+    assert entry["kind"] == "request" and entry["status"] == 404 and entry["attempts"] == 1
+    assert "404" in entry["reason"] and entry["url"].endswith("/v1/no-such-thing")
+
+
+async def test_records_that_do_not_fit_the_schema_are_dead_lettered(tmp_path: Path) -> None:
+    endpoint = {**F1_ENDPOINTS[0], "schema": {"meeting_key": "int64", "meeting_name": "int64"}}
+    async with MockAPI(MockSettings.small()) as api:
+        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path))
+        n = len(api.dataset.meetings)
+    m = result.endpoint("meetings")
+    assert m.records_rejected == n and m.records_written == 0 and result.exit_code == 1
+    text = (tmp_path / "_dead_letter" / "meetings" / "dead-letters.jsonl").read_text()
+    assert "meeting_name" in text and "int64" in text
+
+
+async def test_retries_give_up_after_max_attempts(tmp_path: Path) -> None:
+    settings = MockSettings.small(
+        forced_faults={"/v1/meetings": ("status_503",) * 5}, max_faults_per_url=5
+    )
+    async with MockAPI(settings) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path, retry={**FAST_RETRY, "max_attempts": 3})
+        result = await asyncingest.run(cfg)
+    m = result.endpoint("meetings")
+    assert m.requests == 3 and m.failed_requests == 1
+    assert "503" in m.first_errors[0]
+
+
+async def test_events_reach_subscribers_and_the_run_is_embeddable(tmp_path: Path) -> None:
+    seen: list[Event] = []
+    async with MockAPI(MockSettings.small()) as api:
+        engine = asyncingest.Engine(
+            pipeline(api.url, F1_ENDPOINTS[:2], tmp_path), subscribers=[seen.append]
+        )
+        result = await engine.run()
+    assert isinstance(seen[-1], RunFinished) and seen[-1].result is result
+    assert "sessions" in repr(engine)

@@ -1,0 +1,172 @@
+"""Credentials go to the configured origin only, and never show up in output or errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+import asyncingest
+from asyncingest import config_from_dict
+
+from .conftest import read_records
+
+SECRET = "tok-7f3a9c-very-secret"
+
+
+class Recorder:
+    """A loopback server that remembers the credentials each request carried."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, str | None, str | None]] = []
+        self.other_url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/items", self.items)
+        app.router.add_get("/more", self.more)
+        app.router.add_get("/redirect", self.redirect)
+        app.router.add_get("/same-origin-redirect", self.same_origin_redirect)
+        app.router.add_get("/echo-error", self.echo_error)
+        return app
+
+    def note(self, request: web.Request) -> None:
+        self.seen.append(
+            (
+                request.path,
+                request.headers.get("Authorization"),
+                request.headers.get("X-API-Key"),
+                request.query.get("api_key"),
+            )
+        )
+
+    async def items(self, request: web.Request) -> web.Response:
+        self.note(request)
+        return web.json_response({"items": [{"id": 1}], "next": f"{self.other_url}/more"})
+
+    async def more(self, request: web.Request) -> web.Response:
+        self.note(request)
+        return web.json_response({"items": [{"id": 2}], "next": None})
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.note(request)
+        raise web.HTTPFound(f"{self.other_url}/more")
+
+    async def same_origin_redirect(self, request: web.Request) -> web.Response:
+        self.note(request)
+        raise web.HTTPFound("/more")
+
+    async def echo_error(self, request: web.Request) -> web.Response:
+        self.note(request)
+        auth = request.headers.get("Authorization", "") + request.query.get("api_key", "")
+        return web.Response(status=400, text=f"bad credentials {auth}")
+
+
+def creds(entry: tuple[str, str | None, str | None, str | None]) -> list[str]:
+    return [c.removeprefix("Bearer ") for c in entry[1:] if c]
+
+
+@pytest.fixture
+async def servers() -> Any:
+    home, other = Recorder(), Recorder()
+    async with (
+        TestServer(home.app(), host="127.0.0.1") as hs,
+        TestServer(other.app(), host="127.0.0.1") as os_,
+    ):
+        home.other_url = str(os_.make_url("")).rstrip("/")
+        other.other_url = home.other_url
+        yield home, str(hs.make_url("")).rstrip("/"), other
+
+
+AUTHS = [
+    {"type": "bearer", "env": "API_TOKEN"},
+    {"type": "header", "name": "X-API-Key", "env": "API_TOKEN"},
+    {"type": "query", "name": "api_key", "env": "API_TOKEN"},
+]
+
+
+def config(url: str, auth: dict[str, Any], out: Path, endpoints: list[dict[str, Any]]) -> Any:
+    return config_from_dict(
+        {
+            "api": {"base_url": url, "auth": auth, "retry": {"max_attempts": 1}},
+            "output": {"directory": str(out)},
+            "endpoints": endpoints,
+        }
+    )
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_next_page_link_to_another_host_gets_no_credentials(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {
+        "name": "items",
+        "path": "/items",
+        "records": "items",
+        "pagination": {"type": "next_url"},
+    }
+    result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    assert result.ok
+    assert [creds(e) for e in home.seen] == [[SECRET]]
+    assert other.seen and all(creds(e) == [] for e in other.seen)
+    assert sorted(r["id"] for r in read_records(tmp_path, "items")) == [1, 2]
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_redirect_to_another_host_gets_no_credentials(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {"name": "r", "path": "/redirect", "records": "items"}
+    result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    assert result.ok
+    assert [creds(e) for e in home.seen] == [[SECRET]]
+    assert [e[0] for e in other.seen] == ["/more"] and creds(other.seen[0]) == []
+
+
+async def test_same_origin_redirect_keeps_credentials(
+    servers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, url, _ = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {"name": "r", "path": "/same-origin-redirect", "records": "items"}
+    result = await asyncingest.run(config(url, AUTHS[0], tmp_path, [endpoint]))
+    assert result.ok
+    assert [e[0] for e in home.seen] == ["/same-origin-redirect", "/more"]
+    assert all(creds(e) for e in home.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS[::2], ids=lambda a: a["type"])
+async def test_secret_never_reaches_dead_letters_results_or_events(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url, _ = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    events: list[Any] = []
+    endpoint = {"name": "e", "path": "/echo-error"}
+    result = await asyncingest.run(
+        config(url, auth, tmp_path, [endpoint]), subscribers=[events.append]
+    )
+    assert result.exit_code == 1
+    dead = (tmp_path / "_dead_letter" / "e" / "dead-letters.jsonl").read_text()
+    assert "bad credentials" in dead and "***" in dead
+    everything = dead + repr(result) + repr(events) + json.dumps(str(result.endpoints))
+    assert SECRET not in everything
+
+
+def test_missing_secret_variable_is_a_config_error(tmp_path: Path) -> None:
+    from asyncingest._cli import main
+
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        "api: {base_url: 'http://127.0.0.1:9', auth: {type: bearer, env: NOT_SET_ANYWHERE_X}}\n"
+        "endpoints: [{name: a, path: /a}]\n"
+    )
+    assert main(["run", str(cfg), "--quiet", "--output", str(tmp_path / "o")]) == 2
