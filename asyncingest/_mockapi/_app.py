@@ -39,6 +39,7 @@ from ._stats import MockStats
 logger = logging.getLogger("asyncingest.mockapi")
 
 _STATUS_FAULTS = frozenset({"status_500", "status_503", "status_429"})
+_ADMIN = frozenset({"/_stats", "/_reset"})
 
 
 class _Pipeline:
@@ -61,7 +62,7 @@ class _Pipeline:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
-        if path == "/_stats" or path == "/_reset":
+        if path in _ADMIN:
             return await self._admin(request, path)
         now = self.time()
         stats = self.stats
@@ -78,10 +79,8 @@ class _Pipeline:
             wait = self.referee.arrive(now)
             if wait is not None:
                 stats.throttled += 1
-                reply = error_reply(429, "rate limit exceeded", retry_after=round(wait, 3))
-                reply = reply._replace(
-                    headers={"Retry-After": self.referee.retry_after_header(wait)}
-                )
+                header = {"Retry-After": self.referee.retry_after_header(wait)}
+                reply = error_reply(429, "rate limit exceeded", header, retry_after=round(wait, 3))
         if reply is None and self.token is not None and not self._authorized(request):
             stats.unauthorized += 1
             reply = Reply(

@@ -43,58 +43,18 @@ _SESSION_PLAN = [  # (name, type, hours after the meeting starts)
     ("Qualifying", "Qualifying", 27.5),
     ("Race", "Race", 50.0),
 ]
-_FIRST = [
-    "Max",
-    "Lewis",
-    "Charles",
-    "Lando",
-    "Oscar",
-    "George",
-    "Carlos",
-    "Fernando",
-    "Pierre",
-    "Esteban",
-    "Yuki",
-    "Alex",
-    "Nico",
-    "Kevin",
-    "Lance",
-    "Valtteri",
-    "Daniel",
-    "Logan",
-]
-_LAST = [
-    "Verstrappen",
-    "Hamiltown",
-    "Leclair",
-    "Norrish",
-    "Piastro",
-    "Russel",
-    "Sainz",
-    "Alonsa",
-    "Gaslin",
-    "Ocone",
-    "Tsunami",
-    "Albonn",
-    "Hulkberg",
-    "Magnusen",
-    "Strole",
-    "Bottis",
-    "Ricardo",
-    "Sargant",
-]
-_TEAMS = [
-    "Red Bull Racing",
-    "Ferrari",
-    "McLaren",
-    "Mercedes",
-    "Aston Martin",
-    "Alpine",
-    "Williams",
-    "RB",
-    "Kick Sauber",
-    "Haas F1 Team",
-]
+# Word lists stay packed: one word per line would double this module.
+# fmt: off
+_FIRST = ["Max", "Lewis", "Charles", "Lando", "Oscar", "George", "Carlos", "Fernando", "Pierre",
+          "Esteban", "Yuki", "Alex", "Nico", "Kevin", "Lance", "Valtteri", "Daniel", "Logan"]
+_LAST = ["Verstrappen", "Hamiltown", "Leclair", "Norrish", "Piastro", "Russel", "Sainz",
+         "Alonsa", "Gaslin", "Ocone", "Tsunami", "Albonn", "Hulkberg", "Magnusen", "Strole",
+         "Bottis", "Ricardo", "Sargant"]
+_TEAMS = ["Red Bull Racing", "Ferrari", "McLaren", "Mercedes", "Aston Martin", "Alpine",
+          "Williams", "RB", "Kick Sauber", "Haas F1 Team"]
+_CARDS = ["cashback-plus", "travel-elite", "fuel-saver", "student-basic", "premium-rewards",
+          "business-pro", "shopping-max", "lifetime-free"]
+# fmt: on
 _COMPOUNDS = ["SOFT", "MEDIUM", "HARD"]
 _RC_CATEGORIES = ["Flag", "Flag", "Other", "SafetyCar", "Drs", "CarEvent"]
 _FLAGS = ["GREEN", "YELLOW", "DOUBLE YELLOW", "RED", "CHEQUERED", "BLUE", "CLEAR"]
@@ -102,16 +62,6 @@ _ENGAGEMENT_TYPES = ["EMAIL", "CALL", "MEETING", "NOTE", "TASK"]
 _DOMAINS = ["example.com", "example.org", "mail.test", "corp.test"]
 _INDUSTRIES = ["SOFTWARE", "RETAIL", "FINANCE", "LOGISTICS", "HEALTHCARE", "MEDIA"]
 _TIERS = [(800.0, "platinum"), (700.0, "gold"), (600.0, "silver"), (0.0, "bronze")]
-_CARDS = [
-    "cashback-plus",
-    "travel-elite",
-    "fuel-saver",
-    "student-basic",
-    "premium-rewards",
-    "business-pro",
-    "shopping-max",
-    "lifetime-free",
-]
 _CRM_EPOCH = datetime(2023, 1, 1, tzinfo=UTC)
 
 

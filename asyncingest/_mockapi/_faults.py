@@ -17,7 +17,7 @@ truncated_body ``Content-Length`` of the full body, half of it sent, then the co
 malformed_json the real status, ``application/json``, and the first half of the body (invalid)
 wrong_shape    valid JSON of the wrong type: ``{"error": "oops"}`` where a list is expected,
                ``[{"error": "oops"}]`` where an object is
-slow_body      the full body in 10 slices spread over ``slow_body_seconds``
+slow_body      the full body in 10 slices spread evenly over ``slow_body_seconds``
 ============== ==============================================================================
 """
 
@@ -154,9 +154,12 @@ async def send_fault(
         await response.prepare(request)
         if kind == "slow_body":
             step = max(1, -(-len(body) // 10))
-            for start in range(0, len(body), step):
-                await response.write(body[start : start + step])
-                await asyncio.sleep(slow_body_seconds / 10)
+            slices = [body[i : i + step] for i in range(0, len(body), step)]
+            gap = slow_body_seconds / max(1, len(slices) - 1)
+            for i, piece in enumerate(slices):
+                if i:
+                    await asyncio.sleep(gap)
+                await response.write(piece)
             return response
         await response.write(body[: len(body) // 2])
     except ConnectionError:  # the client left first; nothing more to break

@@ -3,20 +3,22 @@
 No I/O and no aiohttp types here, so each endpoint is cheap and testable on its own. Shapes are
 deliberately varied so every pagination and record-location kind gets exercised:
 
-==================================================== =========================================
-``GET /v1/meetings?year=``                            top-level list, no pagination
-``GET /v1/sessions?meeting_key=``                     top-level list
-``GET /v1/{drivers,weather,pit,stints}?session_key=`` top-level list
-``GET /v1/laps?session_key=&offset=&limit=``          ``{"results", "total"}``, offset/limit
-``GET /v1/race_control?session_key=&page=&page_size=``  ``{"data": {"items"}, "meta"}``, pages
-``GET /v1/team_radio?session_key=&cursor=&limit=``    ``{"items", "next": url|null}``
-``GET /crm/v3/objects/{contacts,engagements}``        ``{"results", "paging": {"next"}}``
-``GET /crm/v4/objects/engagements/{id}/associations/contacts``  ``{"results"}``; 404 if unknown
-``GET /crm/v3/objects/companies?limit=&cursor=``      top-level list + ``Link: rel="next"``
-``GET /partner/users/{user_id}``, ``POST /partner/score``  one object; 404 if unknown
-==================================================== =========================================
+- ``GET /v1/meetings?year=``: top-level list, no pagination
+- ``GET /v1/sessions?meeting_key=``: top-level list
+- ``GET /v1/{drivers,weather,pit,stints}?session_key=``: top-level list
+- ``GET /v1/laps?session_key=&offset=&limit=``: ``{"results", "total"}``, offset/limit
+- ``GET /v1/race_control?session_key=&page=&page_size=``: ``{"data": {"items"}, "meta"}``,
+  page numbers from 1
+- ``GET /v1/team_radio?session_key=&cursor=&limit=``: ``{"items", "next": url | null}``
+- ``GET /crm/v3/objects/{contacts,engagements}?limit=&after=``:
+  ``{"results", "paging": {"next": {"after", "link"}}}``, no ``paging`` on the last page
+- ``GET /crm/v4/objects/engagements/{id}/associations/contacts``: ``{"results"}``; 404 if unknown
+- ``GET /crm/v3/objects/companies?limit=&cursor=``: top-level list, ``Link: <url>; rel="next"``
+- ``GET /partner/users/{user_id}``, ``POST /partner/score {"user_id"}``: one object; 404 if
+  unknown
 
-Filters (``session_key``, ``meeting_key``, ``year``) are optional: without one, all rows.
+Limits are clamped to 100. Filters (``session_key``, ``meeting_key``, ``year``) are optional:
+without one, all rows.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ def json_reply(obj: Any, status: int = 200, headers: Mapping[str, str] | None = 
     return Reply(status, orjson.dumps(obj), headers)
 
 
-def error_reply(status: int, message: str, **extra: Any) -> Reply:
-    return json_reply({"error": message, "status": status, **extra}, status)
+def error_reply(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> Reply:
+    return json_reply({"error": message, "status": status, **extra}, status, headers)
 
 
 def _int(query: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
