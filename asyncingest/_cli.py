@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +27,7 @@ from ._loading import load_config
 from ._plan import describe_plan
 from ._result import RunResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEMO_CONFIG = Path(__file__).parent / "_demo" / "demo.yaml"
 
 
@@ -32,13 +35,30 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m asyncingest",
         description="Pull data out of rate-limited HTTP APIs into Parquet.",
-        epilog="Exit codes: 0 all fetched; 1 finished with failures; 2 bad config or usage.",
+        epilog="Exit codes: 0 all fetched; 1 finished with failures (dead letters); 2 bad "
+        "config or usage; 3 stopped early, state saved (run the same command to resume).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a pipeline config", description="Run a pipeline config.")
+    run = sub.add_parser(
+        "run",
+        help="run a pipeline config (resumes an interrupted run in the same output)",
+        description="Run a pipeline config. Running the same command again after an "
+        "interruption (Ctrl-C, SIGTERM, a crash, SIGKILL) resumes where the last checkpoint "
+        "left off: every record ends up in Parquet exactly once.",
+    )
     run.add_argument("config", help="pipeline config (YAML or JSON)")
     _run_options(run)
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: delete this output's data, dead letters and checkpoint first",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="request the dead-lettered requests of the last run again, then finish",
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -96,6 +116,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         "--output", "-o", default=None, help="output directory (default: output.directory)"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after Ctrl-C or SIGTERM, how long requests in flight may take (default 30)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,13 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
-            result = asyncio.run(_run(cfg, args.output, args.quiet, console))
-            return _finish(result, console)
+            try:
+                result = asyncio.run(_run(cfg, args, console))
+            except asyncio.CancelledError:
+                _print_resume(console, args, cancelled=True)
+                return EXIT_STOPPED
+            code = _finish(result, console)
+            if result.stopped:
+                _print_resume(console, args)
+            return code
         if args.command == "demo":
             from ._demo import demo_settings, run_demo
 
             result, server = asyncio.run(
-                run_demo(args.output, lambda cfg: _run(cfg, None, args.quiet, console, "demo"))
+                run_demo(args.output, lambda cfg: _run(cfg, args, console, "demo", fresh=True))
             )
             code = _finish(result, console)
             limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
@@ -144,23 +178,79 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _run(
     cfg: PipelineConfig,
-    output: str | None,
-    quiet: bool,
+    args: argparse.Namespace,
     console: Console,
     title: str = "asyncingest",
+    *,
+    fresh: bool = False,
 ) -> RunResult:
     subscribers: list[Subscriber] = []
-    if quiet:
-        return await Engine(cfg, output=output).run()
-    if console.is_terminal:
-        with LiveDisplay(console, title) as live:
-            subscribers.append(live)
-            return await Engine(cfg, output=output, subscribers=subscribers).run()
-    subscribers.append(PlainDisplay(console.file))
-    return await Engine(cfg, output=output, subscribers=subscribers).run()
+    display: LiveDisplay | None = None
+    if not args.quiet:
+        if console.is_terminal:
+            display = LiveDisplay(console, title)
+            subscribers.append(display)
+        else:
+            subscribers.append(PlainDisplay(console.file))
+    engine = Engine(
+        cfg,
+        output=getattr(args, "output", None),
+        subscribers=subscribers,
+        fresh=fresh or getattr(args, "fresh", False),
+        retry_failed=getattr(args, "retry_failed", False),
+    )
+    _install_signal_handlers(engine, console, args.stop_timeout)
+    if display is None:
+        return await engine.run()
+    with display:
+        return await engine.run()
+
+
+def _install_signal_handlers(engine: Engine, console: Console, deadline: float) -> None:
+    """First SIGINT/SIGTERM: graceful stop (state saved). Second, or after ``deadline``
+    seconds: stop at once; only complete files stay visible and the last checkpoint counts."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def hard_stop() -> None:
+        console.print("[red]stopping now[/]; the last checkpoint is kept")
+        main.cancel()
+
+    def on_signal(signame: str) -> None:
+        if engine.stopping:
+            hard_stop()
+            return
+        console.print(
+            f"[yellow]{signame}[/]: finishing requests in flight (up to {deadline:g}s), "
+            "then saving state; press Ctrl-C again to stop at once",
+            highlight=False,
+        )
+        engine.stop()
+        loop.call_later(deadline, hard_stop)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+
+
+def _print_resume(console: Console, args: argparse.Namespace, cancelled: bool = False) -> None:
+    how = "stopped at once" if cancelled else "stopped"
+    cmd = ["python -m asyncingest run", shlex.quote(args.config)]
+    if args.output:
+        cmd += ["--output", shlex.quote(args.output)]
+    cmd += [f"--set {shlex.quote(o)}" for o in args.overrides]
+    console.print(f"{how}; to resume: {' '.join(cmd)}", highlight=False, markup=False)
 
 
 def _finish(result: RunResult, console: Console) -> int:
+    if result.note == "already complete":
+        console.print(
+            f"{result.output}: this run is already complete; --fresh runs it again, "
+            "--retry-failed re-requests its dead letters",
+            highlight=False,
+        )
+        return EXIT_OK
     console.print(summary_table(result))
     for e in result.endpoints:
         if not e.ok:

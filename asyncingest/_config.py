@@ -343,6 +343,12 @@ class OutputConfig(_Model):
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_rows: int = Field(10_000, ge=1)
     max_rows_per_file: int = Field(1_000_000, ge=1)
+    checkpoint_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="how often progress is made durable (files committed, state saved); "
+        "a killed run redoes at most about this much work",
+    )
 
     @model_validator(mode="after")
     def _groups_fit(self) -> OutputConfig:

@@ -7,6 +7,7 @@ here already redacted by the HTTP layer.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -21,41 +22,56 @@ class DeadLetters:
         self.path = root / FOLDER / endpoint / "dead-letters.jsonl"
         self._fh: IO[bytes] | None = None
         self.count = 0
+        self.nbytes = self.path.stat().st_size if self.path.exists() else 0
 
     def _write(self, entry: dict[str, Any]) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("ab")
         entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self._fh.write(orjson.dumps(entry, default=str) + b"\n")
+        line = orjson.dumps(entry, default=str) + b"\n"
+        self._fh.write(line)
+        self.nbytes += len(line)
         self.count += 1
 
     def request_failed(
         self,
         *,
+        job: int,
         url: str,
         method: str,
         reason: str,
         attempts: int,
         status: int | None,
         variables: dict[str, Any],
-        body: Any = None,
+        copy: dict[str, Any],
+        request: dict[str, Any],
     ) -> None:
+        """``request`` is the serialized request the walk stopped at (``--retry-failed``)."""
         self._write(
             {
                 "kind": "request",
+                "job": job,
                 "method": method,
                 "url": url,
                 "reason": reason,
                 "attempts": attempts,
                 "status": status,
                 "variables": variables,
-                "body": body,
+                "copy": copy,
+                "request": request,
             }
         )
 
     def record_rejected(self, *, record: Any, reason: str) -> None:
         self._write({"kind": "record", "reason": reason, "record": record})
+
+    def sync(self) -> int:
+        """Make every entry so far durable; returns the file's committed size."""
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        return self.nbytes
 
     def close(self) -> None:
         if self._fh is not None:

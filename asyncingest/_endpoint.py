@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from yarl import URL
 
+from ._checkpoint import Journal, request_to_json
 from ._clock import Clock
 from ._config import EndpointConfig, ForEach
+from ._crashpoints import crash_point
 from ._deadletter import DeadLetters
 from ._events import (
     EventBus,
-    FileCommitted,
     JobsQueued,
     RecordsRejected,
-    RecordsWritten,
     RequestFailed,
     RequestFinished,
     RequestRetried,
@@ -39,20 +39,19 @@ from ._request import Page, Record, Request, WrongShape, build_request, extract_
 from ._result import EndpointStats
 from ._retry import FailureKind, Outcome, RetryPolicy, parse_retry_after
 from ._sink import ParquetSink
+from ._writer import PageDone, Token, Writer, dead_record, dead_request
 
-_WRITE_QUEUE_BATCHES = 64
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """One walk: ``number`` identifies it in checkpoints (row, journal line, or 0 for a root)."""
+
+    number: int
     variables: dict[str, Any]
     copy: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Attempted:
-    failure: Failure
-    attempts: int
+    resume: Request | None = None  # continue a walk that stopped part way
 
 
 class EndpointRunner:
@@ -66,6 +65,7 @@ class EndpointRunner:
         policy: RetryPolicy,
         sink: ParquetSink,
         dead_letters: DeadLetters,
+        journal: Journal | None,
         events: EventBus,
         clock: Clock,
         workers: int,
@@ -78,99 +78,146 @@ class EndpointRunner:
         self.client = client
         self.limits = limits
         self.policy = policy
-        self.sink = sink
-        self.dead = dead_letters
         self.events = events
         self.clock = clock
         self.n_workers = workers
         self.rng = rng
-        self.row_group_rows = row_group_rows
+        self.journal = journal  # where this endpoint's own jobs are journaled (for_each)
         self.children: list[EndpointRunner] = []
         self.stats = EndpointStats(endpoint.name)
         self.paginator = paginator_for(endpoint.pagination)
         self.jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=max(2, workers * 2))
-        self.writes: asyncio.Queue[list[Record] | None] = asyncio.Queue(_WRITE_QUEUE_BATCHES)
+        self.writer = Writer(self.name, sink, dead_letters, {}, events, self.stats, row_group_rows)
         self.in_flight = 0
+        self.stopping = False  # graceful stop: finish the page in hand, start nothing new
+        self.producers = 1  # who may still submit jobs; input closes when they are all done
+        self.next_job = journal.lines if journal is not None else 0  # for_each numbering
         self._pk = endpoint.primary_key
-        self._children_bindings: list[tuple[EndpointRunner, ForEach]] = []
+        self._children_bindings: list[tuple[EndpointRunner, ForEach, Journal]] = []
+        self._waiting: set[asyncio.Task[Any]] = set()  # workers waiting on limits or back-off
+
+    def stop(self) -> None:
+        """Graceful stop: requests in flight finish; waits for the limiter or a back-off end."""
+        self.stopping = True
+        for task in list(self._waiting):
+            task.cancel("asyncingest: stopping")
+
+    async def _interruptible(self, waiter: Awaitable[T]) -> T | None:
+        """Await ``waiter`` unless a graceful stop interrupts it (then ``None``)."""
+        if self.stopping:
+            return None
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if self.stopping and task.cancelling() == 1:
+                task.uncancel()
+                return None
+            raise
+        finally:
+            self._waiting.discard(task)
 
     def link(self, children: Sequence[EndpointRunner]) -> None:
         self.children = list(children)
-        self._children_bindings = [
-            (c, c.endpoint.for_each) for c in self.children if c.endpoint.for_each is not None
-        ]
+        self._children_bindings = []
+        for c in self.children:
+            assert c.endpoint.for_each is not None and c.journal is not None
+            self._children_bindings.append((c, c.endpoint.for_each, c.journal))
+            self.writer.child_journals[c.name] = c.journal
 
     def __repr__(self) -> str:
         s = self.stats
         return (
             f"EndpointRunner({self.name}, workers={self.n_workers}, in_flight={self.in_flight}, "
             f"queued={self.jobs.qsize()}, requests={s.requests}, records={s.records_written}, "
-            f"failed={s.failed_requests})"
+            f"failed={s.failed_requests}{', stopping' if self.stopping else ''})"
         )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Run workers until the input is closed and drained, then finish the sink."""
+        """Run workers until the input is closed and drained, then finish the writer."""
         self.stats.started = self.clock.time()
-        writer = asyncio.create_task(self._writer(), name=f"{self.name}-writer")
+        self.writer.start()
+        assert self.writer.task is not None
         workers = [
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
             for i in range(self.n_workers)
         ]
         try:
             await asyncio.gather(*workers)
-            await self.writes.put(None)
-            await writer
+            self.writer.finish()
+            await self.writer.task
         except BaseException:
-            for t in [*workers, writer]:
+            for t in [*workers, self.writer.task]:
                 t.cancel()
-            await asyncio.gather(*workers, writer, return_exceptions=True)
+            await asyncio.gather(*workers, self.writer.task, return_exceptions=True)
             raise
         finally:
-            self.dead.close()
+            self.writer.dead.close()
             self.stats.finished = self.clock.time()
 
     async def submit(self, job: Job) -> None:
         self.stats.jobs += 1
         await self.jobs.put(job)
 
-    async def close_input(self) -> None:
-        for _ in range(self.n_workers):
-            await self.jobs.put(None)
+    async def producer_done(self) -> None:
+        """One producer (a feeder, a backlog replay, the parent) will submit no more jobs."""
+        self.producers -= 1
+        if self.producers == 0:
+            for _ in range(self.n_workers):
+                await self.jobs.put(None)
 
     async def _worker(self) -> None:
         while True:
             job = await self.jobs.get()
             if job is None:
                 return
+            if self.stopping:
+                continue  # drain without working: the job is in the input or a journal
             await self._walk(job)
 
     # ------------------------------------------------------------------ one job
 
     async def _walk(self, job: Job) -> None:
-        request: Request | None = self.paginator.first(
+        request: Request | None = job.resume or self.paginator.first(
             build_request(self.base_url, self.endpoint, job.variables)
         )
         while request is not None:
+            if self.stopping:
+                return  # the checkpoint has this walk's last durable page
             page = await self._fetch_page(request, job)
             if page is None:
                 return
-            if page.records:
-                await self._deliver(page.records, job)
             try:
-                request = self.paginator.next(page)
+                next_request = self.paginator.next(page)
             except PaginationLoop as exc:
-                self._give_up(page.request, job, Failure(FailureKind.WRONG_SHAPE, str(exc)), 1)
+                await self._deliver(page, job, None)
+                failure = Failure(FailureKind.WRONG_SHAPE, str(exc))
+                await self.writer.put(
+                    PageDone(
+                        [],
+                        Token(job.number, None),
+                        dead=[self._give_up(page.request, job, failure, 1)],
+                    )
+                )
                 return
+            crash_point("page")
+            await self._deliver(page, job, next_request)
+            request = next_request
 
     async def _fetch_page(self, request: Request, job: Job) -> Page | None:
+        """The page, or ``None`` when the request gave up (already recorded) or we stop."""
         started = self.clock.time()
         attempt = 0
         while True:
             attempt += 1
             t0 = self.clock.time()
-            permit = await self.limits.acquire(self.name)
+            permit = await self._interruptible(self.limits.acquire(self.name))
+            if permit is None:
+                return None  # stopping: the resumed run asks for this page again
             waited = self.clock.time() - t0
             self.in_flight += 1
             try:
@@ -186,9 +233,9 @@ class EndpointRunner:
             status = result.status
             if status is not None:
                 st.statuses[status] += 1
-            if isinstance(result, Response):
-                st.nbytes += len(result.body)
-            ok = isinstance(outcome, Page)
+            nbytes = len(result.body) if isinstance(result, Response) else 0
+            st.nbytes += nbytes
+            page = outcome if isinstance(outcome, Page) else None
             self.events.emit(
                 RequestFinished(
                     self.name,
@@ -196,11 +243,11 @@ class EndpointRunner:
                     self.client.display_url(request),
                     status,
                     attempt,
-                    ok,
+                    page is not None,
                     duration,
                     waited,
-                    len(result.body) if isinstance(result, Response) else 0,
-                    len(outcome.records) if isinstance(outcome, Page) else 0,
+                    nbytes,
+                    len(page.records) if page is not None else 0,
                     None if isinstance(outcome, Page) else self.client.redact(outcome.detail),
                 )
             )
@@ -215,7 +262,8 @@ class EndpointRunner:
                 self.rng,
             )
             if not decision.retry:
-                self._give_up(request, job, failure, attempt, decision.reason)
+                dead = self._give_up(request, job, failure, attempt, decision.reason)
+                await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
                 return None
             st.retries += 1
             self.events.emit(
@@ -228,7 +276,9 @@ class EndpointRunner:
                     failure.status,
                 )
             )
-            await self.clock.sleep(decision.wait)
+            await self._interruptible(self.clock.sleep(decision.wait))
+            if self.stopping:
+                return None  # not recorded: the resumed run asks for this page again
 
     def _parse(self, request: Request, result: Response | Failure) -> Page | Failure:
         if isinstance(result, Failure):
@@ -248,94 +298,85 @@ class EndpointRunner:
 
     def _give_up(
         self, request: Request, job: Job, failure: Failure, attempts: int, reason: str | None = None
-    ) -> None:
+    ) -> Any:
         why = self.client.redact(reason or failure.detail)
         url = self.client.display_url(request)
         st = self.stats
         st.failed_requests += 1
         st.failures[failure.kind.value] += 1
         st.note_error(f"{url}: {why}")
-        self.dead.request_failed(
+        self.events.emit(RequestFailed(self.name, url, why, attempts, failure.status))
+        return dead_request(
+            job=job.number,
             url=url,
             method=request.method,
             reason=why,
             attempts=attempts,
             status=failure.status,
             variables=job.variables,
-            body=request.json_body,
+            copy=job.copy,
+            request=request_to_json(request),
         )
-        self.events.emit(RequestFailed(self.name, url, why, attempts, failure.status))
 
     # ------------------------------------------------------------------ records
 
-    async def _deliver(self, records: list[Record], job: Job) -> None:
+    async def _deliver(self, page: Page, job: Job, next_request: Request | None) -> None:
+        """Hand one page to the writer (records, child jobs, rejects, progress) in one item,
+        then give the child jobs to the children's queues (waiting when they are full)."""
+        records = page.records
         if job.copy:
             for r in records:
                 for k, v in job.copy.items():
                     r.setdefault(k, v)
+        dead: list[Callable[[DeadLetters], None]] = []
         if self._pk:
-            records = self._check_keys(records)
+            records, rejected = self._check_keys(records)
+            dead.extend(dead_record(r, why) for r, why in rejected)
         self.stats.records_received += len(records)
-        await self.writes.put(records)
-        for child, spec in self._children_bindings:
-            queued = 0
+        # Take the writer slot first: numbering the child jobs and enqueueing the page must be
+        # one synchronous step, so journal order equals job numbers (see _writer.py).
+        await self.writer.slots.acquire()
+        children: list[tuple[EndpointRunner, Journal, list[Job]]] = []
+        for child, spec, journal in self._children_bindings:
+            jobs = []
             for r in records:
-                variables = {var: lookup(r, fieldpath) for var, fieldpath in spec.bind.items()}
+                variables = {var: lookup(r, path) for var, path in spec.bind.items()}
                 if None in variables.values():
                     missing = [spec.bind[var] for var, v in variables.items() if v is None]
-                    child.reject_binding(r, f"parent record has no {missing} to bind")
+                    why = f"no {missing} to bind for child endpoint '{child.name}'"
+                    dead.append(dead_record(r, why))
+                    self._count_reject(why)
                     continue
                 copy = {k: lookup(r, p) for k, p in spec.copy_fields.items()}
-                await child.submit(Job(variables, copy))
-                queued += 1
-            if queued:
-                self.events.emit(JobsQueued(child.name, queued))
+                jobs.append(Job(child.next_job, variables, copy))
+                child.next_job += 1
+            if jobs:
+                children.append((child, journal, jobs))
+        self.writer.put_reserved(
+            PageDone(
+                records,
+                Token(job.number, next_request),
+                children=[(journal, jobs) for _, journal, jobs in children],
+                dead=dead,
+            )
+        )
+        for child, _, jobs in children:
+            for j in jobs:
+                await child.submit(j)
+            self.events.emit(JobsQueued(child.name, len(jobs)))
 
-    def _check_keys(self, records: list[Record]) -> list[Record]:
-        good = [r for r in records if all(r.get(k) is not None for k in self._pk)]
-        if len(good) != len(records):
-            for r in records:
-                if any(r.get(k) is None for k in self._pk):
-                    self._reject(r, f"primary key {list(self._pk)} missing or null")
-        return good
+    def _check_keys(self, records: list[Record]) -> tuple[list[Record], list[tuple[Record, str]]]:
+        pk = self._pk
+        good = [r for r in records if all(r.get(k) is not None for k in pk)]
+        if len(good) == len(records):
+            return records, []
+        why = f"primary key {list(pk)} missing or null"
+        bad = [(r, why) for r in records if any(r.get(k) is None for k in pk)]
+        for _ in bad:
+            self._count_reject(why)
+        return good, bad
 
-    def reject_binding(self, parent_record: Record, reason: str) -> None:
-        self._reject(parent_record, reason)
-
-    def _reject(self, record: Any, reason: str) -> None:
+    def _count_reject(self, reason: str) -> None:
         self.stats.records_rejected += 1
         self.stats.note_error(reason)
-        self.dead.record_rejected(record=record, reason=reason)
         self.events.emit(RecordsRejected(self.name, 1, reason))
-
-    async def _writer(self) -> None:
-        buffer: list[Record] = []
-        while True:
-            batch = await self.writes.get()
-            if batch is None:
-                break
-            buffer.extend(batch)
-            if len(buffer) >= self.row_group_rows:
-                await self._write(buffer)
-                buffer = []
-        if buffer:
-            await self._write(buffer)
-        before = len(self.sink.files)
-        await asyncio.to_thread(self.sink.close)
-        self._committed(before)
-
-    async def _write(self, records: list[Record]) -> None:
-        before = len(self.sink.files)
-        rejected = await asyncio.to_thread(self.sink.write, records)
-        for rej in rejected:
-            self._reject(rej.record, rej.reason)
-        self._committed(before)
-        accepted = len(records) - len(rejected)
-        self.stats.records_written += accepted
-        if accepted:
-            self.events.emit(RecordsWritten(self.name, accepted))
-
-    def _committed(self, before: int) -> None:
-        for path in self.sink.files[before:]:
-            self.stats.files.append(str(path))
-            self.events.emit(FileCommitted(self.name, str(path)))

@@ -1,8 +1,9 @@
 """The engine: wires config into runners and runs the endpoint graph on one event loop.
 
-Data flow (docs/architecture.md): config -> limits + HTTP client -> one EndpointRunner per
-endpoint, linked parent -> children -> roots fed (one root call, or ids streamed from an
-input file) -> records stream to each endpoint's Parquet sink -> a RunResult.
+Data flow (docs/architecture.md): config -> checkpoint state (fresh, resume or refuse) ->
+limits + HTTP client -> one EndpointRunner per endpoint, linked parent -> children -> roots
+fed (one root call, or ids streamed from an input file; done jobs skipped) -> records stream
+to each endpoint's writer -> periodic checkpoints -> a RunResult and a run report.
 
 Endpoints form trees (a root and everything that iterates over it, transitively). A tree
 runs as a unit: a child starts with its parent and takes jobs as the parent's records
@@ -17,9 +18,18 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
+from ._checkpoint import (
+    STATE_FOLDER,
+    Journal,
+    RunState,
+    discard_uncommitted,
+    save_state,
+    write_atomic,
+)
 from ._clock import Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
@@ -36,11 +46,14 @@ from ._events import (
 )
 from ._http import Credentials, HttpClient
 from ._limiter import Limit, Limits, SlidingWindowLimiter
-from ._request import base_url_of
+from ._request import Request, base_url_of
 from ._result import RunResult
+from ._resume import JobPlan, apply, prepare, report_json
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
+
+T = TypeVar("T")
 
 
 def credentials_from_env(cfg: PipelineConfig) -> Credentials | None:
@@ -69,7 +82,13 @@ def retry_policy(c: RetryConfig) -> RetryPolicy:
 
 
 class Engine:
-    """Runs one pipeline. ``await Engine(cfg).run()`` inside any running event loop."""
+    """Runs one pipeline. ``await Engine(cfg).run()`` inside any running event loop.
+
+    A run resumes from the checkpoint under the output directory when there is one (same
+    config), ``fresh=True`` starts over, ``retry_failed=True`` re-requests dead-lettered
+    requests. ``stop()`` asks for a graceful stop: no new work, in-flight requests finish,
+    files and state are committed; ``result.stopped`` is then true.
+    """
 
     def __init__(
         self,
@@ -79,14 +98,22 @@ class Engine:
         subscribers: Iterable[Subscriber] = (),
         clock: Clock | None = None,
         seed: int | None = None,
+        fresh: bool = False,
+        retry_failed: bool = False,
     ) -> None:
         self.config = config
         self.output = Path(output if output is not None else config.output.directory)
         self.events = EventBus(subscribers)
         self.clock: Clock = clock or LoopClock()
         self.rng = random.Random(seed)
+        self.fresh = fresh
+        self.retry_failed = retry_failed
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self.runners: dict[str, EndpointRunner] = {}
+        self.stopping = False
+        self.state: RunState | None = None
+        self._prior_files: dict[str, list[str]] = {}
+        self._checkpoint_lock = asyncio.Lock()
         api = config.api
         self.global_limiter = (
             SlidingWindowLimiter(
@@ -98,7 +125,16 @@ class Engine:
 
     def __repr__(self) -> str:
         runners = list(self.runners.values())
-        return f"Engine(run_id={self.run_id}, output={self.output}, runners={runners!r})"
+        return (
+            f"Engine(run_id={self.run_id}, output={self.output}, "
+            f"{'stopping, ' if self.stopping else ''}runners={runners!r})"
+        )
+
+    def stop(self) -> None:
+        """Graceful stop: take no new work, let in-flight requests finish, commit, save."""
+        self.stopping = True
+        for r in self.runners.values():
+            r.stop()
 
     def _limits_for(self, e: EndpointConfig) -> Limit:
         parts: list[Limit] = []
@@ -119,6 +155,19 @@ class Engine:
             if e.from_file is not None:
                 check_ids_file(e.from_file)
         self.output.mkdir(parents=True, exist_ok=True)
+        start = await asyncio.to_thread(
+            prepare, cfg, self.output, fresh=self.fresh, retry_failed=self.retry_failed
+        )
+        state = self.state = start.state
+        if start.already_complete:
+            return RunResult(self.run_id, str(self.output), (), 0.0, note="already complete")
+        folders = {e.name: e.name for e in cfg.endpoints}
+        await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
+        self._prior_files = {e.name: list(state.endpoint(e.name).files) for e in cfg.endpoints}
+        state.status = "running"
+        state.runs.append(self.run_id)
+        await asyncio.to_thread(save_state, self.output, state)
+
         started = self.clock.time()
         policy = retry_policy(cfg.api.retry)
         options = SinkOptions(
@@ -130,7 +179,11 @@ class Engine:
         cancelled = False
         async with HttpClient(cfg.api, credentials) as client:
             for e in cfg.order():
-                workers = e.concurrency or cfg.api.concurrency.requests_per_endpoint
+                journal = None
+                if e.for_each is not None:
+                    es = state.endpoint(e.name)
+                    journal = Journal(self.output, e.name)
+                    journal.open(es.journal_lines, es.journal_bytes)
                 self.runners[e.name] = EndpointRunner(
                     e,
                     base_url=base,
@@ -139,14 +192,17 @@ class Engine:
                     policy=policy,
                     sink=ParquetSink(self.output, e.name, options, e.schema_),
                     dead_letters=DeadLetters(self.output, e.name),
+                    journal=journal,
                     events=self.events,
                     clock=self.clock,
-                    workers=workers,
+                    workers=e.concurrency or cfg.api.concurrency.requests_per_endpoint,
                     rng=random.Random(self.rng.random()),
                     row_group_rows=cfg.output.row_group_rows,
                 )
             for name, runner in self.runners.items():
                 runner.link([self.runners[c.name] for c in cfg.children(name)])
+            if self.stopping:
+                self.stop()
             self.events.emit(
                 RunStarted(
                     self.run_id,
@@ -155,30 +211,76 @@ class Engine:
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
             )
+            checkpointer = asyncio.create_task(
+                self._checkpoint_every(cfg.output.checkpoint_seconds)
+            )
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
             try:
                 async with asyncio.TaskGroup() as tg:
                     for root in roots:
                         tg.create_task(self._run_tree(root, trees), name=f"tree-{root.name}")
+                checkpointer.cancel()
+                await asyncio.gather(checkpointer, return_exceptions=True)
+                await self._checkpoint(final=True)
             except asyncio.CancelledError:
                 cancelled = True
                 raise
             finally:
+                checkpointer.cancel()
+                for r in self.runners.values():
+                    if r.journal is not None:
+                        r.journal.close()
                 result = RunResult(
                     run_id=self.run_id,
                     output=str(self.output),
                     endpoints=tuple(r.stats.summary() for r in self.runners.values()),
                     duration=self.clock.time() - started,
                     cancelled=cancelled,
+                    stopped=self.stopping,
+                    note="resumed" if start.resumed else "",
                 )
+                await asyncio.shield(asyncio.to_thread(self._write_report, result))
         self.events.emit(RunFinished(result))
         return result
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def _checkpoint_every(self, seconds: float) -> None:
+        while True:
+            await self.clock.sleep(seconds)
+            # Shielded: a checkpoint holds tokens handed out once; cancelling it half way
+            # would lose them. The final checkpoint waits for it on the lock.
+            await asyncio.shield(self._checkpoint())
+
+    async def _checkpoint(self, final: bool = False) -> None:
+        """Barrier every writer at once, then save a state naming only durable work."""
+        state = self.state
+        assert state is not None
+        async with self._checkpoint_lock:
+            runners = list(self.runners.values())
+            futures = [r.writer.barrier() for r in runners]  # one synchronous step
+            results = await asyncio.gather(*futures)
+            complete = final and not self.stopping
+            for r, res in zip(runners, results, strict=True):
+                apply(state, r.name, self._prior_files[r.name], res, complete)
+            if final:
+                state.status = "complete" if complete else "interrupted"
+            await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+
+    def _write_report(self, result: RunResult) -> None:
+        assert self.state is not None
+        path = self.output / STATE_FOLDER / "runs" / f"{self.run_id}.json"
+        write_atomic(path, report_json(self.state, result))
+
+    # ------------------------------------------------------------------ the graph
 
     async def _run_tree(self, root: EndpointConfig, trees: asyncio.Semaphore) -> None:
         async with trees, asyncio.TaskGroup() as tg:
             for runner in self._tree(root.name):
                 tg.create_task(self._run_endpoint(runner), name=f"endpoint-{runner.name}")
+                if runner.endpoint.for_each is not None:
+                    tg.create_task(self._replay_backlog(runner))
             tg.create_task(self._feed_root(self.runners[root.name]))
 
     def _tree(self, name: str) -> list[EndpointRunner]:
@@ -196,23 +298,75 @@ class Engine:
         await runner.run()
         # Everything this endpoint will ever produce has been handed to its children.
         for child in runner.children:
-            await child.close_input()
+            await child.producer_done()
         self.events.emit(EndpointFinished(runner.stats.summary()))
+
+    def _plan(self, runner: EndpointRunner) -> JobPlan:
+        assert self.state is not None
+        return JobPlan(self.state.endpoint(runner.name))
+
+    async def _submit_planned(self, runner: EndpointRunner, plan: JobPlan, job: Job) -> bool:
+        point = plan.resume_point(job.number)
+        if point is False:
+            return False
+        if isinstance(point, Request):
+            job = Job(job.number, job.variables, job.copy, resume=point)
+        await runner.submit(job)
+        return True
 
     async def _feed_root(self, runner: EndpointRunner) -> None:
         spec = runner.endpoint.from_file
+        plan = self._plan(runner)
         if spec is None:
-            await runner.submit(Job({}))
+            await self._submit_planned(runner, plan, Job(0, {}))
         else:
             copy_field = spec.variable if spec.copy_id else None
             chunks = iter_ids(spec)
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                for _row, value in chunk:
+            while (
+                not self.stopping
+                and (chunk := await asyncio.to_thread(next, chunks, None)) is not None
+            ):
+                queued = 0
+                for row, value in chunk:
+                    if self.stopping:
+                        break
                     copy = {copy_field: value} if copy_field else {}
-                    await runner.submit(Job({spec.variable: value}, copy))
-                self.events.emit(JobsQueued(runner.name, len(chunk)))
+                    queued += await self._submit_planned(
+                        runner, plan, Job(row, {spec.variable: value}, copy)
+                    )
+                if queued:
+                    self.events.emit(JobsQueued(runner.name, queued))
         # Not in a `finally`: on cancellation the workers are gone and nobody would drain it.
-        await runner.close_input()
+        await runner.producer_done()
+
+    async def _replay_backlog(self, runner: EndpointRunner) -> None:
+        """Child jobs journaled by an earlier run and not done yet."""
+        assert runner.journal is not None
+        lines = runner.journal.lines
+        runner.producers += 1
+        plan = self._plan(runner)
+        entries = iter(runner.journal.replay(lines))
+        queued = 0
+        while not self.stopping:
+            batch = await asyncio.to_thread(_take, entries, 2_000)
+            if not batch:
+                break
+            for n, variables, copy in batch:
+                if self.stopping:
+                    break
+                queued += await self._submit_planned(runner, plan, Job(n, variables, copy))
+        if queued:
+            self.events.emit(JobsQueued(runner.name, queued))
+        await runner.producer_done()
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    out = []
+    for item in it:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
 
 
 async def run(
@@ -221,6 +375,8 @@ async def run(
     output: str | os.PathLike[str] | None = None,
     subscribers: Iterable[Subscriber] = (),
     clock: Clock | None = None,
+    fresh: bool = False,
 ) -> RunResult:
     """Run a pipeline to completion in the current event loop and return what it did."""
-    return await Engine(config, output=output, subscribers=subscribers, clock=clock).run()
+    engine = Engine(config, output=output, subscribers=subscribers, clock=clock, fresh=fresh)
+    return await engine.run()

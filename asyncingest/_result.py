@@ -84,15 +84,20 @@ class RunResult:
     output: str
     endpoints: tuple[EndpointSummary, ...]
     duration: float
-    cancelled: bool = False
+    cancelled: bool = False  # stopped at once: only the last checkpoint counts
+    stopped: bool = False  # stopped gracefully: state saved, the same command resumes
+    note: str = ""  # "resumed", "already complete"
 
     @property
     def ok(self) -> bool:
-        return not self.cancelled and all(e.ok for e in self.endpoints)
+        return not (self.cancelled or self.stopped) and all(e.ok for e in self.endpoints)
 
     @property
     def exit_code(self) -> int:
-        """0: everything fetched and written; 1: finished, but something failed."""
+        """0: everything fetched and written; 1: finished, but something failed;
+        3: stopped before the end (state saved; run the same command to resume)."""
+        if self.stopped or self.cancelled:
+            return 3
         return 0 if self.ok else 1
 
     @property

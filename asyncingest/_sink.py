@@ -46,6 +46,8 @@ import pyarrow.parquet as pq
 
 from asyncingest._schema import BatchConverter, FieldType, RejectedRecord, conform
 
+from ._crashpoints import crash_point
+
 __all__ = ["FieldType", "ParquetSink", "RejectedRecord", "SinkOptions", "safe_dir_name"]
 
 _COMPRESSIONS: Final = frozenset({"none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd"})
@@ -290,6 +292,7 @@ def _publish(staging: Path, final: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    crash_point("commit")
     os.replace(staging, final)
     _fsync_dir(final.parent)
 

@@ -1,0 +1,229 @@
+"""One endpoint's writer task: the single, ordered path from fetched pages to durable files.
+
+Workers never touch files. Each page becomes one :class:`PageDone` item on the writer's
+queue carrying the page's records, the child jobs it made (to journal), its dead letters and
+a progress token (which job, and the next request or "done"). The writer applies items in
+queue order: records to the Parquet sink, child jobs to the child's journal, dead letters to
+the dead-letter file, tokens to a pending list.
+
+A :class:`Barrier` on the queue makes everything before it durable: the sink commits its
+current file, journals and dead letters are fsynced, and the barrier answers with the
+pending tokens, the committed files and the committed lengths. Because a barrier is put on
+every writer's queue in one synchronous step, a checkpoint built from the answers names only
+durable work, and a child job can only be durable if the parent page that made it is
+(docs/architecture.md, "Checkpoints").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._checkpoint import Journal
+from ._deadletter import DeadLetters
+from ._events import EventBus, FileCommitted, RecordsRejected, RecordsWritten
+from ._request import Record, Request
+from ._result import EndpointStats
+from ._sink import ParquetSink
+
+if TYPE_CHECKING:
+    from ._endpoint import Job
+
+MAX_PAGES_QUEUED = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """Job ``job`` got a page: its walk continues at ``next`` (``None``: the walk is over)."""
+
+    job: int
+    next: Request | None
+
+
+@dataclass(slots=True)
+class PageDone:
+    records: list[Record]
+    token: Token | None
+    children: list[tuple[Journal, list[Job]]] = field(default_factory=list)
+    dead: list[Callable[[DeadLetters], None]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BarrierResult:
+    tokens: list[Token]
+    files: list[str]  # every file this run's sink committed so far (names)
+    journals: dict[str, tuple[int, int]]  # child endpoint -> committed (lines, bytes)
+    dead_letter_bytes: int
+    finished: bool = False
+
+
+class Barrier:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[BarrierResult] = asyncio.get_running_loop().create_future()
+
+
+class Writer:
+    def __init__(
+        self,
+        name: str,
+        sink: ParquetSink,
+        dead: DeadLetters,
+        child_journals: dict[str, Journal],
+        events: EventBus,
+        stats: EndpointStats,
+        row_group_rows: int,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        self.dead = dead
+        self.child_journals = child_journals
+        self.events = events
+        self.stats = stats
+        self.row_group_rows = row_group_rows
+        # Unbounded so a barrier can always be enqueued at once; pages are bounded by `slots`.
+        self.queue: asyncio.Queue[PageDone | Barrier | None] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(MAX_PAGES_QUEUED)
+        self._buffer: list[Record] = []
+        self._tokens: list[Token] = []
+        self._committed = 0
+        self._final: BarrierResult | None = None
+        self._finishing = False
+        self.task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Writer({self.name}, queued={self.queue.qsize()}, buffered={len(self._buffer)}, "
+            f"pending_tokens={len(self._tokens)}, files={len(self.sink.files)})"
+        )
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
+
+    async def put(self, item: PageDone) -> None:
+        """Enqueue a page; waits while ``MAX_PAGES_QUEUED`` pages are not yet applied."""
+        await self.slots.acquire()
+        self.queue.put_nowait(item)
+
+    def put_reserved(self, item: PageDone) -> None:
+        """Enqueue a page for which the caller already holds a slot (``await slots.acquire()``)."""
+        self.queue.put_nowait(item)
+
+    def barrier(self) -> asyncio.Future[BarrierResult]:
+        """Synchronously enqueue a barrier; the future answers once all before it is durable.
+
+        The tokens in an answer are handed out once: the caller must not lose them (the
+        engine shields its checkpoints from cancellation).
+        """
+        b = Barrier()
+        if self.task is None:  # not started: nothing written, nothing pending
+            b.future.set_result(self._snapshot([]))
+        elif self._finishing:  # the final answer comes when the writer has closed the sink
+            self.task.add_done_callback(lambda _: self._answer_final(b))
+        else:
+            self.queue.put_nowait(b)
+        return b.future
+
+    def _answer_final(self, b: Barrier) -> None:
+        if not b.future.done():
+            b.future.set_result(self._take_final())
+
+    def finish(self) -> None:
+        self._finishing = True
+        self.queue.put_nowait(None)
+
+    def _take_final(self) -> BarrierResult:
+        final = self._final or self._snapshot([], finished=True)
+        self._final = self._snapshot([], finished=True)  # tokens are handed out once
+        return final
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                await self._write_buffer()
+                await asyncio.to_thread(self._close)
+                self._final = self._snapshot(self._take_tokens(), finished=True)
+                return
+            if isinstance(item, Barrier):
+                await self._write_buffer()
+                await asyncio.to_thread(self._sync)
+                item.future.set_result(self._snapshot(self._take_tokens()))
+                continue
+            self._apply(item)
+            self.slots.release()
+            if len(self._buffer) >= self.row_group_rows:
+                await self._write_buffer()
+
+    def _apply(self, item: PageDone) -> None:
+        if item.records:
+            self._buffer.extend(item.records)
+        for journal, jobs in item.children:
+            for job in jobs:
+                line = journal.append(job.variables, job.copy)
+                assert line == job.number, f"journal line {line} != job {job.number}"
+        for write_dead in item.dead:
+            write_dead(self.dead)
+        if item.token is not None:
+            self._tokens.append(item.token)
+
+    def _take_tokens(self) -> list[Token]:
+        tokens, self._tokens = self._tokens, []
+        return tokens
+
+    async def _write_buffer(self) -> None:
+        if not self._buffer:
+            return
+        records, self._buffer = self._buffer, []
+        rejected = await asyncio.to_thread(self.sink.write, records)
+        for rej in rejected:
+            self.stats.records_rejected += 1
+            self.stats.note_error(rej.reason)
+            self.dead.record_rejected(record=rej.record, reason=rej.reason)
+            self.events.emit(RecordsRejected(self.name, 1, rej.reason))
+        accepted = len(records) - len(rejected)
+        self.stats.records_written += accepted
+        if accepted:
+            self.events.emit(RecordsWritten(self.name, accepted))
+        self._announce_files()
+
+    def _sync(self) -> None:
+        self.sink.flush()
+        for journal in self.child_journals.values():
+            journal.sync()
+        self.dead.sync()
+
+    def _close(self) -> None:
+        self.sink.close()
+        for journal in self.child_journals.values():
+            journal.sync()
+        self.dead.sync()
+
+    def _snapshot(self, tokens: list[Token], finished: bool = False) -> BarrierResult:
+        self._announce_files()
+        return BarrierResult(
+            tokens=tokens,
+            files=[Path(p).name for p in self.sink.files],
+            journals={k: (j.lines, j.nbytes) for k, j in self.child_journals.items()},
+            dead_letter_bytes=self.dead.nbytes,
+            finished=finished,
+        )
+
+    def _announce_files(self) -> None:
+        files = self.sink.files
+        for path in files[self._committed :]:
+            self.stats.files.append(str(path))
+            self.events.emit(FileCommitted(self.name, str(path)))
+        self._committed = len(files)
+
+
+def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.request_failed(**entry)
+
+
+def dead_record(record: Any, reason: str) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.record_rejected(record=record, reason=reason)

@@ -1,0 +1,274 @@
+"""Crash-safe runs: SIGKILL at any moment, resume, and the output equals a clean run's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+import asyncingest
+from asyncingest import ConfigError, Engine, config_from_dict
+from asyncingest._checkpoint import EndpointState, RunState, load_state
+from asyncingest._mockapi import MockAPI, MockSettings
+from asyncingest._rangeset import RangeSet
+
+from .conftest import assert_same_records, read_records
+from .test_engine import CRM_ENDPOINTS, F1_ENDPOINTS, F1_KEYS
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_config(url: str, out: Path, ids: Path, **output: Any) -> dict[str, Any]:
+    users = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(ids), "column": "user_id"},
+        "concurrency": 4,
+    }
+    return {
+        "api": {
+            "base_url": url,
+            "retry": {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05},
+            "concurrency": {"endpoints": 3, "requests_per_endpoint": 3},
+        },
+        "output": {
+            "directory": str(out),
+            "row_group_rows": 20,
+            "max_rows_per_file": 50,
+            "checkpoint_seconds": 0.15,
+            **output,
+        },
+        "endpoints": [*F1_ENDPOINTS, *CRM_ENDPOINTS, users],
+    }
+
+
+def write_ids(tmp_path: Path, n: int = 120) -> tuple[Path, list[str]]:
+    ids = [str(5000 + 7 * i) for i in range(n)]
+    path = tmp_path / "ids.csv"
+    path.write_text("user_id\n" + "\n".join(ids) + "\n")
+    return path, ids
+
+
+def check_complete(api: MockAPI, out: Path, ids: list[str]) -> None:
+    d = api.dataset
+    for name, keys in F1_KEYS.items():
+        assert_same_records(read_records(out, name), getattr(d, name), keys)
+    assert_same_records(read_records(out, "contacts"), d.contacts, ["id"])
+    assert_same_records(read_records(out, "engagements"), d.engagements, ["id"])
+    assert_same_records(read_records(out, "companies"), d.companies, ["id"])
+    assoc = [
+        {"engagement_id": e["id"], **a}
+        for e in d.engagements
+        for a in d.association_records(e["id"])
+    ]
+    assert_same_records(
+        read_records(out, "engagement_contacts"), assoc, ["engagement_id", "toObjectId"]
+    )
+    users = [d.user(u) for u in ids]
+    assert_same_records(read_records(out, "users"), users, ["user_id"])  # type: ignore[arg-type]
+    # Every visible file is complete and readable by a dataset scan of the whole output.
+    for folder in out.iterdir():
+        if folder.is_dir() and not folder.name.startswith("_"):
+            ds.dataset(folder, format="parquet").to_table()
+
+
+async def run_cli(
+    cfg_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    kill_after: float | None = None,
+    sig: int = signal.SIGKILL,
+) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncingest",
+        "run",
+        str(cfg_path),
+        "--quiet",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    if kill_after is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), kill_after)
+        except TimeoutError:
+            proc.send_signal(sig)
+    out, _ = await proc.communicate()
+    return await proc.wait(), out.decode()
+
+
+@pytest.mark.parametrize(
+    "crash_at", ["commit:2", "commit:9", "state:3", "state:7", "page:25", "page:140"]
+)
+async def test_sigkill_at_a_crash_point_then_resume_gives_every_record_once(
+    tmp_path: Path, crash_at: str
+) -> None:
+    ids_path, ids = write_ids(tmp_path)
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(fault_rate=0.1, latency_ms=2)) as api:
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
+        code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
+        assert code == -signal.SIGKILL, text
+        assert not any(out.glob("*/part-*.parquet.inprogress"))  # staging files are hidden
+        code, text = await run_cli(cfg)
+        assert code == 0, text
+        check_complete(api, out, ids)
+        state = load_state(out)
+        assert state is not None and state.status == "complete" and len(state.runs) == 2
+
+
+async def test_repeated_sigkills_at_random_moments_then_resume(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 300)
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(fault_rate=0.1, latency_ms=5)) as api:
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
+        kills = 0
+        for delay in (0.9, 1.1, 1.3, 1.5):
+            code, text = await run_cli(cfg, kill_after=delay)
+            if code == 0:
+                break
+            assert code == -signal.SIGKILL, text
+            kills += 1
+        code, text = await run_cli(cfg)
+        assert code == 0, text
+        assert kills >= 1
+        check_complete(api, out, ids)
+
+
+async def test_sigterm_stops_gracefully_and_the_same_command_resumes(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 300)
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(latency_ms=20)) as api:
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
+        code, text = await run_cli(cfg, kill_after=1.2, sig=signal.SIGTERM)
+        assert code == 3, text
+        assert "to resume: python -m asyncingest run" in text
+        state = load_state(out)
+        assert state is not None and state.status == "interrupted"
+        code, text = await run_cli(cfg)
+        assert code == 0, text
+        check_complete(api, out, ids)
+
+
+async def test_engine_stop_inside_a_host_loop(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 200)
+    async with MockAPI(MockSettings.small(latency_ms=10)) as api:
+        cfg = config_from_dict(job_config(api.url, tmp_path / "out", ids_path))
+        engine = Engine(cfg)
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.5)
+        engine.stop()
+        first = await task
+        assert first.stopped and first.exit_code == 3
+        second = await asyncingest.run(cfg)
+        assert second.ok and second.note == "resumed"
+        check_complete(api, tmp_path / "out", ids)
+
+
+async def test_a_completed_run_is_not_run_twice(tmp_path: Path) -> None:
+    ids_path, _ = write_ids(tmp_path, 5)
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = config_from_dict(job_config(api.url, tmp_path / "out", ids_path))
+        assert (await asyncingest.run(cfg)).ok
+        before = api.stats.requests
+        again = await asyncingest.run(cfg)
+        assert again.note == "already complete" and api.stats.requests == before
+        fresh = await asyncingest.run(cfg, fresh=True)
+        assert fresh.ok and api.stats.requests > before
+
+
+async def test_unsafe_config_change_is_refused_naming_fresh(tmp_path: Path) -> None:
+    ids_path, _ = write_ids(tmp_path, 5)
+    async with MockAPI(MockSettings.small()) as api:
+        raw = job_config(api.url, tmp_path / "out", ids_path)
+        engine = Engine(config_from_dict(raw))
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.05)
+        engine.stop()
+        await task
+        raw["endpoints"][0]["params"] = {"year": 2023}
+        with pytest.raises(ConfigError, match="--fresh"):
+            await asyncingest.run(config_from_dict(raw))
+        # What does not change the records (limits, concurrency) may change.
+        raw["endpoints"][0]["params"] = {"year": 2024}
+        raw["api"]["concurrency"] = {"requests_per_endpoint": 9}
+        raw["api"]["rate_limits"] = [{"requests": 1000, "per_seconds": 1}]
+        assert (await asyncingest.run(config_from_dict(raw))).ok
+
+
+async def test_output_with_foreign_parquet_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out" / "meetings").mkdir(parents=True)
+    (tmp_path / "out" / "meetings" / "part-00000.parquet").write_bytes(b"x")
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = config_from_dict(job_config(api.url, tmp_path / "out", write_ids(tmp_path, 3)[0]))
+        with pytest.raises(ConfigError, match="--fresh"):
+            await asyncingest.run(cfg)
+
+
+async def test_dead_letters_then_retry_failed(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 20)
+    faults = {f"/partner/users/{ids[3]}": ("status_503",) * 3}
+    settings = MockSettings.small(forced_faults=faults, max_faults_per_url=3)
+    async with MockAPI(settings) as api:
+        raw = job_config(api.url, tmp_path / "out", ids_path)
+        raw["api"]["retry"]["max_attempts"] = 2
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 1
+        dead = tmp_path / "out" / "_dead_letter" / "users" / "dead-letters.jsonl"
+        entry = orjson.loads(dead.read_bytes().splitlines()[0])
+        assert entry["kind"] == "request" and entry["attempts"] == 2
+        assert entry["status"] == 503 and "503" in entry["reason"]
+        assert entry["url"].endswith(f"/partner/users/{ids[3]}") and entry["time"]
+        again = await asyncingest.run(cfg)
+        assert again.note == "already complete"
+        retried = await Engine(cfg, retry_failed=True).run()
+        assert retried.ok, [e.first_errors for e in retried.endpoints]
+        assert retried.endpoint("users").jobs == 1  # only the dead-lettered id, asked again
+        assert dead.read_bytes() == b""
+        check_complete(api, tmp_path / "out", ids)
+
+
+def test_state_stays_compact_for_a_million_id_fan_out() -> None:
+    done = RangeSet()
+    # Workers finish out of order: ids complete in shuffled blocks of 64.
+    import random
+
+    rng = random.Random(1)
+    for block in range(0, 1_000_000, 64):
+        chunk = list(range(block, min(block + 64, 1_000_000)))
+        rng.shuffle(chunk)
+        for n in chunk:
+            done.add(n)
+    assert done.ranges() == [(0, 1_000_000)]
+    state = RunState(
+        "fp",
+        endpoints={
+            "users": EndpointState(
+                files=[f"part-{i:05d}.parquet" for i in range(100)],
+                done=done,
+                partial={999_990 + i: {"url": "x"} for i in range(8)},
+            )
+        },
+    )
+    assert len(state.to_bytes()) < 10_000
+    assert RunState.from_bytes(state.to_bytes()).endpoints["users"].done == done
