@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_STOPPED
             code = _finish(result, console)
             if result.stopped:
-                _print_resume(console, args)
+                _print_resume(console, args, why=result.note)
             return code
         if args.command == "demo":
             from ._demo import demo_settings, run_demo
@@ -234,8 +234,10 @@ def _install_signal_handlers(engine: Engine, console: Console, deadline: float) 
             loop.add_signal_handler(sig, on_signal, sig.name)
 
 
-def _print_resume(console: Console, args: argparse.Namespace, cancelled: bool = False) -> None:
-    how = "stopped at once" if cancelled else "stopped"
+def _print_resume(
+    console: Console, args: argparse.Namespace, cancelled: bool = False, why: str = ""
+) -> None:
+    how = "stopped at once" if cancelled else f"stopped{f' ({why})' if why else ''}"
     cmd = ["python -m asyncingest run", shlex.quote(args.config)]
     if args.output:
         cmd += ["--output", shlex.quote(args.output)]
@@ -264,6 +266,9 @@ def _finish(result: RunResult, console: Console) -> int:
     if not result.ok:
         console.print(f"dead letters: {Path(result.output) / '_dead_letter'}", highlight=False)
     console.print(f"output: {Path(result.output).resolve()}", highlight=False)
+    report = Path(result.output) / "_asyncingest" / "runs" / f"{result.run_id}.json"
+    if report.exists():
+        console.print(f"run report: {report}", highlight=False)
     return result.exit_code
 
 

@@ -109,6 +109,12 @@ class ApiConfig(_Model):
     rate_limits: tuple[RateWindow, ...] = ()
     retry: RetryConfig = RetryConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    on_budget_exhausted: Literal["wait", "stop"] = Field(
+        "wait",
+        description="when a rate window (e.g. a daily quota) has no room for longer than "
+        "budget_wait_threshold: keep waiting (and say when it returns) or save state and stop",
+    )
+    budget_wait_threshold: float = Field(60.0, gt=0)
 
     @field_validator("headers")
     @classmethod

@@ -19,6 +19,7 @@ from ._events import (
     EndpointStarted,
     Event,
     JobsQueued,
+    BudgetExhausted,
     RecordsRejected,
     RecordsWritten,
     RequestFailed,
@@ -61,6 +62,7 @@ class ProgressModel:
         self.output = ""
         self.limits: tuple[str, ...] = ()
         self.result: RunResult | None = None
+        self.notices: list[str] = []
 
     def __call__(self, event: Event) -> None:
         match event:
@@ -76,6 +78,8 @@ class ProgressModel:
                 self.rows[name].retries += 1
             case RequestFailed(endpoint=name):
                 self.rows[name].failed += 1
+            case BudgetExhausted(reason=reason):
+                self.notices.append(reason)
             case RecordsRejected(endpoint=name, count=n):
                 self.rows[name].rejected += n
             case JobsQueued(endpoint=name, count=n):
@@ -103,7 +107,8 @@ class ProgressModel:
 
 def progress_table(model: ProgressModel, title: str = "asyncingest") -> Table:
     limits = f"  limits: {', '.join(model.limits)}" if model.limits else ""
-    table = Table(title=f"{title}{limits}", title_justify="left", expand=False)
+    notice = f"\n[yellow]{model.notices[-1]}[/]" if model.notices else ""
+    table = Table(title=f"{title}{limits}{notice}", title_justify="left", expand=False)
     for col in (
         "endpoint",
         "records",
@@ -136,30 +141,38 @@ def progress_table(model: ProgressModel, title: str = "asyncingest") -> Table:
 
 
 def summary_table(result: RunResult) -> Table:
+    """The end-of-run report (the same figures as OUTPUT/_asyncingest/runs/<run-id>.json)."""
     table = Table(title=f"run {result.run_id}: {result.duration:.1f}s", title_justify="left")
     for col in (
         "endpoint",
         "records",
         "requests",
         "retries",
-        "429s",
-        "failed req",
+        "errors by status",
+        "failed",
         "rejected",
-        "files",
         "MB",
+        "waited",
+        "time",
+        "files",
     ):
-        table.add_column(col, justify="left" if col == "endpoint" else "right", no_wrap=True)
+        table.add_column(
+            col, justify="left" if col in ("endpoint", "statuses") else "right", no_wrap=True
+        )
     for e in result.endpoints:
+        errors = " ".join(f"{k}:{v:,}" for k, v in sorted(e.statuses.items()) if k >= 300)
         table.add_row(
             e.name,
             f"{e.records_written:,}",
             f"{e.requests:,}",
             f"{e.retries:,}",
-            f"{e.throttled:,}",
+            errors,
             f"{e.failed_requests:,}",
             f"{e.records_rejected:,}",
-            f"{len(e.files)}",
             f"{e.nbytes / 1e6:,.1f}",
+            f"{e.limiter_wait:,.1f}s",
+            f"{e.duration:,.1f}s",
+            f"{len(e.files)}",
         )
     return table
 
@@ -201,6 +214,9 @@ class PlainDisplay:
     def __call__(self, event: Event) -> None:
         self.model(event)
         now = time.monotonic()
+        if isinstance(event, BudgetExhausted):
+            self.stream.write(f"{event.endpoint}: {event.reason}\n")
+            self.stream.flush()
         if isinstance(event, EndpointFinished):
             self._line(self.model.rows[event.summary.name], "done")
         elif now - self._last >= self.every:

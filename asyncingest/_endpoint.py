@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 from yarl import URL
 
+from ._budget import BudgetWatch
 from ._checkpoint import Journal, request_to_json
 from ._clock import Clock
 from ._config import EndpointConfig, ForEach
@@ -95,6 +96,7 @@ class EndpointRunner:
         self._pk = endpoint.primary_key
         self._children_bindings: list[tuple[EndpointRunner, ForEach, Journal]] = []
         self._waiting: set[asyncio.Task[Any]] = set()  # workers waiting on limits or back-off
+        self.budget: BudgetWatch | None = None
 
     def stop(self) -> None:
         """Graceful stop: requests in flight finish; waits for the limiter or a back-off end."""
@@ -102,9 +104,10 @@ class EndpointRunner:
         for task in list(self._waiting):
             task.cancel("asyncingest: stopping")
 
-    async def _interruptible(self, waiter: Awaitable[T]) -> T | None:
+    async def _interruptible(self, waiter: Coroutine[Any, Any, T]) -> T | None:
         """Await ``waiter`` unless a graceful stop interrupts it (then ``None``)."""
         if self.stopping:
+            waiter.close()
             return None
         task = asyncio.current_task()
         assert task is not None
@@ -214,6 +217,8 @@ class EndpointRunner:
         attempt = 0
         while True:
             attempt += 1
+            if self.budget is not None:
+                self.budget.check(self.name)
             t0 = self.clock.time()
             permit = await self._interruptible(self.limits.acquire(self.name))
             if permit is None:

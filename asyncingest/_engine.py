@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from ._budget import BudgetWatch
 from ._checkpoint import (
     STATE_FOLDER,
     Journal,
@@ -111,6 +112,8 @@ class Engine:
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self.runners: dict[str, EndpointRunner] = {}
         self.stopping = False
+        self.stop_reason = ""
+        self._own_limiters: dict[str, SlidingWindowLimiter] = {}
         self.state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
@@ -139,14 +142,29 @@ class Engine:
     def _limits_for(self, e: EndpointConfig) -> Limit:
         parts: list[Limit] = []
         if e.rate_limits:
-            parts.append(
-                SlidingWindowLimiter(
-                    [(w.requests, w.per_seconds) for w in e.rate_limits], self.clock, name=e.name
-                )
+            own = SlidingWindowLimiter(
+                [(w.requests, w.per_seconds) for w in e.rate_limits], self.clock, name=e.name
             )
+            self._own_limiters[e.name] = own
+            parts.append(own)
         if self.global_limiter is not None:
             parts.append(self.global_limiter)
         return parts[0] if len(parts) == 1 else Limits(parts)
+
+    def _budget_watch(self, e: EndpointConfig) -> BudgetWatch | None:
+        limiters = [x for x in (self._own_limiters.get(e.name), self.global_limiter) if x]
+        if not limiters:
+            return None
+        api = self.config.api
+        stop = self._stop_for_budget if api.on_budget_exhausted == "stop" else None
+        return BudgetWatch(
+            limiters, self.clock, self.events, threshold=api.budget_wait_threshold, stop=stop
+        )
+
+    def _stop_for_budget(self, reason: str) -> None:
+        if not self.stopping:
+            self.stop_reason = reason
+            self.stop()
 
     async def run(self) -> RunResult:
         cfg = self.config
@@ -201,6 +219,7 @@ class Engine:
                 )
             for name, runner in self.runners.items():
                 runner.link([self.runners[c.name] for c in cfg.children(name)])
+                runner.budget = self._budget_watch(runner.endpoint)
             if self.stopping:
                 self.stop()
             self.events.emit(
@@ -238,7 +257,7 @@ class Engine:
                     duration=self.clock.time() - started,
                     cancelled=cancelled,
                     stopped=self.stopping,
-                    note="resumed" if start.resumed else "",
+                    note=self.stop_reason or ("resumed" if start.resumed else ""),
                 )
                 await asyncio.shield(asyncio.to_thread(self._write_report, result))
         self.events.emit(RunFinished(result))
@@ -266,6 +285,7 @@ class Engine:
                 apply(state, r.name, self._prior_files[r.name], res, complete)
             if final:
                 state.status = "complete" if complete else "interrupted"
+                state.note = self.stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
 
     def _write_report(self, result: RunResult) -> None:

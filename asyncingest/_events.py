@@ -79,6 +79,17 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetExhausted:
+    """A rate window has no room for longer than the configured threshold."""
+
+    endpoint: str
+    limiter: str
+    wait: float  # seconds until the next request can go
+    resume_at: float  # epoch seconds
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RecordsRejected:
     endpoint: str
     count: int
@@ -116,6 +127,7 @@ Event = (
     | RequestFinished
     | RequestRetried
     | RequestFailed
+    | BudgetExhausted
     | RecordsRejected
     | RecordsWritten
     | FileCommitted

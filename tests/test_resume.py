@@ -272,3 +272,23 @@ def test_state_stays_compact_for_a_million_id_fan_out() -> None:
     )
     assert len(state.to_bytes()) < 10_000
     assert RunState.from_bytes(state.to_bytes()).endpoints["users"].done == done
+
+
+async def test_a_used_up_budget_says_when_it_returns_and_stops_when_asked(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 10)
+    events: list[Any] = []
+    async with MockAPI(MockSettings.small()) as api:
+        raw = job_config(api.url, tmp_path / "out", ids_path)
+        raw["endpoints"] = raw["endpoints"][-1:]  # users only
+        raw["api"]["rate_limits"] = [{"requests": 4, "per_seconds": 86_400}]
+        raw["api"]["on_budget_exhausted"] = "stop"
+        raw["api"]["budget_wait_threshold"] = 30
+        result = await Engine(config_from_dict(raw), subscribers=[events.append]).run()
+        assert result.stopped and result.exit_code == 3
+        assert "used up" in result.note and "the next request can go at" in result.note
+        assert api.stats.requests == 4
+        (exhausted,) = [e for e in events if isinstance(e, asyncingest.BudgetExhausted)]
+        assert exhausted.wait > 86_000
+        state = load_state(tmp_path / "out")
+        assert state is not None and state.status == "interrupted" and "used up" in state.note
+        assert len(state.endpoints["users"].done) == 4
