@@ -292,3 +292,34 @@ async def test_a_used_up_budget_says_when_it_returns_and_stops_when_asked(tmp_pa
         state = load_state(tmp_path / "out")
         assert state is not None and state.status == "interrupted" and "used up" in state.note
         assert len(state.endpoints["users"].done) == 4
+
+
+async def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_files(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 30)
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(latency_ms=400)) as api:
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asyncingest",
+            "run",
+            str(cfg),
+            "--quiet",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        await asyncio.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        text = (await proc.communicate())[0].decode()
+        assert proc.returncode == 3, text
+        assert "stopped at once" in text and "to resume" in text
+        for f in out.glob("*/part-*.parquet"):
+            ds.dataset(f, format="parquet").to_table()  # every visible file is complete
+        code, text = await run_cli(cfg)
+        assert code == 0, text
+        check_complete(api, out, ids)
