@@ -27,13 +27,13 @@ from ._config import (
 from ._engine import Engine, run
 from ._errors import AsyncIngestError, ConfigError, Problem
 from ._events import (
+    BudgetExhausted,
     EndpointFinished,
     EndpointStarted,
     Event,
     EventBus,
     FileCommitted,
     JobsQueued,
-    BudgetExhausted,
     RecordsRejected,
     RecordsWritten,
     RequestFailed,
@@ -54,6 +54,7 @@ __all__ = [
     # errors
     "AsyncIngestError",
     "AuthConfig",
+    "BudgetExhausted",
     "Clock",
     "ConcurrencyConfig",
     "ConcurrencyLimit",
@@ -85,7 +86,6 @@ __all__ = [
     "PipelineConfig",
     "Problem",
     "RateWindow",
-    "BudgetExhausted",
     "RecordsRejected",
     "RecordsWritten",
     "RequestFailed",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from ._result import EndpointSummary, RunResult
@@ -120,6 +120,66 @@ class RunFinished:
     result: RunResult
 
 
+BreakerStateName = Literal["closed", "open", "half-open"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """An attempt got its permits and is about to be sent (pairs with ``RequestFinished``)."""
+
+    endpoint: str
+    method: str
+    url: str  # secrets redacted
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    """One walk (all pages for one root call, input id or parent record) is over."""
+
+    endpoint: str
+    ok: bool = True  # False: it ended in a dead letter
+    pages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsExpected:
+    """A walk's first page said how many records the walk holds (``total_path``)."""
+
+    endpoint: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChanged:
+    endpoint: str
+    state: BreakerStateName
+    previous: BreakerStateName
+    failures: int  # consecutive failures that led here
+    cooldown: float  # seconds before the next probe when ``state == "open"``, else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RatePaused:
+    """A shared budget grants nothing for ``seconds`` (a 429, or the server's headers said the
+    quota is spent)."""
+
+    limiter: str  # the budget paused: "api", or an endpoint's own limiter
+    endpoint: str  # whose response triggered it
+    seconds: float
+    reason: str
+    throttled: bool  # True: the server answered 429/503; False: we stopped before it did
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyChanged:
+    """Adaptive concurrency moved an endpoint's limit of requests in flight."""
+
+    endpoint: str
+    limit: int
+    reason: str
+
+
 Event = (
     RunStarted
     | EndpointStarted
@@ -128,6 +188,12 @@ Event = (
     | RequestRetried
     | RequestFailed
     | BudgetExhausted
+    | RequestStarted
+    | JobFinished
+    | RecordsExpected
+    | BreakerChanged
+    | RatePaused
+    | ConcurrencyChanged
     | RecordsRejected
     | RecordsWritten
     | FileCommitted

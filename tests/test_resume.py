@@ -275,7 +275,7 @@ def test_state_stays_compact_for_a_million_id_fan_out() -> None:
 
 
 async def test_a_used_up_budget_says_when_it_returns_and_stops_when_asked(tmp_path: Path) -> None:
-    ids_path, ids = write_ids(tmp_path, 10)
+    ids_path, _ = write_ids(tmp_path, 10)
     events: list[Any] = []
     async with MockAPI(MockSettings.small()) as api:
         raw = job_config(api.url, tmp_path / "out", ids_path)
