@@ -11,48 +11,41 @@ asks the paginator for the next page. See docs/architecture.md, steps 4-8.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 from yarl import URL
 
+from ._breaker import CircuitOpen
 from ._budget import BudgetWatch
-from ._checkpoint import Journal, request_to_json
+from ._checkpoint import Journal
 from ._clock import Clock
 from ._config import EndpointConfig, ForEach
 from ._crashpoints import crash_point
 from ._deadletter import DeadLetters
-from ._events import (
-    EventBus,
-    JobsQueued,
-    RecordsRejected,
-    RequestFailed,
-    RequestFinished,
-    RequestRetried,
-)
+from ._events import EventBus, JobFinished, RecordsExpected, RequestStarted
+from ._guards import EndpointGuards
 from ._http import Failure, HttpClient, Response
+from ._ledger import EndpointLedger
 from ._limiter import Limit
 from ._pagination import PaginationLoop, paginator_for
-from ._request import Page, Record, Request, WrongShape, build_request, extract_records, lookup
-from ._result import EndpointStats
-from ._retry import FailureKind, Outcome, RetryPolicy, parse_retry_after
+from ._records import (
+    Job,
+    bind_children,
+    copy_parent_fields,
+    decide_retry,
+    missing_key_reason,
+    parse_page,
+    split_by_key,
+)
+from ._request import Page, Request, build_request, lookup
+from ._retry import FailureKind, RetryPolicy
 from ._sink import ParquetSink
 from ._writer import PageDone, Token, Writer, dead_record, dead_request
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One walk: ``number`` identifies it in checkpoints (row, journal line, or 0 for a root)."""
-
-    number: int
-    variables: dict[str, Any]
-    copy: dict[str, Any] = field(default_factory=dict)
-    resume: Request | None = None  # continue a walk that stopped part way
 
 
 class EndpointRunner:
@@ -85,10 +78,11 @@ class EndpointRunner:
         self.rng = rng
         self.journal = journal  # where this endpoint's own jobs are journaled (for_each)
         self.children: list[EndpointRunner] = []
-        self.stats = EndpointStats(endpoint.name)
+        self.ledger = EndpointLedger(endpoint.name, events.emit, client.redact)
+        self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
         self.jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=max(2, workers * 2))
-        self.writer = Writer(self.name, sink, dead_letters, {}, events, self.stats, row_group_rows)
+        self.writer = Writer(self.name, sink, dead_letters, {}, self.ledger, row_group_rows)
         self.in_flight = 0
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new
         self.producers = 1  # who may still submit jobs; input closes when they are all done
@@ -97,6 +91,9 @@ class EndpointRunner:
         self._children_bindings: list[tuple[EndpointRunner, ForEach, Journal]] = []
         self._waiting: set[asyncio.Task[Any]] = set()  # workers waiting on limits or back-off
         self.budget: BudgetWatch | None = None
+        self.guards: EndpointGuards | None = None
+        pagination = endpoint.pagination
+        self._total_path: str | None = getattr(pagination, "total_path", None)
 
     def stop(self) -> None:
         """Graceful stop: requests in flight finish; waits for the limiter or a back-off end."""
@@ -163,7 +160,7 @@ class EndpointRunner:
             self.stats.finished = self.clock.time()
 
     async def submit(self, job: Job) -> None:
-        self.stats.jobs += 1
+        self.ledger.jobs_submitted(1)
         await self.jobs.put(job)
 
     async def producer_done(self) -> None:
@@ -188,140 +185,118 @@ class EndpointRunner:
         request: Request | None = job.resume or self.paginator.first(
             build_request(self.base_url, self.endpoint, job.variables)
         )
+        pages = 0
         while request is not None:
             if self.stopping:
                 return  # the checkpoint has this walk's last durable page
             page = await self._fetch_page(request, job)
             if page is None:
+                if not self.stopping:
+                    self.events.emit(JobFinished(self.name, False, pages))
                 return
+            pages += 1
+            if pages == 1 and self._total_path and job.resume is None:
+                total = lookup(page.body, self._total_path)
+                if isinstance(total, int) and not isinstance(total, bool):
+                    self.events.emit(RecordsExpected(self.name, total))
             try:
                 next_request = self.paginator.next(page)
             except PaginationLoop as exc:
                 await self._deliver(page, job, None)
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))
-                await self.writer.put(
-                    PageDone(
-                        [],
-                        Token(job.number, None),
-                        dead=[self._give_up(page.request, job, failure, 1)],
-                    )
-                )
+                dead = self._give_up(page.request, job, failure, 1)
+                await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
+                self.events.emit(JobFinished(self.name, False, pages))
                 return
             crash_point("page")
             await self._deliver(page, job, next_request)
             request = next_request
+        self.events.emit(JobFinished(self.name, True, pages))
 
     async def _fetch_page(self, request: Request, job: Job) -> Page | None:
         """The page, or ``None`` when the request gave up (already recorded) or we stop."""
         started = self.clock.time()
         attempt = 0
+        guards = self.guards
+        url = self.client.display_url(request)
         while True:
             attempt += 1
             if self.budget is not None:
                 self.budget.check(self.name)
+            ticket = None
+            if guards is not None and guards.breaker is not None:
+                try:
+                    ticket = await self._interruptible(
+                        guards.admit(deadline=started + self.policy.max_time)
+                    )
+                except CircuitOpen as exc:
+                    failure = Failure(FailureKind.CIRCUIT_OPEN, str(exc))
+                    dead = self._give_up(request, job, failure, attempt - 1)
+                    await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
+                    return None
+                if ticket is None:
+                    return None  # stopping
             t0 = self.clock.time()
             permit = await self._interruptible(self.limits.acquire(self.name))
             if permit is None:
+                if guards is not None:
+                    guards.abandoned(ticket)
                 return None  # stopping: the resumed run asks for this page again
             waited = self.clock.time() - t0
             self.in_flight += 1
+            self.events.emit(RequestStarted(self.name, request.method, url, attempt))
             try:
                 result = await self.client.fetch(request)
+            except BaseException:
+                if guards is not None:
+                    guards.abandoned(ticket)
+                raise
             finally:
                 permit.release()
                 self.in_flight -= 1
             duration = self.clock.time() - t0 - waited
-            st = self.stats
-            st.requests += 1
-            st.limiter_wait += waited
-            outcome = self._parse(request, result)
-            status = result.status
-            if status is not None:
-                st.statuses[status] += 1
-            nbytes = len(result.body) if isinstance(result, Response) else 0
-            st.nbytes += nbytes
-            page = outcome if isinstance(outcome, Page) else None
-            self.events.emit(
-                RequestFinished(
-                    self.name,
-                    request.method,
-                    self.client.display_url(request),
-                    status,
-                    attempt,
-                    page is not None,
-                    duration,
-                    waited,
-                    nbytes,
-                    len(page.records) if page is not None else 0,
-                    None if isinstance(outcome, Page) else self.client.redact(outcome.detail),
-                )
+            outcome: Page | Failure = (
+                parse_page(request, result.status, result.headers, result.body, self.endpoint)
+                if isinstance(result, Response)
+                else result
             )
+            status = result.status
+            nbytes = len(result.body) if isinstance(result, Response) else 0
+            self.ledger.attempted(request, attempt, status, nbytes, outcome, duration, waited)
+            page = outcome if isinstance(outcome, Page) else None
+            if guards is not None:
+                guards.answered(
+                    ticket,
+                    sent=t0 + waited,
+                    latency=duration,
+                    status=status,
+                    kind=None if page is not None else outcome.kind,  # type: ignore[union-attr]
+                    headers=result.headers,
+                )
             if isinstance(outcome, Page):
                 return outcome
             failure = outcome
-            retry_after = parse_retry_after(failure.retry_after, self.clock.wall())
-            decision = self.policy.decide(
+            decision = decide_retry(
+                self.policy,
+                failure,
                 attempt,
                 self.clock.time() - started,
-                Outcome(failure.kind, failure.status, retry_after, failure.detail),
+                self.clock.wall(),
                 self.rng,
             )
             if not decision.retry:
                 dead = self._give_up(request, job, failure, attempt, decision.reason)
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
                 return None
-            st.retries += 1
-            self.events.emit(
-                RequestRetried(
-                    self.name,
-                    self.client.display_url(request),
-                    self.client.redact(failure.detail),
-                    attempt,
-                    decision.wait,
-                    failure.status,
-                )
-            )
+            self.ledger.retrying(request, failure, attempt, decision.wait)
             await self._interruptible(self.clock.sleep(decision.wait))
             if self.stopping:
                 return None  # not recorded: the resumed run asks for this page again
 
-    def _parse(self, request: Request, result: Response | Failure) -> Page | Failure:
-        if isinstance(result, Failure):
-            return result
-        if not result.body.strip():
-            body: Any = None
-        else:
-            try:
-                body = orjson.loads(result.body)
-            except orjson.JSONDecodeError as exc:
-                return Failure(FailureKind.MALFORMED_JSON, f"malformed JSON: {exc}", result.status)
-        try:
-            records = extract_records(body, self.endpoint.records, self.endpoint.single_record)
-        except WrongShape as exc:
-            return Failure(FailureKind.WRONG_SHAPE, f"unexpected body: {exc}", result.status)
-        return Page(request, result.status, result.headers, body, records)
-
     def _give_up(
         self, request: Request, job: Job, failure: Failure, attempts: int, reason: str | None = None
-    ) -> Any:
-        why = self.client.redact(reason or failure.detail)
-        url = self.client.display_url(request)
-        st = self.stats
-        st.failed_requests += 1
-        st.failures[failure.kind.value] += 1
-        st.note_error(f"{url}: {why}")
-        self.events.emit(RequestFailed(self.name, url, why, attempts, failure.status))
-        return dead_request(
-            job=job.number,
-            url=url,
-            method=request.method,
-            reason=why,
-            attempts=attempts,
-            status=failure.status,
-            variables=job.variables,
-            copy=job.copy,
-            request=request_to_json(request),
-        )
+    ) -> Callable[[DeadLetters], None]:
+        return dead_request(**self.ledger.gave_up(request, job, failure, attempts, reason))
 
     # ------------------------------------------------------------------ records
 
@@ -329,32 +304,27 @@ class EndpointRunner:
         """Hand one page to the writer (records, child jobs, rejects, progress) in one item,
         then give the child jobs to the children's queues (waiting when they are full)."""
         records = page.records
-        if job.copy:
-            for r in records:
-                for k, v in job.copy.items():
-                    r.setdefault(k, v)
+        copy_parent_fields(records, job.copy)
         dead: list[Callable[[DeadLetters], None]] = []
-        if self._pk:
-            records, rejected = self._check_keys(records)
-            dead.extend(dead_record(r, why) for r, why in rejected)
-        self.stats.records_received += len(records)
+        records, unkeyed = split_by_key(records, self._pk)
+        if unkeyed:
+            why = missing_key_reason(self._pk)
+            for r in unkeyed:
+                dead.append(dead_record(r, why))
+                self.ledger.rejected(why)
+        self.ledger.received(len(records))
         # Take the writer slot first: numbering the child jobs and enqueueing the page must be
         # one synchronous step, so journal order equals job numbers (see _writer.py).
         await self.writer.slots.acquire()
         children: list[tuple[EndpointRunner, Journal, list[Job]]] = []
         for child, spec, journal in self._children_bindings:
-            jobs = []
-            for r in records:
-                variables = {var: lookup(r, path) for var, path in spec.bind.items()}
-                if None in variables.values():
-                    missing = [spec.bind[var] for var, v in variables.items() if v is None]
-                    why = f"no {missing} to bind for child endpoint '{child.name}'"
-                    dead.append(dead_record(r, why))
-                    self._count_reject(why)
-                    continue
-                copy = {k: lookup(r, p) for k, p in spec.copy_fields.items()}
-                jobs.append(Job(child.next_job, variables, copy))
-                child.next_job += 1
+            jobs, unbound = bind_children(
+                records, spec, child.name, itertools.count(child.next_job)
+            )
+            child.next_job += len(jobs)
+            for r, why in unbound:
+                dead.append(dead_record(r, why))
+                self.ledger.rejected(why)
             if jobs:
                 children.append((child, journal, jobs))
         self.writer.put_reserved(
@@ -368,20 +338,4 @@ class EndpointRunner:
         for child, _, jobs in children:
             for j in jobs:
                 await child.submit(j)
-            self.events.emit(JobsQueued(child.name, len(jobs)))
-
-    def _check_keys(self, records: list[Record]) -> tuple[list[Record], list[tuple[Record, str]]]:
-        pk = self._pk
-        good = [r for r in records if all(r.get(k) is not None for k in pk)]
-        if len(good) == len(records):
-            return records, []
-        why = f"primary key {list(pk)} missing or null"
-        bad = [(r, why) for r in records if any(r.get(k) is None for k in pk)]
-        for _ in bad:
-            self._count_reject(why)
-        return good, bad
-
-    def _count_reject(self, reason: str) -> None:
-        self.stats.records_rejected += 1
-        self.stats.note_error(reason)
-        self.events.emit(RecordsRejected(self.name, 1, reason))
+            child.ledger.jobs_queued(len(jobs))

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from ._adaptive import AdaptiveConcurrency
+from ._breaker import CircuitBreaker
 from ._budget import BudgetWatch
 from ._checkpoint import (
     STATE_FOLDER,
@@ -34,7 +36,7 @@ from ._checkpoint import (
 from ._clock import Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
-from ._endpoint import EndpointRunner, Job
+from ._endpoint import EndpointRunner
 from ._errors import ConfigError, Problem
 from ._events import (
     EndpointFinished,
@@ -45,14 +47,17 @@ from ._events import (
     RunStarted,
     Subscriber,
 )
+from ._guards import EndpointGuards, breaker_events, concurrency_events
 from ._http import Credentials, HttpClient
 from ._limiter import Limit, Limits, SlidingWindowLimiter
+from ._records import Job
 from ._request import Request, base_url_of
 from ._result import RunResult
 from ._resume import JobPlan, apply, prepare, report_json
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
+from ._throttle import AdaptiveThrottle, PauseGate
 
 T = TypeVar("T")
 
@@ -125,6 +130,9 @@ class Engine:
             if api.rate_limits
             else None
         )
+        # With no windows configured, a 429 still needs a shared budget to pause.
+        self.pause_gate = PauseGate(self.clock, "api") if self.global_limiter is None else None
+        self._adaptive: dict[str, AdaptiveConcurrency] = {}
 
     def __repr__(self) -> str:
         runners = list(self.runners.values())
@@ -139,8 +147,21 @@ class Engine:
         for r in self.runners.values():
             r.stop()
 
-    def _limits_for(self, e: EndpointConfig) -> Limit:
+    def limiters(self) -> dict[str, SlidingWindowLimiter]:
+        """The rate limiters by name: ``api`` (shared) and any endpoint's own."""
+        out = dict(self._own_limiters)
+        if self.global_limiter is not None:
+            out["api"] = self.global_limiter
+        return out
+
+    def _limits_for(self, e: EndpointConfig, workers: int) -> Limit:
         parts: list[Limit] = []
+        if self.config.api.concurrency.adaptive:
+            adaptive = AdaptiveConcurrency(
+                workers, on_change=concurrency_events(e.name, self.events.emit)
+            )
+            self._adaptive[e.name] = adaptive
+            parts.append(adaptive)
         if e.rate_limits:
             own = SlidingWindowLimiter(
                 [(w.requests, w.per_seconds) for w in e.rate_limits], self.clock, name=e.name
@@ -149,7 +170,37 @@ class Engine:
             parts.append(own)
         if self.global_limiter is not None:
             parts.append(self.global_limiter)
+        if self.pause_gate is not None:
+            parts.append(self.pause_gate)
         return parts[0] if len(parts) == 1 else Limits(parts)
+
+    def _guards_for(self, e: EndpointConfig) -> EndpointGuards:
+        api = self.config.api
+        breaker = None
+        if api.circuit_breaker is not None:
+            b = api.circuit_breaker
+            breaker = CircuitBreaker(
+                b.failures,
+                b.cooldown,
+                self.clock,
+                max_cooldown=b.max_cooldown,
+                name=e.name,
+                on_change=breaker_events(e.name, self.events.emit),
+            )
+        budget: SlidingWindowLimiter | PauseGate | None = self.global_limiter or self.pause_gate
+        in_flight = self._budget_in_flight if self.global_limiter is not None else None
+        return EndpointGuards(
+            e.name,
+            self.clock,
+            self.events.emit,
+            breaker=breaker,
+            throttle=AdaptiveThrottle(max_pause=api.retry.max_retry_after)
+            if api.adaptive_rate
+            else None,
+            budget=budget,
+            in_flight=in_flight,
+            adaptive=self._adaptive.get(e.name),
+        )
 
     def _budget_watch(self, e: EndpointConfig) -> BudgetWatch | None:
         limiters = [x for x in (self._own_limiters.get(e.name), self.global_limiter) if x]
@@ -160,6 +211,9 @@ class Engine:
         return BudgetWatch(
             limiters, self.clock, self.events, threshold=api.budget_wait_threshold, stop=stop
         )
+
+    def _budget_in_flight(self) -> int:
+        return self.global_limiter.in_flight if self.global_limiter is not None else 0
 
     def _stop_for_budget(self, reason: str) -> None:
         if not self.stopping:
@@ -202,24 +256,26 @@ class Engine:
                     es = state.endpoint(e.name)
                     journal = Journal(self.output, e.name)
                     journal.open(es.journal_lines, es.journal_bytes)
+                workers = e.concurrency or cfg.api.concurrency.requests_per_endpoint
                 self.runners[e.name] = EndpointRunner(
                     e,
                     base_url=base,
                     client=client,
-                    limits=self._limits_for(e),
+                    limits=self._limits_for(e, workers),
                     policy=policy,
                     sink=ParquetSink(self.output, e.name, options, e.schema_),
                     dead_letters=DeadLetters(self.output, e.name),
                     journal=journal,
                     events=self.events,
                     clock=self.clock,
-                    workers=e.concurrency or cfg.api.concurrency.requests_per_endpoint,
+                    workers=workers,
                     rng=random.Random(self.rng.random()),
                     row_group_rows=cfg.output.row_group_rows,
                 )
             for name, runner in self.runners.items():
                 runner.link([self.runners[c.name] for c in cfg.children(name)])
                 runner.budget = self._budget_watch(runner.endpoint)
+                runner.guards = self._guards_for(runner.endpoint)
             if self.stopping:
                 self.stop()
             self.events.emit(

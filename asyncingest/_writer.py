@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._checkpoint import Journal
 from ._deadletter import DeadLetters
-from ._events import EventBus, FileCommitted, RecordsRejected, RecordsWritten
+from ._ledger import EndpointLedger
 from ._request import Record, Request
-from ._result import EndpointStats
 from ._sink import ParquetSink
 
 if TYPE_CHECKING:
-    from ._endpoint import Job
+    from ._records import Job
 
 MAX_PAGES_QUEUED = 64
 
@@ -74,16 +73,14 @@ class Writer:
         sink: ParquetSink,
         dead: DeadLetters,
         child_journals: dict[str, Journal],
-        events: EventBus,
-        stats: EndpointStats,
+        ledger: EndpointLedger,
         row_group_rows: int,
     ) -> None:
         self.name = name
         self.sink = sink
         self.dead = dead
         self.child_journals = child_journals
-        self.events = events
-        self.stats = stats
+        self.ledger = ledger
         self.row_group_rows = row_group_rows
         # Unbounded so a barrier can always be enqueued at once; pages are bounded by `slots`.
         self.queue: asyncio.Queue[PageDone | Barrier | None] = asyncio.Queue()
@@ -181,14 +178,9 @@ class Writer:
         records, self._buffer = self._buffer, []
         rejected = await asyncio.to_thread(self.sink.write, records)
         for rej in rejected:
-            self.stats.records_rejected += 1
-            self.stats.note_error(rej.reason)
             self.dead.record_rejected(record=rej.record, reason=rej.reason)
-            self.events.emit(RecordsRejected(self.name, 1, rej.reason))
-        accepted = len(records) - len(rejected)
-        self.stats.records_written += accepted
-        if accepted:
-            self.events.emit(RecordsWritten(self.name, accepted))
+            self.ledger.rejected(rej.reason)
+        self.ledger.written(len(records) - len(rejected))
         self._announce_files()
 
     def _sync(self) -> None:
@@ -215,9 +207,8 @@ class Writer:
 
     def _announce_files(self) -> None:
         files = self.sink.files
-        for path in files[self._committed :]:
-            self.stats.files.append(str(path))
-            self.events.emit(FileCommitted(self.name, str(path)))
+        if len(files) > self._committed:
+            self.ledger.committed(files[self._committed :])
         self._committed = len(files)
 
 

@@ -1,0 +1,369 @@
+"""Sync mode (thread pool + requests) against the same mock API and configs as the async
+engine: the same records, the server's windows never exceeded, Retry-After honoured,
+credentials kept on their origin; and the thread-safe sliding-window limiter on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.dataset as ds
+import pytest
+from aiohttp.test_utils import TestServer
+
+import asyncingest
+from asyncingest import Event, RequestRetried, RunFinished
+from asyncingest._errors import ConfigError
+from asyncingest._mockapi import FAULT_KINDS, MockAPI, MockSettings
+from asyncingest._sync import LimiterClosed, SyncEngine, ThreadSlidingWindowLimiter, run_sync
+
+from .conftest import assert_same_records, by_key, read_records
+from .test_engine import CRM_ENDPOINTS, F1_ENDPOINTS, F1_KEYS, expected_f1, pipeline
+from .test_secrets import AUTHS, SECRET, Recorder, config, creds
+
+CRM_KEYS = {
+    "contacts": ["id"],
+    "engagements": ["id"],
+    "companies": ["id"],
+    "engagement_contacts": ["engagement_id", "toObjectId"],
+}
+FAULTY = {"fault_rate": 0.2, "fault_kinds": FAULT_KINDS[:-1]}  # every fault but slow_body
+
+
+def schema_of(output: Path, endpoint: str) -> set[tuple[str, str]]:
+    """Column names and types, order aside (inferred columns follow arrival order)."""
+    schema = ds.dataset(output / endpoint, format="parquet").schema
+    return {(f.name, str(f.type)) for f in schema}
+
+
+def assert_same_output(sync_out: Path, async_out: Path, keys: dict[str, list[str]]) -> None:
+    for name, pk in keys.items():
+        got, want = read_records(sync_out, name), read_records(async_out, name)
+        assert want, f"the async run wrote nothing for {name}"
+        assert_same_records(got, want, pk)
+        assert by_key(got, pk).keys() == by_key(want, pk).keys()
+        assert schema_of(sync_out, name) == schema_of(async_out, name), name
+
+
+# -- same records as the async engine -----------------------------------------------------------
+
+
+async def test_f1_crawl_under_faults_writes_what_the_async_engine_writes(tmp_path: Path) -> None:
+    settings = MockSettings.small(**FAULTY)
+    async with MockAPI(settings) as api:
+        result_a = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS, tmp_path / "a"))
+    async with MockAPI(settings) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS, tmp_path / "s")
+        result_s = await asyncio.to_thread(run_sync, cfg, max_workers=8)
+        faults, expected = sum(api.stats.faults.values()), expected_f1(api)
+    assert result_a.ok and result_s.ok, [e.first_errors for e in result_s.endpoints]
+    assert faults > 10 and sum(e.retries for e in result_s.endpoints) >= faults
+    assert_same_output(tmp_path / "s", tmp_path / "a", F1_KEYS)
+    for name, records in expected.items():
+        assert_same_records(read_records(tmp_path / "s", name), records, F1_KEYS[name])
+    for a, s in zip(result_a.endpoints, result_s.endpoints, strict=True):
+        assert (s.name, s.jobs, s.records_written) == (a.name, a.jobs, a.records_written)
+
+
+async def test_crm_export_under_faults_writes_what_the_async_engine_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_TOKEN", "s3cret-crm-token")
+    settings = MockSettings.small(token="s3cret-crm-token", **FAULTY)
+    auth = {"type": "bearer", "env": "CRM_TOKEN"}
+    async with MockAPI(settings) as api:
+        result_a = await asyncingest.run(
+            pipeline(api.url, CRM_ENDPOINTS, tmp_path / "a", auth=auth)
+        )
+    async with MockAPI(settings) as api:
+        cfg = pipeline(api.url, CRM_ENDPOINTS, tmp_path / "s", auth=auth)
+        result_s = await asyncio.to_thread(run_sync, cfg)
+        unauthorized = api.stats.unauthorized
+    assert result_a.ok and result_s.ok, [e.first_errors for e in result_s.endpoints]
+    assert unauthorized == 0
+    assert_same_output(tmp_path / "s", tmp_path / "a", CRM_KEYS)
+
+
+async def test_a_single_worker_thread_finishes_a_fan_out_through_full_queues(
+    tmp_path: Path,
+) -> None:
+    # Queues of 2 jobs, one thread: each meeting's page of 4 sessions overflows its children's
+    # queues, whose jobs the thread then runs inline instead of waiting for a thread that does
+    # not exist.
+    async with MockAPI(MockSettings.small(sessions_per_meeting=4)) as api:
+        engine = SyncEngine(pipeline(api.url, F1_ENDPOINTS, tmp_path), max_workers=1)
+        result = await asyncio.to_thread(engine.run)
+        expected = expected_f1(api)
+    assert result.ok
+    assert engine._scheduler is not None and engine._scheduler.run_inline("laps") > 0
+    for name, records in expected.items():
+        assert_same_records(read_records(tmp_path, name), records, F1_KEYS[name])
+
+
+async def test_fan_out_over_an_input_file_keeps_the_queue_bounded(tmp_path: Path) -> None:
+    ids = [str(1000 + i) for i in range(300)]
+    path = tmp_path / "ids.csv"
+    path.write_text("user_id\n" + "".join(f"{u}\n" for u in ids))
+    endpoint = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(path), "column": "user_id"},
+        "concurrency": 4,
+    }
+    async with MockAPI(MockSettings.small(latency_ms=1)) as api:
+        engine = SyncEngine(pipeline(api.url, [endpoint], tmp_path / "out"), max_workers=4)
+        result = await asyncio.to_thread(engine.run)
+        expected = [api.dataset.user(u) for u in ids]
+    assert result.ok and result.endpoint("users").jobs == len(ids)
+    assert_same_records(read_records(tmp_path / "out", "users"), expected, ["user_id"])  # type: ignore[arg-type]
+    assert engine._scheduler is not None
+    assert engine._scheduler.peak_queued("users") <= engine._scheduler.capacity == 8
+
+
+# -- the server's view ---------------------------------------------------------------------------
+
+
+async def test_fifty_threads_never_exceed_the_servers_windows(tmp_path: Path) -> None:
+    windows = ((10, 0.2), (30, 1.0))
+    ids = tmp_path / "ids.csv"
+    ids.write_text("user_id\n" + "".join(f"{2000 + i}\n" for i in range(90)))
+    endpoint = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(ids), "column": "user_id"},
+        "concurrency": 50,
+    }
+    settings = MockSettings.small(rate_limits=windows, latency_ms=5, latency_jitter_ms=20)
+    async with MockAPI(settings) as api:
+        cfg = pipeline(
+            api.url,
+            [endpoint],
+            tmp_path / "out",
+            rate_limits=[{"requests": n, "per_seconds": w} for n, w in windows],
+        )
+        result = await asyncio.to_thread(run_sync, cfg, max_workers=50)
+        stats = api.stats
+    assert result.ok and result.endpoint("users").requests == 90
+    assert stats.violations == 0 and stats.sent_429 == 0
+    assert stats.max_in_window == [10, 30]  # used to the limit, never past it
+
+
+async def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)})
+    events: list[Event] = []
+    async with MockAPI(settings) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
+        result = await asyncio.to_thread(run_sync, cfg, subscribers=[events.append])
+        arrivals = [e.time for e in api.stats.log if e.path.startswith("/v1/meetings")]
+    assert result.ok and result.endpoint("meetings").retries == 1
+    retried = [e for e in events if isinstance(e, RequestRetried)]
+    assert len(retried) == 1 and retried[0].wait >= 1.0 and retried[0].status == 429
+    assert len(arrivals) == 2 and arrivals[1] - arrivals[0] >= 1.0  # the mock's Retry-After: 1
+    assert isinstance(events[-1], RunFinished) and events[-1].result is result
+
+
+async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(tmp_path: Path) -> None:
+    settings = MockSettings.small(
+        forced_faults={"/v1/meetings": ("slow_body",)}, slow_body_seconds=5.0
+    )
+    events: list[Event] = []
+    async with MockAPI(settings) as api:
+        cfg = pipeline(
+            api.url, F1_ENDPOINTS[:1], tmp_path, http={"total_timeout": 0.3, "read_timeout": 10}
+        )
+        result = await asyncio.to_thread(run_sync, cfg, subscribers=[events.append])
+        expected = api.dataset.meetings
+    assert result.ok
+    retries = [e for e in events if isinstance(e, RequestRetried)]
+    assert len(retries) == 1 and "0.3s" in retries[0].reason
+    assert_same_records(read_records(tmp_path, "meetings"), expected, ["meeting_key"])
+
+
+async def test_requests_that_give_up_are_dead_lettered_as_the_async_engine_does(
+    tmp_path: Path,
+) -> None:
+    broken = {"name": "broken", "path": "/v1/no-such-thing"}
+    async with MockAPI(MockSettings.small()) as api:
+        await asyncingest.run(pipeline(api.url, [broken], tmp_path / "a"))
+        result = await asyncio.to_thread(run_sync, pipeline(api.url, [broken], tmp_path / "s"))
+    assert result.exit_code == 1 and result.endpoint("broken").failed_requests == 1
+
+    def entry(out: Path) -> dict[str, Any]:
+        line = (out / "_dead_letter" / "broken" / "dead-letters.jsonl").read_bytes()
+        return {k: v for k, v in orjson.loads(line).items() if k not in ("time", "url")}
+
+    assert entry(tmp_path / "s") == entry(tmp_path / "a")
+
+
+async def test_an_output_holding_an_earlier_run_is_refused_unless_fresh(tmp_path: Path) -> None:
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
+        await asyncio.to_thread(run_sync, cfg)
+        with pytest.raises(ConfigError, match="does not resume"):
+            await asyncio.to_thread(run_sync, cfg)
+        result = await asyncio.to_thread(run_sync, cfg, fresh=True)
+        n = len(api.dataset.meetings)
+    assert result.ok and len(read_records(tmp_path, "meetings")) == n
+
+
+# -- credentials stay on their origin -------------------------------------------------------------
+
+
+@pytest.fixture
+async def servers() -> Any:
+    home, other = Recorder(), Recorder()
+    async with (
+        TestServer(home.app(), host="127.0.0.1") as hs,
+        TestServer(other.app(), host="127.0.0.1") as os_,
+    ):
+        home.other_url = str(os_.make_url("")).rstrip("/")
+        other.other_url = home.other_url
+        yield home, str(hs.make_url("")).rstrip("/"), other
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_next_page_link_to_another_host_gets_no_credentials(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {
+        "name": "items",
+        "path": "/items",
+        "records": "items",
+        "pagination": {"type": "next_url"},
+    }
+    result = await asyncio.to_thread(run_sync, config(url, auth, tmp_path, [endpoint]))
+    assert result.ok
+    assert [creds(e) for e in home.seen] == [[SECRET]]
+    assert other.seen and all(creds(e) == [] for e in other.seen)
+    assert sorted(r["id"] for r in read_records(tmp_path, "items")) == [1, 2]
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_redirect_to_another_host_gets_no_credentials(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {"name": "r", "path": "/redirect", "records": "items"}
+    result = await asyncio.to_thread(run_sync, config(url, auth, tmp_path, [endpoint]))
+    assert result.ok
+    assert [creds(e) for e in home.seen] == [[SECRET]]
+    assert [e[0] for e in other.seen] == ["/more"] and creds(other.seen[0]) == []
+
+
+async def test_same_origin_redirect_keeps_credentials(
+    servers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, url, _ = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {"name": "r", "path": "/same-origin-redirect", "records": "items"}
+    result = await asyncio.to_thread(run_sync, config(url, AUTHS[0], tmp_path, [endpoint]))
+    assert result.ok
+    assert [e[0] for e in home.seen] == ["/same-origin-redirect", "/more"]
+    assert all(creds(e) for e in home.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS[::2], ids=lambda a: a["type"])
+async def test_secret_never_reaches_dead_letters_results_or_events(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url, _ = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    events: list[Any] = []
+    endpoint = {"name": "e", "path": "/echo-error"}
+    cfg = config(url, auth, tmp_path, [endpoint])
+    result = await asyncio.to_thread(run_sync, cfg, subscribers=[events.append])
+    assert result.exit_code == 1
+    dead = (tmp_path / "_dead_letter" / "e" / "dead-letters.jsonl").read_text()
+    assert "bad credentials" in dead and "***" in dead
+    assert SECRET not in dead + repr(result) + repr(events)
+
+
+# -- the limiter on its own ---------------------------------------------------------------------
+
+
+def most_in_any_window(times: list[float], seconds: float) -> int:
+    """The largest number of ``times`` inside any window (t - seconds, t]."""
+    times = sorted(times)
+    most, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - seconds:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
+
+
+def test_the_limiter_holds_every_window_under_heavy_thread_concurrency() -> None:
+    windows = [(8, 0.1), (20, 0.3)]
+    limiter = ThreadSlidingWindowLimiter(windows, "test")
+    grants: list[float] = []
+    releases: list[float] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(3):
+            permit = limiter.acquire(f"k{seed % 3}")
+            granted = time.monotonic()
+            time.sleep(rng.uniform(0.0, 0.03))  # the request is in flight
+            released = time.monotonic()
+            permit.release()
+            with lock:
+                grants.append(granted)
+                releases.append(released)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert len(grants) == 120 and limiter.in_flight == 0 and limiter.granted == 120
+    # A request reaches the server somewhere between its grant and its release; whichever
+    # instant that is, no window holds more than its limit (see _limiter.py for the proof).
+    for n, w in windows:
+        assert most_in_any_window(grants, w) <= n
+        assert most_in_any_window(releases, w) <= n
+    assert "waiting=0" in repr(limiter)
+
+
+def test_a_waiter_is_granted_when_a_released_slot_expires() -> None:
+    limiter = ThreadSlidingWindowLimiter([(1, 0.2)])
+    limiter.acquire().release()
+    released = time.monotonic()
+    limiter.acquire().release()
+    assert time.monotonic() - released >= 0.2  # the slot counted for W after its release
+
+
+def test_closing_the_limiter_wakes_its_waiters() -> None:
+    limiter = ThreadSlidingWindowLimiter([(1, 60.0)])
+    permit = limiter.acquire()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            limiter.acquire()
+        except LimiterClosed as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    while "waiting=1" not in repr(limiter):
+        time.sleep(0.001)
+    limiter.close()
+    waiter.join(timeout=5)
+    assert len(outcome) == 1 and not waiter.is_alive()
+    permit.release()
+    with pytest.raises(LimiterClosed):
+        limiter.acquire()
