@@ -1,16 +1,15 @@
 """``python -m asyncingest``: a thin layer over the public API.
 
 Exit codes: 0 everything fetched and written; 1 finished, but some requests or records
-failed (the summary names them); 2 bad config or usage; 130 interrupted.
+failed (the summary names them); 2 bad config or usage; 3 stopped before the end with state
+saved (run the same command to resume); 130 interrupted in sync mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import shlex
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,16 +18,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from ._config import PipelineConfig
-from ._display import LiveDisplay, PlainDisplay, summary_table
-from ._engine import Engine
-from ._errors import ConfigError
+from ._errors import ConfigError, Problem
 from ._events import Subscriber
 from ._loading import load_config
+from ._operate import Operator, run_operated
 from ._plan import describe_plan
+from ._progress import summary_table
+from ._progress_model import ProgressModel
 from ._result import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DEMO_CONFIG = Path(__file__).parent / "_demo" / "demo.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", help="pipeline config (YAML or JSON)")
     _run_options(run)
+    _set_option(run)
     run.add_argument(
         "--fresh",
         action="store_true",
@@ -60,13 +60,17 @@ def _parser() -> argparse.ArgumentParser:
         help="request the dead-lettered requests of the last run again, then finish",
     )
     run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a config value, e.g. --set api.concurrency.requests_per_endpoint=32 "
-        "or --set endpoints.laps.params.limit=50 (repeatable)",
+        "--mode",
+        choices=["async", "sync"],
+        default="async",
+        help="async (default): one event loop; sync: the classic way, a thread pool of "
+        "requests sessions (for comparison; no checkpoints)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads in sync mode (default: the sum of the endpoints' requests in flight)",
     )
 
     val = sub.add_parser(
@@ -75,7 +79,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Check a config: print every problem (exit 2) or the plan.",
     )
     val.add_argument("config")
-    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    _set_option(val)
+
+    plan = sub.add_parser(
+        "plan",
+        help="estimate how many requests a job makes and how long its budget makes it take",
+        description="Estimate requests and duration from input file sizes and, where children "
+        "depend on parents, a small sample of parent records fetched from the API.",
+    )
+    plan.add_argument("config")
+    _set_option(plan)
+    plan.add_argument("--sample", type=int, default=3, help="parent walks to sample (default 3)")
+    plan.add_argument("--no-sample", action="store_true", help="do not call the API")
 
     demo = sub.add_parser(
         "demo",
@@ -111,17 +126,70 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a config value, e.g. --set api.concurrency.requests_per_endpoint=32 "
+        "or --set endpoints.laps.params.limit=50 (repeatable)",
+    )
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", "-o", default=None, help="output directory (default: output.directory)"
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="when output is not a terminal: a progress line per endpoint this often",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="debug logs every request (method, URL with secrets redacted, status, attempt, "
+        "duration, bytes)",
+    )
+    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (needs asyncingest[metrics])",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument(
         "--stop-timeout",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="after Ctrl-C or SIGTERM, how long requests in flight may take (default 30)",
+    )
+
+
+def _operator(
+    args: argparse.Namespace, title: str = "asyncingest", fresh: bool = False
+) -> Operator:
+    return Operator(
+        output=args.output,
+        quiet=args.quiet,
+        fresh=fresh or getattr(args, "fresh", False),
+        retry_failed=getattr(args, "retry_failed", False),
+        stop_timeout=args.stop_timeout,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        progress_every=args.progress_every,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        title=title,
     )
 
 
@@ -136,24 +204,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             Console(soft_wrap=True).print(describe_plan(cfg, source=args.config))
             return EXIT_OK
+        if args.command == "plan":
+            from ._sample import plan_command
+
+            cfg = load_config(args.config, args.overrides)
+            Console(soft_wrap=True).print(
+                asyncio.run(plan_command(cfg, sample=0 if args.no_sample else args.sample))
+            )
+            return EXIT_OK
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
+            if args.mode == "sync":
+                return _run_sync(cfg, args, console)
             try:
-                result = asyncio.run(_run(cfg, args, console))
+                result, model = asyncio.run(run_operated(cfg, _operator(args), console))
             except asyncio.CancelledError:
                 _print_resume(console, args, cancelled=True)
                 return EXIT_STOPPED
-            code = _finish(result, console)
+            code = _finish(result, console, model)
             if result.stopped:
                 _print_resume(console, args, why=result.note)
             return code
         if args.command == "demo":
             from ._demo import demo_settings, run_demo
 
-            result, server = asyncio.run(
-                run_demo(args.output, lambda cfg: _run(cfg, args, console, "demo", fresh=True))
+            op = _operator(args, "demo", fresh=True)
+            (result, model), server = asyncio.run(
+                run_demo(args.output, lambda cfg: run_operated(cfg, op, console))
             )
-            code = _finish(result, console)
+            code = _finish(result, console, model)
             limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
             console.print(
                 f"mock API, as the server counted: {server.requests:,} requests, "
@@ -176,62 +255,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-async def _run(
-    cfg: PipelineConfig,
-    args: argparse.Namespace,
-    console: Console,
-    title: str = "asyncingest",
-    *,
-    fresh: bool = False,
-) -> RunResult:
-    subscribers: list[Subscriber] = []
-    display: LiveDisplay | None = None
+def _run_sync(cfg: PipelineConfig, args: argparse.Namespace, console: Console) -> int:
+    if args.retry_failed:
+        raise ConfigError("--retry-failed", [Problem("--mode sync", "sync mode does not resume")])
+    from ._logsub import configure_logging
+    from ._progress import PlainProgress
+    from ._sync import run_sync
+
+    model = ProgressModel()
+    subscribers: list[Subscriber] = [model, configure_logging(args.log_level, args.log_format)]
     if not args.quiet:
-        if console.is_terminal:
-            display = LiveDisplay(console, title)
-            subscribers.append(display)
-        else:
-            subscribers.append(PlainDisplay(console.file))
-    engine = Engine(
+        subscribers.append(PlainProgress(console.file, model, every=args.progress_every))
+    result = run_sync(
         cfg,
-        output=getattr(args, "output", None),
+        output=args.output,
         subscribers=subscribers,
-        fresh=fresh or getattr(args, "fresh", False),
-        retry_failed=getattr(args, "retry_failed", False),
+        max_workers=args.workers,
+        fresh=args.fresh,
     )
-    _install_signal_handlers(engine, console, args.stop_timeout)
-    if display is None:
-        return await engine.run()
-    with display:
-        return await engine.run()
-
-
-def _install_signal_handlers(engine: Engine, console: Console, deadline: float) -> None:
-    """First SIGINT/SIGTERM: graceful stop (state saved). Second, or after ``deadline``
-    seconds: stop at once; only complete files stay visible and the last checkpoint counts."""
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-
-    def hard_stop() -> None:
-        console.print("[red]stopping now[/]; the last checkpoint is kept")
-        main.cancel()
-
-    def on_signal(signame: str) -> None:
-        if engine.stopping:
-            hard_stop()
-            return
-        console.print(
-            f"[yellow]{signame}[/]: finishing requests in flight (up to {deadline:g}s), "
-            "then saving state; press Ctrl-C again to stop at once",
-            highlight=False,
-        )
-        engine.stop()
-        loop.call_later(deadline, hard_stop)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig.name)
+    return _finish(result, console, model)
 
 
 def _print_resume(
@@ -245,7 +287,7 @@ def _print_resume(
     console.print(f"{how}; to resume: {' '.join(cmd)}", highlight=False, markup=False)
 
 
-def _finish(result: RunResult, console: Console) -> int:
+def _finish(result: RunResult, console: Console, model: ProgressModel | None = None) -> int:
     if result.note == "already complete":
         console.print(
             f"{result.output}: this run is already complete; --fresh runs it again, "
@@ -253,7 +295,7 @@ def _finish(result: RunResult, console: Console) -> int:
             highlight=False,
         )
         return EXIT_OK
-    console.print(summary_table(result))
+    console.print(summary_table(result, model))
     for e in result.endpoints:
         if not e.ok:
             console.print(
@@ -263,7 +305,7 @@ def _finish(result: RunResult, console: Console) -> int:
             )
             for reason in e.first_errors:
                 console.print(f"    {reason}", highlight=False, markup=False)
-    if not result.ok:
+    if any(not e.ok for e in result.endpoints):
         console.print(f"dead letters: {Path(result.output) / '_dead_letter'}", highlight=False)
     console.print(f"output: {Path(result.output).resolve()}", highlight=False)
     report = Path(result.output) / "_asyncingest" / "runs" / f"{result.run_id}.json"

@@ -97,8 +97,19 @@ class RetryConfig(_Model):
 
 
 class ConcurrencyConfig(_Model):
-    endpoints: int = Field(4, ge=1, description="endpoints running at once")
+    endpoints: int = Field(4, ge=1, description="endpoint trees running at once")
     requests_per_endpoint: int = Field(16, ge=1, description="requests in flight per endpoint")
+    adaptive: bool = Field(
+        False,
+        description="raise requests in flight slowly and cut them on 429s and rising latency, "
+        "never above the configured limits",
+    )
+
+
+class BreakerConfig(_Model):
+    failures: int = Field(20, ge=1, description="consecutive failures that open the breaker")
+    cooldown: float = Field(30.0, gt=0, description="seconds before one probe is let through")
+    max_cooldown: float = Field(300.0, gt=0, description="cap when the cool-down doubles")
 
 
 class ApiConfig(_Model):
@@ -109,6 +120,12 @@ class ApiConfig(_Model):
     rate_limits: tuple[RateWindow, ...] = ()
     retry: RetryConfig = RetryConfig()
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    circuit_breaker: BreakerConfig | None = BreakerConfig()
+    adaptive_rate: bool = Field(
+        True,
+        description="read the server's rate-limit headers and pause the shared budget before "
+        "it answers 429; a 429 pauses the whole budget for the time it asks",
+    )
     on_budget_exhausted: Literal["wait", "stop"] = Field(
         "wait",
         description="when a rate window (e.g. a daily quota) has no room for longer than "

@@ -67,12 +67,14 @@ class FailureKind(enum.Enum):
     WRONG_SHAPE = "unexpected body shape"
     BODY_TOO_LARGE = "body too large"
     HTTP_STATUS = "HTTP status"
+    CIRCUIT_OPEN = "circuit breaker open"
 
 
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 429, *range(500, 600)})
 DEFAULT_RETRY_KINDS: frozenset[FailureKind] = frozenset(FailureKind) - {
     FailureKind.BODY_TOO_LARGE,  # the same request returns the same body
     FailureKind.HTTP_STATUS,  # decided by status, see RetryPolicy.retry_statuses
+    FailureKind.CIRCUIT_OPEN,  # the breaker already waited as long as the request may
 }
 
 

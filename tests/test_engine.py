@@ -260,7 +260,7 @@ async def test_post_with_a_json_body(tmp_path: Path) -> None:
 
 
 async def test_retry_after_is_honoured(tmp_path: Path) -> None:
-    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)})
+    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
     async with MockAPI(settings) as api:
         result = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS[:1], tmp_path))
         arrivals = [e.time for e in api.stats.log if e.path.startswith("/v1/meetings")]
@@ -335,3 +335,39 @@ async def test_events_reach_subscribers_and_the_run_is_embeddable(tmp_path: Path
         result = await engine.run()
     assert isinstance(seen[-1], RunFinished) and seen[-1].result is result
     assert "sessions" in repr(engine)
+
+
+async def test_a_429_pauses_the_whole_budget_not_just_one_request(tmp_path: Path) -> None:
+    companies = {
+        "name": "companies",
+        "path": "/crm/v3/objects/companies",
+        "params": {"limit": 1},
+        "pagination": {"type": "link_header"},
+    }
+    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
+    async with MockAPI(settings) as api:
+        result = await asyncingest.run(pipeline(api.url, [F1_ENDPOINTS[0], companies], tmp_path))
+        log = list(api.stats.log)
+    assert result.ok
+    (throttled,) = [e.time for e in log if e.status == 429]
+    # Requests already granted may still arrive; then nothing until Retry-After (1 s) is over.
+    quiet = [e for e in log if throttled + 0.05 < e.time < throttled + 0.95]
+    assert quiet == []
+    assert any(e.time >= throttled + 1.0 for e in log if e.path.startswith("/crm"))
+
+
+async def test_the_shared_budget_is_not_paused_when_adaptive_rate_is_off(tmp_path: Path) -> None:
+    companies = {
+        "name": "companies",
+        "path": "/crm/v3/objects/companies",
+        "params": {"limit": 1},
+        "pagination": {"type": "link_header"},
+    }
+    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
+    async with MockAPI(settings) as api:
+        cfg = pipeline(api.url, [F1_ENDPOINTS[0], companies], tmp_path, adaptive_rate=False)
+        result = await asyncingest.run(cfg)
+        log = list(api.stats.log)
+    assert result.ok
+    (throttled,) = [e.time for e in log if e.status == 429]
+    assert [e for e in log if throttled + 0.05 < e.time < throttled + 0.95]

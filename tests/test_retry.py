@@ -113,9 +113,13 @@ def test_non_retryable_4xx_gives_up_at_once() -> None:
     assert decision.reason == "HTTP 404 (not retryable)"
 
 
-RETRIED_KINDS = [
-    k for k in FailureKind if k not in (FailureKind.HTTP_STATUS, FailureKind.BODY_TOO_LARGE)
-]
+NOT_RETRIED = (FailureKind.HTTP_STATUS, FailureKind.BODY_TOO_LARGE, FailureKind.CIRCUIT_OPEN)
+RETRIED_KINDS = [k for k in FailureKind if k not in NOT_RETRIED]
+
+
+@pytest.mark.parametrize("kind", [FailureKind.BODY_TOO_LARGE, FailureKind.CIRCUIT_OPEN])
+def test_failures_that_would_repeat_are_not_retried(kind: FailureKind) -> None:
+    assert not RetryPolicy().decide(1, 0.0, Outcome.failure(kind), random.Random(0)).retry
 
 
 @pytest.mark.parametrize("kind", RETRIED_KINDS)

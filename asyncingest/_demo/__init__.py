@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .._config import PipelineConfig
 from .._loading import load_config
 from .._mockapi import MockAPI, MockSettings, MockStats
-from .._result import RunResult
 
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
+R = TypeVar("R")
 
 
 def demo_settings() -> MockSettings:
@@ -20,9 +21,9 @@ def demo_settings() -> MockSettings:
 
 async def run_demo(
     output: str | None,
-    runner: Callable[[PipelineConfig], Awaitable[RunResult]],
+    runner: Callable[[PipelineConfig], Awaitable[R]],
     settings: MockSettings | None = None,
-) -> tuple[RunResult, MockStats]:
+) -> tuple[R, MockStats]:
     """Start the mock API on a free loopback port and run the demo config against it.
 
     Returns the run's result and the server's own counters (requests, 429s, violations).
