@@ -210,6 +210,15 @@ class CircuitBreaker:
 
     # -- passing through -----------------------------------------------------------------------
 
+    def try_pass(self) -> Ticket | None:
+        """A ticket at once when no waiting is needed (closed, or a free probe), else None."""
+        if self._state is BreakerState.CLOSED:
+            return Ticket(self, self._epoch, probe=False)
+        if self._state is BreakerState.HALF_OPEN and not self._probe_out:
+            self._probe_out = True
+            return Ticket(self, self._epoch, probe=True)
+        return None
+
     async def before_request(self, *, deadline: float | None = None) -> Ticket:
         """Wait until a request may go; raise :class:`CircuitOpen` if not before ``deadline``
         (monotonic)."""

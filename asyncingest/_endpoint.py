@@ -78,7 +78,9 @@ class EndpointRunner:
         self.rng = rng
         self.journal = journal  # where this endpoint's own jobs are journaled (for_each)
         self.children: list[EndpointRunner] = []
-        self.ledger = EndpointLedger(endpoint.name, events.emit, client.redact)
+        self.ledger = EndpointLedger(
+            endpoint.name, events.emit, client.redact, listening=events.__bool__
+        )
         self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
         self.jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=max(2, workers * 2))
@@ -218,13 +220,14 @@ class EndpointRunner:
         started = self.clock.time()
         attempt = 0
         guards = self.guards
-        url = self.client.display_url(request)
+        breaker = guards.breaker if guards is not None else None
         while True:
             attempt += 1
             if self.budget is not None:
                 self.budget.check(self.name)
-            ticket = None
-            if guards is not None and guards.breaker is not None:
+            ticket = breaker.try_pass() if breaker is not None else None
+            if breaker is not None and ticket is None:
+                assert guards is not None
                 try:
                     ticket = await self._interruptible(
                         guards.admit(deadline=started + self.policy.max_time)
@@ -244,7 +247,9 @@ class EndpointRunner:
                 return None  # stopping: the resumed run asks for this page again
             waited = self.clock.time() - t0
             self.in_flight += 1
-            self.events.emit(RequestStarted(self.name, request.method, url, attempt))
+            if self.events:
+                url = self.client.display_url(request)
+                self.events.emit(RequestStarted(self.name, request.method, url, attempt))
             try:
                 result = await self.client.fetch(request)
             except BaseException:

@@ -71,7 +71,12 @@ class EndpointGuards:
         with ``status`` (None: no answer) and failure ``kind`` (None: a usable page)."""
         if ticket is not None:
             ticket.record(not counts_as_failure(kind, status))
-        if self.throttle is not None and self.budget is not None and headers is not None:
+        if (
+            self.throttle is not None
+            and self.budget is not None
+            and headers is not None
+            and (status in _OVERLOADED or _has_rate_headers(headers))
+        ):
             self._throttle(status, headers)
         if self.adaptive is not None:
             overloaded = status in _OVERLOADED or kind is FailureKind.TIMEOUT
@@ -101,6 +106,25 @@ class EndpointGuards:
                     self.budget.name, self.endpoint, pause.seconds, pause.reason, pause.throttled
                 )
             )
+
+
+# One header of each scheme parse_rate_headers reads; a response with none of them (most
+# responses of most APIs) skips parsing. Lookups in aiohttp's headers are case-insensitive.
+_RATE_HEADERS = (
+    "Retry-After",
+    "X-RateLimit-Remaining",
+    "X-Rate-Limit-Remaining",
+    "RateLimit-Remaining",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-HubSpot-RateLimit-Remaining",
+    "X-HubSpot-RateLimit-Daily-Remaining",
+    "X-HubSpot-RateLimit-Secondly-Remaining",
+)
+
+
+def _has_rate_headers(headers: Mapping[str, str]) -> bool:
+    return any(h in headers for h in _RATE_HEADERS)
 
 
 def breaker_events(endpoint: str, emit: Callable[[Event], None]) -> Callable[[Transition], None]:

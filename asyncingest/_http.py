@@ -101,6 +101,11 @@ class HttpClient:
             sock_read=h.read_timeout,
         )
         self._headers = {"User-Agent": h.user_agent, "Accept": "application/json", **api.headers}
+        # Built once: what a request to the configured origin adds (the secret), per kind.
+        self._auth_headers: dict[str, str] = {}
+        self._auth_params: list[tuple[str, str]] = []
+        if credentials is not None:
+            credentials.apply(self._auth_headers, self._auth_params)
 
     async def __aenter__(self) -> HttpClient:
         h = self.api.http
@@ -118,6 +123,7 @@ class HttpClient:
             raise_for_status=False,
             auto_decompress=True,
             trust_env=False,
+            headers=self._headers,
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
         return self
@@ -148,16 +154,21 @@ class HttpClient:
         url, params = request.url, list(request.params)
         method, body = request.method, request.json_body
         for _hop in range(MAX_REDIRECTS + 1):
-            headers = dict(self._headers)
-            send_params = list(params)
+            kwargs: dict[str, Any] = {"allow_redirects": False}
+            send_params = params
             if self.credentials is not None and origin(url) == self._origin:
-                self.credentials.apply(headers, send_params)
-            kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
+                if self._auth_headers:
+                    kwargs["headers"] = self._auth_headers
+                if self._auth_params:
+                    send_params = params + self._auth_params
             if send_params:
                 kwargs["params"] = send_params
             if body is not None:
                 kwargs["data"] = orjson.dumps(body)
-                headers["Content-Type"] = "application/json"
+                kwargs["headers"] = {
+                    **kwargs.get("headers", {}),
+                    "Content-Type": "application/json",
+                }
             try:
                 async with self._session.request(method, url, **kwargs) as resp:
                     if resp.status in _REDIRECTS and "Location" in resp.headers:

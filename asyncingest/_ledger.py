@@ -50,11 +50,14 @@ class EndpointLedger:
         redact: Callable[[str], str],
         *,
         lock: AbstractContextManager[Any] | None = None,
+        listening: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.stats = EndpointStats(name)
         self._emit = emit
         self._redact = redact
+        # Per-request events cost a URL rendering; skipped while nobody subscribes.
+        self._listening = listening or (lambda: True)
         self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
 
     def url(self, request: Request) -> str:
@@ -77,20 +80,22 @@ class EndpointLedger:
         waited: float,
     ) -> None:
         """One attempt is over: ``outcome`` is a usable page or why it is not."""
-        page = outcome if isinstance(outcome, Page) else None
-        event = RequestFinished(
-            self.name,
-            request.method,
-            self.url(request),
-            status,
-            attempt,
-            page is not None,
-            duration,
-            waited,
-            nbytes,
-            len(page.records) if page is not None else 0,
-            None if isinstance(outcome, Page) else self._redact(outcome.detail),
-        )
+        event = None
+        if self._listening():
+            page = outcome if isinstance(outcome, Page) else None
+            event = RequestFinished(
+                self.name,
+                request.method,
+                self.url(request),
+                status,
+                attempt,
+                page is not None,
+                duration,
+                waited,
+                nbytes,
+                len(page.records) if page is not None else 0,
+                None if isinstance(outcome, Page) else self._redact(outcome.detail),
+            )
         with self._lock:
             st = self.stats
             st.requests += 1
@@ -98,7 +103,8 @@ class EndpointLedger:
             st.nbytes += nbytes
             if status is not None:
                 st.statuses[status] += 1
-            self._emit(event)
+            if event is not None:
+                self._emit(event)
 
     def retrying(self, request: Request, failure: Failure, attempt: int, wait: float) -> None:
         event = RequestRetried(
