@@ -1,0 +1,66 @@
+"""The benchmark scripts still run end to end (at a tiny size), so they cannot rot.
+
+Benchmarks are not tests: nothing here looks at a timing or a target, only that every case
+runs, every client variant fetched and wrote every record, and the report gets written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks import run_all
+from benchmarks.bare_aiohttp import USERS_SCHEMA
+from benchmarks.cases import CASES, SIZES, Options, run_case
+
+pytestmark = pytest.mark.slow  # each case starts a server and clients in subprocesses
+
+TINY = Options(size=SIZES["tiny"])
+
+
+@pytest.mark.parametrize("number", sorted(CASES))
+def test_case_runs_end_to_end_and_every_variant_is_complete(number: int) -> None:
+    report = run_case(number, TINY)
+
+    assert report.rows
+    assert report.targets
+    cells = [cell for row in report.rows for cell in row]
+    assert "INCOMPLETE" not in cells, report.notes
+    assert not any(cell.startswith("skipped: failed") for cell in cells), report.notes
+
+
+def test_run_all_prints_the_figures_and_writes_the_results_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "RESULTS.md"
+
+    code = run_all.main(["--size", "tiny", "--cases", "2", "--results", str(results)])
+
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Case 2" in out and "bare aiohttp loop" in out and "Targets" in out
+    text = results.read_text()
+    for heading in ("# Benchmark results", "## Targets", "## Case 2"):
+        assert heading in text
+    assert "command: `python benchmarks/run_all.py --size tiny --cases 2" in text
+    assert "CPUs" in text and "python: CPython" in text
+
+
+async def test_bare_loop_writes_the_columns_asyncingest_infers(tmp_path: Path) -> None:
+    from asyncingest._mockapi import MockAPI, MockSettings
+    from benchmarks._harness import write_ids_csv
+    from benchmarks.bare_aiohttp import crawl
+
+    ids = write_ids_csv(tmp_path / "ids.csv", 30)
+    async with MockAPI(MockSettings.small()) as api:
+        done = await crawl(api.url, ids, tmp_path / "out", concurrency=4, row_group_rows=7)
+        expected = {u: api.dataset.user(u) for u in (str(i) for i in range(1, 31))}
+
+    assert (done.requests, done.records, done.failed) == (30, 30, 0)
+    table = pq.read_table(tmp_path / "out" / "users" / "part-00000.parquet")
+    assert table.schema.equals(USERS_SCHEMA)
+    rows = {r["user_id"]: r for r in table.to_pylist()}
+    assert set(rows) == set(expected)
+    assert all(rows[u]["score"] == rec["score"] for u, rec in expected.items())  # type: ignore[index]
