@@ -1,4 +1,4 @@
-"""Sessions: tests (the README's test command), lint, typecheck, bench."""
+"""Sessions: tests (the README's test command), lint, typecheck; bench (not by default)."""
 
 import nox
 
@@ -22,3 +22,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "asyncingest")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """All benchmark cases side by side; writes benchmarks/RESULTS.md (pass --quick to try)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/run_all.py", *session.posargs)
