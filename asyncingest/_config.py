@@ -55,7 +55,9 @@ class AuthConfig(_Model):
 
 class HttpConfig(_Model):
     connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(30.0, gt=0, description="max gap between two body chunks")
+    read_timeout: float = Field(
+        30.0, gt=0, description="max gap between two chunks of a body of unknown length"
+    )
     total_timeout: float = Field(
         60.0, gt=0, description="deadline for a whole request, body included"
     )

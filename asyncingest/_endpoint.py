@@ -29,7 +29,7 @@ from ._events import EventBus, JobFinished, RecordsExpected, RequestStarted
 from ._guards import EndpointGuards
 from ._http import Failure, HttpClient, Response
 from ._ledger import EndpointLedger
-from ._limiter import Limit
+from ._limiter import Limit, try_acquire
 from ._pagination import PaginationLoop, paginator_for
 from ._records import (
     Job,
@@ -40,7 +40,7 @@ from ._records import (
     parse_page,
     split_by_key,
 )
-from ._request import Page, Request, build_request, lookup
+from ._request import Page, Request, RequestTemplate, lookup
 from ._retry import FailureKind, RetryPolicy
 from ._sink import ParquetSink
 from ._writer import PageDone, Token, Writer, dead_record, dead_request
@@ -83,6 +83,7 @@ class EndpointRunner:
         )
         self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
+        self.template = RequestTemplate(base_url, endpoint)
         self.jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=max(2, workers * 2))
         self.writer = Writer(self.name, sink, dead_letters, {}, self.ledger, row_group_rows)
         self.in_flight = 0
@@ -185,7 +186,7 @@ class EndpointRunner:
 
     async def _walk(self, job: Job) -> None:
         request: Request | None = job.resume or self.paginator.first(
-            build_request(self.base_url, self.endpoint, job.variables)
+            self.template.build(job.variables)
         )
         pages = 0
         while request is not None:
@@ -240,7 +241,9 @@ class EndpointRunner:
                 if ticket is None:
                     return None  # stopping
             t0 = self.clock.time()
-            permit = await self._interruptible(self.limits.acquire(self.name))
+            permit = try_acquire(self.limits, self.name) or await self._interruptible(
+                self.limits.acquire(self.name)
+            )
             if permit is None:
                 if guards is not None:
                     guards.abandoned(ticket)

@@ -98,7 +98,11 @@ class HttpClient:
             total=None,
             connect=h.connect_timeout,
             sock_connect=h.connect_timeout,
-            sock_read=h.read_timeout,
+            # No sock_read here: aiohttp re-arms that timer on every read of every response
+            # (three timer handles per request with ours). The total deadline below bounds
+            # every request; the gap between chunks is checked in _read for bodies of unknown
+            # length, the ones that can stream forever.
+            sock_read=None,
         )
         self._headers = {"User-Agent": h.user_agent, "Accept": "application/json", **api.headers}
         # Built once: what a request to the configured origin adds (the secret), per kind.
@@ -203,7 +207,15 @@ class HttpClient:
             data = await resp.read()
         else:
             chunks, size = [], 0
-            async for chunk in resp.content.iter_any():
+            gap = self.api.http.read_timeout
+            while True:
+                try:
+                    async with asyncio.timeout(gap):
+                        chunk = await resp.content.readany()
+                except TimeoutError:
+                    return Failure(FailureKind.TIMEOUT, f"no body data for {gap:g}s (read_timeout)")
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > cap:
                     return Failure(

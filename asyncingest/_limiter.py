@@ -267,6 +267,13 @@ class SlidingWindowLimiter:
         self._timer: TimerHandle | None = None
         self._timer_at = math.inf
 
+    def try_acquire(self, key: str = "") -> Permit | None:
+        """A permit at once if nobody waits and every window has room, else None (no wait)."""
+        now = self._clock.time()
+        if not self._queue and now >= self._paused_until and self._room(now):
+            return self._grant(key, 0.0)
+        return None
+
     async def acquire(self, key: str = "") -> Permit:
         now = self._clock.time()
         if not self._queue and now >= self._paused_until and self._room(now):
@@ -440,6 +447,12 @@ class ConcurrencyLimit:
     def in_use(self) -> int:
         return self._in_use
 
+    def try_acquire(self, key: str = "") -> Permit | None:
+        if self._in_use < self.limit and not self._queue:
+            self._in_use += 1
+            return _SlotPermit(self)
+        return None
+
     async def acquire(self, key: str = "") -> Permit:
         if self._in_use < self.limit and not self._queue:
             self._in_use += 1
@@ -468,6 +481,12 @@ class ConcurrencyLimit:
         )
 
 
+def try_acquire(limit: Limit, key: str) -> Permit | None:
+    """``limit.try_acquire(key)`` for limits that have the fast path, else None."""
+    fast = getattr(limit, "try_acquire", None)
+    return fast(key) if fast is not None else None
+
+
 class _Permits:
     __slots__ = ("_permits",)
 
@@ -489,6 +508,18 @@ class Limits:
 
     def __init__(self, limits: Sequence[Limit]) -> None:
         self.limits = tuple(limits)
+
+    def try_acquire(self, key: str = "") -> Permit | None:
+        """All permits at once, or None (and nothing held) if any limit would make us wait."""
+        held: list[Permit] = []
+        for limit in self.limits:
+            permit = try_acquire(limit, key)
+            if permit is None:
+                for p in reversed(held):  # nothing was sent: give back without expiry
+                    getattr(p, "_give_back", p.release)()
+                return None
+            held.append(permit)
+        return _Permits(held)
 
     async def acquire(self, key: str = "") -> Permit:
         held: list[Permit] = []

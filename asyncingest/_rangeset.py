@@ -27,6 +27,11 @@ class RangeSet:
     def add(self, n: int) -> None:
         self._add_range(n, n + 1)
 
+    def add_range(self, start: int, end: int) -> None:
+        """Add ``start .. end-1``."""
+        if end > start:
+            self._add_range(start, end)
+
     def _add_range(self, start: int, end: int) -> None:
         starts, ends = self._starts, self._ends
         i = bisect_right(starts, start) - 1

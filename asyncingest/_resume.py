@@ -120,12 +120,14 @@ def apply(
 ) -> None:
     es = state.endpoint(name)
     es.files = prior_files + [f for f in res.files if f not in prior_files]
-    for t in res.tokens:
-        if t.next is None:
-            es.done.add(t.job)
-            es.partial.pop(t.job, None)
-        else:
-            es.partial[t.job] = request_to_json(t.next)
+    progress = res.progress
+    for job, next_request in progress.partial.items():
+        es.partial[job] = request_to_json(next_request)
+    for start, end in progress.done.ranges():
+        es.done.add_range(start, end)
+    if es.partial and progress.done.ranges():
+        for job in [j for j in es.partial if j in progress.done]:
+            del es.partial[job]
     for child, (lines, nbytes) in res.journals.items():
         cs = state.endpoint(child)
         cs.journal_lines, cs.journal_bytes = lines, nbytes

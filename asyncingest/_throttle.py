@@ -163,6 +163,9 @@ class PauseGate:
     def paused_until(self) -> float | None:
         return self._paused_until if self._paused_until > self._clock.time() else None
 
+    def try_acquire(self, key: str = "") -> Permit | None:
+        return _NO_PERMIT if self._clock.time() >= self._paused_until else None
+
     async def acquire(self, key: str = "") -> Permit:
         while self._clock.time() < self._paused_until:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

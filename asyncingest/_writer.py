@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._checkpoint import Journal
 from ._deadletter import DeadLetters
 from ._ledger import EndpointLedger
+from ._rangeset import RangeSet
 from ._request import Record, Request
 from ._sink import ParquetSink
 
@@ -51,8 +52,26 @@ class PageDone:
 
 
 @dataclass(slots=True)
+class Progress:
+    """Progress tokens folded as they arrive: done jobs as ranges, part-way walks by job."""
+
+    done: RangeSet = field(default_factory=RangeSet)
+    partial: dict[int, Request] = field(default_factory=dict)
+
+    def add(self, token: Token) -> None:
+        if token.next is None:
+            self.done.add(token.job)
+            self.partial.pop(token.job, None)
+        else:
+            self.partial[token.job] = token.next
+
+    def __bool__(self) -> bool:
+        return bool(self.partial) or bool(self.done.ranges())
+
+
+@dataclass(slots=True)
 class BarrierResult:
-    tokens: list[Token]
+    progress: Progress
     files: list[str]  # every file this run's sink committed so far (names)
     journals: dict[str, tuple[int, int]]  # child endpoint -> committed (lines, bytes)
     dead_letter_bytes: int
@@ -86,7 +105,7 @@ class Writer:
         self.queue: asyncio.Queue[PageDone | Barrier | None] = asyncio.Queue()
         self.slots = asyncio.Semaphore(MAX_PAGES_QUEUED)
         self._buffer: list[Record] = []
-        self._tokens: list[Token] = []
+        self._progress = Progress()
         self._committed = 0
         self._final: BarrierResult | None = None
         self._finishing = False
@@ -95,7 +114,8 @@ class Writer:
     def __repr__(self) -> str:
         return (
             f"Writer({self.name}, queued={self.queue.qsize()}, buffered={len(self._buffer)}, "
-            f"pending_tokens={len(self._tokens)}, files={len(self.sink.files)})"
+            f"pending={len(self._progress.done)} done/{len(self._progress.partial)} partial, "
+            f"files={len(self.sink.files)})"
         )
 
     def start(self) -> None:
@@ -113,12 +133,12 @@ class Writer:
     def barrier(self) -> asyncio.Future[BarrierResult]:
         """Synchronously enqueue a barrier; the future answers once all before it is durable.
 
-        The tokens in an answer are handed out once: the caller must not lose them (the
+        The progress in an answer is handed out once: the caller must not lose it (the
         engine shields its checkpoints from cancellation).
         """
         b = Barrier()
         if self.task is None:  # not started: nothing written, nothing pending
-            b.future.set_result(self._snapshot([]))
+            b.future.set_result(self._snapshot())
         elif self._finishing:  # the final answer comes when the writer has closed the sink
             self.task.add_done_callback(lambda _: self._answer_final(b))
         else:
@@ -134,8 +154,8 @@ class Writer:
         self.queue.put_nowait(None)
 
     def _take_final(self) -> BarrierResult:
-        final = self._final or self._snapshot([], finished=True)
-        self._final = self._snapshot([], finished=True)  # tokens are handed out once
+        final = self._final or self._snapshot(finished=True)
+        self._final = self._snapshot(finished=True)  # tokens are handed out once
         return final
 
     async def _run(self) -> None:
@@ -144,12 +164,12 @@ class Writer:
             if item is None:
                 await self._write_buffer()
                 await asyncio.to_thread(self._close)
-                self._final = self._snapshot(self._take_tokens(), finished=True)
+                self._final = self._snapshot(self._take_progress(), finished=True)
                 return
             if isinstance(item, Barrier):
                 await self._write_buffer()
                 await asyncio.to_thread(self._sync)
-                item.future.set_result(self._snapshot(self._take_tokens()))
+                item.future.set_result(self._snapshot(self._take_progress()))
                 continue
             self._apply(item)
             self.slots.release()
@@ -166,11 +186,11 @@ class Writer:
         for write_dead in item.dead:
             write_dead(self.dead)
         if item.token is not None:
-            self._tokens.append(item.token)
+            self._progress.add(item.token)
 
-    def _take_tokens(self) -> list[Token]:
-        tokens, self._tokens = self._tokens, []
-        return tokens
+    def _take_progress(self) -> Progress:
+        progress, self._progress = self._progress, Progress()
+        return progress
 
     async def _write_buffer(self) -> None:
         if not self._buffer:
@@ -195,10 +215,10 @@ class Writer:
             journal.sync()
         self.dead.sync()
 
-    def _snapshot(self, tokens: list[Token], finished: bool = False) -> BarrierResult:
+    def _snapshot(self, progress: Progress | None = None, finished: bool = False) -> BarrierResult:
         self._announce_files()
         return BarrierResult(
-            tokens=tokens,
+            progress=progress if progress is not None else Progress(),
             files=[Path(p).name for p in self.sink.files],
             journals={k: (j.lines, j.nbytes) for k, j in self.child_journals.items()},
             dead_letter_bytes=self.dead.nbytes,

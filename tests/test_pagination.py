@@ -149,3 +149,33 @@ def test_wrong_shape_is_detected(body: Any, path: str) -> None:
 def test_lookup_dotted_paths() -> None:
     assert lookup({"a": {"b": [1, {"c": 5}]}}, "a.b.1.c") == 5
     assert lookup({"a": {}}, "a.b.c") is None
+
+
+@pytest.mark.parametrize("base", ["http://api.test", "http://api.test/v2/", "https://h:8443/a/b"])
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        {"name": "a", "path": "/items"},
+        {"name": "a", "path": "users/{id}", "params": {"x": 1, "flag": True}},
+        {"name": "a", "path": "/u/{id}/s", "params": {"q": "{id}-x", "n": "static"}},
+        {"name": "a", "path": "/q?fixed=1", "params": {"k": "{id}"}},
+        {"name": "a", "path": "/p", "method": "POST", "body": {"id": "{id}", "n": [1, "{id}"]}},
+    ],
+)
+def test_compiled_request_template_builds_what_build_request_builds(
+    base: str, endpoint: dict[str, Any]
+) -> None:
+    from asyncingest._config import EndpointConfig
+    from asyncingest._request import RequestTemplate, base_url_of, build_request
+
+    e = EndpointConfig.model_validate(
+        {**endpoint, "from_file": {"path": "x.csv", "column": "id"}}
+        if "{id}" in str(endpoint)
+        else endpoint
+    )
+    b = base_url_of(base)
+    for value in ("7", "a b/c", "ü"):
+        want = build_request(b, e, {"id": value})
+        got = RequestTemplate(b, e).build({"id": value})
+        assert str(got.full_url) == str(want.full_url)
+        assert (got.method, got.params, got.json_body) == (want.method, want.params, want.json_body)

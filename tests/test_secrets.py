@@ -170,3 +170,43 @@ def test_missing_secret_variable_is_a_config_error(tmp_path: Path) -> None:
         "endpoints: [{name: a, path: /a}]\n"
     )
     assert main(["run", str(cfg), "--quiet", "--output", str(tmp_path / "o")]) == 2
+
+
+async def test_a_stalled_chunked_body_fails_after_read_timeout(tmp_path: Path) -> None:
+    """Bodies of unknown length can stream forever; a gap longer than read_timeout ends them
+    (bodies with a Content-Length are bounded by total_timeout)."""
+    import asyncio
+
+    calls = 0
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        nonlocal calls
+        calls += 1
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b'[{"id": 1}')
+        if calls == 1:
+            await asyncio.sleep(1.0)  # longer than read_timeout below
+        await resp.write(b"]")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/stream", stalls)
+    async with TestServer(app, host="127.0.0.1") as server:
+        cfg = config_from_dict(
+            {
+                "api": {
+                    "base_url": str(server.make_url("")),
+                    "http": {"read_timeout": 0.2, "total_timeout": 30},
+                    "retry": {"backoff_base": 0.01, "backoff_max": 0.02},
+                },
+                "output": {"directory": str(tmp_path)},
+                "endpoints": [{"name": "s", "path": "/stream"}],
+            }
+        )
+        events: list[Any] = []
+        result = await asyncingest.run(cfg, subscribers=[events.append])
+    assert result.ok and calls == 2
+    retried = [e for e in events if type(e).__name__ == "RequestRetried"]
+    assert len(retried) == 1 and "read_timeout" in retried[0].reason
