@@ -46,6 +46,7 @@ from ._events import (
 from ._limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
 from ._loading import config_from_dict, load_config
 from ._result import EndpointSummary, RunResult
+from ._tuning import tune_gc
 
 __version__ = "0.1.0"
 
@@ -102,4 +103,5 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "run",
+    "tune_gc",
 ]

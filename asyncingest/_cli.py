@@ -26,6 +26,7 @@ from ._plan import describe_plan
 from ._progress import summary_table
 from ._progress_model import ProgressModel
 from ._result import RunResult
+from ._tuning import tune_gc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -214,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
+            tune_gc()
             if args.mode == "sync":
                 return _run_sync(cfg, args, console)
             try:

@@ -150,6 +150,11 @@ def main() -> None:
     work = KINDS[kind]
     _preload(kind)
     gc.collect()
+    # Every client variant (engine, bare loop, sync mode) gets the CLI's process tuning, so
+    # the comparison is of the code, not of GC settings.
+    from asyncingest import tune_gc
+
+    tune_gc()
     base_rss = _rss_mb()
     profiler = None
     if spec.get("profile"):
