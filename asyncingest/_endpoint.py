@@ -214,7 +214,8 @@ class EndpointRunner:
             crash_point("page")
             await self._deliver(page, job, next_request)
             request = next_request
-        self.events.emit(JobFinished(self.name, True, pages))
+        if self.events:
+            self.events.emit(JobFinished(self.name, True, pages))
 
     async def _fetch_page(self, request: Request, job: Job) -> Page | None:
         """The page, or ``None`` when the request gave up (already recorded) or we stop."""

@@ -382,6 +382,9 @@ class Engine:
         return JobPlan(self.state.endpoint(runner.name))
 
     async def _submit_planned(self, runner: EndpointRunner, plan: JobPlan, job: Job) -> bool:
+        if plan.empty:  # a fresh start: every job is new
+            await runner.submit(job)
+            return True
         point = plan.resume_point(job.number)
         if point is False:
             return False

@@ -62,6 +62,9 @@ class RangeSet:
     def __len__(self) -> int:
         return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
 
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
 

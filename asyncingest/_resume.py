@@ -105,6 +105,11 @@ class JobPlan:
     def __init__(self, es: EndpointState) -> None:
         self.es = es
 
+    @property
+    def empty(self) -> bool:
+        """Nothing done and nothing part way (read live: a plan outlives checkpoints)."""
+        return not self.es.partial and not self.es.done
+
     def resume_point(self, n: int) -> Request | bool | None:
         """``False``: job ``n`` is done; ``None``: start it; a Request: continue there."""
         part = self.es.partial.get(n)

@@ -66,7 +66,7 @@ class Progress:
             self.partial[token.job] = token.next
 
     def __bool__(self) -> bool:
-        return bool(self.partial) or bool(self.done.ranges())
+        return bool(self.partial) or bool(self.done)
 
 
 @dataclass(slots=True)
