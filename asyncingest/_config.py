@@ -101,6 +101,9 @@ class RetryConfig(_Model):
 class ConcurrencyConfig(_Model):
     endpoints: int = Field(4, ge=1, description="endpoint trees running at once")
     requests_per_endpoint: int = Field(16, ge=1, description="requests in flight per endpoint")
+    cpu_workers: int | None = Field(
+        None, ge=1, description="processes for transforms (default: the number of CPUs)"
+    )
     adaptive: bool = Field(
         False,
         description="raise requests in flight slowly and cut them on 429s and rising latency, "
@@ -274,6 +277,39 @@ class FromFile(_Model):
 # --------------------------------------------------------------------------- endpoints
 
 
+class TransformConfig(_Model):
+    """A CPU-bound function over batches of an endpoint's records, run in a process pool."""
+
+    function: str = Field(description="'package.module:function'; fn(list[dict]) -> list[dict]")
+    initializer: str | None = Field(
+        None, description="'package.module:function' run once in each worker process"
+    )
+    batch_size: int = Field(500, ge=1, description="records per batch sent to the pool")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="batches out at once (default: 2 x pool workers)"
+    )
+    max_crash_retries: int = Field(2, ge=0, description="retries of a batch whose worker died")
+    output: str | None = Field(None, description="output folder (default: <endpoint>_out)")
+    keep_raw: bool = Field(True, description="also write the raw records")
+
+    @field_validator("function", "initializer")
+    @classmethod
+    def _importable(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from ._transform_pool import load_callable
+
+        load_callable(v)  # a clear ValueError when the module or function is missing
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _folder(cls, v: str | None) -> str | None:
+        if v is not None and (not _NAME_RE.match(v) or ".." in v):
+            raise ValueError("must be a plain folder name (letters, digits, '_', '-', '.')")
+        return v
+
+
 class EndpointConfig(_Model):
     name: str
     path: str
@@ -295,7 +331,14 @@ class EndpointConfig(_Model):
     from_file: FromFile | None = None
     rate_limits: tuple[RateWindow, ...] = ()
     concurrency: int | None = Field(None, ge=1, description="requests in flight (override)")
+    transform: TransformConfig | None = None
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def transform_folder(self) -> str | None:
+        if self.transform is None:
+            return None
+        return self.transform.output or f"{self.name}_out"
 
     @field_validator("name")
     @classmethod
@@ -390,10 +433,11 @@ class PipelineConfig(_Model):
     @model_validator(mode="after")
     def _graph(self) -> PipelineConfig:
         names = [e.name for e in self.endpoints]
+        folders = names + [e.transform_folder for e in self.endpoints if e.transform_folder]
         seen: set[str] = set()
-        for n in names:
+        for n in folders:
             if n.lower() in seen:
-                raise ValueError(f"endpoint name '{n}' is used twice (folder names must differ)")
+                raise ValueError(f"output folder '{n}' is used twice (folder names must differ)")
             seen.add(n.lower())
         for e in self.endpoints:
             if e.for_each and e.for_each.endpoint not in names:

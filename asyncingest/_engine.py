@@ -14,6 +14,7 @@ than single endpoints is what keeps a bounded parent->child queue from deadlocki
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -58,6 +59,8 @@ from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
 from ._throttle import AdaptiveThrottle, PauseGate
+from ._transform_pipe import PipeSpec
+from ._transform_pool import TransformPool
 
 T = TypeVar("T")
 
@@ -234,8 +237,9 @@ class Engine:
         if start.already_complete:
             return RunResult(self.run_id, str(self.output), (), 0.0, note="already complete")
         folders = {e.name: e.name for e in cfg.endpoints}
+        folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
         await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
-        self._prior_files = {e.name: list(state.endpoint(e.name).files) for e in cfg.endpoints}
+        self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
         state.runs.append(self.run_id)
         await asyncio.to_thread(save_state, self.output, state)
@@ -249,7 +253,13 @@ class Engine:
         )
         base = base_url_of(str(cfg.api.base_url))
         cancelled = False
-        async with HttpClient(cfg.api, credentials) as client:
+        pool: TransformPool | None = None
+        if any(e.transform for e in cfg.endpoints):
+            pool = TransformPool(cfg.api.concurrency.cpu_workers)
+        async with contextlib.AsyncExitStack() as stack:
+            if pool is not None:
+                await stack.enter_async_context(pool)
+            client = await stack.enter_async_context(HttpClient(cfg.api, credentials))
             for e in cfg.order():
                 journal = None
                 if e.for_each is not None:
@@ -274,6 +284,22 @@ class Engine:
                 )
             for name, runner in self.runners.items():
                 runner.link([self.runners[c.name] for c in cfg.children(name)])
+                t = runner.endpoint.transform
+                if t is not None and pool is not None:
+                    folder = runner.endpoint.transform_folder
+                    assert folder is not None
+                    runner.writer.attach_transform(
+                        pool,
+                        PipeSpec(
+                            t.function,
+                            t.initializer,
+                            t.batch_size,
+                            t.max_in_flight or 2 * pool.workers,
+                            t.max_crash_retries,
+                        ),
+                        ParquetSink(self.output, folder, options),
+                        t.keep_raw,
+                    )
                 runner.budget = self._budget_watch(runner.endpoint)
                 runner.guards = self._guards_for(runner.endpoint)
             if self.stopping:
@@ -339,6 +365,9 @@ class Engine:
             complete = final and not self.stopping
             for r, res in zip(runners, results, strict=True):
                 apply(state, r.name, self._prior_files[r.name], res, complete)
+                for folder, names in res.extra_files.items():
+                    prior = self._prior_files[folder]
+                    state.endpoint(folder).files = prior + [n for n in names if n not in prior]
             if final:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self.stop_reason

@@ -178,6 +178,11 @@ class EndpointLedger:
             if accepted:
                 self._emit(RecordsWritten(self.name, accepted))
 
+    def transformed(self, n: int) -> None:
+        """``n`` records came out of the endpoint's transform and were written."""
+        with self._lock:
+            self.stats.records_transformed += n
+
     def committed(self, files: Sequence[Path]) -> None:
         """Parquet files were completed and are visible."""
         with self._lock:

@@ -20,6 +20,7 @@ class EndpointStats:
     records_received: int = 0
     records_written: int = 0
     records_rejected: int = 0
+    records_transformed: int = 0
     nbytes: int = 0
     limiter_wait: float = 0.0
     started: float = 0.0
@@ -43,6 +44,7 @@ class EndpointStats:
             records_received=self.records_received,
             records_written=self.records_written,
             records_rejected=self.records_rejected,
+            records_transformed=self.records_transformed,
             nbytes=self.nbytes,
             limiter_wait=self.limiter_wait,
             duration=max(0.0, self.finished - self.started),
@@ -63,6 +65,7 @@ class EndpointSummary:
     records_received: int
     records_written: int
     records_rejected: int
+    records_transformed: int
     nbytes: int
     limiter_wait: float
     duration: float

@@ -28,6 +28,8 @@ from ._ledger import EndpointLedger
 from ._rangeset import RangeSet
 from ._request import Record, Request
 from ._sink import ParquetSink
+from ._transform_pipe import PipeSpec, TransformPipe
+from ._transform_pool import TransformPool
 
 if TYPE_CHECKING:
     from ._records import Job
@@ -76,6 +78,7 @@ class BarrierResult:
     journals: dict[str, tuple[int, int]]  # child endpoint -> committed (lines, bytes)
     dead_letter_bytes: int
     finished: bool = False
+    extra_files: dict[str, list[str]] = field(default_factory=dict)  # transform folder -> names
 
 
 class Barrier:
@@ -110,6 +113,37 @@ class Writer:
         self._final: BarrierResult | None = None
         self._finishing = False
         self.task: asyncio.Task[None] | None = None
+        # The CPU stage, when the endpoint has a transform (attach_transform).
+        self.pipe: TransformPipe | None = None
+        self.tsink: ParquetSink | None = None
+        self.keep_raw = True
+        self._tcommitted = 0
+
+    def attach_transform(
+        self, pool: TransformPool, spec: PipeSpec, sink: ParquetSink, keep_raw: bool
+    ) -> None:
+        self.pipe = TransformPipe(
+            pool, spec, self._write_transformed, self._set_aside, self._release
+        )
+        self.tsink = sink
+        self.keep_raw = keep_raw
+
+    def _release(self, token: object) -> None:
+        assert isinstance(token, Token)
+        self._progress.add(token)
+
+    def _set_aside(self, records: list[Record], reason: str) -> None:
+        for r in records:
+            self.dead.record_rejected(record=r, reason=f"transform: {reason}")
+            self.ledger.rejected(f"transform: {reason}")
+
+    async def _write_transformed(self, records: list[Record]) -> None:
+        assert self.tsink is not None
+        rejected = await asyncio.to_thread(self.tsink.write, records)
+        for rej in rejected:
+            self.dead.record_rejected(record=rej.record, reason=f"transform output: {rej.reason}")
+            self.ledger.rejected(rej.reason)
+        self.ledger.transformed(len(records) - len(rejected))
 
     def __repr__(self) -> str:
         return (
@@ -162,22 +196,28 @@ class Writer:
         while True:
             item = await self.queue.get()
             if item is None:
+                if self.pipe is not None:
+                    await self.pipe.drain()
                 await self._write_buffer()
                 await asyncio.to_thread(self._close)
                 self._final = self._snapshot(self._take_progress(), finished=True)
                 return
             if isinstance(item, Barrier):
+                if self.pipe is not None:
+                    await self.pipe.drain()
                 await self._write_buffer()
                 await asyncio.to_thread(self._sync)
                 item.future.set_result(self._snapshot(self._take_progress()))
                 continue
             self._apply(item)
+            if self.pipe is not None:
+                await self.pipe.feed(item.records, item.token)
             self.slots.release()
             if len(self._buffer) >= self.row_group_rows:
                 await self._write_buffer()
 
     def _apply(self, item: PageDone) -> None:
-        if item.records:
+        if item.records and self.keep_raw:
             self._buffer.extend(item.records)
         for journal, jobs in item.children:
             for job in jobs:
@@ -185,8 +225,8 @@ class Writer:
                 assert line == job.number, f"journal line {line} != job {job.number}"
         for write_dead in item.dead:
             write_dead(self.dead)
-        if item.token is not None:
-            self._progress.add(item.token)
+        if item.token is not None and self.pipe is None:
+            self._progress.add(item.token)  # else released when the transform output is
 
     def _take_progress(self) -> Progress:
         progress, self._progress = self._progress, Progress()
@@ -205,12 +245,16 @@ class Writer:
 
     def _sync(self) -> None:
         self.sink.flush()
+        if self.tsink is not None:
+            self.tsink.flush()
         for journal in self.child_journals.values():
             journal.sync()
         self.dead.sync()
 
     def _close(self) -> None:
         self.sink.close()
+        if self.tsink is not None:
+            self.tsink.close()
         for journal in self.child_journals.values():
             journal.sync()
         self.dead.sync()
@@ -223,6 +267,11 @@ class Writer:
             journals={k: (j.lines, j.nbytes) for k, j in self.child_journals.items()},
             dead_letter_bytes=self.dead.nbytes,
             finished=finished,
+            extra_files=(
+                {self.tsink.directory.name: [Path(p).name for p in self.tsink.files]}
+                if self.tsink is not None
+                else {}
+            ),
         )
 
     def _announce_files(self) -> None:
@@ -230,6 +279,11 @@ class Writer:
         if len(files) > self._committed:
             self.ledger.committed(files[self._committed :])
         self._committed = len(files)
+        if self.tsink is not None:
+            tfiles = self.tsink.files
+            if len(tfiles) > self._tcommitted:
+                self.ledger.committed(tfiles[self._tcommitted :])
+            self._tcommitted = len(tfiles)
 
 
 def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:

@@ -326,3 +326,22 @@ async def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_files(tmp_pat
         code, text = await run_cli(cfg)
         assert code == 0, text
         check_complete(api, out, ids)
+
+
+@pytest.mark.parametrize("crash_at", ["commit:4", "state:3"])
+async def test_transform_output_is_exactly_once_after_a_kill(tmp_path: Path, crash_at: str) -> None:
+    ids_path, _ = write_ids(tmp_path, 5)
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(latency_ms=2)) as api:
+        raw = job_config(api.url, out, ids_path)
+        laps = next(e for e in raw["endpoints"] if e["name"] == "laps")
+        laps["transform"] = {"function": "tests.transform_helpers:identity", "batch_size": 7}
+        raw["api"]["concurrency"]["cpu_workers"] = 2
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
+        assert code == -signal.SIGKILL, text
+        code, text = await run_cli(cfg)
+        assert code == 0, text
+        assert_same_records(read_records(out, "laps"), api.dataset.laps, F1_KEYS["laps"])
+        assert_same_records(read_records(out, "laps_out"), api.dataset.laps, F1_KEYS["laps"])
