@@ -60,6 +60,7 @@ from ._transform_pool import (
     TransformPool,
     describe_error,
     load_callable,
+    run_with_crash_retries,
 )
 
 __all__ = [
@@ -222,18 +223,15 @@ class TransformStage:
             self._slots.release()
 
     async def _run(self, payload: bytes) -> TransformOutcome:
-        """Run until the batch neither crashes nor is out of retries; retries run isolated."""
-        crashes = 0
-        while True:
-            outcome = await self.pool.run(
-                self.spec.function, payload, initializer=self.spec.initializer, isolated=crashes > 0
-            )
-            if not outcome.crashed:
-                return outcome
-            crashes += 1
-            self.crashes += 1
-            if crashes > self.spec.max_crash_retries:
-                return TransformOutcome(None, _crash_reason(crashes), crashed=True)
+        outcome, crashes = await run_with_crash_retries(
+            self.pool,
+            self.spec.function,
+            payload,
+            self.spec.initializer,
+            self.spec.max_crash_retries,
+        )
+        self.crashes += crashes
+        return outcome
 
     async def _set_aside(self, batch: list[Record], reason: str) -> None:
         result = self._on_failed(batch, reason)
@@ -243,12 +241,3 @@ class TransformStage:
     def _raise_failure(self) -> None:
         if self._error is not None:
             raise self._error
-
-
-def _crash_reason(crashes: int) -> str:
-    if crashes == 1:
-        return "worker process died while transforming this batch (no retries allowed)"
-    return (
-        f"worker process died on each of {crashes} attempts at this batch "
-        f"(the last {crashes - 1} with the batch alone in the pool)"
-    )

@@ -24,7 +24,12 @@ from dataclasses import dataclass
 import orjson
 
 from ._request import Record
-from ._transform_pool import TransformOutcome, TransformPool, describe_error
+from ._transform_pool import (
+    TransformOutcome,
+    TransformPool,
+    describe_error,
+    run_with_crash_retries,
+)
 
 
 @dataclass(frozen=True)
@@ -127,25 +132,12 @@ class TransformPipe:
             self._release(token)
 
     async def _run(self, payload: bytes) -> TransformOutcome:
-        """Retry a batch whose worker died (alone in the pool), then give up on it."""
-        crashes = 0
-        while True:
-            outcome = await self.pool.run(
-                self.spec.function,
-                payload,
-                initializer=self.spec.initializer,
-                isolated=crashes > 0,
-            )
-            if not outcome.crashed:
-                return outcome
-            crashes += 1
-            self.crashes += 1
-            if crashes > self.spec.max_crash_retries:
-                return TransformOutcome(
-                    None,
-                    f"worker process died on each of {crashes} attempts at this batch",
-                    crashed=True,
-                )
+        spec = self.spec
+        outcome, crashes = await run_with_crash_retries(
+            self.pool, spec.function, payload, spec.initializer, spec.max_crash_retries
+        )
+        self.crashes += crashes
+        return outcome
 
     async def aclose(self) -> None:
         """Cancel batches still out (a hard stop); their pages were never released."""

@@ -459,6 +459,34 @@ def _kill(executor: ProcessPoolExecutor) -> None:
             process.kill()
 
 
+async def run_with_crash_retries(
+    pool: TransformPool,
+    function: str,
+    payload: bytes,
+    initializer: str | None,
+    max_crash_retries: int,
+) -> tuple[TransformOutcome, int]:
+    """Run a batch until it neither crashes nor is out of retries (retries run alone in the
+    pool, so a crash during one is that batch's fault). Returns the outcome and the crashes."""
+    crashes = 0
+    while True:
+        outcome = await pool.run(function, payload, initializer=initializer, isolated=crashes > 0)
+        if not outcome.crashed:
+            return outcome, crashes
+        crashes += 1
+        if crashes > max_crash_retries:
+            return TransformOutcome(None, _crash_reason(crashes), crashed=True), crashes
+
+
+def _crash_reason(crashes: int) -> str:
+    if crashes == 1:
+        return "worker process died while transforming this batch (no retries allowed)"
+    return (
+        f"worker process died on each of {crashes} attempts at this batch "
+        f"(the last {crashes - 1} with the batch alone in the pool)"
+    )
+
+
 def _is_pool_helper_process() -> bool:
     """The fork server (it preloads this module; CPython starts it as ``python -c ...
     forkserver import main``) or a worker started by multiprocessing."""
