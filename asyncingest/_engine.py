@@ -48,7 +48,7 @@ from ._events import (
     RunStarted,
     Subscriber,
 )
-from ._guards import EndpointGuards, breaker_events, concurrency_events
+from ._guards import EndpointGuards, concurrency_events
 from ._http import Credentials, HttpClient
 from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._records import Job
@@ -188,7 +188,7 @@ class Engine:
                 self.clock,
                 max_cooldown=b.max_cooldown,
                 name=e.name,
-                on_change=breaker_events(e.name, self.events.emit),
+                on_change=self.runners[e.name].ledger.breaker_changed,
             )
         budget: SlidingWindowLimiter | PauseGate | None = self.global_limiter or self.pause_gate
         in_flight = self._budget_in_flight if self.global_limiter is not None else None

@@ -19,8 +19,10 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from ._breaker import Transition
 from ._checkpoint import request_to_json
 from ._events import (
+    BreakerChanged,
     Event,
     FileCommitted,
     JobsQueued,
@@ -177,6 +179,15 @@ class EndpointLedger:
             self.stats.records_written += accepted
             if accepted:
                 self._emit(RecordsWritten(self.name, accepted))
+
+    def breaker_changed(self, t: Transition) -> None:
+        """The endpoint's circuit breaker moved (counted for the run report, and reported)."""
+        with self._lock:
+            if t.state.value == "open":
+                self.stats.breaker_opens += 1
+            self._emit(
+                BreakerChanged(self.name, t.state.value, t.previous.value, t.failures, t.cooldown)
+            )
 
     def transformed(self, n: int) -> None:
         """``n`` records came out of the endpoint's transform and were written."""

@@ -21,6 +21,7 @@ class EndpointStats:
     records_written: int = 0
     records_rejected: int = 0
     records_transformed: int = 0
+    breaker_opens: int = 0
     nbytes: int = 0
     limiter_wait: float = 0.0
     started: float = 0.0
@@ -45,6 +46,7 @@ class EndpointStats:
             records_written=self.records_written,
             records_rejected=self.records_rejected,
             records_transformed=self.records_transformed,
+            breaker_opens=self.breaker_opens,
             nbytes=self.nbytes,
             limiter_wait=self.limiter_wait,
             duration=max(0.0, self.finished - self.started),
@@ -66,6 +68,7 @@ class EndpointSummary:
     records_written: int
     records_rejected: int
     records_transformed: int
+    breaker_opens: int
     nbytes: int
     limiter_wait: float
     duration: float

@@ -371,3 +371,32 @@ async def test_the_shared_budget_is_not_paused_when_adaptive_rate_is_off(tmp_pat
     assert result.ok
     (throttled,) = [e.time for e in log if e.status == 429]
     assert [e for e in log if throttled + 0.05 < e.time < throttled + 0.95]
+
+
+async def test_a_failing_endpoint_trips_its_breaker_and_the_report_says_so(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.csv"
+    ids.write_text("user_id\n" + "\n".join(str(100 + i) for i in range(12)) + "\n")
+    endpoint = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "single_record": True,
+        "from_file": {"path": str(ids), "column": "user_id"},
+        "concurrency": 2,
+    }
+    settings = MockSettings.small(
+        forced_faults={"/partner/users": ("status_503",) * 9}, max_faults_per_url=9
+    )
+    events: list[Event] = []
+    async with MockAPI(settings) as api:
+        cfg = pipeline(
+            api.url,
+            [endpoint],
+            tmp_path,
+            retry={**FAST_RETRY, "max_attempts": 2},
+            circuit_breaker={"failures": 3, "cooldown": 0.1, "max_cooldown": 0.2},
+        )
+        result = await asyncingest.run(cfg, subscribers=[events.append])
+    users = result.endpoint("users")
+    assert users.failed_requests == 12 and users.breaker_opens >= 1
+    states = [e.state for e in events if isinstance(e, asyncingest.BreakerChanged)]
+    assert "open" in states and "half-open" in states
