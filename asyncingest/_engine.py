@@ -34,7 +34,7 @@ from ._checkpoint import (
     save_state,
     write_atomic,
 )
-from ._clock import Clock, LoopClock
+from ._clock import BoundLoopClock, Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
@@ -125,16 +125,9 @@ class Engine:
         self.state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
-        api = config.api
-        self.global_limiter = (
-            SlidingWindowLimiter(
-                [(w.requests, w.per_seconds) for w in api.rate_limits], self.clock, name="api"
-            )
-            if api.rate_limits
-            else None
-        )
-        # With no windows configured, a 429 still needs a shared budget to pause.
-        self.pause_gate = PauseGate(self.clock, "api") if self.global_limiter is None else None
+        self._clock_given = clock is not None
+        self.global_limiter: SlidingWindowLimiter | None = None
+        self.pause_gate: PauseGate | None = None
         self._adaptive: dict[str, AdaptiveConcurrency] = {}
 
     def __repr__(self) -> str:
@@ -223,8 +216,21 @@ class Engine:
             self.stop_reason = reason
             self.stop()
 
+    def _make_limits(self) -> None:
+        """The shared budget, on the run's clock (made when the run's loop is known)."""
+        if not self._clock_given:
+            self.clock = BoundLoopClock(asyncio.get_running_loop())
+        api = self.config.api
+        if api.rate_limits:
+            windows = [(w.requests, w.per_seconds) for w in api.rate_limits]
+            self.global_limiter = SlidingWindowLimiter(windows, self.clock, name="api")
+        else:
+            # With no windows configured, a 429 still needs a shared budget to pause.
+            self.pause_gate = PauseGate(self.clock, "api")
+
     async def run(self) -> RunResult:
         cfg = self.config
+        self._make_limits()
         credentials = credentials_from_env(cfg)
         for e in cfg.endpoints:
             if e.from_file is not None:

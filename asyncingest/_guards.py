@@ -123,8 +123,12 @@ _RATE_HEADERS = (
 )
 
 
+_RATE_KEYS = frozenset(h.lower() for h in _RATE_HEADERS)
+
+
 def _has_rate_headers(headers: Mapping[str, str]) -> bool:
-    return any(h in headers for h in _RATE_HEADERS)
+    # A response has a handful of headers; scanning them beats ten case-insensitive lookups.
+    return any(key.lower() in _RATE_KEYS for key in headers)
 
 
 def breaker_events(endpoint: str, emit: Callable[[Event], None]) -> Callable[[Transition], None]:
