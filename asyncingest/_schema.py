@@ -253,6 +253,16 @@ class BatchConverter:
         self._dropped: set[str] = set()
         self._arrow_schema: pa.Schema | None = None
 
+    def seed(self, types: Mapping[str, FieldType | None]) -> None:
+        """Start an inferred schema from types an earlier run recorded (a resume)."""
+        if self.declared:
+            return
+        for name, ftype in types.items():
+            if ftype is not None and ftype not in ARROW_TYPES:
+                raise ValueError(f"field {name!r}: unknown type {ftype!r}")
+        self._types = dict(types)
+        self._arrow_schema = None
+
     @property
     def types(self) -> Mapping[str, FieldType | None]:
         """Field name -> type, in column order; ``None`` while a field is undecided."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -132,6 +133,29 @@ class ParquetSink:
         self._reported = 0  # files[:_reported] were returned by flush()
         self._rows_written = 0
         self._closed = False
+        # Files an earlier run of this output committed (a resume): an inferred schema starts
+        # from the field types they recorded, and unify-at-close rewrites them too if the
+        # types widen, so the folder keeps one schema across runs.
+        self._earlier: list[Path] = []
+        if schema is None:
+            self._adopt_earlier_files()
+
+    def _adopt_earlier_files(self) -> None:
+        parts = sorted(
+            (p for p in self.directory.iterdir() if _PART.fullmatch(p.name)),
+            key=lambda p: int(_PART.fullmatch(p.name)[1]),  # type: ignore[index]
+        )
+        for path in parts:
+            file_schema = pq.read_schema(path)
+            types = _recorded_types(file_schema)
+            if types is None:
+                continue  # not written by asyncingest: leave it alone
+            self._earlier.append(path)
+            self._file_schemas[path] = file_schema
+        if self._earlier:
+            types = _recorded_types(self._file_schemas[self._earlier[-1]])
+            assert types is not None
+            self._converter.seed(types)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -236,8 +260,16 @@ class ParquetSink:
         final = self.directory / f"part-{self._next_index:05d}.parquet"
         self._next_index += 1
         staging = _staging_path(final)
-        writer = pq.ParquetWriter(staging, schema, compression=self.options.compression)
+        writer = pq.ParquetWriter(
+            staging, self._with_types(schema), compression=self.options.compression
+        )
         return _OpenFile(final, staging, writer)
+
+    def _with_types(self, schema: pa.Schema) -> pa.Schema:
+        """The schema plus the field types as asyncingest sees them (json vs string, fields
+        still undecided), so a later run over this folder can continue exactly."""
+        types = orjson.dumps(dict(self._converter.types))
+        return schema.with_metadata({TYPES_KEY: types})
 
     def _commit(self) -> None:
         assert self._open is not None
@@ -250,8 +282,8 @@ class ParquetSink:
 
     def _unify(self) -> None:
         """Rewrite this sink's files whose schema is older than the final one."""
-        target = self._converter.arrow_schema()
-        for path in self._files:
+        target = self._with_types(self._converter.arrow_schema())
+        for path in [*self._earlier, *self._files]:
             if self._file_schemas[path].equals(target):
                 continue
             staging = _staging_path(path)
@@ -279,6 +311,17 @@ class ParquetSink:
             f"files={len(self._files)}, fields={len(self._converter.types)}"
             f"{', closed' if self._closed else ''})"
         )
+
+
+TYPES_KEY = b"asyncingest.types"
+
+
+def _recorded_types(schema: pa.Schema) -> dict[str, FieldType | None] | None:
+    raw = (schema.metadata or {}).get(TYPES_KEY)
+    if raw is None:
+        return None
+    types: dict[str, FieldType | None] = orjson.loads(raw)
+    return types
 
 
 def _staging_path(final: Path) -> Path:

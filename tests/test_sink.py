@@ -408,3 +408,31 @@ def test_sink_refuses_an_escaping_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ParquetSink(tmp_path, "../out", SMALL)
     assert list(tmp_path.parent.glob("out")) == []
+
+
+def test_a_later_run_continues_the_inferred_schema_and_widens_earlier_files(
+    tmp_path: Path,
+) -> None:
+    """A resumed run writes into a folder an earlier run left: its inferred types start from
+    the types recorded in those files, and widening rewrites them, so one schema remains."""
+    first = ParquetSink(tmp_path, "laps", SinkOptions())
+    first.write([{"n": 1, "meta": {"a": 1}}, {"n": 2, "meta": None}])
+    first.close()
+    second = ParquetSink(tmp_path, "laps", SinkOptions())
+    assert second.field_types == {"n": "int64", "meta": "json"}
+    assert second.write([{"n": 2.5, "meta": {"b": [1, 2]}}]) == []  # int widens to float
+    second.close()
+    table = ds.dataset(tmp_path / "laps", format="parquet").to_table()
+    assert table.schema.field("n").type == pa.float64()
+    assert sorted(table.column("n").to_pylist()) == [1.0, 2.0, 2.5]
+    schemas = {str(pq.read_schema(p)) for p in (tmp_path / "laps").glob("part-*.parquet")}
+    assert len(schemas) == 1
+
+
+def test_files_not_written_by_asyncingest_are_left_alone(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    pq.write_table(pa.table({"n": ["a"]}), tmp_path / "x" / "part-00000.parquet")
+    sink = ParquetSink(tmp_path, "x", SinkOptions())
+    sink.write([{"n": 1}])
+    sink.close()
+    assert pq.read_schema(tmp_path / "x" / "part-00000.parquet").field("n").type == pa.string()
