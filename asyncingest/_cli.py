@@ -23,7 +23,7 @@ from ._events import Subscriber
 from ._loading import load_config
 from ._operate import Operator, run_operated
 from ._plan import describe_plan
-from ._progress import summary_table
+from ._progress import status_lines, summary_table
 from ._progress_model import ProgressModel
 from ._result import RunResult
 from ._tuning import tune_gc
@@ -298,6 +298,11 @@ def _finish(result: RunResult, console: Console, model: ProgressModel | None = N
         )
         return EXIT_OK
     console.print(summary_table(result, model))
+    statuses = status_lines(result)
+    if statuses:
+        console.print("responses by status (retried where retryable):", highlight=False)
+        for line in statuses:
+            console.print(f"  {line}", highlight=False, markup=False)
     for e in result.endpoints:
         if not e.ok:
             console.print(

@@ -14,6 +14,7 @@ import asyncio
 import math
 from typing import IO
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -140,25 +141,43 @@ def plain_line(model: ProgressModel, row: EndpointProgress, suffix: str = "") ->
 
 def summary_table(result: RunResult, model: ProgressModel | None = None) -> Table:
     """The end-of-run report (the same figures as OUTPUT/_asyncingest/runs/<run-id>.json);
-    with the model, a column for endpoints whose circuit breaker opened during the run."""
+    with the model, a column for endpoints whose circuit breaker opened during the run.
+    Sized for an 80-column terminal; responses by status are listed under the table."""
     rows = model.rows if model is not None else {}
     breakers = any(r.breaker_opened for r in rows.values())
-    table = Table(title=f"run {result.run_id}: {result.duration:.1f}s", title_justify="left")
-    cols = "endpoint|records|requests|retries|errors by status|failed|rejected|MB|waited|time|files"
+    table = Table(
+        title=f"run {result.run_id}: {result.duration:.1f}s",
+        title_justify="left",
+        caption="failed: requests dead-lettered; rejected: records dead-lettered; "
+        "waited: time on the rate limiter",
+        caption_justify="left",
+        padding=(0, 1),
+        box=box.SIMPLE_HEAD,
+    )
+    cols = "endpoint|records|req|retry|failed|rejected|waited|time"
     for col in cols.split("|") + (["breaker"] if breakers else []):
-        left = col in ("endpoint", "errors by status", "breaker")
-        table.add_column(col, justify="left" if left else "right", no_wrap=True)
+        left = col in ("endpoint", "breaker")
+        table.add_column(col, justify="left" if left else "right", no_wrap=not left)
     for e in result.endpoints:
-        errors = " ".join(f"{k}:{v:,}" for k, v in sorted(e.statuses.items()) if k >= 300)
-        cells = [e.name, f"{e.records_written:,}", f"{e.requests:,}", f"{e.retries:,}", errors]
-        cells += [f"{e.failed_requests:,}", f"{e.records_rejected:,}", f"{e.nbytes / 1e6:,.1f}"]
-        cells += [f"{e.limiter_wait:,.1f}s", f"{e.duration:,.1f}s", f"{len(e.files)}"]
+        cells = [e.name, f"{e.records_written:,}", f"{e.requests:,}", f"{e.retries:,}"]
+        cells += [f"{e.failed_requests:,}", f"{e.records_rejected:,}"]
+        cells += [f"{e.limiter_wait:,.0f}s", f"{e.duration:,.1f}s"]
         if breakers:
             row = rows.get(e.name)
             opened = row.breaker_opened if row is not None else 0
             cells.append(f"{row.breaker}, opened {opened}x" if row is not None and opened else "")
         table.add_row(*cells)
     return table
+
+
+def status_lines(result: RunResult) -> list[str]:
+    """``users: 429 x2, 500 x2, 503 x1`` for endpoints that saw responses >= 300."""
+    out = []
+    for e in result.endpoints:
+        bad = [f"{k} x{v:,}" for k, v in sorted(e.statuses.items()) if k >= 300]
+        if bad:
+            out.append(f"{e.name}: {', '.join(bad)}")
+    return out
 
 
 # -- displays --------------------------------------------------------------------------------
