@@ -257,7 +257,6 @@ class Engine:
             row_group_rows=cfg.output.row_group_rows,
             max_rows_per_file=cfg.output.max_rows_per_file,
         )
-        base = base_url_of(str(cfg.api.base_url))
         cancelled = False
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
@@ -266,48 +265,7 @@ class Engine:
             if pool is not None:
                 await stack.enter_async_context(pool)
             client = await stack.enter_async_context(HttpClient(cfg.api, credentials))
-            for e in cfg.order():
-                journal = None
-                if e.for_each is not None:
-                    es = state.endpoint(e.name)
-                    journal = Journal(self.output, e.name)
-                    journal.open(es.journal_lines, es.journal_bytes)
-                workers = e.concurrency or cfg.api.concurrency.requests_per_endpoint
-                self.runners[e.name] = EndpointRunner(
-                    e,
-                    base_url=base,
-                    client=client,
-                    limits=self._limits_for(e, workers),
-                    policy=policy,
-                    sink=ParquetSink(self.output, e.name, options, e.schema_),
-                    dead_letters=DeadLetters(self.output, e.name),
-                    journal=journal,
-                    events=self.events,
-                    clock=self.clock,
-                    workers=workers,
-                    rng=random.Random(self.rng.random()),
-                    row_group_rows=cfg.output.row_group_rows,
-                )
-            for name, runner in self.runners.items():
-                runner.link([self.runners[c.name] for c in cfg.children(name)])
-                t = runner.endpoint.transform
-                if t is not None and pool is not None:
-                    folder = runner.endpoint.transform_folder
-                    assert folder is not None
-                    runner.writer.attach_transform(
-                        pool,
-                        PipeSpec(
-                            t.function,
-                            t.initializer,
-                            t.batch_size,
-                            t.max_in_flight or 2 * pool.workers,
-                            t.max_crash_retries,
-                        ),
-                        ParquetSink(self.output, folder, options),
-                        t.keep_raw,
-                    )
-                runner.budget = self._budget_watch(runner.endpoint)
-                runner.guards = self._guards_for(runner.endpoint)
+            self._build_runners(client, pool, options, policy)
             if self.stopping:
                 self.stop()
             self.events.emit(
@@ -350,6 +308,61 @@ class Engine:
                 await asyncio.shield(asyncio.to_thread(self._write_report, result))
         self.events.emit(RunFinished(result))
         return result
+
+    def _build_runners(
+        self,
+        client: HttpClient,
+        pool: TransformPool | None,
+        options: SinkOptions,
+        policy: RetryPolicy,
+    ) -> None:
+        """One runner per endpoint (parents first), linked to its children, with its sinks,
+        journal, limits, guards and, for a transform, the CPU stage in its writer."""
+        cfg, state = self.config, self.state
+        assert state is not None
+        base = base_url_of(str(cfg.api.base_url))
+        for e in cfg.order():
+            journal = None
+            if e.for_each is not None:
+                es = state.endpoint(e.name)
+                journal = Journal(self.output, e.name)
+                journal.open(es.journal_lines, es.journal_bytes)
+            workers = e.concurrency or cfg.api.concurrency.requests_per_endpoint
+            self.runners[e.name] = EndpointRunner(
+                e,
+                base_url=base,
+                client=client,
+                limits=self._limits_for(e, workers),
+                policy=policy,
+                sink=ParquetSink(self.output, e.name, options, e.schema_),
+                dead_letters=DeadLetters(self.output, e.name),
+                journal=journal,
+                events=self.events,
+                clock=self.clock,
+                workers=workers,
+                rng=random.Random(self.rng.random()),
+                row_group_rows=cfg.output.row_group_rows,
+            )
+        for name, runner in self.runners.items():
+            runner.link([self.runners[c.name] for c in cfg.children(name)])
+            t = runner.endpoint.transform
+            if t is not None and pool is not None:
+                folder = runner.endpoint.transform_folder
+                assert folder is not None
+                runner.writer.attach_transform(
+                    pool,
+                    PipeSpec(
+                        t.function,
+                        t.initializer,
+                        t.batch_size,
+                        t.max_in_flight or 2 * pool.workers,
+                        t.max_crash_retries,
+                    ),
+                    ParquetSink(self.output, folder, options),
+                    t.keep_raw,
+                )
+            runner.budget = self._budget_watch(runner.endpoint)
+            runner.guards = self._guards_for(runner.endpoint)
 
     # ------------------------------------------------------------------ checkpoints
 
