@@ -418,6 +418,8 @@ class Engine:
         total = None
         if runner.endpoint.from_file is not None:
             total = await asyncio.to_thread(count_ids, runner.endpoint.from_file)
+            if total is not None and self.state is not None:
+                total = max(0, total - len(self.state.endpoint(runner.name).done))
         self.events.emit(EndpointStarted(runner.name, runner.endpoint.parent, total))
         await runner.run()
         # Everything this endpoint will ever produce has been handed to its children.

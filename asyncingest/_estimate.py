@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.console import Group
 from rich.table import Table
@@ -31,13 +30,12 @@ from rich.text import Text
 from ._config import (
     CursorPagination,
     EndpointConfig,
-    FromFile,
     NoPagination,
     OffsetPagination,
     PagePagination,
     PipelineConfig,
 )
-from ._sources import count_ids
+from ._sources import count_ids as count_rows
 
 __all__ = [
     "EndpointEstimate",
@@ -51,7 +49,6 @@ __all__ = [
 ]
 
 Window = tuple[int, float]
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,25 +224,6 @@ def _window_text(w: Window) -> str:
 
 
 # -- input files -----------------------------------------------------------------------------
-
-
-def count_rows(spec: FromFile) -> int | None:
-    """Data rows in an input file, cheaply: Parquet metadata, or newlines counted in binary
-    chunks (CSV minus its header). Quoted newlines and blank lines make CSV/JSONL counts
-    approximate; ``None`` when the file cannot be read."""
-    if spec.file_format == "parquet":
-        return count_ids(spec)
-    try:
-        with Path(spec.path).open("rb") as fh:
-            lines, last = 0, b"\n"
-            while chunk := fh.read(_CHUNK):
-                lines += chunk.count(b"\n")
-                last = chunk[-1:]
-    except OSError:
-        return None
-    if last != b"\n":
-        lines += 1  # a last line without a newline
-    return max(0, lines - 1) if spec.file_format == "csv" else lines
 
 
 def count_inputs(config: PipelineConfig) -> dict[str, int]:

@@ -42,7 +42,9 @@ def check_ids_file(spec: FromFile) -> None:
 
 
 def count_ids(spec: FromFile) -> int | None:
-    """Rows in the file when that is cheap to know (Parquet metadata), else ``None``."""
+    """Data rows in an input file, cheaply: Parquet metadata, or newlines counted in binary
+    chunks (CSV minus its header). Quoted newlines and blank lines make CSV/JSONL counts
+    approximate (they feed progress bars and estimates); ``None`` when unreadable."""
     if spec.file_format == "parquet":
         import pyarrow.parquet as pq
 
@@ -50,7 +52,17 @@ def count_ids(spec: FromFile) -> int | None:
             return int(pq.ParquetFile(spec.path).metadata.num_rows)
         except Exception:
             return None
-    return None
+    try:
+        with Path(spec.path).open("rb") as fh:
+            lines, last = 0, b"\n"
+            while chunk := fh.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except OSError:
+        return None
+    if last != b"\n":
+        lines += 1  # a last line without a newline
+    return max(0, lines - 1) if spec.file_format == "csv" else lines
 
 
 def _csv(path: Path, spec: FromFile, chunk: int) -> Iterator[list[tuple[int, Any]]]:

@@ -27,23 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncingest._metrics import Metrics, start_metrics_server
 
-ENDPOINTS: list[dict[str, Any]] = [
-    {"name": "meetings", "path": "/v1/meetings", "params": {"year": 2024}},
-    {
-        "name": "sessions",
-        "path": "/v1/sessions",
-        "params": {"meeting_key": "{meeting_key}"},
-        "for_each": {"endpoint": "meetings", "bind": ["meeting_key"]},
-    },
-    {
-        "name": "laps",
-        "path": "/v1/laps",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-        "records": "results",
-        "pagination": {"type": "offset", "limit": 10, "total_path": "total"},
-    },
-]
+from .test_engine import F1_ENDPOINTS
+
+# meetings -> sessions -> laps (offset pagination), as in the engine tests.
+ENDPOINTS: list[dict[str, Any]] = [*F1_ENDPOINTS[:2], F1_ENDPOINTS[3]]
 
 
 def queue_depths(engine: asyncingest.Engine) -> dict[str, int]:

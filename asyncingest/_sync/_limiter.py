@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .._limiter import BUCKETS, EXACT_MAX, WindowUsage, _Window
+from .._limiter import BUCKETS, EXACT_MAX, WindowUsage, _Permits, _Window
 
 
 class LimiterClosed(Exception):
@@ -222,18 +222,6 @@ class ThreadConcurrencyLimit:
 
     def __repr__(self) -> str:
         return f"ThreadConcurrencyLimit({self.name!r}, in_use={self._in_use}/{self.limit})"
-
-
-class _Permits:
-    __slots__ = ("_permits",)
-
-    def __init__(self, permits: list[Permit]) -> None:
-        self._permits = permits
-
-    def release(self) -> None:
-        permits, self._permits = self._permits, []
-        for permit in reversed(permits):
-            permit.release()
 
 
 class ThreadLimits:
