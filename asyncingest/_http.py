@@ -6,8 +6,10 @@ It owns the things that keep secrets and the process safe:
   configured origin (scheme, host, port); a next-page link or a redirect to another host
   gets the request without them;
 * redirects are followed here (at most 5), not by aiohttp, so that rule holds on every hop;
-* the whole request, body included, runs under the total deadline, and a gap between body
-  chunks longer than ``read_timeout`` fails it, so a trickling body cannot hang a worker;
+* the whole request, body included, runs under the total deadline (kept coarsely by
+  :class:`~asyncingest._deadlines.Deadlines`: one timer for all requests, not one each), and a
+  gap between body chunks longer than ``read_timeout`` fails it, so a trickling body cannot
+  hang a worker;
 * bodies larger than ``max_body_bytes`` are refused (from Content-Length, or while reading).
 
 ``fetch`` never raises for network trouble: it returns a ``Response`` or a ``Failure``.
@@ -27,11 +29,19 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._config import ApiConfig
+from ._deadlines import Deadlines
 from ._request import Request
 from ._retry import FailureKind
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_PLAIN: dict[str, Any] = {"allow_redirects": False}
+# What an attempt can fail with once sent; anything else is a bug and propagates.
+_ANSWERED_ERRORS = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,9 @@ class HttpClient:
         self._origin = origin(URL(str(api.base_url)))
         self._session: aiohttp.ClientSession | None = None
         h = api.http
+        self._total = h.total_timeout
+        self._deadlines = Deadlines.for_timeout(h.total_timeout)
+        self._max_body = h.max_body_bytes
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=h.connect_timeout,
@@ -133,6 +146,7 @@ class HttpClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._deadlines.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -145,36 +159,31 @@ class HttpClient:
         return self.redact(str(request.full_url))
 
     async def fetch(self, request: Request) -> Response | Failure:
+        task: asyncio.Task[Any] | None = asyncio.current_task()
+        assert task is not None, "HttpClient.fetch runs in a task"
+        deadlines = self._deadlines
+        deadlines.arm(task, self._total)
         try:
-            async with asyncio.timeout(self.api.http.total_timeout):
-                return await self._fetch(request)
-        except TimeoutError:
-            return Failure(
-                FailureKind.TIMEOUT, f"no complete response within {self.api.http.total_timeout:g}s"
-            )
+            return await self._fetch(request)
+        except asyncio.CancelledError:
+            if deadlines.expired(task):
+                return Failure(FailureKind.TIMEOUT, f"no complete response within {self._total:g}s")
+            raise
+        finally:
+            deadlines.disarm(task)
 
     async def _fetch(self, request: Request) -> Response | Failure:
-        assert self._session is not None, "HttpClient used outside 'async with'"
+        session = self._session
+        assert session is not None, "HttpClient used outside 'async with'"
         url, params = request.url, list(request.params)
         method, body = request.method, request.json_body
         for _hop in range(MAX_REDIRECTS + 1):
-            kwargs: dict[str, Any] = {"allow_redirects": False}
-            send_params = params
-            if self.credentials is not None and origin(url) == self._origin:
-                if self._auth_headers:
-                    kwargs["headers"] = self._auth_headers
-                if self._auth_params:
-                    send_params = params + self._auth_params
-            if send_params:
-                kwargs["params"] = send_params
-            if body is not None:
-                kwargs["data"] = orjson.dumps(body)
-                kwargs["headers"] = {
-                    **kwargs.get("headers", {}),
-                    "Content-Type": "application/json",
-                }
+            if self.credentials is None and not params and body is None:
+                kwargs = _PLAIN  # the common case: no secret, no query, no body
+            else:
+                kwargs = self._kwargs(url, params, body)
             try:
-                async with self._session.request(method, url, **kwargs) as resp:
+                async with session.request(method, url, **kwargs) as resp:
                     if resp.status in _REDIRECTS and "Location" in resp.headers:
                         url = resp.url.join(URL(resp.headers["Location"]))
                         params = []
@@ -182,28 +191,51 @@ class HttpClient:
                             method, body = "GET", None
                         continue
                     return await self._read(resp)
-            except aiohttp.ServerTimeoutError as exc:
-                return Failure(FailureKind.TIMEOUT, self.redact(f"timed out: {exc}"))
-            except aiohttp.ClientPayloadError as exc:
-                kind = FailureKind.TRUNCATED if "length" in str(exc).lower() else FailureKind.RESET
-                return Failure(kind, self.redact(f"body cut short: {exc}"))
-            except aiohttp.ServerDisconnectedError as exc:
-                return Failure(FailureKind.RESET, self.redact(f"server disconnected: {exc}"))
-            except (aiohttp.ClientConnectionError, OSError) as exc:
+            except _ANSWERED_ERRORS as exc:
+                return self._failed(exc)
+            except OSError as exc:
                 return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
-            except aiohttp.ClientResponseError as exc:
-                return Failure(FailureKind.CONNECTION, self.redact(f"bad response: {exc}"))
         return Failure(FailureKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects", status=310)
 
+    def _kwargs(self, url: URL, params: list[tuple[str, str]], body: Any) -> dict[str, Any]:
+        """``session.request`` arguments for one hop: the secret only for the origin."""
+        kwargs: dict[str, Any] = {"allow_redirects": False}
+        send_params = params
+        if self.credentials is not None and origin(url) == self._origin:
+            if self._auth_headers:
+                kwargs["headers"] = self._auth_headers
+            if self._auth_params:
+                send_params = params + self._auth_params
+        if send_params:
+            kwargs["params"] = send_params
+        if body is not None:
+            kwargs["data"] = orjson.dumps(body)
+            kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": "application/json"}
+        return kwargs
+
+    def _failed(self, exc: aiohttp.ClientError) -> Failure:
+        """What an aiohttp error means for the retry policy (the secret redacted)."""
+        if isinstance(exc, aiohttp.ServerTimeoutError):
+            return Failure(FailureKind.TIMEOUT, self.redact(f"timed out: {exc}"))
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            kind = FailureKind.TRUNCATED if "length" in str(exc).lower() else FailureKind.RESET
+            return Failure(kind, self.redact(f"body cut short: {exc}"))
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return Failure(FailureKind.RESET, self.redact(f"server disconnected: {exc}"))
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
+        return Failure(FailureKind.CONNECTION, self.redact(f"bad response: {exc}"))
+
     async def _read(self, resp: aiohttp.ClientResponse) -> Response | Failure:
-        cap = self.api.http.max_body_bytes
-        if resp.content_length is not None and resp.content_length > cap:
+        cap = self._max_body
+        length = resp.content_length
+        if length is not None and length > cap:
             return Failure(
                 FailureKind.BODY_TOO_LARGE,
-                f"Content-Length {resp.content_length} exceeds max_body_bytes {cap}",
+                f"Content-Length {length} exceeds max_body_bytes {cap}",
                 status=resp.status,
             )
-        if resp.content_length is not None:
+        if length is not None:
             data = await resp.read()
         else:
             chunks, size = [], 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from string import Formatter
 from typing import Any
 from urllib.parse import quote
 
@@ -137,6 +138,24 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+def _path_value(v: Any) -> str:
+    """``v`` percent-encoded for a path segment (what ``render(in_path=True)`` does)."""
+    text = v if type(v) is str else _text(v)
+    # ASCII letters and digits need no encoding: skip quote() for the usual ids.
+    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+
+
+def _compile_path(template: str) -> list[tuple[str, str | None]] | None:
+    """``template`` as (literal, variable) pieces, or None when it needs ``render``
+    (a format spec, a conversion, or an attribute or index in a placeholder)."""
+    pieces: list[tuple[str, str | None]] = []
+    for literal, name, spec, conversion in Formatter().parse(template):
+        if name is not None and (spec or conversion or not name.isidentifier()):
+            return None
+        pieces.append((literal, name))
+    return pieces
+
+
 def build_request(base_url: URL, endpoint: EndpointConfig, variables: Mapping[str, Any]) -> Request:
     """The first request of one walk of ``endpoint`` with ``variables`` bound."""
     path = render(endpoint.path, variables, in_path=True)
@@ -164,6 +183,7 @@ class RequestTemplate:
         self._prefix = base_url.raw_path
         self._path = path
         self._path_vars = "{" in path
+        self._pieces = _compile_path(path) if self._path_vars else None
         self._static_url = (
             base_url.with_path(self._prefix + path, encoded=True)
             if self._simple and not self._path_vars
@@ -183,7 +203,17 @@ class RequestTemplate:
         if self._static_url is not None:
             url = self._static_url
         else:
-            path = render(self._path, variables, in_path=True)
+            pieces = self._pieces
+            if pieces is None:
+                path = render(self._path, variables, in_path=True)
+            elif len(pieces) == 1:  # the usual "users/{id}"
+                literal, name = pieces[0]
+                path = literal + _path_value(variables[name]) if name else literal
+            else:
+                path = "".join(
+                    literal + _path_value(variables[name]) if name else literal
+                    for literal, name in pieces
+                )
             url = self.base_url.with_path(self._prefix + path, encoded=True)
         if self._params_static:
             params = self._params

@@ -158,6 +158,7 @@ def test_lookup_dotted_paths() -> None:
         {"name": "a", "path": "/items"},
         {"name": "a", "path": "users/{id}", "params": {"x": 1, "flag": True}},
         {"name": "a", "path": "/u/{id}/s", "params": {"q": "{id}-x", "n": "static"}},
+        {"name": "a", "path": "/u/{id}/t/{id}.json"},
         {"name": "a", "path": "/q?fixed=1", "params": {"k": "{id}"}},
         {"name": "a", "path": "/p", "method": "POST", "body": {"id": "{id}", "n": [1, "{id}"]}},
     ],
@@ -174,7 +175,7 @@ def test_compiled_request_template_builds_what_build_request_builds(
         else endpoint
     )
     b = base_url_of(base)
-    for value in ("7", "a b/c", "ü"):
+    for value in ("7", "a b/c", "ü", "a-b_c.d~e", "x%2F", 42, True):
         want = build_request(b, e, {"id": value})
         got = RequestTemplate(b, e).build({"id": value})
         assert str(got.full_url) == str(want.full_url)
