@@ -15,11 +15,11 @@ def clock() -> FakeClock:
     return FakeClock(start=0.0)
 
 
-async def bounded(deadlines: Deadlines, timeout: float, work: asyncio.Future[str]) -> str:
+async def bounded(deadlines: Deadlines, seconds: float, work: asyncio.Future[str]) -> str:
     """How HttpClient.fetch uses Deadlines: 'timeout' when the deadline cancelled the work."""
     task = asyncio.current_task()
     assert task is not None
-    deadlines.arm(task, timeout)
+    deadlines.arm(task, seconds)
     try:
         return await work
     except asyncio.CancelledError:
