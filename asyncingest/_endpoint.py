@@ -20,6 +20,7 @@ from yarl import URL
 
 from ._breaker import CircuitOpen
 from ._budget import BudgetWatch
+from ._channel import Channel
 from ._checkpoint import Journal
 from ._clock import Clock
 from ._config import EndpointConfig, ForEach
@@ -84,7 +85,7 @@ class EndpointRunner:
         self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
         self.template = RequestTemplate(base_url, endpoint)
-        self.jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=max(2, workers * 2))
+        self.jobs: Channel[Job | None] = Channel(maxsize=max(2, workers * 2))
         self.writer = Writer(self.name, sink, dead_letters, {}, self.ledger, row_group_rows)
         self.in_flight = 0
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new
@@ -134,7 +135,7 @@ class EndpointRunner:
         s = self.stats
         return (
             f"EndpointRunner({self.name}, workers={self.n_workers}, in_flight={self.in_flight}, "
-            f"queued={self.jobs.qsize()}, requests={s.requests}, records={s.records_written}, "
+            f"queued={len(self.jobs)}, requests={s.requests}, records={s.records_written}, "
             f"failed={s.failed_requests}{', stopping' if self.stopping else ''})"
         )
 
@@ -174,8 +175,9 @@ class EndpointRunner:
                 await self.jobs.put(None)
 
     async def _worker(self) -> None:
+        jobs = self.jobs
         while True:
-            job = await self.jobs.get()
+            job = jobs.pop() if jobs else await jobs.get()
             if job is None:
                 return
             if self.stopping:
@@ -322,9 +324,11 @@ class EndpointRunner:
                 dead.append(dead_record(r, why))
                 self.ledger.rejected(why)
         self.ledger.received(len(records))
-        # Take the writer slot first: numbering the child jobs and enqueueing the page must be
-        # one synchronous step, so journal order equals job numbers (see _writer.py).
-        await self.writer.slots.acquire()
+        # Make room in the writer's inbox first: numbering the child jobs and enqueueing the
+        # page must be one synchronous step, so journal order equals job numbers (_writer.py).
+        inbox = self.writer.inbox
+        if inbox.full():
+            await inbox.wait_for_room()
         children: list[tuple[EndpointRunner, Journal, list[Job]]] = []
         for child, spec, journal in self._children_bindings:
             jobs, unbound = bind_children(

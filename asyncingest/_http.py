@@ -44,7 +44,9 @@ _ANSWERED_ERRORS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and
+# the engine makes one per request.
+@dataclass(slots=True)
 class Response:
     status: int
     headers: CIMultiDictProxy[str]

@@ -68,7 +68,7 @@ async def run_operated(
         metrics.sample(
             "queue_depth_jobs",
             "Jobs waiting in each endpoint's queue",
-            lambda: {n: r.jobs.qsize() for n, r in engine.runners.items()},
+            lambda: {n: len(r.jobs) for n, r in engine.runners.items()},
         )
         metrics.sample_windows(budget)
         subscribers.append(metrics)

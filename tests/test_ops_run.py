@@ -34,7 +34,7 @@ ENDPOINTS: list[dict[str, Any]] = [*F1_ENDPOINTS[:2], F1_ENDPOINTS[3]]
 
 
 def queue_depths(engine: asyncingest.Engine) -> dict[str, int]:
-    return {name: runner.jobs.qsize() for name, runner in engine.runners.items()}
+    return {name: len(runner.jobs) for name, runner in engine.runners.items()}
 
 
 def requests_by_endpoint(text: str) -> dict[str, float]:
