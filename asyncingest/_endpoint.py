@@ -74,13 +74,14 @@ class EndpointRunner:
         self.limits = limits
         self.policy = policy
         self.events = events
+        self._listening = events.listening
         self.clock = clock
         self.n_workers = workers
         self.rng = rng
         self.journal = journal  # where this endpoint's own jobs are journaled (for_each)
         self.children: list[EndpointRunner] = []
         self.ledger = EndpointLedger(
-            endpoint.name, events.emit, client.redact, listening=events.__bool__
+            endpoint.name, events.emit, client.redact, listening=events.listening
         )
         self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
@@ -167,6 +168,21 @@ class EndpointRunner:
         self.ledger.jobs_submitted(1)
         await self.jobs.put(job)
 
+    async def submit_many(self, jobs: Sequence[Job]) -> int:
+        """Queue ``jobs`` in order, as many at a time as there is room for; stops early on a
+        graceful stop (the rest are still in the input or a journal). Returns how many."""
+        queue, done, n = self.jobs, 0, len(jobs)
+        while done < n and not self.stopping:
+            if queue.full():
+                await queue.wait_for_room()
+                continue
+            batch = jobs[done : done + queue.maxsize - len(queue)]
+            self.ledger.jobs_submitted(len(batch))
+            for job in batch:
+                queue.put_nowait(job)
+            done += len(batch)
+        return done
+
     async def producer_done(self) -> None:
         """One producer (a feeder, a backlog replay, the parent) will submit no more jobs."""
         self.producers -= 1
@@ -216,12 +232,13 @@ class EndpointRunner:
             crash_point("page")
             await self._deliver(page, job, next_request)
             request = next_request
-        if self.events:
+        if self._listening():
             self.events.emit(JobFinished(self.name, True, pages))
 
     async def _fetch_page(self, request: Request, job: Job) -> Page | None:
         """The page, or ``None`` when the request gave up (already recorded) or we stop."""
-        started = self.clock.time()
+        time = self.clock.time
+        started = time()
         attempt = 0
         guards = self.guards
         breaker = guards.breaker if guards is not None else None
@@ -243,17 +260,19 @@ class EndpointRunner:
                     return None
                 if ticket is None:
                     return None  # stopping
-            t0 = self.clock.time()
-            permit = try_acquire(self.limits, self.name) or await self._interruptible(
-                self.limits.acquire(self.name)
-            )
-            if permit is None:
-                if guards is not None:
-                    guards.abandoned(ticket)
-                return None  # stopping: the resumed run asks for this page again
-            waited = self.clock.time() - t0
+            t0 = time()
+            permit = try_acquire(self.limits, self.name)
+            if permit is not None:
+                waited = 0.0
+            else:
+                permit = await self._interruptible(self.limits.acquire(self.name))
+                if permit is None:
+                    if guards is not None:
+                        guards.abandoned(ticket)
+                    return None  # stopping: the resumed run asks for this page again
+                waited = time() - t0
             self.in_flight += 1
-            if self.events:
+            if self._listening():
                 url = self.client.display_url(request)
                 self.events.emit(RequestStarted(self.name, request.method, url, attempt))
             try:
@@ -265,23 +284,24 @@ class EndpointRunner:
             finally:
                 permit.release()
                 self.in_flight -= 1
-            duration = self.clock.time() - t0 - waited
-            outcome: Page | Failure = (
-                parse_page(request, result.status, result.headers, result.body, self.endpoint)
-                if isinstance(result, Response)
-                else result
-            )
+            now = time()
+            duration = now - t0 - waited
+            outcome: Page | Failure
+            if isinstance(result, Response):
+                body = result.body
+                outcome = parse_page(request, result.status, result.headers, body, self.endpoint)
+                nbytes = len(body)
+            else:
+                outcome, nbytes = result, 0
             status = result.status
-            nbytes = len(result.body) if isinstance(result, Response) else 0
             self.ledger.attempted(request, attempt, status, nbytes, outcome, duration, waited)
-            page = outcome if isinstance(outcome, Page) else None
             if guards is not None:
                 guards.answered(
                     ticket,
                     sent=t0 + waited,
                     latency=duration,
                     status=status,
-                    kind=None if page is not None else outcome.kind,  # type: ignore[union-attr]
+                    kind=None if isinstance(outcome, Page) else outcome.kind,
                     headers=result.headers,
                 )
             if isinstance(outcome, Page):
@@ -291,7 +311,7 @@ class EndpointRunner:
                 self.policy,
                 failure,
                 attempt,
-                self.clock.time() - started,
+                now - started,
                 self.clock.wall(),
                 self.rng,
             )
@@ -349,6 +369,5 @@ class EndpointRunner:
             )
         )
         for child, _, jobs in children:
-            for j in jobs:
-                await child.submit(j)
+            await child.submit_many(jobs)
             child.ledger.jobs_queued(len(jobs))

@@ -431,38 +431,37 @@ class Engine:
         assert self.state is not None
         return JobPlan(self.state.endpoint(runner.name))
 
-    async def _submit_planned(self, runner: EndpointRunner, plan: JobPlan, job: Job) -> bool:
+    def _planned(self, plan: JobPlan, jobs: list[Job]) -> list[Job]:
+        """``jobs`` less those done, with part-way walks continuing where they stopped."""
         if plan.empty:  # a fresh start: every job is new
-            await runner.submit(job)
-            return True
-        point = plan.resume_point(job.number)
-        if point is False:
-            return False
-        if isinstance(point, Request):
-            job = Job(job.number, job.variables, job.copy, resume=point)
-        await runner.submit(job)
-        return True
+            return jobs
+        out = []
+        for job in jobs:
+            point = plan.resume_point(job.number)
+            if point is False:
+                continue
+            if isinstance(point, Request):
+                job = Job(job.number, job.variables, job.copy, resume=point)
+            out.append(job)
+        return out
 
     async def _feed_root(self, runner: EndpointRunner) -> None:
         spec = runner.endpoint.from_file
         plan = self._plan(runner)
         if spec is None:
-            await self._submit_planned(runner, plan, Job(0, {}))
+            await runner.submit_many(self._planned(plan, [Job(0, {})]))
         else:
-            copy_field = spec.variable if spec.copy_id else None
+            var, copy_field = spec.variable, spec.variable if spec.copy_id else None
             chunks = iter_ids(spec)
             while (
                 not self.stopping
                 and (chunk := await asyncio.to_thread(next, chunks, None)) is not None
             ):
-                queued = 0
-                for row, value in chunk:
-                    if self.stopping:
-                        break
-                    copy = {copy_field: value} if copy_field else {}
-                    queued += await self._submit_planned(
-                        runner, plan, Job(row, {spec.variable: value}, copy)
-                    )
+                if copy_field:
+                    jobs = [Job(row, {var: value}, {copy_field: value}) for row, value in chunk]
+                else:
+                    jobs = [Job(row, {var: value}) for row, value in chunk]
+                queued = await runner.submit_many(self._planned(plan, jobs))
                 if queued:
                     self.events.emit(JobsQueued(runner.name, queued))
         # Not in a `finally`: on cancellation the workers are gone and nobody would drain it.
@@ -480,10 +479,8 @@ class Engine:
             batch = await asyncio.to_thread(_take, entries, 2_000)
             if not batch:
                 break
-            for n, variables, copy in batch:
-                if self.stopping:
-                    break
-                queued += await self._submit_planned(runner, plan, Job(n, variables, copy))
+            jobs = [Job(n, variables, copy) for n, variables, copy in batch]
+            queued += await runner.submit_many(self._planned(plan, jobs))
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()

@@ -206,10 +206,13 @@ Subscriber = Callable[[Event], None]
 class EventBus:
     """Fan an event out to every subscriber; a failing subscriber never breaks the run."""
 
-    __slots__ = ("_subscribers",)
+    __slots__ = ("_subscribers", "listening")
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self._subscribers = list(subscribers)
+        # How many subscribers there are, as a C-level call: per-request events are built
+        # only when someone listens, and the check runs several times per request.
+        self.listening: Callable[[], int] = self._subscribers.__len__
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)

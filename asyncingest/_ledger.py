@@ -52,7 +52,7 @@ class EndpointLedger:
         redact: Callable[[str], str],
         *,
         lock: AbstractContextManager[Any] | None = None,
-        listening: Callable[[], bool] | None = None,
+        listening: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         self.stats = EndpointStats(name)
