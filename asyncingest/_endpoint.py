@@ -335,20 +335,25 @@ class EndpointRunner:
         """Hand one page to the writer (records, child jobs, rejects, progress) in one item,
         then give the child jobs to the children's queues (waiting when they are full)."""
         records = page.records
-        copy_parent_fields(records, job.copy)
+        if job.copy:
+            copy_parent_fields(records, job.copy)
         dead: list[Callable[[DeadLetters], None]] = []
-        records, unkeyed = split_by_key(records, self._pk)
-        if unkeyed:
-            why = missing_key_reason(self._pk)
-            for r in unkeyed:
-                dead.append(dead_record(r, why))
-                self.ledger.rejected(why)
+        if self._pk:
+            records, unkeyed = split_by_key(records, self._pk)
+            if unkeyed:
+                why = missing_key_reason(self._pk)
+                for r in unkeyed:
+                    dead.append(dead_record(r, why))
+                    self.ledger.rejected(why)
         self.ledger.received(len(records))
         # Make room in the writer's inbox first: numbering the child jobs and enqueueing the
         # page must be one synchronous step, so journal order equals job numbers (_writer.py).
         inbox = self.writer.inbox
         if inbox.full():
             await inbox.wait_for_room()
+        if not self._children_bindings:  # a leaf endpoint: records, rejects and progress
+            self.writer.put_reserved(PageDone(records, Token(job.number, next_request), (), dead))
+            return
         children: list[tuple[EndpointRunner, Journal, list[Job]]] = []
         for child, spec, journal in self._children_bindings:
             jobs, unbound = bind_children(

@@ -161,43 +161,46 @@ class HttpClient:
         return self.redact(str(request.full_url))
 
     async def fetch(self, request: Request) -> Response | Failure:
+        # One coroutine for the deadline and the hops: every await level is paid again on each
+        # of the several resumptions a request takes inside aiohttp.
+        session = self._session
+        assert session is not None, "HttpClient used outside 'async with'"
         task: asyncio.Task[Any] | None = asyncio.current_task()
         assert task is not None, "HttpClient.fetch runs in a task"
         deadlines = self._deadlines
         deadlines.arm(task, self._total)
+        url, params = request.url, list(request.params)
+        method, body = request.method, request.json_body
         try:
-            return await self._fetch(request)
+            for _hop in range(MAX_REDIRECTS + 1):
+                if self.credentials is None and not params and body is None:
+                    kwargs = _PLAIN  # the common case: no secret, no query, no body
+                else:
+                    kwargs = self._kwargs(url, params, body)
+                try:
+                    async with session.request(method, url, **kwargs) as resp:
+                        if resp.status in _REDIRECTS and "Location" in resp.headers:
+                            url = resp.url.join(URL(resp.headers["Location"]))
+                            params = []
+                            if resp.status == 303 or (
+                                resp.status in (301, 302) and method == "POST"
+                            ):
+                                method, body = "GET", None
+                            continue
+                        return await self._read(resp)
+                except _ANSWERED_ERRORS as exc:
+                    return self._failed(exc)
+                except OSError as exc:
+                    return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
+            return Failure(
+                FailureKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects", status=310
+            )
         except asyncio.CancelledError:
             if deadlines.expired(task):
                 return Failure(FailureKind.TIMEOUT, f"no complete response within {self._total:g}s")
             raise
         finally:
             deadlines.disarm(task)
-
-    async def _fetch(self, request: Request) -> Response | Failure:
-        session = self._session
-        assert session is not None, "HttpClient used outside 'async with'"
-        url, params = request.url, list(request.params)
-        method, body = request.method, request.json_body
-        for _hop in range(MAX_REDIRECTS + 1):
-            if self.credentials is None and not params and body is None:
-                kwargs = _PLAIN  # the common case: no secret, no query, no body
-            else:
-                kwargs = self._kwargs(url, params, body)
-            try:
-                async with session.request(method, url, **kwargs) as resp:
-                    if resp.status in _REDIRECTS and "Location" in resp.headers:
-                        url = resp.url.join(URL(resp.headers["Location"]))
-                        params = []
-                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                            method, body = "GET", None
-                        continue
-                    return await self._read(resp)
-            except _ANSWERED_ERRORS as exc:
-                return self._failed(exc)
-            except OSError as exc:
-                return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
-        return Failure(FailureKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects", status=310)
 
     def _kwargs(self, url: URL, params: list[tuple[str, str]], body: Any) -> dict[str, Any]:
         """``session.request`` arguments for one hop: the secret only for the origin."""
