@@ -127,8 +127,9 @@ _RATE_KEYS = frozenset(h.lower() for h in _RATE_HEADERS)
 
 
 def _has_rate_headers(headers: Mapping[str, str]) -> bool:
-    # A response has a handful of headers; scanning them beats ten case-insensitive lookups.
-    return any(key.lower() in _RATE_KEYS for key in headers)
+    # A response has a handful of headers; scanning them (in C: map, lower, isdisjoint) beats
+    # ten case-insensitive lookups.
+    return not _RATE_KEYS.isdisjoint(map(str.lower, headers))
 
 
 def breaker_events(endpoint: str, emit: Callable[[Event], None]) -> Callable[[Transition], None]:
