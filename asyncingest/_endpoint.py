@@ -86,7 +86,8 @@ class EndpointRunner:
         self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
         self.template = RequestTemplate(base_url, endpoint)
-        self.jobs: Channel[Job | None] = Channel(maxsize=max(2, workers * 2))
+        # Producers (a feeder, a parent's workers) refill it once it is down to half.
+        self.jobs: Channel[Job | None] = Channel(maxsize=max(2, workers * 2), refill_at=workers)
         self.writer = Writer(self.name, sink, dead_letters, {}, self.ledger, row_group_rows)
         self.in_flight = 0
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new

@@ -107,8 +107,13 @@ class Writer:
         self.child_journals = child_journals
         self.ledger = ledger
         self.row_group_rows = row_group_rows
-        # Pages wait for room (put, wait_for_room); a barrier or the end is enqueued at once.
-        self.inbox: Channel[PageDone | Barrier | None] = Channel(MAX_PAGES_QUEUED)
+        # Pages wait for room (put, wait_for_room); a barrier or the end is enqueued at once
+        # and wakes the writer (flush). Otherwise the writer wakes for a quarter of the bound
+        # at a time, and producers waiting for room when it is down to half: one task switch
+        # per several pages, not one per page.
+        self.inbox: Channel[PageDone | Barrier | None] = Channel(
+            MAX_PAGES_QUEUED, batch=MAX_PAGES_QUEUED // 4, refill_at=MAX_PAGES_QUEUED // 2
+        )
         self._buffer: list[Record] = []
         self._progress = Progress()
         self._committed = 0
@@ -179,6 +184,7 @@ class Writer:
             self.task.add_done_callback(lambda _: self._answer_final(b))
         else:
             self.inbox.put_nowait(b)
+            self.inbox.flush()
         return b.future
 
     def _answer_final(self, b: Barrier) -> None:
@@ -188,6 +194,7 @@ class Writer:
     def finish(self) -> None:
         self._finishing = True
         self.inbox.put_nowait(None)
+        self.inbox.flush()
 
     def _take_final(self) -> BarrierResult:
         final = self._final or self._snapshot(finished=True)

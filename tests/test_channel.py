@@ -115,3 +115,43 @@ async def test_a_producer_cancelled_after_its_wake_up_passes_the_room_on() -> No
         await first
     await asyncio.wait_for(second, 1)
     assert ch.pop() == 2 and not ch
+
+
+async def test_a_batched_getter_wakes_for_a_batch_or_a_flush() -> None:
+    ch: Channel[int] = Channel(8, batch=3)
+    getter = asyncio.create_task(ch.get())
+    await settle()
+    ch.put_nowait(1)
+    ch.put_nowait(2)
+    await settle()
+    assert not getter.done()  # two waiting, the batch is three
+    ch.put_nowait(3)
+    await settle()
+    assert getter.result() == 1 and [ch.pop(), ch.pop()] == [2, 3]
+    getter = asyncio.create_task(ch.get())
+    await settle()  # waiting on an empty channel
+    ch.put_nowait(4)
+    await settle()
+    assert not getter.done()
+    ch.flush()  # a barrier: wake now
+    await settle()
+    assert getter.result() == 4
+
+
+async def test_a_producer_waiting_for_room_wakes_at_the_refill_mark() -> None:
+    ch: Channel[int] = Channel(4, refill_at=2)
+    for i in range(4):
+        ch.put_nowait(i)
+    producer = asyncio.create_task(ch.put(4))
+    await settle()
+    ch.pop()  # three left: room, but above the mark
+    await settle()
+    assert not producer.done()
+    ch.pop()  # two left: the mark
+    await settle()
+    assert producer.done() and len(ch) == 3
+
+
+def test_batch_must_fit_the_bound() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        Channel(4, batch=5)

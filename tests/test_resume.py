@@ -87,13 +87,25 @@ def check_complete(api: MockAPI, out: Path, ids: list[str]) -> None:
             ds.dataset(folder, format="parquet").to_table()
 
 
+async def wait_for_file(path: Path, proc: asyncio.subprocess.Process) -> None:
+    """Until ``path`` exists or ``proc`` has exited (at most 30 s): a file another process
+    writes gives nothing to await on, so look every 50 ms."""
+    for _ in range(600):
+        if proc.returncode is not None or await asyncio.to_thread(path.exists):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def run_cli(
     cfg_path: Path,
     *args: str,
     env: dict[str, str] | None = None,
     kill_after: float | None = None,
     sig: int = signal.SIGKILL,
+    started: Path | None = None,
 ) -> tuple[int, str]:
+    """Run the CLI; with ``kill_after``, send ``sig`` that many seconds later (counted from
+    when ``started`` appears, if given: a loaded machine may take a while to import)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -107,6 +119,8 @@ async def run_cli(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    if started is not None:
+        await wait_for_file(started, proc)
     if kill_after is not None:
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), kill_after)
@@ -162,7 +176,8 @@ async def test_sigterm_stops_gracefully_and_the_same_command_resumes(tmp_path: P
     async with MockAPI(MockSettings.small(latency_ms=20)) as api:
         cfg = tmp_path / "job.yaml"
         cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
-        code, text = await run_cli(cfg, kill_after=1.2, sig=signal.SIGTERM)
+        state_file = out / "_asyncingest" / "state.json"  # saved once the run has started
+        code, text = await run_cli(cfg, kill_after=0.8, sig=signal.SIGTERM, started=state_file)
         assert code == 3, text
         assert "to resume: python -m asyncingest run" in text
         state = load_state(out)
@@ -314,7 +329,8 @@ async def test_a_second_ctrl_c_stops_at_once_leaving_only_complete_files(tmp_pat
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        await asyncio.sleep(1.0)
+        await wait_for_file(out / "_asyncingest" / "state.json", proc)  # the run has started
+        await asyncio.sleep(0.2)  # requests are in flight (400 ms each)
         proc.send_signal(signal.SIGINT)
         await asyncio.sleep(0.05)
         proc.send_signal(signal.SIGINT)
