@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import random
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from yarl import URL
@@ -66,6 +67,7 @@ class EndpointRunner:
         workers: int,
         rng: random.Random,
         row_group_rows: int,
+        files: Executor | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.name = endpoint.name
@@ -88,7 +90,9 @@ class EndpointRunner:
         self.template = RequestTemplate(base_url, endpoint)
         # Producers (a feeder, a parent's workers) refill it once it is down to half.
         self.jobs: Channel[Job | None] = Channel(maxsize=max(2, workers * 2), refill_at=workers)
-        self.writer = Writer(self.name, sink, dead_letters, {}, self.ledger, row_group_rows)
+        self.writer = Writer(
+            self.name, sink, dead_letters, {}, self.ledger, row_group_rows, files=files
+        )
         self.in_flight = 0
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new
         self.producers = 1  # who may still submit jobs; input closes when they are all done

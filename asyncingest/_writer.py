@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._channel import Channel
 from ._checkpoint import Journal
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ._records import Job
 
 MAX_PAGES_QUEUED = 64
+R = TypeVar("R")
 
 
 # Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and
@@ -100,8 +102,11 @@ class Writer:
         child_journals: dict[str, Journal],
         ledger: EndpointLedger,
         row_group_rows: int,
+        *,
+        files: Executor | None = None,
     ) -> None:
         self.name = name
+        self.files = files  # where file work runs (None: asyncio's default executor)
         self.sink = sink
         self.dead = dead
         self.child_journals = child_journals
@@ -146,7 +151,7 @@ class Writer:
 
     async def _write_transformed(self, records: list[Record]) -> None:
         assert self.tsink is not None
-        rejected = await asyncio.to_thread(self.tsink.write, records)
+        rejected = await self._in_files(self.tsink.write, records)
         for rej in rejected:
             self.dead.record_rejected(record=rej.record, reason=f"transform output: {rej.reason}")
             self.ledger.rejected(rej.reason)
@@ -158,6 +163,9 @@ class Writer:
             f"pending={len(self._progress.done)} done/{len(self._progress.partial)} partial, "
             f"files={len(self.sink.files)})"
         )
+
+    def _in_files(self, fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
+        return asyncio.get_running_loop().run_in_executor(self.files, fn, *args)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
@@ -209,14 +217,14 @@ class Writer:
                 if self.pipe is not None:
                     await self.pipe.drain()
                 await self._write_buffer()
-                await asyncio.to_thread(self._close)
+                await self._in_files(self._close)
                 self._final = self._snapshot(self._take_progress(), finished=True)
                 return
             if isinstance(item, Barrier):
                 if self.pipe is not None:
                     await self.pipe.drain()
                 await self._write_buffer()
-                await asyncio.to_thread(self._sync)
+                await self._in_files(self._sync)
                 item.future.set_result(self._snapshot(self._take_progress()))
                 continue
             self._apply(item)
@@ -245,7 +253,7 @@ class Writer:
         if not self._buffer:
             return
         records, self._buffer = self._buffer, []
-        rejected = await asyncio.to_thread(self.sink.write, records)
+        rejected = await self._in_files(self.sink.write, records)
         for rej in rejected:
             self.dead.record_rejected(record=rej.record, reason=rej.reason)
             self.ledger.rejected(rej.reason)
