@@ -31,7 +31,7 @@ from ._events import EventBus, JobFinished, RecordsExpected, RequestStarted
 from ._guards import EndpointGuards
 from ._http import Failure, HttpClient, Response
 from ._ledger import EndpointLedger
-from ._limiter import Limit, try_acquire
+from ._limiter import Limit, Permit
 from ._pagination import PaginationLoop, paginator_for
 from ._records import (
     Job,
@@ -74,6 +74,10 @@ class EndpointRunner:
         self.base_url = base_url
         self.client = client
         self.limits = limits
+        # The limits' synchronous fast path, looked up once (see _limiter.try_acquire).
+        self._try_acquire: Callable[[str], Permit | None] | None = getattr(
+            limits, "try_acquire", None
+        )
         self.policy = policy
         self.events = events
         self._listening = events.listening
@@ -266,7 +270,7 @@ class EndpointRunner:
                 if ticket is None:
                     return None  # stopping
             t0 = time()
-            permit = try_acquire(self.limits, self.name)
+            permit = self._try_acquire(self.name) if self._try_acquire is not None else None
             if permit is not None:
                 waited = 0.0
             else:

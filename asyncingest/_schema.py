@@ -75,6 +75,7 @@ _FAST_TYPES: Final[Mapping[FieldType, frozenset[type]]] = {
     "float64": frozenset({int, float, _NONE}),
     "bool": frozenset({bool, _NONE}),
 }
+_JSON_KINDS: Final = frozenset({dict, list, _NONE})
 _KIND_OF: Final[Mapping[type, FieldType]] = {
     bool: "bool",
     int: "int64",
@@ -223,6 +224,14 @@ def _column_to_arrow(
             return pa.array(column, type=arrow_type), {}
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             pass  # e.g. an int beyond int64: find it below
+    if ftype == "json" and kinds <= _JSON_KINDS:
+        dumps = orjson.dumps
+        try:
+            return pa.array(
+                [None if v is None else dumps(v).decode() for v in column], type=arrow_type
+            ), {}
+        except TypeError:
+            pass  # a value orjson cannot encode: find it below
     convert = _CONVERTERS[ftype]
     out: list[object] = []
     bad: dict[int, str] = {}

@@ -35,7 +35,7 @@ class Size:
     sync_workers: tuple[int, ...]
     overhead_ids: int  # case 2
     overhead_concurrency: int
-    rounds: int  # cases 2 and 3: runs per variant, interleaved; the median counts
+    rounds: int  # cases 1-3: runs per variant, interleaved; the best counts
     crawl: tuple[int, int, int, int]  # case 3: meetings, sessions each, drivers, laps each
     crawl_concurrency: int
     page_size: int
@@ -65,7 +65,7 @@ FULL = Size(
     sync_workers=(20, 200),
     overhead_ids=20_000,
     overhead_concurrency=64,
-    rounds=3,
+    rounds=5,
     crawl=(40, 5, 20, 50),  # 200 sessions x 1,000 laps = 200,000 records, 2,000 pages
     crawl_concurrency=32,
     page_size=100,

@@ -247,6 +247,15 @@ def test_rejection_reasons_name_field_type_and_value(
     assert len(rejected.reason) < 150  # long values are truncated
 
 
+def test_a_json_value_orjson_cannot_encode_rejects_only_its_record(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL, {"id": "int64", "v": "json"})
+    records = [{"id": 1, "v": [1, 2]}, {"id": 2, "v": [2**70]}, {"id": 3, "v": None}]
+    (rejected,) = sink.write(records)
+    assert rejected.record == {"id": 2, "v": [2**70]} and "field 'v'" in rejected.reason
+    (path,) = sink.close()
+    assert pq.read_table(path).to_pylist() == [{"id": 1, "v": "[1,2]"}, {"id": 3, "v": None}]
+
+
 def test_non_object_record_is_rejected(tmp_path: Path) -> None:
     sink = ParquetSink(tmp_path, "t", SMALL)
     (rejected,) = sink.write([{"a": 1}, "oops"])  # type: ignore[list-item]
