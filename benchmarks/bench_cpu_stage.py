@@ -52,6 +52,7 @@ import pyarrow.ipc as ipc  # noqa: E402
 from asyncingest._mockapi._data import Dataset  # noqa: E402
 from asyncingest._mockapi._settings import MockSettings  # noqa: E402
 from asyncingest._transform import TransformPool, TransformSpec, TransformStage  # noqa: E402
+from asyncingest._tuning import tune_gc  # noqa: E402
 from asyncingest.examples import telemetry  # noqa: E402
 
 Record = dict[str, Any]
@@ -403,6 +404,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     os.environ[_SPIN_ENV] = str(calibrate())  # before the first pool: workers inherit it
 
     laps = Dataset.build(MockSettings(n_meetings=2)).laps[:BATCH]
+    tune_gc()  # as the CLI runs: a full collection would show up as event-loop lag
     info = machine()
     started = time.perf_counter()
     async with TransformPool(2):

@@ -64,3 +64,36 @@ async def test_bare_loop_writes_the_columns_asyncingest_infers(tmp_path: Path) -
     rows = {r["user_id"]: r for r in table.to_pylist()}
     assert set(rows) == set(expected)
     assert all(rows[u]["score"] == rec["score"] for u, rec in expected.items())  # type: ignore[index]
+
+
+def test_bench_instructions_subtracts_start_up_per_variant(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The instruction benchmark's wiring, without valgrind: each variant's spec runs as a
+    client (here without callgrind) and the per-request figure is (N - 1 id) / (N - 1)."""
+    import json
+    import subprocess
+    import sys
+
+    from asyncingest._mockapi import MockSettings
+    from benchmarks import bench_instructions
+    from benchmarks._harness import REPO, RESULT_PREFIX, MockServer, child_env
+
+    def run_without_valgrind(spec: dict[str, object], out_file: Path) -> int:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks._clients"],
+            input=json.dumps(spec).encode(),
+            capture_output=True,
+            env=child_env(),
+            cwd=REPO,
+            check=True,
+        )
+        (line,) = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith(RESULT_PREFIX)]
+        result = json.loads(line.removeprefix(RESULT_PREFIX))
+        assert result["records"] == result["requests"]  # every id fetched and written
+        return 1_000 + 10 * int(result["requests"])  # a stand-in count: start-up + per request
+
+    monkeypatch.setattr(bench_instructions, "instructions", run_without_valgrind)
+    with MockServer(MockSettings.small(latency_ms=0)) as server:
+        for kind in ("bare", "engine", "null"):
+            assert bench_instructions.per_request(kind, server.url, 5, tmp_path) == 10.0
