@@ -71,27 +71,14 @@ def test_bench_instructions_subtracts_start_up_per_variant(
 ) -> None:
     """The instruction benchmark's wiring, without valgrind: each variant's spec runs as a
     client (here without callgrind) and the per-request figure is (N - 1 id) / (N - 1)."""
-    import json
-    import subprocess
-    import sys
-
     from asyncingest._mockapi import MockSettings
     from benchmarks import bench_instructions
-    from benchmarks._harness import REPO, RESULT_PREFIX, MockServer, child_env
+    from benchmarks._harness import MockServer, run_client
 
     def run_without_valgrind(spec: dict[str, object], out_file: Path) -> int:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks._clients"],
-            input=json.dumps(spec).encode(),
-            capture_output=True,
-            env=child_env(),
-            cwd=REPO,
-            check=True,
-        )
-        (line,) = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith(RESULT_PREFIX)]
-        result = json.loads(line.removeprefix(RESULT_PREFIX))
-        assert result["records"] == result["requests"]  # every id fetched and written
-        return 1_000 + 10 * int(result["requests"])  # a stand-in count: start-up + per request
+        measured = run_client(spec)
+        assert measured.records == measured.requests  # every id fetched and written
+        return 1_000 + 10 * measured.requests  # a stand-in count: start-up + per request
 
     monkeypatch.setattr(bench_instructions, "instructions", run_without_valgrind)
     with MockServer(MockSettings.small(latency_ms=0)) as server:
