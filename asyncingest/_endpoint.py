@@ -173,10 +173,6 @@ class EndpointRunner:
             self.writer.dead.close()
             self.stats.finished = self.clock.time()
 
-    async def submit(self, job: Job) -> None:
-        self.ledger.jobs_submitted(1)
-        await self.jobs.put(job)
-
     async def submit_many(self, jobs: Sequence[Job]) -> int:
         """Queue ``jobs`` in order, as many at a time as there is room for; stops early on a
         graceful stop (the rest are still in the input or a journal). Returns how many."""
