@@ -356,9 +356,6 @@ class EndpointRunner:
         inbox = self.writer.inbox
         if inbox.full():
             await inbox.wait_for_room()
-        if not self._children_bindings:  # a leaf endpoint: records, rejects and progress
-            self.writer.put_reserved(PageDone(records, Token(job.number, next_request), (), dead))
-            return
         children: list[tuple[EndpointRunner, Journal, list[Job]]] = []
         for child, spec, journal in self._children_bindings:
             jobs, unbound = bind_children(
@@ -374,7 +371,7 @@ class EndpointRunner:
             PageDone(
                 records,
                 Token(job.number, next_request),
-                children=[(journal, jobs) for _, journal, jobs in children],
+                children=[(journal, jobs) for _, journal, jobs in children] if children else (),
                 dead=dead,
             )
         )

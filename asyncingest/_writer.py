@@ -210,6 +210,14 @@ class Writer:
         return final
 
     async def _run(self) -> None:
+        try:
+            await self._apply_until_done()
+        except BaseException:
+            if self.pipe is not None:  # a hard stop or a failure: no batch left running
+                await self.pipe.aclose()
+            raise
+
+    async def _apply_until_done(self) -> None:
         inbox = self.inbox
         while True:
             item = inbox.pop() if inbox else await inbox.get()
