@@ -215,6 +215,15 @@ async def test_an_output_holding_an_earlier_run_is_refused_unless_fresh(tmp_path
     assert result.ok and len(read_records(tmp_path, "meetings")) == n
 
 
+async def test_a_config_with_a_transform_is_refused_not_run_without_it(tmp_path: Path) -> None:
+    async with MockAPI(MockSettings.small()) as api:
+        laps = {**F1_ENDPOINTS[0], "transform": {"function": "json:dumps"}}
+        cfg = pipeline(api.url, [laps], tmp_path)
+        with pytest.raises(ConfigError, match="not run in sync mode"):
+            await asyncio.to_thread(run_sync, cfg)
+        assert api.stats.requests == 0
+
+
 # -- credentials stay on their origin -------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from .._records import (
     parse_page,
     split_by_key,
 )
-from .._request import Page, Record, Request, build_request
+from .._request import Page, Record, Request, RequestTemplate
 from .._retry import FailureKind, RetryPolicy
 from .._sink import ParquetSink
 from ._http import SyncHttpClient
@@ -78,6 +78,7 @@ class SyncEndpoint:
         self.numbers = itertools.count()  # this endpoint's job numbers, when it is a child
         self.writer = _Writer(sink, self.dead, ledger, row_group_rows)
         self.paginator = paginator_for(endpoint.pagination)
+        self.template = RequestTemplate(base_url, endpoint)  # compiled once, filled per job
         self.children: list[tuple[SyncEndpoint, ForEach]] = []
         self._submit: Submit | None = None
         self._pk = endpoint.primary_key
@@ -94,7 +95,7 @@ class SyncEndpoint:
     def run_job(self, job: Job) -> None:
         """Walk every page of ``job``, delivering records as they come."""
         request: Request | None = job.resume or self.paginator.first(
-            build_request(self.base_url, self.endpoint, job.variables)
+            self.template.build(job.variables)
         )
         while request is not None:
             page = self._fetch_page(request, job)

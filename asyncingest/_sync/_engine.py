@@ -66,6 +66,7 @@ class LockedBus:
     def __init__(self, subscribers: Iterable[Subscriber]) -> None:
         self._bus = EventBus(subscribers)
         self._lock = threading.Lock()
+        self.listening = self._bus.listening  # per-request events only when someone listens
 
     def emit(self, event: Event) -> None:
         if self._bus:
@@ -180,7 +181,14 @@ class SyncEngine:
     def _prepare_output(self) -> None:
         """Sync mode keeps no checkpoint, so it cannot resume: it refuses an output that holds
         an earlier run (which it would duplicate), as the async engine refuses data without
-        state. ``fresh`` deletes what ``--fresh`` deletes, first."""
+        state. ``fresh`` deletes what ``--fresh`` deletes, first. It has no CPU stage either,
+        so a config with a ``transform`` is refused."""
+        transforms = [e.name for e in self.config.endpoints if e.transform is not None]
+        if transforms:  # refused rather than silently run without the CPU stage's output
+            raise ConfigError(
+                "--mode sync",
+                [Problem(f"endpoints[{n}].transform", "not run in sync mode") for n in transforms],
+            )
         folders = [e.name for e in self.config.endpoints]
         if self.fresh:
             wipe(self.output, folders)
@@ -212,7 +220,13 @@ class SyncEngine:
         lanes: list[tuple[str, int, int]] = []
         for e in cfg.order():
             workers = e.concurrency or api.concurrency.requests_per_endpoint
-            ledger = EndpointLedger(e.name, self.events.emit, client.redact, lock=threading.Lock())
+            ledger = EndpointLedger(
+                e.name,
+                self.events.emit,
+                client.redact,
+                lock=threading.Lock(),
+                listening=self.events.listening,
+            )
             self.endpoints[e.name] = SyncEndpoint(
                 e,
                 base_url=base,

@@ -29,11 +29,10 @@ import urllib3
 from yarl import URL
 
 from .._config import ApiConfig
-from .._http import MAX_REDIRECTS, Credentials, Failure, _snippet, origin
+from .._http import _REDIRECTS, MAX_REDIRECTS, Credentials, Failure, _snippet, origin
 from .._request import Request
 from .._retry import FailureKind
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 256 * 1024
 
 

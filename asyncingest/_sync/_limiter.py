@@ -29,17 +29,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .._limiter import BUCKETS, EXACT_MAX, WindowUsage, _Permits, _Window
+from .._limiter import BUCKETS, EXACT_MAX, Permit, WindowUsage, _Permits, _Window
 
 
 class LimiterClosed(Exception):
     """The limiter was closed while waiting: the run is stopping."""
-
-
-class Permit(Protocol):
-    def release(self) -> None:
-        """The request is over (response fully received, or failed). Idempotent."""
-        ...
 
 
 class ThreadLimit(Protocol):
