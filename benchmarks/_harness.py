@@ -109,12 +109,6 @@ class MockServer:
             data: dict[str, Any] = json.loads(resp.read())
             return data
 
-    def reset(self) -> None:
-        """``POST /_reset``: zero the counters (the rate-limit windows keep their arrivals)."""
-        req = urllib.request.Request(f"{self.url}/_reset", method="POST", data=b"")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            resp.read()
-
     def cpu_seconds(self) -> float:
         """CPU the server process has used so far (user + system); 0.0 where unknown."""
         return process_cpu_seconds(self.pid)
@@ -166,10 +160,6 @@ class Measured:
     def rate(self) -> float:
         """Requests per second."""
         return self.requests / self.wall if self.wall > 0 else 0.0
-
-    @property
-    def record_rate(self) -> float:
-        return self.records / self.wall if self.wall > 0 else 0.0
 
     @property
     def cpu_per_1000(self) -> float:

@@ -37,22 +37,17 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
 
 from benchmarks._harness import REPO, MockServer, child_env, write_ids_csv
 from benchmarks._workloads import FULL, fanout_config
+from benchmarks.cases import Options, _bare, _engine
 
 CONCURRENCY = FULL.overhead_concurrency
 
 
 def spec_for(kind: str, url: str, ids: Path, out: Path) -> dict[str, Any]:
+    """The client spec case 2 runs for ``kind`` (``bare``, ``engine`` or ``null``)."""
+    opts = Options(size=FULL)
     if kind == "bare":
-        return {
-            "kind": "bare",
-            "url": url,
-            "ids": str(ids),
-            "output": str(out),
-            "concurrency": CONCURRENCY,
-            "row_group_rows": FULL.row_group_rows,
-        }
-    config = fanout_config(url, ids, out, CONCURRENCY, FULL)
-    return {"kind": kind, "config": config, "output": str(out)}
+        return _bare(url, ids, out, CONCURRENCY, opts)
+    return _engine(fanout_config(url, ids, out, CONCURRENCY, FULL), out, opts) | {"kind": kind}
 
 
 def instructions(spec: dict[str, Any], out_file: Path) -> int:

@@ -82,9 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n== Targets ({size.name} size, {total:.0f} s in all)")
     print(targets_text(targets))
     if not args.no_results:
-        args.results.write_text(_markdown(reports, info, command, size.name, total, failed))
+        kept = _kept(args.results)
+        args.results.write_text(_markdown(reports, info, command, size.name, total, failed) + kept)
         print(f"\nwrote {args.results}")
     return 1 if failed else 0
+
+
+# What follows this line in RESULTS.md is written by other benchmarks (bench_cpu_stage.py,
+# bench_instructions.py) or by hand, and a rerun of this script keeps it.
+KEEP_MARKER = "<!-- run_all.py keeps everything below this line -->"
+
+
+def _kept(results: Path) -> str:
+    """The part of an existing results file below ``KEEP_MARKER`` (with the marker), or ""."""
+    try:
+        text = results.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    at = text.find(KEEP_MARKER)
+    return "\n" + text[at:] if at >= 0 else ""
 
 
 def _markdown(
@@ -98,8 +114,9 @@ def _markdown(
     lines = [
         "# Benchmark results",
         "",
-        "Written by `benchmarks/run_all.py`; rerun it to replace this file. Figures are from "
-        "one run on the machine below; compare ratios, not absolute numbers, across machines.",
+        "Written by `benchmarks/run_all.py`; rerun it to replace this part (what follows the "
+        "marker near the end is kept). Figures are from one run on the machine below; compare "
+        "ratios, not absolute numbers, across machines.",
         "",
         f"- command: `{command}` (size {size}, {total:.0f} s)",
         f"- date: {info['date']}",

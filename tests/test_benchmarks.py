@@ -35,6 +35,7 @@ def test_run_all_prints_the_figures_and_writes_the_results_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = tmp_path / "RESULTS.md"
+    results.write_text(f"# stale figures\n\n{run_all.KEEP_MARKER}\n\n## Written by hand\n")
 
     code = run_all.main(["--size", "tiny", "--cases", "2", "--results", str(results)])
 
@@ -46,6 +47,8 @@ def test_run_all_prints_the_figures_and_writes_the_results_file(
         assert heading in text
     assert "command: `python benchmarks/run_all.py --size tiny --cases 2" in text
     assert "CPUs" in text and "python: CPython" in text
+    assert "stale figures" not in text  # the generated part is replaced ...
+    assert text.endswith(f"{run_all.KEEP_MARKER}\n\n## Written by hand\n")  # ... the rest kept
 
 
 async def test_bare_loop_writes_the_columns_asyncingest_infers(tmp_path: Path) -> None:
