@@ -298,8 +298,11 @@ class Engine:
             except asyncio.CancelledError:
                 cancelled = True
                 raise
+            except BaseExceptionGroup as group:  # an endpoint failed: its error, not a group
+                raise first_cause(group) from None
             finally:
                 checkpointer.cancel()
+                await asyncio.gather(checkpointer, return_exceptions=True)
                 for r in self.runners.values():
                     if r.journal is not None:
                         r.journal.close()
@@ -493,6 +496,15 @@ class Engine:
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in a (nested) task-group error: what actually went wrong."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_cause(exc)
+        return exc
+    return group
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:
