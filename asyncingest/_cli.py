@@ -1,8 +1,11 @@
 """``python -m asyncingest``: a thin layer over the public API.
 
 Exit codes: 0 everything fetched and written; 1 finished, but some requests or records
-failed (the summary names them); 2 bad config or usage; 3 stopped before the end with state
-saved (run the same command to resume); 130 interrupted in sync mode.
+failed (the summary names them; also a rerun of a finished run whose dead letters remain);
+2 bad config or usage, or another run holds the output folder; 3 stopped before the end with
+state saved (run the same command to resume); 4 the environment failed (disk full, output not
+writable, a damaged checkpoint): committed files are intact, fix the cause and run the same
+command (``--fresh`` for a damaged checkpoint); 130 interrupted in sync mode.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ._config import PipelineConfig
-from ._errors import ConfigError, Problem
+from ._errors import ConfigError, EnvironmentFailure, OutputLocked, Problem
 from ._events import Subscriber
 from ._loading import load_config
 from ._operate import Operator, run_operated
@@ -29,6 +32,7 @@ from ._result import RunResult
 from ._tuning import tune_gc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_ENVIRONMENT = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m asyncingest",
         description="Pull data out of rate-limited HTTP APIs into Parquet.",
         epilog="Exit codes: 0 all fetched; 1 finished with failures (dead letters); 2 bad "
-        "config or usage; 3 stopped early, state saved (run the same command to resume).",
+        "config or usage, or the output folder is in use by another run; 3 stopped early, "
+        "state saved (run the same command to resume); 4 environment failure (disk full, "
+        "output not writable, damaged checkpoint; committed files intact).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -251,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
         return EXIT_USAGE
+    except OutputLocked as exc:  # one line, never wrapped: it names a path and a pid
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    except EnvironmentFailure as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         return EXIT_INTERRUPTED

@@ -52,6 +52,7 @@ from ._events import (
 from ._guards import EndpointGuards, concurrency_events
 from ._http import Credentials, HttpClient
 from ._limiter import Limit, Limits, SlidingWindowLimiter
+from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
 from ._result import RunResult
@@ -230,6 +231,18 @@ class Engine:
             self.pause_gate = PauseGate(self.clock, "api")
 
     async def run(self) -> RunResult:
+        """Run to the end (or a stop) holding the output folder; see the class docstring.
+
+        Raises :class:`OutputLocked` at once when another run holds the output folder.
+        """
+        lock = OutputLock(self.output)
+        lock.acquire()  # before anything reads the state or --fresh deletes anything
+        try:
+            return await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> RunResult:
         cfg = self.config
         self._make_limits()
         credentials = credentials_from_env(cfg)
