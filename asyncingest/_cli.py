@@ -381,7 +381,6 @@ def _demo(args: argparse.Namespace, out: Reporter) -> int:
     (result, model), server = asyncio.run(
         run_demo(args.output, lambda cfg: run_operated(cfg, op, out))
     )
-    code = _finish(result, out, model)
     limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
     out.say(
         "mock_api_counts",
@@ -394,7 +393,7 @@ def _demo(args: argparse.Namespace, out: Reporter) -> int:
         peak_in_window=server.max_in_window,
         violations=server.violations,
     )
-    return code
+    return _finish(result, out, model)  # the summary last, in every voice
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -428,6 +427,8 @@ def check_options(args: argparse.Namespace) -> None:
 
 def check_output(option: str | None, cfg: PipelineConfig | None) -> None:
     """The output folder can be made: nothing on its way is a file (a mistyped path)."""
+    if option is not None and not option.strip():
+        raise ConfigError("command line", [Problem("--output", "is empty; name a folder")])
     if option is None and cfg is None:
         return
     where = "--output" if option is not None else "output.directory"
