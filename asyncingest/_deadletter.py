@@ -81,3 +81,14 @@ class DeadLetters:
 
     def __repr__(self) -> str:
         return f"DeadLetters({self.path}, count={self.count})"
+
+
+def count_left(path: Path, nbytes: int) -> tuple[int, int]:
+    """``(failed requests, refused records)`` in the first ``nbytes`` of a dead-letter file:
+    what a finished output still holds (every entry starts with its ``kind``)."""
+    if nbytes <= 0 or not path.exists():
+        return 0, 0
+    with path.open("rb") as fh:
+        data = fh.read(nbytes)
+    requests = data.count(b'{"kind":"request"')
+    return requests, data.count(b"\n") - requests

@@ -54,7 +54,7 @@ from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
 from ._result import RunResult
-from ._resume import JobPlan, apply, prepare, write_run_report
+from ._resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
@@ -253,7 +253,16 @@ class Engine:
         )
         state = self.state = start.state
         if start.already_complete:
-            return RunResult(self.run_id, str(self.output), (), 0.0, note="already complete")
+            failed, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
+            return RunResult(
+                self.run_id,
+                str(self.output),
+                (),
+                0.0,
+                note="already complete",
+                dead_requests=failed,
+                dead_records=refused,
+            )
         folders = {e.name: e.name for e in cfg.endpoints}
         folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
         await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
@@ -270,6 +279,7 @@ class Engine:
             max_rows_per_file=cfg.output.max_rows_per_file,
         )
         cancelled = False
+        left = (0, 0)  # dead letters the finished output holds
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
             pool = TransformPool(cfg.api.concurrency.cpu_workers)
@@ -306,6 +316,8 @@ class Engine:
                 checkpointer.cancel()
                 await asyncio.gather(checkpointer, return_exceptions=True)
                 await self._checkpoint(final=True)
+                if state.status == "complete":
+                    left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
                 cancelled = True
                 raise
@@ -325,6 +337,8 @@ class Engine:
                     cancelled=cancelled,
                     stopped=self.stopping,
                     note=self.stop_reason or ("resumed" if start.resumed else ""),
+                    dead_requests=left[0],
+                    dead_records=left[1],
                 )
                 await asyncio.shield(asyncio.to_thread(self._write_report, result))
         self.events.emit(RunFinished(result))

@@ -28,6 +28,7 @@ from ._checkpoint import (
 )
 from ._config import PipelineConfig
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
+from ._deadletter import count_left
 from ._errors import ConfigError, Problem
 from ._request import Request
 from ._writer import BarrierResult
@@ -158,3 +159,13 @@ def write_run_report(output: Path, status: str, result: Any) -> Path:
     path = output / STATE_FOLDER / "runs" / f"{result.run_id}.json"
     write_atomic(path, report_json(status, result))
     return path
+
+
+def dead_letters_left(output: Path, state: RunState) -> tuple[int, int]:
+    """``(failed requests, refused records)`` the output's committed dead letters hold."""
+    requests = records = 0
+    for name, es in state.endpoints.items():
+        path = output / DEAD_LETTER_FOLDER / name / "dead-letters.jsonl"
+        r, d = count_left(path, es.dead_letter_bytes)
+        requests, records = requests + r, records + d
+    return requests, records
