@@ -18,7 +18,6 @@ writer barrier only ever names durable work.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -29,7 +28,6 @@ from typing import IO, Any
 import orjson
 from yarl import URL
 
-from ._config import PipelineConfig
 from ._crashpoints import crash_point
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ._rangeset import RangeSet
@@ -129,6 +127,9 @@ class RunState:
     runs: list[str] = field(default_factory=list)
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
     note: str = ""
+    # What the fingerprint hashes (_identity.py), so a refused resume names the changed
+    # fields; None in a state written before it was stored.
+    identity: dict[str, Any] | None = None
 
     def endpoint(self, name: str) -> EndpointState:
         return self.endpoints.setdefault(name, EndpointState())
@@ -142,6 +143,7 @@ class RunState:
                 "runs": self.runs,
                 "note": self.note,
                 "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
+                "identity": self.identity,
             },
             option=orjson.OPT_INDENT_2,
         )
@@ -157,6 +159,7 @@ class RunState:
             runs=list(d["runs"]),
             note=d.get("note", ""),
             endpoints={k: EndpointState.from_json(v) for k, v in d["endpoints"].items()},
+            identity=d.get("identity"),
         )
 
     def __repr__(self) -> str:
@@ -180,40 +183,6 @@ def load_state(output: Path) -> RunState | None:
 
 def save_state(output: Path, state: RunState) -> None:
     write_atomic(state_path(output), state.to_bytes())
-
-
-def fingerprint(cfg: PipelineConfig) -> str:
-    """A hash of what decides *which* records a run produces and where.
-
-    Rate limits, concurrency, retries, timeouts and credentials may change between a run
-    and its resume; the base URL, endpoints, schemas, output layout and input files may not.
-    """
-    parts: dict[str, Any] = {
-        "base_url": str(cfg.api.base_url),
-        "endpoints": [
-            e.model_dump(mode="json", exclude={"rate_limits", "concurrency"}, by_alias=True)
-            for e in cfg.endpoints
-        ],
-        "output": cfg.output.model_dump(mode="json", include={"compression"}),
-    }
-    inputs: dict[str, list[int] | None] = {}
-    for e in cfg.endpoints:
-        if e.from_file is not None:
-            try:
-                st = os.stat(e.from_file.path)
-                inputs[e.name] = [st.st_size, st.st_mtime_ns]
-            except OSError:
-                inputs[e.name] = None
-    parts["inputs"] = inputs
-    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-
-def describe_change(old: RunState, cfg: PipelineConfig) -> str:
-    return (
-        f"the config or an input file changed since this output was started (fingerprint "
-        f"{old.fingerprint} -> {fingerprint(cfg)}), so resuming could mix two different "
-        "jobs' records; run with --fresh to start over (this deletes the output's data)"
-    )
 
 
 # --------------------------------------------------------------------------- journal

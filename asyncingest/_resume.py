@@ -17,8 +17,6 @@ from ._checkpoint import (
     STATE_FOLDER,
     EndpointState,
     RunState,
-    describe_change,
-    fingerprint,
     has_data,
     load_state,
     request_from_json,
@@ -30,6 +28,7 @@ from ._config import PipelineConfig
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ._deadletter import count_left
 from ._errors import ConfigError, Problem
+from ._identity import fingerprint, identity, refusal
 from ._request import Request
 from ._writer import BarrierResult
 
@@ -47,7 +46,7 @@ def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: boo
     fp = fingerprint(cfg)
     if fresh:
         wipe(output, folders)
-        return Start(RunState(fp), resumed=False)
+        return Start(RunState(fp, identity=identity(cfg)), resumed=False)
     old = load_state(output)
     if old is None:
         if has_data(output, folders):
@@ -64,9 +63,11 @@ def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: boo
             )
         if retry_failed:
             raise ConfigError(str(output), [Problem("--retry-failed", "no earlier run here")])
-        return Start(RunState(fp), resumed=False)
+        return Start(RunState(fp, identity=identity(cfg)), resumed=False)
     if old.fingerprint != fp:
-        raise ConfigError(str(output), [Problem("resume", describe_change(old, cfg))])
+        raise ConfigError(str(output), refusal(old.fingerprint, old.identity, cfg))
+    if old.identity is None:  # a state from before identities were stored: add it
+        old.identity = identity(cfg)
     requeued = 0
     if retry_failed:
         requeued = requeue_failed(output, old)
