@@ -18,6 +18,7 @@ writer barrier only ever names durable work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from yarl import URL
 
 from ._crashpoints import crash_point
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
+from ._errors import state_corrupt
 from ._rangeset import RangeSet
 from ._request import Request
 
@@ -49,12 +51,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    crash_point("state")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        crash_point("state")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave the old file, and no half-written temp file
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -175,10 +182,20 @@ def state_path(output: Path) -> Path:
 
 
 def load_state(output: Path) -> RunState | None:
+    """The saved state, ``None`` when there is none; ``StateCorrupt`` when it is damaged."""
+    path = state_path(output)
     try:
-        return RunState.from_bytes(state_path(output).read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
+    try:
+        return RunState.from_bytes(data)
+    except orjson.JSONDecodeError as exc:
+        raise state_corrupt(path, f"not valid JSON, truncated? ({exc})") from exc
+    except KeyError as exc:
+        raise state_corrupt(path, f"the field {exc} is missing") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise state_corrupt(path, str(exc)) from exc
 
 
 def save_state(output: Path, state: RunState) -> None:
@@ -200,6 +217,11 @@ class Journal:
     def open(self, lines: int, nbytes: int) -> None:
         """Start appending after the committed ``lines``/``nbytes`` (dropping anything later)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size < nbytes:  # truncate() would pad it with zeros: jobs would be lost
+            raise state_corrupt(
+                self.path, f"{size:,} bytes, shorter than the {nbytes:,} the state names"
+            )
         fh = self.path.open("ab")
         fh.truncate(nbytes)
         fh.seek(nbytes)
@@ -221,19 +243,31 @@ class Journal:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            # A full disk may fail the flush; what was not synced is not in the state.
+            with contextlib.suppress(OSError):
+                fh.close()
 
     def replay(self, lines: int) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
         """Jobs ``0..lines-1`` as ``(number, variables, copy)``, read from the file."""
         if lines <= 0 or not self.path.exists():
             return
+        read = 0
         with self.path.open("rb") as fh:
-            for n, raw in enumerate(fh):
-                if n >= lines:
-                    break
-                entry = orjson.loads(raw)
-                yield n, entry["v"], entry["c"]
+            for raw in fh:
+                if read >= lines:
+                    return
+                try:
+                    entry = orjson.loads(raw)
+                    job = read, dict(entry["v"]), dict(entry["c"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    why = f"line {read + 1} cannot be read ({exc})"
+                    raise state_corrupt(self.path, why) from exc
+                read += 1
+                yield job
+        if read < lines:
+            why = f"{read:,} lines, fewer than the {lines:,} the state names"
+            raise state_corrupt(self.path, why)
 
 
 # --------------------------------------------------------------------------- resume / fresh

@@ -7,6 +7,7 @@ here already redacted by the HTTP layer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -75,9 +76,10 @@ class DeadLetters:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.flush()
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            # A full disk may fail the flush; what was not synced is not in the state.
+            with contextlib.suppress(OSError):
+                fh.close()
 
     def __repr__(self) -> str:
         return f"DeadLetters({self.path}, count={self.count})"

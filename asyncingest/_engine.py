@@ -37,7 +37,7 @@ from ._clock import BoundLoopClock, Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
-from ._errors import ConfigError, Problem
+from ._errors import ConfigError, Problem, environment_failure
 from ._events import (
     EndpointFinished,
     EndpointStarted,
@@ -234,9 +234,11 @@ class Engine:
         Raises :class:`OutputLocked` at once when another run holds the output folder.
         """
         lock = OutputLock(self.output)
-        lock.acquire()  # before anything reads the state or --fresh deletes anything
         try:
+            lock.acquire()  # before anything reads the state or --fresh deletes anything
             return await self._run()
+        except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
+            raise environment_failure(exc, self.output) from exc
         finally:
             lock.release()
 
@@ -278,7 +280,7 @@ class Engine:
             row_group_rows=cfg.output.row_group_rows,
             max_rows_per_file=cfg.output.max_rows_per_file,
         )
-        cancelled = False
+        cancelled = failed = False
         left = (0, 0)  # dead letters the finished output holds
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
@@ -321,8 +323,12 @@ class Engine:
             except asyncio.CancelledError:
                 cancelled = True
                 raise
-            except BaseExceptionGroup as group:  # an endpoint failed: its error, not a group
-                raise first_cause(group) from None
+            except BaseException as exc:
+                failed = True
+                await asyncio.shield(asyncio.to_thread(self._abandon_files, files))
+                if isinstance(exc, BaseExceptionGroup):  # an endpoint failed: its own error
+                    raise first_cause(exc) from None
+                raise
             finally:
                 checkpointer.cancel()
                 await asyncio.gather(checkpointer, return_exceptions=True)
@@ -340,7 +346,11 @@ class Engine:
                     dead_requests=left[0],
                     dead_records=left[1],
                 )
-                await asyncio.shield(asyncio.to_thread(self._write_report, result))
+                try:
+                    await asyncio.shield(asyncio.to_thread(self._write_report, result))
+                except OSError:
+                    if not (failed or cancelled):
+                        raise  # else the failure that ended the run is the one to report
         self.events.emit(RunFinished(result))
         return result
 
@@ -428,6 +438,12 @@ class Engine:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self.stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+
+    def _abandon_files(self, files: ThreadPoolExecutor) -> None:
+        """After a failure: wait for the file thread, then delete every staging file."""
+        files.shutdown(wait=True, cancel_futures=True)
+        for r in self.runners.values():
+            r.writer.abandon()
 
     def _write_report(self, result: RunResult) -> None:
         assert self.state is not None

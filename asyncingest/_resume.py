@@ -27,7 +27,7 @@ from ._checkpoint import (
 from ._config import PipelineConfig
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ._deadletter import count_left
-from ._errors import ConfigError, Problem
+from ._errors import ConfigError, Problem, state_corrupt
 from ._identity import fingerprint, identity, refusal
 from ._request import Request
 from ._writer import BarrierResult
@@ -89,8 +89,11 @@ def requeue_failed(output: Path, state: RunState) -> int:
             continue
         keep: list[bytes] = []
         data = path.read_bytes()[: es.dead_letter_bytes]
-        for line in data.splitlines(keepends=True):
-            entry = orjson.loads(line)
+        for i, line in enumerate(data.splitlines(keepends=True), 1):
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise state_corrupt(path, f"line {i} cannot be read ({exc})") from exc
             if entry.get("kind") == "request" and "job" in entry:
                 es.partial[int(entry["job"])] = entry["request"]
                 total += 1
