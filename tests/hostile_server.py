@@ -27,6 +27,7 @@ route                  what it does
 /h/retry-after/{v}     429 with ``Retry-After: {v}`` the first time, then ok
 /h/throttled           429 forever while ``healed`` is false, then ok
 /h/ids/{id}            ``{"id": ...}`` echoing the raw path segment
+/h/dot-records         records whose ids are ``..``, ``.`` and ``fine``
 /h/echo-next           next link echoing the query string back (secrets included)
 =====================  ==========================================================================
 """
@@ -96,6 +97,7 @@ class HostileServer:
             "shape": self.shape,
             "throttled": self.throttled,
             "echo-next": self.echo_next,
+            "dot-records": self.dot_records,
         }.items():
             r.add_get(f"/h/{name}", handler)
         r.add_get("/h/retry-after/{value}", self.retry_after)
@@ -259,6 +261,10 @@ class HostileServer:
             headers = {"Retry-After": "0"}
             return web.json_response({"error": "slow down"}, status=429, headers=headers)
         return web.json_response({"items": [{"id": int(request.query.get("n", "1"))}]})
+
+    async def dot_records(self, request: web.Request) -> web.Response:
+        self.note(request)
+        return web.json_response({"items": [{"id": ".."}, {"id": "."}, {"id": "fine"}]})
 
     async def ids(self, request: web.Request) -> web.Response:
         self.note(request)

@@ -7,10 +7,11 @@ dead letters. Time limits are small, so nothing waits long.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -181,3 +182,51 @@ async def test_a_gzip_bomb_stops_at_max_body_bytes_decompressed(
     assert dead["reason"].startswith("body too large (body exceeds max_body_bytes")
     assert dead["attempts"] == 1  # the same request would inflate the same bomb
     assert cap < stopped_after(dead["reason"]) < cap + 1024 * 1024  # << 64 MB
+
+
+# -- ids in paths: one percent-encoded segment each, dot segments refused ---------------------
+
+AWKWARD_IDS = ["plain42", "a/b", "q?x=1", "h#frag", "%2F", "sp ace", "new\nline", "ünï€", "..x"]
+DOT_IDS = ["..", "."]
+
+
+@pytest.mark.parametrize("template", ["ids/{id}", "ids/{id}?fmt=json"])
+async def test_each_id_is_sent_as_exactly_one_encoded_segment(
+    hostile: tuple[HostileServer, str], tmp_path: Path, template: str
+) -> None:
+    """``/ ? # %2F``, spaces, newlines, non-ASCII: one percent-encoded segment each, as sent
+    on the wire (the server's raw path), never re-normalised; ``..`` and ``.`` (which a
+    server or the client itself resolves to the parent path) are refused and dead-lettered,
+    and the run goes on."""
+    server, base = hostile
+    ids = ids_csv(tmp_path, [*AWKWARD_IDS, *DOT_IDS])
+    source = {"path": str(ids), "column": "id"}
+    endpoint = {"name": "ids", "path": template, "records": "items", "from_file": source}
+    result = await asyncingest.run(cfg(base, tmp_path / "o", [endpoint]))
+    assert result.exit_code == 1
+    query = "?fmt=json" if "?" in template else ""
+    assert sorted(a.raw_path for a in server.arrivals) == sorted(
+        f"/h/ids/{quote(i, safe='')}{query}" for i in AWKWARD_IDS
+    )
+    refused = dead_letters(tmp_path / "o", "ids")
+    assert sorted(d["variables"]["id"] for d in refused) == sorted(DOT_IDS)
+    assert all(d["kind"] == "job" and "refused" in d["reason"] for d in refused)
+    assert result.endpoint("ids").failures == {"unsafe path value": 2}
+
+
+async def test_a_dot_segment_id_from_a_parent_record_is_refused(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    server, base = hostile
+    parent = {"name": "parent", "path": "dot-records", "records": "items"}
+    child = {
+        "name": "child",
+        "path": "ids/{id}",
+        "records": "items",
+        "for_each": {"endpoint": "parent", "bind": ["id"]},
+    }
+    result = await asyncingest.run(cfg(base, tmp_path, [parent, child]))
+    assert result.exit_code == 1
+    assert sorted(a.raw_path for a in server.arrivals) == ["/h/dot-records", "/h/ids/fine"]
+    refused = dead_letters(tmp_path, "child")
+    assert sorted(d["variables"]["id"] for d in refused) == [".", ".."]
