@@ -39,6 +39,7 @@ import gzip
 import itertools
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -72,6 +73,7 @@ class HostileServer:
     arrivals: list[Arrival] = field(default_factory=list)
     healed: bool = False
     served_retry_after: set[str] = field(default_factory=set)
+    on_arrival: Callable[[int], None] | None = None  # called with the arrival count
     _counter: itertools.count[int] = field(default_factory=itertools.count)
     _bomb: bytes | None = None
 
@@ -115,6 +117,8 @@ class HostileServer:
                 dict(request.headers),
             )
         )
+        if self.on_arrival is not None:
+            self.on_arrival(len(self.arrivals))
 
     def bomb(self) -> bytes:
         if self._bomb is None:

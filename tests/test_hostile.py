@@ -7,6 +7,7 @@ dead letters. Time limits are small, so nothing waits long.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,8 +19,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 import asyncingest
-from asyncingest import RunResult, config_from_dict
+from asyncingest import ConfigError, config_from_dict
 
+from .conftest import read_records
 from .hostile_server import HostileServer
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_time": 5}
@@ -154,10 +156,6 @@ async def test_a_redirect_loop_is_its_own_failure_not_a_made_up_status(
     assert "310" not in dead["reason"] and dead["status"] == 302
 
 
-def run_ok(result: RunResult) -> bool:
-    return result.ok
-
-
 # -- bodies: the cap counts what is kept, after decompression ----------------------------------
 
 
@@ -230,3 +228,181 @@ async def test_a_dot_segment_id_from_a_parent_record_is_refused(
     assert sorted(a.raw_path for a in server.arrivals) == ["/h/dot-records", "/h/ids/fine"]
     refused = dead_letters(tmp_path, "child")
     assert sorted(d["variables"]["id"] for d in refused) == [".", ".."]
+
+
+# -- regression: what already holds, so it keeps holding --------------------------------------
+
+
+async def test_a_2gb_content_length_is_refused_before_reading(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    _, base = hostile
+    result = await asyncingest.run(cfg(base, tmp_path, [{"name": "h", "path": "huge-length"}]))
+    assert result.exit_code == 1
+    [dead] = dead_letters(tmp_path, "h")
+    assert "Content-Length 2000000000 exceeds max_body_bytes" in dead["reason"]
+    assert dead["attempts"] == 1
+
+
+async def test_an_endless_chunked_body_stops_at_max_body_bytes(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    _, base = hostile
+    api = {"http": {"max_body_bytes": 256 * 1024}}
+    result = await asyncingest.run(cfg(base, tmp_path, [{"name": "e", "path": "endless"}], api=api))
+    assert result.exit_code == 1
+    [dead] = dead_letters(tmp_path, "e")
+    assert "body exceeds max_body_bytes 262144" in dead["reason"]
+    assert stopped_after(dead["reason"]) < 2 * 256 * 1024
+
+
+async def test_a_trickling_body_ends_at_total_timeout(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    """Five bytes a second with a Content-Length of 1000: every gap is short, the whole is
+    not; total_timeout ends it."""
+    _, base = hostile
+    api = {"http": {"total_timeout": 0.5, "read_timeout": 5}, "retry": {"max_attempts": 1}}
+    result = await asyncingest.run(cfg(base, tmp_path, [{"name": "t", "path": "trickle"}], api=api))
+    assert result.exit_code == 1
+    [dead] = dead_letters(tmp_path, "t")
+    assert "no complete response within 0.5s" in dead["reason"]
+
+
+@pytest.mark.parametrize(
+    ("route", "why"),
+    [
+        ("deep", "malformed JSON"),  # nested 100,000 levels
+        ("html", "malformed JSON"),  # a maintenance page with status 200
+        ("nan", "malformed JSON"),  # NaN and Infinity are not JSON
+        ("bad-utf8", "malformed JSON"),
+        ("shape", "unexpected body"),  # an object where a list of records belongs
+    ],
+)
+async def test_unusable_bodies_are_retried_then_dead_lettered(
+    hostile: tuple[HostileServer, str], tmp_path: Path, route: str, why: str
+) -> None:
+    server, base = hostile
+    endpoint = {"name": "b", "path": route, "records": "items"}
+    result = await asyncingest.run(cfg(base, tmp_path, [endpoint]))
+    assert result.exit_code == 1 and len(server.arrivals) == FAST_RETRY["max_attempts"]
+    [dead] = dead_letters(tmp_path, "b")
+    assert (
+        why in dead["reason"] and f"after {FAST_RETRY['max_attempts']} attempts" in dead["reason"]
+    )
+
+
+async def test_an_empty_200_and_a_204_are_pages_without_records(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    """With records at the body itself ("$"); where records are at a path ("items"), an
+    empty body has no such path and is retried as a body of the wrong shape."""
+    _, base = hostile
+    endpoints = [
+        {"name": "empty", "path": "empty"},
+        {"name": "none", "path": "no-content"},
+    ]
+    result = await asyncingest.run(cfg(base, tmp_path, endpoints))
+    assert result.ok and result.records_written == 0
+
+
+async def test_a_negative_or_garbage_retry_after_is_read_as_no_wait(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    server, base = hostile
+    endpoints = [
+        {"name": "neg", "path": "retry-after/-30", "records": "items"},
+        {"name": "junk", "path": "retry-after/soon%20ish", "records": "items"},
+    ]
+    api = {"adaptive_rate": False}  # else the garbage one pauses the budget 1 s by default
+    result = await asyncingest.run(cfg(base, tmp_path, endpoints, api=api))
+    assert result.ok and result.records_written == 2
+    assert len(server.arrivals) == 4
+
+
+async def test_429_forever_stops_within_max_time_and_retry_failed_recovers_later(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    server, base = hostile
+    ids = ids_csv(tmp_path, [str(i) for i in range(5)])
+    endpoint = {
+        "name": "t",
+        "path": "throttled",
+        "params": {"n": "{id}"},
+        "records": "items",
+        "primary_key": ["id"],
+        "from_file": {"path": str(ids), "column": "id"},
+    }
+    api = {"retry": {**FAST_RETRY, "max_attempts": 1000, "max_time": 0.3}}
+    config = cfg(base, tmp_path / "o", [endpoint], api=api)
+    first = await asyncingest.run(config)
+    assert first.exit_code == 1
+    dead = dead_letters(tmp_path / "o", "t")
+    assert len(dead) == 5 and all("max_time 0.3s reached" in d["reason"] for d in dead)
+    server.healed = True
+    again = await asyncingest.Engine(config, retry_failed=True).run()
+    assert again.ok
+    assert sorted(r["id"] for r in read_records(tmp_path / "o", "t")) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("name", ["../x", "/", "a/b", "..", ".", "", "x\\y", "a/../b", "-x"])
+def test_unsafe_endpoint_names_are_refused(tmp_path: Path, name: str) -> None:
+    """The name is a folder under the output: nothing that climbs out of it or nests."""
+    with pytest.raises(ConfigError, match="name"):
+        cfg("http://127.0.0.1:9/", tmp_path, [{"name": name, "path": "x"}])
+
+
+def read_positions(path: Path) -> list[tuple[int, int]]:
+    """``(fd, offset)`` of every descriptor this process has open on ``path`` (Linux)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != str(path):
+                continue
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        pos = next(line for line in info.splitlines() if line.startswith("pos:"))
+        out.append((int(fd), int(pos.split()[1])))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fdinfo").is_dir(), reason="reads /proc/self/fdinfo")
+async def test_five_million_ids_are_streamed_not_loaded(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    """The first request reaches the server while the input file is still being read (the
+    reader's offset, from /proc, is short of the end), and the jobs made from it are bounded
+    by the queue, not by the file; then the run stops gracefully."""
+    server, base = hostile
+    n = 5_000_000
+    path = tmp_path / "ids.csv"
+    with path.open("wb") as fh:
+        fh.write(b"id\n")
+        for start in range(0, n, 500_000):
+            fh.write(b"".join(b"%d\n" % i for i in range(start, min(n, start + 500_000))))
+    size = path.stat().st_size
+    source = {"path": str(path), "column": "id"}
+    endpoint = {"name": "ids", "path": "ids/{id}", "records": "items", "from_file": source}
+    engine = asyncingest.Engine(cfg(base, tmp_path / "o", [endpoint]))
+    seen: dict[str, Any] = {}
+
+    def on_arrival(count: int) -> None:
+        runner = engine.runners["ids"]
+        if count == 1:
+            seen["positions"] = read_positions(path)
+        seen["jobs"] = max(seen.get("jobs", 0), runner.stats.jobs)
+        seen["queued"] = max(seen.get("queued", 0), len(runner.jobs))
+        if count == 500:
+            engine.stop()
+
+    server.on_arrival = on_arrival
+    result = await engine.run()
+    assert result.stopped
+    positions = seen["positions"]
+    assert positions and all(pos < size for _, pos in positions), (positions, size)
+    runner = engine.runners["ids"]
+    assert seen["queued"] <= runner.jobs.maxsize
+    # Jobs made so far: what was answered, plus one queue and one worker set, never the file.
+    assert seen["jobs"] <= len(server.arrivals) + runner.jobs.maxsize + runner.n_workers

@@ -23,6 +23,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str | None, str | None, str | None]] = []
+        self.raw: list[str] = []  # raw paths (with query) of /more
         self.other_url = ""
 
     def app(self) -> web.Application:
@@ -32,6 +33,8 @@ class Recorder:
         app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/same-origin-redirect", self.same_origin_redirect)
         app.router.add_get("/echo-error", self.echo_error)
+        app.router.add_get("/items-echo", self.items_echo)
+        app.router.add_get("/redirect-echo", self.redirect_echo)
         return app
 
     def note(self, request: web.Request) -> None:
@@ -48,8 +51,26 @@ class Recorder:
         self.note(request)
         return web.json_response({"items": [{"id": 1}], "next": f"{self.other_url}/more"})
 
+    def key(self, request: web.Request) -> str:
+        return (
+            request.headers.get("Authorization", "").removeprefix("Bearer ")
+            or request.headers.get("X-API-Key")
+            or request.query.get("api_key", "")
+        )
+
+    async def items_echo(self, request: web.Request) -> web.Response:
+        """A next link to another host with the caller's key in it (a careless API)."""
+        self.note(request)
+        nxt = f"{self.other_url}/more?api_key={self.key(request)}&token={self.key(request)}"
+        return web.json_response({"items": [{"id": 1}], "next": nxt})
+
+    async def redirect_echo(self, request: web.Request) -> web.Response:
+        self.note(request)
+        raise web.HTTPFound(f"{self.other_url}/more?api_key={self.key(request)}")
+
     async def more(self, request: web.Request) -> web.Response:
         self.note(request)
+        self.raw.append(request.raw_path)
         return web.json_response({"items": [{"id": 2}], "next": None})
 
     async def redirect(self, request: web.Request) -> web.Response:
@@ -129,6 +150,27 @@ async def test_redirect_to_another_host_gets_no_credentials(
     assert result.ok
     assert [creds(e) for e in home.seen] == [[SECRET]]
     assert [e[0] for e in other.seen] == ["/more"] and creds(other.seen[0]) == []
+
+
+@pytest.mark.parametrize("path", ["/items-echo", "/redirect-echo"])
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_a_link_to_another_host_carrying_the_key_is_followed_without_it(
+    servers: Any,
+    auth: dict[str, Any],
+    path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API puts the caller's key into a next link or a redirect to another host: the
+    parameters carrying it are dropped before the request leaves."""
+    home, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {"name": "e", "path": path, "records": "items", "pagination": {"type": "next_url"}}
+    result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    assert result.ok
+    assert [creds(e) for e in home.seen] == [[SECRET]]
+    assert other.raw and all(SECRET not in raw for raw in other.raw)
+    assert all(creds(e) == [] for e in other.seen)
 
 
 async def test_same_origin_redirect_keeps_credentials(
