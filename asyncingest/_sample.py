@@ -10,6 +10,7 @@ is a lower bound (the estimate says so).
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import orjson
@@ -72,11 +73,9 @@ async def sample_walks(
                 while request is not None and walked < MAX_PAGES:
                     permit = await limiter.acquire("plan") if limiter else None
                     t0 = time.monotonic()
-                    try:
-                        result = await client.fetch(request)
-                    finally:
-                        if permit is not None:
-                            permit.release()
+                    # fetch releases the permit; each redirect hop takes its own slot.
+                    hop = partial(limiter.acquire, "plan") if limiter else None
+                    result = await client.fetch(request, permit, hop)
                     latencies.append(time.monotonic() - t0)
                     if not isinstance(result, Response):
                         break
@@ -95,6 +94,8 @@ async def sample_walks(
                     kept.extend({**copy, **r} for r in recs[: n * 4])
                     try:
                         request = paginator.next(page)
+                        if request is not None:
+                            request = client.scrub(request)  # no echoed secret to another host
                     except PaginationLoop:
                         break
                 if walked:

@@ -7,6 +7,7 @@ dead letters. Time limits are small, so nothing waits long.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 import asyncingest
-from asyncingest import ConfigError, config_from_dict
+from asyncingest import ConfigError, RunResult, config_from_dict
+from asyncingest._sync import run_sync
 
 from .conftest import read_records
 from .hostile_server import HostileServer
@@ -48,6 +50,16 @@ def cfg(
             "endpoints": endpoints,
         }
     )
+
+
+MODES = ["async", "sync"]
+
+
+async def run_in(mode: str, config: Any) -> RunResult:
+    """The async engine, or the thread-pool one (in a thread: the server is on this loop)."""
+    if mode == "sync":
+        return await asyncio.to_thread(run_sync, config)
+    return await asyncingest.run(config)
 
 
 def dead_letters(out: Path, endpoint: str) -> list[dict[str, Any]]:
@@ -104,8 +116,9 @@ async def test_a_connection_reset_is_not_resent_behind_the_limiters_back(
     assert most_in_any_window([a.at for a in server.arrivals], 0.25) <= 10
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_every_redirect_hop_holds_its_own_slot(
-    hostile: tuple[HostileServer, str], tmp_path: Path
+    hostile: tuple[HostileServer, str], tmp_path: Path, mode: str
 ) -> None:
     server, base = hostile
     ids = ids_csv(tmp_path, [str(i) for i in range(24)])
@@ -117,7 +130,7 @@ async def test_every_redirect_hop_holds_its_own_slot(
         "from_file": {"path": str(ids), "column": "id"},
     }
     api = {"rate_limits": [{"requests": 6, "per_seconds": 0.25}]}
-    result = await asyncingest.run(cfg(base, tmp_path / "o", [endpoint], api=api))
+    result = await run_in(mode, cfg(base, tmp_path / "o", [endpoint], api=api))
     assert result.ok
     assert len(server.arrivals) == 48  # each job: the 302 and the page it points at
     assert most_in_any_window([a.at for a in server.arrivals], 0.25) <= 6
@@ -143,12 +156,13 @@ async def test_redirects_under_a_concurrency_cap_do_not_deadlock(
     assert result.ok and len(server.arrivals) == 24
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_a_redirect_loop_is_its_own_failure_not_a_made_up_status(
-    hostile: tuple[HostileServer, str], tmp_path: Path
+    hostile: tuple[HostileServer, str], tmp_path: Path, mode: str
 ) -> None:
     _, base = hostile
     endpoint = {"name": "loop", "path": "redirect-loop", "params": {"q": "1"}}
-    result = await asyncingest.run(cfg(base, tmp_path, [endpoint]))
+    result = await run_in(mode, cfg(base, tmp_path, [endpoint]))
     assert result.exit_code == 1
     [dead] = dead_letters(tmp_path, "loop")
     assert "too many redirects" in dead["reason"]
@@ -189,8 +203,9 @@ DOT_IDS = ["..", "."]
 
 
 @pytest.mark.parametrize("template", ["ids/{id}", "ids/{id}?fmt=json"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_each_id_is_sent_as_exactly_one_encoded_segment(
-    hostile: tuple[HostileServer, str], tmp_path: Path, template: str
+    hostile: tuple[HostileServer, str], tmp_path: Path, template: str, mode: str
 ) -> None:
     """``/ ? # %2F``, spaces, newlines, non-ASCII: one percent-encoded segment each, as sent
     on the wire (the server's raw path), never re-normalised; ``..`` and ``.`` (which a
@@ -200,7 +215,7 @@ async def test_each_id_is_sent_as_exactly_one_encoded_segment(
     ids = ids_csv(tmp_path, [*AWKWARD_IDS, *DOT_IDS])
     source = {"path": str(ids), "column": "id"}
     endpoint = {"name": "ids", "path": template, "records": "items", "from_file": source}
-    result = await asyncingest.run(cfg(base, tmp_path / "o", [endpoint]))
+    result = await run_in(mode, cfg(base, tmp_path / "o", [endpoint]))
     assert result.exit_code == 1
     query = "?fmt=json" if "?" in template else ""
     assert sorted(a.raw_path for a in server.arrivals) == sorted(
@@ -212,8 +227,9 @@ async def test_each_id_is_sent_as_exactly_one_encoded_segment(
     assert result.endpoint("ids").failures == {"unsafe path value": 2}
 
 
+@pytest.mark.parametrize("mode", MODES)
 async def test_a_dot_segment_id_from_a_parent_record_is_refused(
-    hostile: tuple[HostileServer, str], tmp_path: Path
+    hostile: tuple[HostileServer, str], tmp_path: Path, mode: str
 ) -> None:
     server, base = hostile
     parent = {"name": "parent", "path": "dot-records", "records": "items"}
@@ -223,7 +239,7 @@ async def test_a_dot_segment_id_from_a_parent_record_is_refused(
         "records": "items",
         "for_each": {"endpoint": "parent", "bind": ["id"]},
     }
-    result = await asyncingest.run(cfg(base, tmp_path, [parent, child]))
+    result = await run_in(mode, cfg(base, tmp_path, [parent, child]))
     assert result.exit_code == 1
     assert sorted(a.raw_path for a in server.arrivals) == ["/h/dot-records", "/h/ids/fine"]
     refused = dead_letters(tmp_path, "child")
