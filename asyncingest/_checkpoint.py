@@ -97,6 +97,9 @@ class EndpointState:
     journal_bytes: int = 0
     dead_letter_bytes: int = 0
     finished: bool = False
+    # A compaction committed but not finished (asyncingest._compact): hidden staging name ->
+    # final name of the merged files, and the files they replace.
+    compaction: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ class EndpointState:
             "journal_bytes": self.journal_bytes,
             "dead_letter_bytes": self.dead_letter_bytes,
             "finished": self.finished,
+            "compaction": self.compaction,
         }
 
     @classmethod
@@ -119,6 +123,7 @@ class EndpointState:
             journal_bytes=int(d["journal_bytes"]),
             dead_letter_bytes=int(d["dead_letter_bytes"]),
             finished=bool(d["finished"]),
+            compaction=d.get("compaction"),
         )
 
 

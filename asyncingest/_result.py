@@ -85,6 +85,16 @@ class EndpointSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class Compaction:
+    """One output folder's compaction at the end of a run: committed files before and after."""
+
+    folder: str
+    files: int  # committed files after
+    compacted_from: int  # committed files before
+    rows: int  # rows rewritten
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     run_id: str
     output: str
@@ -93,6 +103,7 @@ class RunResult:
     cancelled: bool = False  # stopped at once: only the last checkpoint counts
     stopped: bool = False  # stopped gracefully: state saved, the same command resumes
     note: str = ""  # "resumed", "already complete"
+    compacted: tuple[Compaction, ...] = ()  # folders whose small files were merged
 
     @property
     def ok(self) -> bool:
