@@ -27,7 +27,10 @@ from .test_resume import run_cli
 
 pytestmark = pytest.mark.slow
 
-MAX_ROWS, MIN_ROWS, GROUP_ROWS = 50, 25, 5
+# Every checkpoint file is smaller than the minimum, however the machine's load spreads the
+# checkpoints: laps (480 rows) and its transform output always have small files to merge.
+MAX_ROWS = MIN_ROWS = 200
+GROUP_ROWS = 5
 # 480 laps arrive 10 a page over ~50 rounds of requests: many checkpoints, many small files.
 SETTINGS = {"laps_per_driver": 40, "latency_ms": 10}
 TRANSFORM = {"function": "tests.transform_helpers:identity", "batch_size": 7}
@@ -168,10 +171,10 @@ async def test_transform_output_folder_is_compacted_too(tmp_path: Path) -> None:
         "compact-state:1",
         "compact-deleted:1",
         "compact-renamed:1",
-        "compact-staged:4",
-        "compact-state:4",
-        "compact-deleted:4",
-        "compact-renamed:4",
+        "compact-staged:2",
+        "compact-state:2",
+        "compact-deleted:2",
+        "compact-renamed:2",
     ],
 )
 async def test_a_kill_during_compaction_then_resume_gives_every_record_once(
@@ -211,7 +214,7 @@ async def test_a_compaction_killed_before_its_commit_leaves_the_old_files_commit
     assert sorted(state.endpoints[folder.name].files) == sorted(
         p.name for p in folder.glob("*.parquet")
     )
-    assert len(state.endpoints[folder.name].files) > 2
+    assert len(state.endpoints[folder.name].files) >= 2
 
 
 async def test_a_compaction_killed_after_its_commit_is_finished_on_the_next_start(
