@@ -23,7 +23,7 @@ from ._events import Subscriber
 from ._loading import load_config
 from ._operate import Operator, run_operated
 from ._plan import describe_plan
-from ._progress import status_lines, summary_table
+from ._progress import schema_lines, status_lines, summary_table
 from ._progress_model import ProgressModel
 from ._result import RunResult
 from ._tuning import tune_gc
@@ -303,6 +303,8 @@ def _finish(result: RunResult, console: Console, model: ProgressModel | None = N
         console.print("responses by status (retried where retryable):", highlight=False)
         for line in statuses:
             console.print(f"  {line}", highlight=False, markup=False)
+    for line in schema_lines(result):
+        console.print(line, highlight=False, markup=False)
     for e in result.endpoints:
         if not e.ok:
             console.print(
