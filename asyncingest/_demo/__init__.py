@@ -15,8 +15,9 @@ R = TypeVar("R")
 
 
 def demo_settings() -> MockSettings:
-    """The demo server: a strict 100/s window (the config asks for 90/s), latency, faults."""
-    return MockSettings.demo(rate_limits=((100, 1.0),))
+    """The demo server: a strict 100/s window (the config asks for 90/s), latency, faults.
+    The same server ``python -m asyncingest mock-api`` starts by default."""
+    return MockSettings.demo()
 
 
 async def run_demo(
