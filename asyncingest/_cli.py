@@ -9,26 +9,58 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
+import itertools
+import math
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from ._config import PipelineConfig
 from ._errors import ConfigError, Problem
 from ._events import Subscriber
 from ._loading import load_config
+from ._logsub import LogFormat, json_line
 from ._operate import Operator, run_operated
 from ._plan import describe_plan
-from ._progress import schema_lines, status_lines, summary_table
 from ._progress_model import ProgressModel
+from ._reporter import Reporter
 from ._result import RunResult
 from ._tuning import tune_gc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _number(
+    kind: Callable[[str], Any], ok: Callable[[Any], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` that also passes ``ok``; argparse names the option
+    and exits 2 when it does not."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected  # what argparse shows if the type itself fails
+    return parse
+
+
+_POSITIVE_INT = _number(int, lambda v: v >= 1, "a whole number >= 1")
+_COUNT = _number(int, lambda v: v >= 0, "a whole number >= 0")
+_PORT = _number(int, lambda v: 0 <= v <= 65535, "a port number 0-65535")
+_SECONDS = _number(float, lambda v: math.isfinite(v) and v > 0, "a number of seconds > 0")
+_SECONDS_OR_0 = _number(float, lambda v: math.isfinite(v) and v >= 0, "a number of seconds >= 0")
+_SHARE = _number(float, lambda v: 0 <= v <= 1, "a share between 0 and 1")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--workers",
-        type=int,
+        type=_POSITIVE_INT,
         default=None,
         help="threads in sync mode (default: the sum of the endpoints' requests in flight)",
     )
@@ -90,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("config")
     _set_option(plan)
-    plan.add_argument("--sample", type=int, default=3, help="parent walks to sample (default 3)")
+    plan.add_argument("--sample", type=_COUNT, default=3, help="parent walks to sample (default 3)")
     plan.add_argument("--no-sample", action="store_true", help="do not call the API")
 
     demo = sub.add_parser(
@@ -107,12 +139,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the bundled mock API until interrupted.",
     )
     mock.add_argument("--host", default="127.0.0.1")
-    mock.add_argument("--port", type=int, default=8000)
+    mock.add_argument("--port", type=_PORT, default=8000)
     mock.add_argument("--preset", choices=["demo", "small"], default="demo")
     mock.add_argument("--seed", type=int, default=None)
-    mock.add_argument("--latency-ms", type=float, default=None, help="fixed latency per request")
     mock.add_argument(
-        "--fault-rate", type=float, default=None, help="share of requests given a fault"
+        "--latency-ms", type=_SECONDS_OR_0, default=None, help="fixed latency per request"
+    )
+    mock.add_argument(
+        "--fault-rate", type=_SHARE, default=None, help="share of requests given a fault"
     )
     mock.add_argument(
         "--rate-limit",
@@ -143,10 +177,15 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", "-o", default=None, help="output directory (default: output.directory)"
     )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress display; errors and one final summary line only",
+    )
     p.add_argument(
         "--progress-every",
-        type=float,
+        type=_SECONDS,
         default=10.0,
         metavar="SECONDS",
         help="when output is not a terminal: a progress line per endpoint this often",
@@ -154,14 +193,19 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
-        default="warning",
-        help="debug logs every request (method, URL with secrets redacted, status, attempt, "
-        "duration, bytes)",
+        default=None,
+        help="default warning (error with --quiet); debug logs every request (method, URL "
+        "with secrets redacted, status, attempt, duration, bytes)",
     )
-    p.add_argument("--log-format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: every line on stderr is a JSON object, the summary included",
+    )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_PORT,
         default=None,
         metavar="PORT",
         help="serve Prometheus metrics on this port (needs asyncingest[metrics])",
@@ -169,11 +213,18 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1")
     p.add_argument(
         "--stop-timeout",
-        type=float,
-        default=30.0,
+        type=_SECONDS_OR_0,
+        default=None,
         metavar="SECONDS",
         help="after Ctrl-C or SIGTERM, how long requests in flight may take (default 30)",
     )
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """``--log-level``, else warning, or error under ``--quiet`` (errors and the summary)."""
+    if args.log_level is not None:
+        return str(args.log_level)
+    return "error" if args.quiet else "warning"
 
 
 def _operator(
@@ -184,8 +235,8 @@ def _operator(
         quiet=args.quiet,
         fresh=fresh or getattr(args, "fresh", False),
         retry_failed=getattr(args, "retry_failed", False),
-        stop_timeout=args.stop_timeout,
-        log_level=args.log_level,
+        stop_timeout=30.0 if args.stop_timeout is None else args.stop_timeout,
+        log_level=_log_level(args),
         log_format=args.log_format,
         progress_every=args.progress_every,
         metrics_port=args.metrics_port,
@@ -194,80 +245,190 @@ def _operator(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _console() -> Console:
     console = Console(stderr=True)
     if not console.is_terminal:
         # Logs and CI: do not squeeze tables into 80 columns.
         console = Console(stderr=True, width=max(console.width, 132))
+    return console
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    fmt: LogFormat = "json" if getattr(args, "log_format", "text") == "json" else "text"
+    out = Reporter(_console(), fmt, quiet=getattr(args, "quiet", False))
     try:
-        if args.command == "validate":
-            cfg = load_config(args.config, args.overrides)
-            Console(soft_wrap=True).print(describe_plan(cfg, source=args.config))
-            return EXIT_OK
-        if args.command == "plan":
-            from ._sample import plan_command
-
-            cfg = load_config(args.config, args.overrides)
-            Console(soft_wrap=True).print(
-                asyncio.run(plan_command(cfg, sample=0 if args.no_sample else args.sample))
-            )
-            return EXIT_OK
-        if args.command == "run":
-            cfg = load_config(args.config, args.overrides)
-            tune_gc()
-            if args.mode == "sync":
-                return _run_sync(cfg, args, console)
-            try:
-                result, model = asyncio.run(run_operated(cfg, _operator(args), console))
-            except asyncio.CancelledError:
-                _print_resume(console, args, cancelled=True)
-                return EXIT_STOPPED
-            code = _finish(result, console, model)
-            if result.stopped:
-                _print_resume(console, args, why=result.note)
-            return code
-        if args.command == "demo":
-            from ._demo import demo_settings, run_demo
-
-            op = _operator(args, "demo", fresh=True)
-            (result, model), server = asyncio.run(
-                run_demo(args.output, lambda cfg: run_operated(cfg, op, console))
-            )
-            code = _finish(result, console, model)
-            limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
-            console.print(
-                f"mock API, as the server counted: {server.requests:,} requests, "
-                f"{server.sent_429:,} 429s, {sum(server.faults.values()):,} injected faults; "
-                f"window {limits}: peak {server.max_in_window}, {server.violations} violations",
-                highlight=False,
-            )
-            return code
-        if args.command == "mock-api":
-            from ._mockapi_cli import serve_from_args
-
-            asyncio.run(serve_from_args(args, console))
-            return EXIT_OK
+        return _command(args, out)
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False)
+        out.error(
+            "usage_error",
+            exc.render(),
+            source=exc.source,
+            problems=[{"location": p.location, "message": p.message} for p in exc.problems],
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
+        out.say("interrupted", "interrupted", "warning")
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not out.json:
+            raise
+        # A bug or an environment failure: still one JSON line, with the traceback inside.
+        import traceback
+
+        out.error("crash", f"{type(exc).__name__}: {exc}", exception=traceback.format_exc())
+        return EXIT_FAILED
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse's own usage errors (exit 2) stay as they are, except under
+    ``--log-format json``, where the error becomes one JSON line too."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_json = "--log-format=json" in argv or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(argv)
+    )
+    if not wants_json:
+        return _parser().parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return _parser().parse_args(argv)
+    except SystemExit as exc:
+        text = captured.getvalue().strip()
+        if exc.code:
+            message = text.splitlines()[-1] if text else "bad usage"
+            sys.stderr.write(json_line("error", "usage_error", message, logger="asyncingest.cli"))
+            sys.stderr.write("\n")
+        raise
+
+
+def _command(args: argparse.Namespace, out: Reporter) -> int:
+    if args.command == "validate":
+        cfg = load_config(args.config, args.overrides)
+        Console(soft_wrap=True).print(describe_plan(cfg, source=args.config))
+        return EXIT_OK
+    if args.command == "plan":
+        from ._sample import plan_command
+
+        cfg = load_config(args.config, args.overrides)
+        Console(soft_wrap=True).print(
+            asyncio.run(plan_command(cfg, sample=0 if args.no_sample else args.sample))
+        )
+        return EXIT_OK
+    if args.command == "run":
+        return _run(args, out)
+    if args.command == "demo":
+        return _demo(args, out)
+    if args.command == "mock-api":
+        from ._mockapi_cli import serve_from_args
+
+        try:
+            asyncio.run(serve_from_args(args, out.console))
+        except OSError as exc:  # the port is taken, the host is not ours
+            where = f"{args.host}:{args.port}"
+            raise ConfigError("mock-api", [Problem(where, f"cannot listen: {exc}")]) from None
+        return EXIT_OK
     return EXIT_USAGE
 
 
-def _run_sync(cfg: PipelineConfig, args: argparse.Namespace, console: Console) -> int:
-    if args.retry_failed:
-        raise ConfigError("--retry-failed", [Problem("--mode sync", "sync mode does not resume")])
+def _run(args: argparse.Namespace, out: Reporter) -> int:
+    cfg = load_config(args.config, args.overrides)
+    check_output(args.output, cfg)
+    check_options(args)
+    tune_gc()
+    if args.mode == "sync":
+        return _run_sync(cfg, args, out)
+    try:
+        result, model = asyncio.run(run_operated(cfg, _operator(args), out))
+    except asyncio.CancelledError:
+        out.stopped_at_once(resume_command(args))
+        return EXIT_STOPPED
+    return _finish(result, out, model, resume_command(args) if result.stopped else None)
+
+
+def _demo(args: argparse.Namespace, out: Reporter) -> int:
+    from ._demo import demo_settings, run_demo
+
+    check_output(args.output, None)
+    check_options(args)
+    op = _operator(args, "demo", fresh=True)
+    (result, model), server = asyncio.run(
+        run_demo(args.output, lambda cfg: run_operated(cfg, op, out))
+    )
+    code = _finish(result, out, model)
+    limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
+    out.say(
+        "mock_api_counts",
+        f"mock API, as the server counted: {server.requests:,} requests, "
+        f"{server.sent_429:,} 429s, {sum(server.faults.values()):,} injected faults; "
+        f"window {limits}: peak {server.max_in_window}, {server.violations} violations",
+        requests=server.requests,
+        sent_429=server.sent_429,
+        faults=sum(server.faults.values()),
+        peak_in_window=server.max_in_window,
+        violations=server.violations,
+    )
+    return code
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Options that parse but do not fit together: refused, never silently ignored."""
+    problems = []
+    if args.metrics_port is not None:
+        from ._metrics import MetricsUnavailable, _require
+
+        try:
+            _require()
+        except MetricsUnavailable:
+            problems.append(
+                Problem(
+                    "--metrics-port",
+                    "Prometheus metrics need the metrics extra: pip install 'asyncingest[metrics]'",
+                )
+            )
+    if getattr(args, "mode", "async") == "sync":
+        for flag, value in (
+            ("--retry-failed", args.retry_failed),
+            ("--metrics-port", args.metrics_port),
+            ("--stop-timeout", args.stop_timeout),
+        ):
+            if value is not None and value is not False:  # 0 is a port
+                problems.append(Problem(flag, "not available in sync mode (see docs/sync-mode.md)"))
+    elif getattr(args, "workers", None) is not None:
+        problems.append(Problem("--workers", "only used with --mode sync"))
+    if problems:
+        raise ConfigError("command line", problems)
+
+
+def check_output(option: str | None, cfg: PipelineConfig | None) -> None:
+    """The output folder can be made: nothing on its way is a file (a mistyped path)."""
+    if option is None and cfg is None:
+        return
+    where = "--output" if option is not None else "output.directory"
+    folder = Path(option if option is not None else cfg.output.directory)  # type: ignore[union-attr]
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "is" if part == folder else f"is inside {part}, which is"
+                raise ConfigError(
+                    "command line" if option is not None else "config",
+                    [Problem(where, f"{folder} {what} a file, not a folder")],
+                )
+            return
+
+
+def _run_sync(cfg: PipelineConfig, args: argparse.Namespace, out: Reporter) -> int:
     from ._logsub import configure_logging
     from ._progress import PlainProgress
     from ._sync import run_sync
 
     model = ProgressModel()
-    subscribers: list[Subscriber] = [model, configure_logging(args.log_level, args.log_format)]
-    if not args.quiet:
-        subscribers.append(PlainProgress(console.file, model, every=args.progress_every))
+    logs = configure_logging(_log_level(args), args.log_format, everything=True)
+    subscribers: list[Subscriber] = [logs]
+    if args.quiet or out.json:
+        subscribers.append(model)
+    else:  # the display feeds the model: subscribing both would count every event twice
+        subscribers.append(PlainProgress(out.console.file, model, every=args.progress_every))
     result = run_sync(
         cfg,
         output=args.output,
@@ -275,51 +436,35 @@ def _run_sync(cfg: PipelineConfig, args: argparse.Namespace, console: Console) -
         max_workers=args.workers,
         fresh=args.fresh,
     )
-    return _finish(result, console, model)
+    return _finish(result, out, model)
 
 
-def _print_resume(
-    console: Console, args: argparse.Namespace, cancelled: bool = False, why: str = ""
-) -> None:
-    how = "stopped at once" if cancelled else f"stopped{f' ({why})' if why else ''}"
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this run, quoted for a POSIX shell."""
     cmd = ["python -m asyncingest run", shlex.quote(args.config)]
     if args.output:
         cmd += ["--output", shlex.quote(args.output)]
     cmd += [f"--set {shlex.quote(o)}" for o in args.overrides]
-    console.print(f"{how}; to resume: {' '.join(cmd)}", highlight=False, markup=False)
+    return " ".join(cmd)
 
 
-def _finish(result: RunResult, console: Console, model: ProgressModel | None = None) -> int:
+def _finish(
+    result: RunResult,
+    out: Reporter,
+    model: ProgressModel | None = None,
+    resume: str | None = None,
+) -> int:
     if result.note == "already complete":
-        console.print(
+        out.say(
+            "already_complete",
             f"{result.output}: this run is already complete; --fresh runs it again, "
             "--retry-failed re-requests its dead letters",
-            highlight=False,
+            output=result.output,
         )
+        if out.quiet or out.json:
+            out.summary(result, model, resume)
         return EXIT_OK
-    console.print(summary_table(result, model))
-    statuses = status_lines(result)
-    if statuses:
-        console.print("responses by status (retried where retryable):", highlight=False)
-        for line in statuses:
-            console.print(f"  {line}", highlight=False, markup=False)
-    for line in schema_lines(result):
-        console.print(line, highlight=False, markup=False)
-    for e in result.endpoints:
-        if not e.ok:
-            console.print(
-                f"[red]{e.name}[/]: {e.failed_requests} failed requests, "
-                f"{e.records_rejected} rejected records",
-                highlight=False,
-            )
-            for reason in e.first_errors:
-                console.print(f"    {reason}", highlight=False, markup=False)
-    if any(not e.ok for e in result.endpoints):
-        console.print(f"dead letters: {Path(result.output) / '_dead_letter'}", highlight=False)
-    console.print(f"output: {Path(result.output).resolve()}", highlight=False)
-    report = Path(result.output) / "_asyncingest" / "runs" / f"{result.run_id}.json"
-    if report.exists():
-        console.print(f"run report: {report}", highlight=False)
+    out.summary(result, model, resume)
     return result.exit_code
 
 

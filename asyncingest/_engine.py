@@ -28,12 +28,10 @@ from ._adaptive import AdaptiveConcurrency
 from ._breaker import CircuitBreaker
 from ._budget import BudgetWatch
 from ._checkpoint import (
-    STATE_FOLDER,
     Journal,
     RunState,
     discard_uncommitted,
     save_state,
-    write_atomic,
 )
 from ._clock import BoundLoopClock, Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
@@ -55,7 +53,7 @@ from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._records import Job
 from ._request import Request, base_url_of
 from ._result import RunResult
-from ._resume import JobPlan, apply, prepare, report_json
+from ._resume import JobPlan, apply, prepare, write_run_report
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
@@ -403,8 +401,7 @@ class Engine:
 
     def _write_report(self, result: RunResult) -> None:
         assert self.state is not None
-        path = self.output / STATE_FOLDER / "runs" / f"{self.run_id}.json"
-        write_atomic(path, report_json(self.state, result))
+        write_run_report(self.output, self.state.status, result)
 
     # ------------------------------------------------------------------ the graph
 

@@ -2,6 +2,11 @@
 
 Errors name the file, the field's path (endpoints by name, e.g. ``endpoints[laps].pagination``)
 and what was expected; a :class:`ConfigError` carries all of them at once.
+
+A config is small, so reading one is bounded: a file over :data:`MAX_CONFIG_BYTES` is refused
+before it is parsed, and a YAML document whose aliases would expand to more than
+:data:`MAX_CONFIG_NODES` values (a "billion laughs" alias bomb) is refused after composing,
+before anything walks the expanded tree. Both fail in well under a second.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from pydantic import ValidationError
 from ._config import PipelineConfig
 from ._errors import ConfigError, Problem
 
+MAX_CONFIG_BYTES = 1024 * 1024
+"""Largest config file read (1 MiB; real configs are a few kB, ids belong in ``from_file``)."""
+MAX_CONFIG_NODES = 100_000
+"""Most YAML values a config may expand to, each alias counted as the values it stands for."""
+
 
 def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> PipelineConfig:
     """Read a YAML or JSON config file, apply ``path=value`` overrides and validate it.
@@ -25,22 +35,125 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
     Relative ``from_file.path`` entries are resolved against the config file's folder.
     """
     src = Path(path)
+    text = _read(src)
+    raw = parse_text(text, str(src))
+    raw = apply_overrides(raw, overrides, str(src))
+    cfg = config_from_dict(raw, str(src), base_dir=src.resolve().parent)
+    check_input_files(cfg, str(src))
+    return cfg
+
+
+def _read(src: Path) -> str:
+    """The file's text, refusing what is not a small readable file before reading it."""
     try:
-        text = src.read_text(encoding="utf-8")
+        if src.is_dir():
+            raise ConfigError(str(src), [Problem("", "is a directory, not a config file")])
+        size = src.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                str(src),
+                [
+                    Problem(
+                        "",
+                        f"the file is {size:,} bytes; a config may be at most "
+                        f"{MAX_CONFIG_BYTES:,} (ids belong in a from_file input file)",
+                    )
+                ],
+            )
+        with src.open("rb") as fh:  # the file may have grown since stat()
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                str(src), [Problem("", f"a config may be at most {MAX_CONFIG_BYTES:,} bytes")]
+            )
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(str(src), [Problem("", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(src), [Problem("", f"cannot read the file: {exc}")]) from None
-    raw = parse_text(text, str(src))
-    raw = apply_overrides(raw, overrides, str(src))
-    return config_from_dict(raw, str(src), base_dir=src.resolve().parent)
+
+
+def check_input_files(cfg: PipelineConfig, source: str) -> None:
+    """Every ``from_file.path`` names a readable file (not a folder), checked before a run
+    or ``validate`` says the config is fine."""
+    problems = []
+    for e in cfg.endpoints:
+        if e.from_file is None:
+            continue
+        where = f"endpoints[{e.name}].from_file.path"
+        path = Path(e.from_file.path)
+        if path.is_dir():
+            problems.append(Problem(where, f"is a directory, not a file: {path}"))
+        elif not path.exists():
+            problems.append(Problem(where, f"file not found: {path}"))
+        elif not os.access(path, os.R_OK):
+            problems.append(Problem(where, f"file not readable: {path}"))
+    if problems:
+        raise ConfigError(source, problems)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document expanding to more than
+    :data:`MAX_CONFIG_NODES` values once its aliases are followed.
+
+    Composing is cheap (an alias is the same node object again); the cost of an alias bomb
+    comes later, from everything that walks the expanded tree. So the composed graph is sized
+    first, each distinct node once (memoised), and refused before it is constructed."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, MAX_CONFIG_NODES)
+        return node
+
+
+class _TooLarge(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise _TooLarge("an alias refers to a node that contains it (recursive anchor)")
+        return memo[key]
+    memo[key] = -1  # in progress: meeting it again below means a cycle
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo, limit)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo, limit) + _expanded_size(v, memo, limit)
+    if size > limit:
+        raise _TooLarge(
+            f"the document expands to more than {limit:,} values through its aliases "
+            "(an alias bomb?); write the values out or simplify the anchors"
+        )
+    memo[key] = size
+    return size
+
+
+def safe_load_bounded(text: str) -> Any:
+    """``yaml.safe_load`` with the alias expansion bounded (:class:`_BoundedLoader`)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_text(text: str, source: str) -> Any:
     try:
         if source.lower().endswith(".json"):
             return json.loads(text)
-        return yaml.safe_load(text)
+        return safe_load_bounded(text)
+    except _TooLarge as exc:
+        raise ConfigError(source, [Problem("", exc.why)]) from None
+    except RecursionError:
+        raise ConfigError(source, [Problem("", "nested too deeply")]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             source, [Problem(f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}")]
@@ -165,7 +278,10 @@ def apply_overrides(raw: Any, overrides: Iterable[str], source: str) -> Any:
             )
             continue
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = safe_load_bounded(value) if value.strip() else ""
+        except _TooLarge as exc:
+            problems.append(Problem(f"--set {key}", exc.why))
+            continue
         except yaml.YAMLError:
             parsed = value
         err = _set_path(raw, key.strip().split("."), parsed)

@@ -306,21 +306,44 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, event, message, then the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        out: dict[str, Any] = {
-            "ts": f"{ts}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": getattr(record, "event_name", "log"),
-            "message": record.getMessage(),
-        }
         fields = getattr(record, "event_fields", None)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                out.setdefault(key, value)
+        extra: dict[str, Any] = dict(fields) if isinstance(fields, Mapping) else {}
         if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+            extra["exception"] = self.formatException(record.exc_info)
+        return json_line(
+            record.levelname.lower(),
+            getattr(record, "event_name", "log"),
+            record.getMessage(),
+            extra,
+            logger=record.name,
+            created=record.created,
+        )
+
+
+def json_line(
+    level: str,
+    event: str,
+    message: str,
+    fields: Mapping[str, Any] | None = None,
+    *,
+    logger: str = "asyncingest",
+    created: float | None = None,
+) -> str:
+    """One JSON log line (no newline): ts, level, logger, event, message, then ``fields``.
+    Log records and the CLI's own messages (``_reporter``) share it, so a log pipeline
+    sees one shape on stderr."""
+    created = time.time() if created is None else created
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    out: dict[str, Any] = {
+        "ts": f"{ts}.{int(created % 1 * 1000):03d}Z",
+        "level": level,
+        "logger": logger,
+        "event": event,
+        "message": message,
+    }
+    for key, value in (fields or {}).items():
+        out.setdefault(key, value)
+    return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class _Stderr(io.TextIOBase):
@@ -335,11 +358,18 @@ class _Stderr(io.TextIOBase):
 
 
 def configure_logging(
-    level: str = "info", fmt: LogFormat = "text", stream: IO[str] | None = None
+    level: str = "info",
+    fmt: LogFormat = "text",
+    stream: IO[str] | None = None,
+    *,
+    everything: bool = False,
 ) -> LogSubscriber:
     """Send ``asyncingest`` logs at ``level`` and above to ``stream`` (stderr) as ``fmt``;
     return the subscriber that logs the engine's events. Calling it again replaces the
-    handler it installed before, so tests and repeated runs do not log twice."""
+    handler it installed before, so tests and repeated runs do not log twice.
+
+    ``everything`` (the CLI): Python warnings and other libraries' warnings and errors (the
+    root logger) go through the same handler too, so stderr holds one format only."""
     try:
         threshold = LEVELS[level.lower()]
     except KeyError:
@@ -355,4 +385,13 @@ def configure_logging(
     logger.addHandler(handler)
     logger.setLevel(threshold)
     logger.propagate = False  # our handler is the one; the root logger would print it twice
+    if everything:
+        logging.captureWarnings(True)
+        for other in (logging.getLogger("py.warnings"), logging.getLogger()):
+            for old in [h for h in other.handlers if getattr(h, _HANDLER_MARK, False)]:
+                other.removeHandler(old)
+            other.addHandler(handler)
+        logging.getLogger("py.warnings").propagate = False
+        root = logging.getLogger()
+        root.setLevel(max(threshold, logging.WARNING))
     return LogSubscriber(logger.getChild("run"))

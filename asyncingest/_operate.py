@@ -12,15 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rich.console import Console
-
 from ._config import PipelineConfig
 from ._engine import Engine
+from ._errors import ConfigError, Problem
 from ._events import Subscriber
 from ._limiter import WindowUsage
 from ._logsub import configure_logging
 from ._progress import make_display
 from ._progress_model import ProgressModel
+from ._reporter import Reporter
 from ._result import RunResult
 
 
@@ -42,9 +42,10 @@ class Operator:
 
 
 async def run_operated(
-    cfg: PipelineConfig, op: Operator, console: Console
+    cfg: PipelineConfig, op: Operator, out: Reporter
 ) -> tuple[RunResult, ProgressModel]:
-    """Run ``cfg`` with the display, logs, metrics and signal handlers ``op`` asks for."""
+    """Run ``cfg`` with the display, logs, metrics and signal handlers ``op`` asks for;
+    messages go through ``out`` (text, quiet or JSON lines)."""
     engine = Engine(cfg, output=op.output, fresh=op.fresh, retry_failed=op.retry_failed)
 
     def in_flight(name: str) -> int:
@@ -55,11 +56,14 @@ async def run_operated(
         return {name: lim.usage() for name, lim in engine.limiters().items()}
 
     model = ProgressModel(in_flight=in_flight, budget=budget)
-    subscribers: list[Subscriber] = [model]
-    subscribers.append(configure_logging(op.log_level, op.log_format))
     # JSON logs on stderr stay parseable: no plain progress lines between them.
     quiet = op.quiet or op.log_format == "json"
+    console = out.console
     display = make_display(console, model, quiet=quiet, every=op.progress_every, title=op.title)
+    # The display feeds the model (and prints an endpoint's "done" line at once); subscribing
+    # the model as well would count every event twice.
+    subscribers: list[Subscriber] = [model if display is None else display]
+    subscribers.append(configure_logging(op.log_level, op.log_format, everything=True))
     metrics_server = None
     if op.metrics_port is not None:
         from ._metrics import Metrics, start_metrics_server
@@ -72,13 +76,18 @@ async def run_operated(
         )
         metrics.sample_windows(budget)
         subscribers.append(metrics)
-        metrics_server = await start_metrics_server(
-            op.metrics_port, metrics.registry, host=op.metrics_host
-        )
-        console.print(f"metrics: {metrics_server.url}", highlight=False)
+        try:
+            metrics_server = await start_metrics_server(
+                op.metrics_port, metrics.registry, host=op.metrics_host
+            )
+        except OSError as exc:  # the port is taken, or the host is not this machine's
+            where = f"{op.metrics_host}:{op.metrics_port}"
+            problem = Problem(where, f"cannot serve metrics: {exc}")
+            raise ConfigError("--metrics-port", [problem]) from None
+        out.say("metrics_serving", f"metrics: {metrics_server.url}", url=metrics_server.url)
     for sub in subscribers:
         engine.events.subscribe(sub)
-    _install_signal_handlers(engine, console, op.stop_timeout)
+    _install_signal_handlers(engine, out, op.stop_timeout)
     try:
         if display is None:
             return await engine.run(), model
@@ -89,7 +98,7 @@ async def run_operated(
             await metrics_server.close()
 
 
-def _install_signal_handlers(engine: Engine, console: Console, deadline: float) -> None:
+def _install_signal_handlers(engine: Engine, out: Reporter, deadline: float) -> None:
     """First SIGINT/SIGTERM: graceful stop (state saved). Second, or after ``deadline``
     seconds: stop at once; only complete files stay visible and the last checkpoint counts."""
     loop = asyncio.get_running_loop()
@@ -97,17 +106,19 @@ def _install_signal_handlers(engine: Engine, console: Console, deadline: float) 
     assert main is not None
 
     def hard_stop() -> None:
-        console.print("[red]stopping now[/]; the last checkpoint is kept")
+        out.say("stopping_now", "stopping now; the last checkpoint is kept", "warning")
         main.cancel()
 
     def on_signal(signame: str) -> None:
         if engine.stopping:
             hard_stop()
             return
-        console.print(
-            f"[yellow]{signame}[/]: finishing requests in flight (up to {deadline:g}s), "
+        out.say(
+            "stopping",
+            f"{signame}: finishing requests in flight (up to {deadline:g}s), "
             "then saving state; press Ctrl-C again to stop at once",
-            highlight=False,
+            "warning",
+            signal=signame,
         )
         engine.stop()
         loop.call_later(deadline, hard_stop)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ._checkpoint import (
+    STATE_FOLDER,
     EndpointState,
     RunState,
     describe_change,
@@ -142,11 +143,19 @@ def apply(
         es.finished = True
 
 
-def report_json(state: RunState, result: Any) -> bytes:
+def report_json(status: str, result: Any) -> bytes:
     from dataclasses import asdict
 
     return orjson.dumps(
-        {"state": state.status, "result": asdict(result)},
+        {"state": status, "result": asdict(result)},
         option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
         default=str,
     )
+
+
+def write_run_report(output: Path, status: str, result: Any) -> Path:
+    """``OUTPUT/_asyncingest/runs/<run-id>.json``: the run's figures and how it ended
+    (``status``: the async engine's state, ``complete`` for a sync run). Both engines."""
+    path = output / STATE_FOLDER / "runs" / f"{result.run_id}.json"
+    write_atomic(path, report_json(status, result))
+    return path

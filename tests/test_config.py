@@ -182,6 +182,7 @@ def test_from_file_paths_resolve_against_the_config_folder(tmp_path: Path) -> No
         ],
     }
     path = write(tmp_path, json.dumps(raw), "p.json")
+    write(tmp_path, "user_id\n1\n", "ids.csv")
     cfg = load_config(path)
     assert cfg.endpoints[0].from_file is not None
     assert cfg.endpoints[0].from_file.path == str(tmp_path / "ids.csv")
@@ -208,3 +209,84 @@ def test_validate_cli_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> Non
 def test_missing_file_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "does-not-exist.yaml"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+# -- input files and bounded reading ---------------------------------------------------------
+
+
+def fan_out_config(tmp_path: Path, ids_path: str) -> Path:
+    raw = {
+        **MINIMAL,
+        "endpoints": [
+            {
+                "name": "users",
+                "path": "/u/{user_id}",
+                "from_file": {"path": ids_path, "column": "user_id"},
+            },
+        ],
+    }
+    return write(tmp_path, json.dumps(raw), "p.json")
+
+
+def test_validate_names_a_missing_input_file_with_its_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = fan_out_config(tmp_path, "ids.csv")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"endpoints[users].from_file.path: file not found: {tmp_path / 'ids.csv'}" in err
+
+
+def test_validate_refuses_a_directory_as_input_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ids").mkdir()
+    path = fan_out_config(tmp_path, "ids")
+    assert main(["validate", str(path)]) == 2
+    assert "endpoints[users].from_file.path: is a directory" in capsys.readouterr().err
+
+
+def alias_bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        refs = ", ".join([f"*a{i - 1}"] * 9)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_by_its_expanded_size(tmp_path: Path) -> None:
+    path = write(tmp_path, alias_bomb(8))  # 9**9 values once expanded
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "expands to more than 100,000 values" in info.value.render()
+    assert str(path) in info.value.render()
+
+
+def test_aliases_of_a_reasonable_size_still_work(tmp_path: Path) -> None:
+    text = (
+        "api: {base_url: 'http://127.0.0.1:1'}\n"
+        "endpoints:\n"
+        "  - {name: a, path: /a, params: &p {limit: 50}}\n"
+        "  - {name: b, path: /b, params: *p}\n"
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert [e.params["limit"] for e in cfg.endpoints] == [50, 50]
+
+
+def test_a_recursive_anchor_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="recursive anchor"):
+        load_config(write(tmp_path, "a: &a [*a]\n"))
+
+
+def test_an_oversized_config_is_refused_before_parsing(tmp_path: Path) -> None:
+    # Invalid YAML past the first line: had it been parsed, the error would be a YAML one.
+    path = write(tmp_path, "api: {}\n" + "]" * (1024 * 1024))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "a config may be at most 1,048,576" in info.value.render()
+    assert "invalid YAML" not in info.value.render()
+
+
+def test_a_directory_as_config_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)

@@ -376,3 +376,74 @@ def test_closing_the_limiter_wakes_its_waiters() -> None:
     permit.release()
     with pytest.raises(LimiterClosed):
         limiter.acquire()
+
+
+# -- what sync mode reports, and what it refuses --------------------------------------------------
+
+
+async def test_progress_lines_count_each_event_once(tmp_path: Path) -> None:
+    """The plain progress lines of a sync run show the real figures (they were doubled:
+    the display fed the model a second time)."""
+    from .test_cli import cli, write_config
+
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = write_config(tmp_path, api.url)
+        code, _, err = await cli("run", str(cfg), "--mode", "sync", "--workers", "4")
+        served = api.stats.requests
+        expected = {name: len(rows) for name, rows in expected_f1(api).items()}
+    assert code == 0, err
+    done = {}
+    for line in err.splitlines():
+        if line.endswith(", done"):
+            name, figures = line.split(": ", 1)
+            records, requests = figures.split(", ")[:2]
+            done[name] = (int(records.split()[0].replace(",", "")), int(requests.split()[0]))
+    assert {name: records for name, (records, _) in done.items()} == expected
+    assert sum(requests for _, requests in done.values()) == served
+
+
+async def test_a_sync_run_writes_its_run_report(tmp_path: Path) -> None:
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS, tmp_path)
+        result = await asyncio.to_thread(run_sync, cfg)
+    report = orjson.loads(
+        (tmp_path / "_asyncingest" / "runs" / f"{result.run_id}.json").read_bytes()
+    )
+    assert report["state"] == "complete"
+    assert report["result"]["run_id"] == result.run_id
+    figures = {
+        e["name"]: (e["requests"], e["records_written"]) for e in report["result"]["endpoints"]
+    }
+    assert figures == {e.name: (e.requests, e.records_written) for e in result.endpoints}
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ({"circuit_breaker": {"failures": 3}}, "api.circuit_breaker"),
+        ({"adaptive_rate": True}, "api.adaptive_rate"),
+        ({"on_budget_exhausted": "stop"}, "api.on_budget_exhausted"),
+        ({"concurrency": {"adaptive": True}}, "api.concurrency.adaptive"),
+    ],
+)
+async def test_async_only_settings_written_in_the_config_are_refused(
+    tmp_path: Path, setting: dict[str, Any], field: str
+) -> None:
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path, **setting)
+        with pytest.raises(ConfigError) as info:
+            await asyncio.to_thread(run_sync, cfg)
+        assert api.stats.requests == 0
+    assert [p.location for p in info.value.problems] == [field]
+
+
+@pytest.mark.parametrize(
+    "setting", [{}, {"circuit_breaker": None, "adaptive_rate": False}], ids=["defaults", "off"]
+)
+async def test_defaults_and_settings_turned_off_run_in_sync_mode(
+    tmp_path: Path, setting: dict[str, Any]
+) -> None:
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path, **setting)
+        result = await asyncio.to_thread(run_sync, cfg)
+    assert result.ok and result.records_written == len(api.dataset.meetings)

@@ -43,6 +43,7 @@ from .._ledger import EndpointLedger
 from .._records import Job
 from .._request import base_url_of
 from .._result import RunResult
+from .._resume import write_run_report
 from .._sink import ParquetSink, SinkOptions
 from .._sources import check_ids_file, count_ids, iter_ids
 from ._endpoint import Aborted, SyncEndpoint
@@ -173,6 +174,7 @@ class SyncEngine:
             endpoints=tuple(ep.ledger.summary() for ep in self.endpoints.values()),
             duration=time.monotonic() - started,
         )
+        write_run_report(self.output, "complete", result)
         self.events.emit(RunFinished(result))
         return result
 
@@ -181,14 +183,11 @@ class SyncEngine:
     def _prepare_output(self) -> None:
         """Sync mode keeps no checkpoint, so it cannot resume: it refuses an output that holds
         an earlier run (which it would duplicate), as the async engine refuses data without
-        state. ``fresh`` deletes what ``--fresh`` deletes, first. It has no CPU stage either,
-        so a config with a ``transform`` is refused."""
-        transforms = [e.name for e in self.config.endpoints if e.transform is not None]
-        if transforms:  # refused rather than silently run without the CPU stage's output
-            raise ConfigError(
-                "--mode sync",
-                [Problem(f"endpoints[{n}].transform", "not run in sync mode") for n in transforms],
-            )
+        state. ``fresh`` deletes what ``--fresh`` deletes, first. Async-only settings the
+        config asks for are refused first (:func:`unsupported`)."""
+        problems = unsupported(self.config)
+        if problems:  # refused rather than silently run without them
+            raise ConfigError("--mode sync", problems)
         folders = [e.name for e in self.config.endpoints]
         if self.fresh:
             wipe(self.output, folders)
@@ -324,6 +323,33 @@ class SyncEngine:
             limit.close()
         for event in self._tree_done.values():
             event.set()
+
+
+def unsupported(config: PipelineConfig) -> list[Problem]:
+    """What the config asks for that sync mode does not do, so it is refused, never ignored:
+    the CPU stage, and the async engine's protections when the config *sets* them. The
+    circuit breaker and adaptive rate are on by default; a default is not a request (sync
+    mode would otherwise refuse every config), so only fields the user wrote count
+    (``model_fields_set``), and writing ``circuit_breaker: null`` or ``adaptive_rate: false``
+    is accepted: that is what sync mode does. See docs/sync-mode.md."""
+    problems = [
+        Problem(f"endpoints[{e.name}].transform", "not run in sync mode")
+        for e in config.endpoints
+        if e.transform is not None
+    ]
+    api = config.api
+    why = "not available in sync mode (see docs/sync-mode.md)"
+    if "circuit_breaker" in api.model_fields_set and api.circuit_breaker is not None:
+        problems.append(Problem("api.circuit_breaker", f"{why}; remove it or set it to null"))
+    if "adaptive_rate" in api.model_fields_set and api.adaptive_rate:
+        problems.append(Problem("api.adaptive_rate", f"{why}; remove it or set it to false"))
+    if api.on_budget_exhausted == "stop":
+        problems.append(
+            Problem("api.on_budget_exhausted", f"stop: {why}; sync mode waits for the budget")
+        )
+    if api.concurrency.adaptive:
+        problems.append(Problem("api.concurrency.adaptive", why))
+    return problems
 
 
 def _depth(cfg: PipelineConfig, e: EndpointConfig) -> int:
