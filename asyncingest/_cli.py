@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from ._config import PipelineConfig
@@ -117,13 +118,23 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser(
         "plan",
         help="estimate how many requests a job makes and how long its budget makes it take",
-        description="Estimate requests and duration from input file sizes and, where children "
-        "depend on parents, a small sample of parent records fetched from the API.",
+        description="Estimate requests (with a range) and duration from input file sizes and "
+        "walks sampled from the API through the engine's own request path: root walks to "
+        "their end (or to the total the API reports), a few walks of every other endpoint.",
     )
     plan.add_argument("config")
     _set_option(plan)
-    plan.add_argument("--sample", type=_COUNT, default=3, help="parent walks to sample (default 3)")
+    plan.add_argument(
+        "--sample", type=_COUNT, default=5, help="walks to sample per endpoint (default 5)"
+    )
+    plan.add_argument(
+        "--sample-pages",
+        type=_POSITIVE_INT,
+        default=100,
+        help="pages to follow per sampled walk (default 100)",
+    )
     plan.add_argument("--no-sample", action="store_true", help="do not call the API")
+    plan.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     demo = sub.add_parser(
         "demo",
@@ -308,12 +319,15 @@ def _command(args: argparse.Namespace, out: Reporter) -> int:
         Console(soft_wrap=True).print(describe_plan(cfg, source=args.config))
         return EXIT_OK
     if args.command == "plan":
-        from ._sample import plan_command
+        from ._sample import plan
 
         cfg = load_config(args.config, args.overrides)
-        Console(soft_wrap=True).print(
-            asyncio.run(plan_command(cfg, sample=0 if args.no_sample else args.sample))
-        )
+        walks = 0 if args.no_sample else args.sample
+        est = asyncio.run(plan(cfg, walks=walks, max_pages=args.sample_pages))
+        if args.json:
+            print(orjson.dumps(est.to_dict()).decode())
+        else:
+            Console(soft_wrap=True).print(est)
         return EXIT_OK
     if args.command == "run":
         return _run(args, out)

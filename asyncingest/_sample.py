@@ -1,130 +1,238 @@
-"""``plan``: a few sample walks against the API, then the estimate (``_estimate.py``).
+"""``plan``: sample walks against the API through the engine's own request path, then the
+estimate (``_estimate.py``).
 
-For every endpoint, up to ``sample`` walks are made (the root walk, the first ids of an
-input file, children of the sampled parent records), each for at most ``MAX_PAGES`` pages;
-records and pages per walk feed the estimate. Requests pass the config's own rate windows.
-A walk cut short counts its reported total (``total_path``) when the API gives one, else it
-is a lower bound (the estimate says so).
+A sampled request goes the way the engine sends it: the endpoint's :class:`RequestTemplate`,
+its paginator (``_pagination.py``), the :class:`HttpClient` with the config's credentials,
+the config's rate windows (the API's and the endpoint's own), ``parse_page`` and the retry
+policy (``_records.py``, ``_retry.py``); children are bound from the sampled records with
+``bind_children``, parent fields copied as the engine copies them.
+
+What is sampled, per endpoint (endpoints run as soon as their parent's sample is in):
+
+- a root: its one walk, followed to the end (at most ``max_pages`` pages);
+- ``from_file``: the first ``walks`` ids of the input;
+- ``for_each``: ``walks`` children of the parent records sampled, spread evenly over them.
+
+A walk stops early once the API has reported its size on the first page (``total_path`` or
+``total_pages_path``): the page count follows from it. Requests and their latency are counted
+(:class:`Sampled`), so the estimate can use the latency actually measured.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
+import itertools
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from rich.console import Group
-
-from ._clock import LoopClock
+from ._clock import Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig
-from ._engine import credentials_from_env
-from ._estimate import count_inputs, estimate
-from ._http import HttpClient, Response
-from ._limiter import SlidingWindowLimiter
-from ._pagination import PaginationLoop, paginator_for
-from ._request import (
-    Page,
-    WrongShape,
-    base_url_of,
-    build_request,
-    extract_records,
-    lookup,
-)
+from ._engine import credentials_from_env, retry_policy
+from ._estimate import EndpointSample, Estimate, WalkSample, count_inputs, estimate
+from ._http import Failure, HttpClient, Response
+from ._limiter import Limit, Limits, SlidingWindowLimiter
+from ._pagination import PaginationLoop, Paginator, _number, paginator_for
+from ._records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
+from ._request import Page, Record, Request, RequestTemplate, base_url_of, lookup
 from ._sources import iter_ids
 
-MAX_PAGES = 5
+WALKS = 5
+"""Walks sampled per endpoint that has more than one (``plan --sample``)."""
+MAX_PAGES = 100
+"""Pages followed per sampled walk (``plan --sample-pages``); a longer walk without a reported
+total makes the estimate a lower bound."""
 
 
-async def plan_command(cfg: PipelineConfig, sample: int) -> Group:
+@dataclass
+class Sampled:
+    """What sampling found: per endpoint its walks, and every request's latency."""
+
+    endpoints: dict[str, EndpointSample] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def mean_latency(self) -> float | None:
+        return statistics.fmean(self.latencies) if self.latencies else None
+
+
+async def plan(cfg: PipelineConfig, *, walks: int = WALKS, max_pages: int = MAX_PAGES) -> Estimate:
+    """The estimate for ``cfg``: sample (unless ``walks`` is 0), then :func:`estimate`."""
     ids = count_inputs(cfg)
-    per_walk: dict[str, float] = {}
-    pages: dict[str, float] = {}
-    latency = None
-    if sample > 0:
-        per_walk, pages, latency = await sample_walks(cfg, sample)
-    est = estimate(
-        cfg, sample_parents=per_walk, ids_in_files=ids, pages_per_job=pages, mean_latency=latency
+    if walks <= 0:
+        return estimate(cfg, ids_in_files=ids)
+    sampled = await sample(cfg, walks=walks, max_pages=max_pages)
+    return estimate(
+        cfg, samples=sampled.endpoints, ids_in_files=ids, mean_latency=sampled.mean_latency
     )
-    return Group(est)
 
 
-async def sample_walks(
-    cfg: PipelineConfig, n: int
-) -> tuple[dict[str, float], dict[str, float], float | None]:
-    clock = LoopClock()
-    windows = [(w.requests, w.per_seconds) for w in cfg.api.rate_limits]
-    limiter = SlidingWindowLimiter(windows, clock, name="api") if windows else None
-    base = base_url_of(str(cfg.api.base_url))
-    records_per_walk: dict[str, float] = {}
-    pages_per_walk: dict[str, float] = {}
-    latencies: list[float] = []
-    parents: dict[str, list[dict[str, Any]]] = {}
+async def sample(
+    cfg: PipelineConfig,
+    *,
+    walks: int = WALKS,
+    max_pages: int = MAX_PAGES,
+    clock: Clock | None = None,
+) -> Sampled:
+    """Sample every endpoint of ``cfg`` (see the module docstring)."""
+    clock = clock or LoopClock()
     async with HttpClient(cfg.api, credentials_from_env(cfg)) as client:
+        sampler = _Sampler(cfg, client, clock, walks, max_pages)
+        tasks: dict[str, asyncio.Task[list[Record]]] = {}
         for e in cfg.order():
-            bindings = _bindings(e, parents, n)
-            counts: list[float] = []
-            page_counts: list[float] = []
-            kept: list[dict[str, Any]] = []
-            for variables, copy in bindings:
-                request: Any = paginator_for(e.pagination).first(build_request(base, e, variables))
-                records, walked, reported = 0, 0, None
-                paginator = paginator_for(e.pagination)
-                while request is not None and walked < MAX_PAGES:
-                    permit = await limiter.acquire("plan") if limiter else None
-                    t0 = time.monotonic()
-                    try:
-                        result = await client.fetch(request)
-                    finally:
-                        if permit is not None:
-                            permit.release()
-                    latencies.append(time.monotonic() - t0)
-                    if not isinstance(result, Response):
-                        break
-                    try:
-                        body = orjson.loads(result.body) if result.body.strip() else None
-                        recs = extract_records(body, e.records, e.single_record)
-                    except (orjson.JSONDecodeError, WrongShape):
-                        break
-                    page = Page(request, result.status, result.headers, body, recs)
-                    walked += 1
-                    records += len(recs)
-                    total_path = getattr(e.pagination, "total_path", None)
-                    if walked == 1 and total_path:
-                        total = lookup(body, total_path)
-                        reported = total if isinstance(total, int) else None
-                    kept.extend({**copy, **r} for r in recs[: n * 4])
-                    try:
-                        request = paginator.next(page)
-                    except PaginationLoop:
-                        break
-                if walked:
-                    counts.append(float(reported if reported is not None else records))
-                    page_counts.append(float(walked))
-            parents[e.name] = kept
-            if counts:
-                records_per_walk[e.name] = sum(counts) / len(counts)
-                pages_per_walk[e.name] = sum(page_counts) / len(page_counts)
-    mean = sum(latencies) / len(latencies) if latencies else None
-    return records_per_walk, pages_per_walk, mean
+            parent = tasks.get(e.parent) if e.parent is not None else None
+            tasks[e.name] = asyncio.create_task(sampler.endpoint(e, parent), name=f"plan-{e.name}")
+        try:
+            await asyncio.gather(*tasks.values())
+        except BaseException:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+    return sampler.sampled
 
 
-def _bindings(
-    e: EndpointConfig, parents: dict[str, list[dict[str, Any]]], n: int
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    if e.for_each is not None:
-        spec = e.for_each
-        out = []
-        for r in parents.get(spec.endpoint, []):
-            variables = {v: lookup(r, p) for v, p in spec.bind.items()}
-            if None not in variables.values():
-                out.append((variables, {k: lookup(r, p) for k, p in spec.copy_fields.items()}))
-            if len(out) >= n:
-                break
-        return out
-    if e.from_file is not None:
-        ids: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for chunk in iter_ids(e.from_file, chunk=n):
-            ids.extend(({e.from_file.variable: v}, {}) for _, v in chunk[:n])
-            break
-        return ids
-    return [({}, {})]
+class _Sampler:
+    def __init__(
+        self, cfg: PipelineConfig, client: HttpClient, clock: Clock, walks: int, max_pages: int
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.clock = clock
+        self.walks = walks
+        self.max_pages = max_pages
+        self.policy = retry_policy(cfg.api.retry)
+        self.rng = random.Random()
+        self.base = base_url_of(str(cfg.api.base_url))
+        windows = [(w.requests, w.per_seconds) for w in cfg.api.rate_limits]
+        self.api_limit = SlidingWindowLimiter(windows, clock, name="api") if windows else None
+        self.sampled = Sampled()
+
+    def _limits(self, e: EndpointConfig) -> Limit | None:
+        parts: list[Limit] = []
+        if e.rate_limits:
+            own = [(w.requests, w.per_seconds) for w in e.rate_limits]
+            parts.append(SlidingWindowLimiter(own, self.clock, name=e.name))
+        if self.api_limit is not None:
+            parts.append(self.api_limit)
+        return None if not parts else parts[0] if len(parts) == 1 else Limits(parts)
+
+    async def endpoint(
+        self, e: EndpointConfig, parent: asyncio.Task[list[Record]] | None
+    ) -> list[Record]:
+        """Sample ``e``'s walks; returns their records (parent fields copied) for children."""
+        jobs = self._jobs(e, await parent if parent is not None else [])
+        paginator = paginator_for(e.pagination)
+        template = RequestTemplate(self.base, e)
+        limits = self._limits(e)
+        done = await asyncio.gather(
+            *(self._walk(e, paginator, template, limits, job) for job in jobs)
+        )
+        walks: list[WalkSample] = []
+        records: list[Record] = []
+        errors: list[str] = []
+        for got in done:
+            if isinstance(got, str):
+                errors.append(got)
+            else:
+                walks.append(got[0])
+                records.extend(got[1])
+        self.sampled.endpoints[e.name] = EndpointSample(
+            tuple(walks), len(errors), errors[0] if errors else ""
+        )
+        return records
+
+    def _jobs(self, e: EndpointConfig, parent_records: list[Record]) -> list[Job]:
+        if e.for_each is not None:
+            jobs, _ = bind_children(parent_records, e.for_each, e.name, itertools.count())
+            return spread(jobs, self.walks)
+        if e.from_file is not None:
+            for chunk in iter_ids(e.from_file, chunk=self.walks):
+                return [Job(row, {e.from_file.variable: v}) for row, v in chunk[: self.walks]]
+            return []
+        return [Job(0, {})]
+
+    async def _walk(
+        self,
+        e: EndpointConfig,
+        paginator: Paginator,
+        template: RequestTemplate,
+        limits: Limit | None,
+        job: Job,
+    ) -> tuple[WalkSample, list[Record]] | str:
+        """One walk, as the engine walks it; or why it failed."""
+        request: Request | None = paginator.first(template.build(job.variables))
+        pages = records = 0
+        total_records = total_pages = None
+        kept: list[Record] = []
+        p = e.pagination
+        total_path: str | None = getattr(p, "total_path", None)
+        total_pages_path: str | None = getattr(p, "total_pages_path", None)
+        while request is not None and pages < self.max_pages:
+            page = await self._fetch(e, limits, request)
+            if isinstance(page, Failure):
+                return page.detail
+            pages += 1
+            records += len(page.records)
+            copy_parent_fields(page.records, job.copy)
+            kept.extend(page.records)
+            try:
+                request = paginator.next(page)
+            except PaginationLoop:
+                request = None
+            if pages == 1:
+                total_records = _number(lookup(page.body, total_path)) if total_path else None
+                total_pages = (
+                    _number(lookup(page.body, total_pages_path)) if total_pages_path else None
+                )
+                if request is not None and (total_records is not None or total_pages is not None):
+                    break  # its size is known: no need to walk the rest
+        complete = request is None
+        return WalkSample(pages, records, complete, total_records, total_pages), kept
+
+    async def _fetch(
+        self, e: EndpointConfig, limits: Limit | None, request: Request
+    ) -> Page | Failure:
+        """One page under the limits and the retry policy, as ``EndpointRunner`` fetches it."""
+        clock = self.clock
+        started = clock.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            permit = await limits.acquire(e.name) if limits is not None else None
+            t0 = clock.time()
+            try:
+                result = await self.client.fetch(request)
+            finally:
+                if permit is not None:
+                    permit.release()
+            self.sampled.latencies.append(clock.time() - t0)
+            outcome: Page | Failure
+            if isinstance(result, Response):
+                outcome = parse_page(request, result.status, result.headers, result.body, e)
+            else:
+                outcome = result
+            if isinstance(outcome, Page):
+                return outcome
+            decision = decide_retry(
+                self.policy, outcome, attempt, clock.time() - started, clock.wall(), self.rng
+            )
+            if not decision.retry:
+                return Failure(outcome.kind, self.client.redact(decision.reason), outcome.status)
+            await clock.sleep(decision.wait)
+
+
+def spread(items: Sequence[Any], n: int) -> list[Any]:
+    """``n`` items spread evenly over ``items`` (first and last included), or all of them."""
+    if len(items) <= n:
+        return list(items)
+    if n == 1:
+        return [items[0]]
+    last = len(items) - 1
+    return [items[round(i * last / (n - 1))] for i in range(n)]

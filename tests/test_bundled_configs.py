@@ -36,9 +36,11 @@ import pytest
 from asyncingest._cli import _parser
 from asyncingest._demo import DEMO_CONFIG, demo_settings
 from asyncingest._engine import Engine
+from asyncingest._estimate import Estimate
 from asyncingest._loading import load_config
 from asyncingest._mockapi import MockAPI, MockSettings
 from asyncingest._mockapi_cli import settings_from_args
+from asyncingest._sample import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {p.stem: p for p in sorted((ROOT / "config").glob("*.yaml"))}
@@ -111,6 +113,7 @@ class Outcome:
     violations: int
     injected_faults: int
     seconds: float
+    planned: Estimate  # plan's estimate, against a mock started the same way (same seed)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,10 @@ def case(name: str) -> Case:
 async def run_case(c: Case, output: Path) -> Outcome:
     async with MockAPI(c.mock, host=c.host, port=0) as api:
         cfg = load_config(c.config, [*c.overrides, f"api.base_url={api.url}"])
+        planned = await plan(cfg)
+    # A fresh mock for the run: plan's requests must not use up the run's server windows.
+    async with MockAPI(c.mock, host=c.host, port=0) as api:
+        cfg = load_config(c.config, [*c.overrides, f"api.base_url={api.url}"])
         result = await Engine(cfg, output=output).run()
         stats = api.stats
     report = orjson.loads(await asyncio.to_thread(_read, output, result.run_id))
@@ -157,6 +164,7 @@ async def run_case(c: Case, output: Path) -> Outcome:
         violations=stats.violations,
         injected_faults=sum(stats.faults.values()),
         seconds=result.duration,
+        planned=planned,
     )
 
 
@@ -186,7 +194,14 @@ def outcome(name: str) -> Outcome:
     got = outcomes()[name]
     if isinstance(got, BaseException):
         raise got
-    print(f"{name}: {got}")
+    est = got.planned
+    high = "open" if est.requests_high is None else f"{est.requests_high:,}"
+    planned_time = "?" if est.seconds is None else f"{est.seconds:.1f} s"
+    print(
+        f"\n{name}: plan {est.requests:,} requests ({est.requests_low:,}-{high}), "
+        f"{planned_time}; run {got.requests:,} requests ({got.retries} retries), "
+        f"{got.seconds:.1f} s"
+    )
     return got
 
 
@@ -217,3 +232,14 @@ def test_runs_cleanly_against_the_mock_its_header_starts(name: str) -> None:
     assert got.violations == 0
     assert got.dead_letters == 0
     assert got.retries == got.injected_faults  # each injected fault: one retry; nothing else
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_plan_estimates_the_requests_within_25_percent(name: str) -> None:
+    """``plan`` against the mock, then the run against the same mock (same seed): the estimate
+    is within 25% of the run report's request count (retries included), and is not open-ended.
+    The time estimate is printed, never asserted."""
+    got = outcome(name)
+    est = got.planned
+    assert not est.unknown and not est.lower_bound
+    assert abs(est.requests - got.requests) <= 0.25 * got.requests

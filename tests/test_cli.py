@@ -100,6 +100,26 @@ async def test_plan_samples_parents_and_names_the_bottleneck(tmp_path: Path) -> 
         assert "50/1s" in out
 
 
+async def test_plan_json_gives_the_run_s_request_count_when_every_walk_is_sampled(
+    tmp_path: Path,
+) -> None:
+    """The small mock has 4 sessions: with --sample 5 every walk is sampled, so the estimate
+    is exact (no faults, so no retries either) and its range closes on it."""
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = write_config(tmp_path, api.url)
+        code, out, err = await cli("plan", str(cfg), "--sample", "5", "--json")
+        assert code == 0, err
+        est = orjson.loads(out)
+        api.reset()
+        code, _, err = await cli("run", str(cfg), "--quiet")
+        assert code == 0, err
+        assert est["requests"] == est["requests_low"] == est["requests_high"]
+        assert est["requests"] == api.stats.requests
+        laps = next(e for e in est["endpoints"] if e["name"] == "laps")
+        assert laps["walks"]["value"] == 4 and laps["pages_per_walk"]["value"] == 4
+        assert laps["pages_from"] == "API totals (every walk)"
+
+
 # -- every user mistake: exit 2, a message naming what is wrong, no traceback ---------------
 
 GOOD = "api: {base_url: 'http://127.0.0.1:1'}\nendpoints: [{name: items, path: /items}]\n"
