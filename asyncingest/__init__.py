@@ -25,7 +25,14 @@ from ._config import (
     RetryConfig,
 )
 from ._engine import Engine, run
-from ._errors import AsyncIngestError, ConfigError, Problem
+from ._errors import (
+    AsyncIngestError,
+    ConfigError,
+    EnvironmentFailure,
+    OutputLocked,
+    Problem,
+    StateCorrupt,
+)
 from ._events import (
     BreakerChanged,
     BudgetExhausted,
@@ -75,6 +82,7 @@ __all__ = [
     "EndpointSummary",
     # running a pipeline
     "Engine",
+    "EnvironmentFailure",
     # events
     "Event",
     "EventBus",
@@ -91,6 +99,7 @@ __all__ = [
     "NoPagination",
     "OffsetPagination",
     "OutputConfig",
+    "OutputLocked",
     "PagePagination",
     # config models
     "PipelineConfig",
@@ -110,6 +119,7 @@ __all__ = [
     "RunStarted",
     # limits and time
     "SlidingWindowLimiter",
+    "StateCorrupt",
     "Subscriber",
     "__version__",
     "config_from_dict",

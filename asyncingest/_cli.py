@@ -1,8 +1,11 @@
 """``python -m asyncingest``: a thin layer over the public API.
 
 Exit codes: 0 everything fetched and written; 1 finished, but some requests or records
-failed (the summary names them); 2 bad config or usage; 3 stopped before the end with state
-saved (run the same command to resume); 130 interrupted in sync mode.
+failed (the summary names them; also a rerun of a finished run whose dead letters remain);
+2 bad config or usage, or another run holds the output folder; 3 stopped before the end with
+state saved (run the same command to resume); 4 the environment failed (disk full, output not
+writable, a damaged checkpoint): committed files are intact, fix the cause and run the same
+command (``--fresh`` for a damaged checkpoint); 130 interrupted in sync mode.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import orjson
 from rich.console import Console
 
 from ._config import PipelineConfig
-from ._errors import ConfigError, Problem
+from ._errors import ConfigError, EnvironmentFailure, OutputLocked, Problem
 from ._events import Subscriber
 from ._loading import load_config
 from ._logsub import LogFormat, json_line
@@ -35,6 +38,7 @@ from ._result import RunResult
 from ._tuning import tune_gc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_ENVIRONMENT = 4
 
 
 def _number(
@@ -69,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m asyncingest",
         description="Pull data out of rate-limited HTTP APIs into Parquet.",
         epilog="Exit codes: 0 all fetched; 1 finished with failures (dead letters); 2 bad "
-        "config or usage; 3 stopped early, state saved (run the same command to resume).",
+        "config or usage, or the output folder is in use by another run; 3 stopped early, "
+        "state saved (run the same command to resume); 4 environment failure (disk full, "
+        "output not writable, damaged checkpoint; committed files intact).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -278,6 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             problems=[{"location": p.location, "message": p.message} for p in exc.problems],
         )
         return EXIT_USAGE
+    except OutputLocked as exc:
+        out.error("output_locked", str(exc), output=exc.output, holder=exc.holder)
+        return EXIT_USAGE
+    except EnvironmentFailure as exc:
+        out.error("environment_failure", str(exc), path=exc.path, cause=exc.cause, hint=exc.hint)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         out.say("interrupted", "interrupted", "warning")
         return EXIT_INTERRUPTED
@@ -369,7 +381,6 @@ def _demo(args: argparse.Namespace, out: Reporter) -> int:
     (result, model), server = asyncio.run(
         run_demo(args.output, lambda cfg: run_operated(cfg, op, out))
     )
-    code = _finish(result, out, model)
     limits = ", ".join(f"{n}/{w:g}s" for n, w in demo_settings().rate_limits)
     out.say(
         "mock_api_counts",
@@ -382,7 +393,7 @@ def _demo(args: argparse.Namespace, out: Reporter) -> int:
         peak_in_window=server.max_in_window,
         violations=server.violations,
     )
-    return code
+    return _finish(result, out, model)  # the summary last, in every voice
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -416,6 +427,8 @@ def check_options(args: argparse.Namespace) -> None:
 
 def check_output(option: str | None, cfg: PipelineConfig | None) -> None:
     """The output folder can be made: nothing on its way is a file (a mistyped path)."""
+    if option is not None and not option.strip():
+        raise ConfigError("command line", [Problem("--output", "is empty; name a folder")])
     if option is None and cfg is None:
         return
     where = "--output" if option is not None else "output.directory"

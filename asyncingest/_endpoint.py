@@ -160,14 +160,22 @@ class EndpointRunner:
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
             for i in range(self.n_workers)
         ]
+        writer = self.writer.task
+        all_workers = asyncio.gather(*workers)
         try:
-            await asyncio.gather(*workers)
+            # A writer only ends on its own when it fails: then the workers may be waiting
+            # for room in its inbox forever, so its error ends the endpoint at once.
+            await asyncio.wait((all_workers, writer), return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():
+                writer.result()  # raises the writer's own error
+                raise RuntimeError(f"{self.name}: the writer ended before its input did")
+            await all_workers
             self.writer.finish()
-            await self.writer.task
+            await writer
         except BaseException:
-            for t in [*workers, self.writer.task]:
-                t.cancel()
-            await asyncio.gather(*workers, self.writer.task, return_exceptions=True)
+            all_workers.cancel()
+            writer.cancel()
+            await asyncio.gather(all_workers, writer, return_exceptions=True)
             raise
         finally:
             self.writer.dead.close()

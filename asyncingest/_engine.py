@@ -50,6 +50,7 @@ from ._events import (
 from ._guards import EndpointGuards, concurrency_events
 from ._http import Credentials, HttpClient
 from ._limiter import Limit, Limits, SlidingWindowLimiter
+from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
 from ._result import RunResult
@@ -228,6 +229,18 @@ class Engine:
             self.pause_gate = PauseGate(self.clock, "api")
 
     async def run(self) -> RunResult:
+        """Run to the end (or a stop) holding the output folder; see the class docstring.
+
+        Raises :class:`OutputLocked` at once when another run holds the output folder.
+        """
+        lock = OutputLock(self.output)
+        lock.acquire()  # before anything reads the state or --fresh deletes anything
+        try:
+            return await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> RunResult:
         cfg = self.config
         self._make_limits()
         credentials = credentials_from_env(cfg)
@@ -296,8 +309,11 @@ class Engine:
             except asyncio.CancelledError:
                 cancelled = True
                 raise
+            except BaseExceptionGroup as group:  # an endpoint failed: its error, not a group
+                raise first_cause(group) from None
             finally:
                 checkpointer.cancel()
+                await asyncio.gather(checkpointer, return_exceptions=True)
                 for r in self.runners.values():
                     if r.journal is not None:
                         r.journal.close()
@@ -490,6 +506,15 @@ class Engine:
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in a (nested) task-group error: what actually went wrong."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_cause(exc)
+        return exc
+    return group
 
 
 def _take(it: Iterator[T], n: int) -> list[T]:

@@ -484,7 +484,7 @@ def render_estimate(est: Estimate) -> Group:
     elif est.requests_high == est.requests_low:
         known = [r.measured for r in est.endpoints if r.requests is not None]
         if all(m.startswith(("measured", "API totals", "one page")) for m in known):
-            text.append(f"requests: {est.requests:,} (measured)")
+            text.append(f"requests: {est.requests:,} (exact)")
         else:
             text.append(f"requests: about {est.requests:,} (+/-0%: the sampled walks agree)")
     else:

@@ -79,7 +79,9 @@ def budget_text(model: ProgressModel) -> Text | None:
     return Text("\n".join(lines)) if lines else None
 
 
-_COLUMNS = "endpoint|progress||ETA|records|req/s|in flight|retries|429s|errors|waited|state"
+_COLUMNS = (
+    "endpoint|progress||ETA|records|written|req/s|in flight|retries|429s|errors|wait/req|state"
+)
 
 
 def render_progress(model: ProgressModel, title: str = "asyncingest") -> Group:
@@ -101,13 +103,14 @@ def render_progress(model: ProgressModel, title: str = "asyncingest") -> Group:
             bar,
             count,
             "" if eta is None else duration_text(eta),
-            f"{row.records:,}",
+            f"{row.received:,}",
+            f"{row.written:,}",
             f"{model.rate(row):,.1f}",
             f"{model.in_flight(row):,}",
             f"{row.retries:,}",
             f"{row.throttled:,}",
             f"[red]{errors:,}[/]" if errors else "0",
-            f"{row.waited:,.1f}s",
+            wait_text(model.wait_per_request(row)),
             _state(row),
         )
     head = Text(title, style="bold")
@@ -124,11 +127,19 @@ def render_progress(model: ProgressModel, title: str = "asyncingest") -> Group:
     return Group(*parts)
 
 
+def wait_text(seconds: float) -> str:
+    """A mean wait: ``0.35s``, ``12ms``."""
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:,.2f}s"
+
+
 def plain_line(model: ProgressModel, row: EndpointProgress, suffix: str = "") -> str:
     line = (
-        f"{row.name}: {row.records:,} records, {row.requests:,} req, {row.retries:,} retries, "
+        f"{row.name}: {row.received:,} records ({row.written:,} written), "
+        f"{row.requests:,} req, {row.retries:,} retries, "
         f"{row.failed + row.rejected:,} failed, {model.rate(row):.1f} req/s"
     )
+    if row.requests and row.waited:
+        line += f", {wait_text(model.wait_per_request(row))}/req limiter wait"
     p = model.progress(row)
     if p is not None and suffix != "done":
         share = f" ({p.done / p.total:.0%})" if p.total else ""
@@ -150,19 +161,20 @@ def summary_table(result: RunResult, model: ProgressModel | None = None) -> Tabl
         title=f"run {result.run_id}: {result.duration:.1f}s",
         title_justify="left",
         caption="failed: requests dead-lettered; rejected: records dead-lettered; "
-        "waited: time on the rate limiter",
+        "wait/req: mean time a request waited on the rate limits",
         caption_justify="left",
         padding=(0, 1),
         box=box.SIMPLE_HEAD,
     )
-    cols = "endpoint|records|req|retry|failed|rejected|waited|time"
+    cols = "endpoint|records|req|retry|failed|rejected|wait/req|time"
     for col in cols.split("|") + (["breaker"] if breakers else []):
         left = col in ("endpoint", "breaker")
         table.add_column(col, justify="left" if left else "right", no_wrap=not left)
     for e in result.endpoints:
         cells = [e.name, f"{e.records_written:,}", f"{e.requests:,}", f"{e.retries:,}"]
         cells += [f"{e.failed_requests:,}", f"{e.records_rejected:,}"]
-        cells += [f"{e.limiter_wait:,.0f}s", f"{e.duration:,.1f}s"]
+        mean_wait = e.limiter_wait / e.requests if e.requests else 0.0
+        cells += [wait_text(mean_wait), f"{e.duration:,.1f}s"]
         if breakers:
             row = rows.get(e.name)
             opened = row.breaker_opened if row is not None else 0

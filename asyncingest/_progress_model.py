@@ -1,7 +1,10 @@
 """What a person watching a run needs to know, per endpoint, counted from events.
 
-:class:`ProgressModel` counts records, requests per second over the last few seconds (not
-since the start), retries, 429s, errors, time waiting on the limits, requests in flight, jobs
+:class:`ProgressModel` counts records as they are received (from each usable page's
+``RequestFinished``; the Parquet writer takes them in row groups, so ``RecordsWritten`` lags
+and is shown second), requests per second over the last few seconds (not since the start),
+retries, 429s, errors, time waiting on the limits (a sum over requests, shown as the mean
+per request), requests in flight, jobs
 done against the jobs known (ids in the input file, or parent records seen so far) with an
 ETA, and the breaker's state. Two optional sampling callbacks read live state when a display
 renders: ``in_flight(endpoint)`` and ``budget()`` (each limiter's ``usage()``). The displays
@@ -75,13 +78,14 @@ class RateMeter:
 class EndpointProgress:
     name: str
     parent: str | None = None
-    records: int = 0
+    received: int = 0  # records on usable pages, as they arrive
+    written: int = 0  # records handed to the Parquet writer (row group by row group)
     requests: int = 0
     retries: int = 0
     throttled: int = 0
     failed: int = 0
     rejected: int = 0
-    waited: float = 0.0
+    waited: float = 0.0  # seconds, summed over requests (they wait side by side)
     started_requests: int = 0
     total_jobs: int | None = None
     jobs_queued: int = 0
@@ -139,11 +143,13 @@ class ProgressModel:
                 row.waited += event.limiter_wait
                 row.throttled += event.status == 429
                 row.request_rate.add(now)
+                if event.ok and event.records:
+                    row.received += event.records
+                    row.record_rate.add(now, event.records)
             case RequestStarted(endpoint=name):
                 self.row(name).started_requests += 1
             case RecordsWritten(endpoint=name, count=n):
-                self.row(name).records += n
-                self.row(name).record_rate.add(now, n)
+                self.row(name).written += n
             case RequestRetried(endpoint=name):
                 self.row(name).retries += 1
             case RequestFailed(endpoint=name):
@@ -183,6 +189,10 @@ class ProgressModel:
             return 0.0
         return row.request_rate.rate(row.finished or self.now(), row.started)
 
+    def wait_per_request(self, row: EndpointProgress) -> float:
+        """Mean seconds a request waited on the limits (rate windows, concurrency)."""
+        return row.waited / row.requests if row.requests else 0.0
+
     def in_flight(self, row: EndpointProgress) -> int:
         if self.in_flight_sampler is not None:
             return self.in_flight_sampler(row.name)
@@ -196,7 +206,7 @@ class ProgressModel:
             final = row.finished is not None or (parent is not None and parent.finished is not None)
             return Progress(row.jobs_done, row.jobs_queued, "jobs", final)
         if row.records_expected:
-            return Progress(row.records, row.records_expected, "records", True)
+            return Progress(row.received, row.records_expected, "records", True)
         return None
 
     def eta(self, row: EndpointProgress) -> float | None:

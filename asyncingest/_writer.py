@@ -124,6 +124,8 @@ class Writer:
         self._committed = 0
         self._final: BarrierResult | None = None
         self._finishing = False
+        self._failed: BaseException | None = None  # why the writer task ended early
+        self._answering: Barrier | None = None  # the barrier being made durable
         self.task: asyncio.Task[None] | None = None
         # The CPU stage, when the endpoint has a transform (attach_transform).
         self.pipe: TransformPipe | None = None
@@ -186,7 +188,9 @@ class Writer:
         engine shields its checkpoints from cancellation).
         """
         b = Barrier()
-        if self.task is None:  # not started: nothing written, nothing pending
+        if self._failed is not None:  # a dead writer answers no barrier: say so at once
+            _fail(b, self.name, self._failed)
+        elif self.task is None:  # not started: nothing written, nothing pending
             b.future.set_result(self._snapshot())
         elif self._finishing:  # the final answer comes when the writer has closed the sink
             self.task.add_done_callback(lambda _: self._answer_final(b))
@@ -196,7 +200,9 @@ class Writer:
         return b.future
 
     def _answer_final(self, b: Barrier) -> None:
-        if not b.future.done():
+        if self._failed is not None:
+            _fail(b, self.name, self._failed)
+        elif not b.future.done():
             b.future.set_result(self._take_final())
 
     def finish(self) -> None:
@@ -212,7 +218,17 @@ class Writer:
     async def _run(self) -> None:
         try:
             await self._apply_until_done()
-        except BaseException:
+        except BaseException as exc:
+            # Every barrier waiting on this writer fails with it: a checkpoint must not wait
+            # for an answer that will never come.
+            self._failed = exc
+            waiting = [self._answering] if self._answering is not None else []
+            while self.inbox:
+                item = self.inbox.pop()
+                if isinstance(item, Barrier):
+                    waiting.append(item)
+            for b in waiting:
+                _fail(b, self.name, exc)
             if self.pipe is not None:  # a hard stop or a failure: no batch left running
                 await self.pipe.aclose()
             raise
@@ -229,11 +245,13 @@ class Writer:
                 self._final = self._snapshot(self._take_progress(), finished=True)
                 return
             if isinstance(item, Barrier):
+                self._answering = item
                 if self.pipe is not None:
                     await self.pipe.drain()
                 await self._write_buffer()
                 await self._in_files(self._sync)
                 item.future.set_result(self._snapshot(self._take_progress()))
+                self._answering = None
                 continue
             self._apply(item)
             if self.pipe is not None:
@@ -310,6 +328,17 @@ class Writer:
             if len(tfiles) > self._tcommitted:
                 self.ledger.committed(tfiles[self._tcommitted :])
             self._tcommitted = len(tfiles)
+
+
+def _fail(b: Barrier, name: str, cause: BaseException) -> None:
+    if b.future.done():
+        return
+    if isinstance(cause, asyncio.CancelledError):
+        b.future.cancel()
+        return
+    err = RuntimeError(f"{name}: the writer failed ({cause!r}); no checkpoint of it")
+    err.__cause__ = cause
+    b.future.set_exception(err)
 
 
 def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:

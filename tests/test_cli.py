@@ -186,6 +186,7 @@ RUN_MISTAKES = [
     (["run", "{good}", "--mode", "sync", "--stop-timeout", "5"], "--stop-timeout: not available"),
     (["run", "{transform}", "--mode", "sync", "-o", "{folder}/o"], "endpoints[items].transform"),
     (["run", "{good}", "--output", "{a_file}/out"], "--output: "),
+    (["run", "{good}", "--output="], "--output: is empty"),
     (["run", "{good}", "--set", "output.directory={a_file}"], "output.directory: "),
     (["plan", "{good}", "--sample", "-1"], "--sample"),
     (["plan", "{good}", "--sample", "some"], "--sample"),

@@ -30,6 +30,7 @@ from asyncingest._progress import (
     LiveProgress,
     PlainProgress,
     make_display,
+    plain_line,
     render_progress,
     summary_table,
 )
@@ -82,7 +83,7 @@ def test_counts_per_endpoint(model: ProgressModel) -> None:
     model(RecordsRejected("laps", 2, "no key"))
     row = model.rows["laps"]
     assert (row.requests, row.throttled, row.retries, row.failed) == (2, 1, 1, 1)
-    assert (row.records, row.rejected, row.waited) == (100, 2, 1.5)
+    assert (row.received, row.written, row.rejected, row.waited) == (1, 100, 2, 1.5)
     assert list(model.rows) == ["laps", "weather"]
 
 
@@ -142,7 +143,8 @@ def test_total_reported_by_the_api(model: ProgressModel) -> None:
     model(EndpointStarted("meetings", None, None))
     assert model.progress(model.rows["meetings"]) is None
     model(RecordsExpected("meetings", 400))
-    model(RecordsWritten("meetings", 100))
+    for _ in range(100):
+        model(request("meetings"))  # one record each
     p = model.progress(model.rows["meetings"])
     assert p is not None and (p.done, p.total, p.unit) == (100, 400, "records")
 
@@ -168,10 +170,12 @@ async def test_plain_line_every_interval(model: ProgressModel, clock: FakeClock)
         await clock.advance(5.0)
         await requests_at(model, clock, 16, 5)  # to t=10: 80 requests in the last 5 s
         model(RequestStarted("laps", "GET", "https://x/", 1))
-        assert out.getvalue() == "laps: 41,200 records, 80 req, 3 retries, 0 failed, 16.0 req/s\n"
+        assert out.getvalue() == (
+            "laps: 80 records (41,200 written), 80 req, 3 retries, 0 failed, 16.0 req/s\n"
+        )
         await clock.advance(10.0)  # a stall still prints, and shows 0.0 req/s
     assert out.getvalue().splitlines()[-1] == (
-        "laps: 41,200 records, 80 req, 3 retries, 0 failed, 0.0 req/s"
+        "laps: 80 records (41,200 written), 80 req, 3 retries, 0 failed, 0.0 req/s"
     )
 
 
@@ -183,7 +187,9 @@ async def test_plain_prints_done_at_once_and_skips_finished(
         plain(EndpointStarted("laps", None, None))
         plain(EndpointStarted("weather", None, None))
         plain(done("laps"))
-        assert out.getvalue() == "laps: 0 records, 0 req, 0 retries, 0 failed, 0.0 req/s, done\n"
+        assert out.getvalue() == (
+            "laps: 0 records (0 written), 0 req, 0 retries, 0 failed, 0.0 req/s, done\n"
+        )
         await clock.advance(10.0)
     assert out.getvalue().splitlines()[1].startswith("weather: ")
     assert len(out.getvalue().splitlines()) == 2
@@ -202,7 +208,8 @@ async def test_plain_line_with_progress_eta_breaker_budget_and_pause(clock: Fake
         plain(RatePaused("api", "users", 12.0, "HTTP 429, Retry-After 12s", True))
         await clock.advance(5.0)
     assert out.getvalue().splitlines() == [
-        "users: 0 records, 0 req, 0 retries, 0 failed, 0.0 req/s, 40/160 jobs (25%), ETA 30s, "
+        "users: 0 records (0 written), 0 req, 0 retries, 0 failed, 0.0 req/s, 40/160 jobs (25%), "
+        "ETA 30s, "
         "breaker half-open",
         "budget api: 170/10s 85 used (50%)",
         "api paused 7s more: HTTP 429, Retry-After 12s",
@@ -271,3 +278,44 @@ async def test_plain_says_at_once_when_a_budget_is_used_up(
         plain(BudgetExhausted("users", "api", 3600.0, 1_700_006_400.0, reason))
     assert out.getvalue() == f"users: {reason}\n"
     assert model.notices == [reason]
+
+
+# -- what the figures mean -------------------------------------------------------------------
+
+
+def test_records_count_as_pages_arrive_not_when_the_writer_takes_them(
+    model: ProgressModel,
+) -> None:
+    model(EndpointStarted("laps", None, None))
+    for _ in range(3):  # three pages of 50 records; the writer has not written a row group yet
+        model(RequestFinished("laps", "GET", "https://x/", 200, 1, True, 0.1, 0.0, 10, 50))
+    model(RequestFinished("laps", "GET", "https://x/", 503, 1, False, 0.1, 0.0, 10, 0))
+    row = model.rows["laps"]
+    assert (row.received, row.written) == (150, 0)
+    assert plain_line(model, row).startswith("laps: 150 records (0 written), 4 req")
+    model(RecordsWritten("laps", 150))
+    assert plain_line(model, row).startswith("laps: 150 records (150 written), 4 req")
+
+
+def test_limiter_wait_is_shown_as_the_mean_per_request(model: ProgressModel) -> None:
+    model(EndpointStarted("laps", None, None))
+    for wait in (0.2, 0.4, 0.6, 0.8):  # 2 s summed over 4 requests waiting side by side
+        model(request(wait=wait))
+    row = model.rows["laps"]
+    assert model.wait_per_request(row) == pytest.approx(0.5)
+    assert plain_line(model, row).endswith(", 500ms/req limiter wait")
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(render_progress(model))
+    header, line = out.getvalue().splitlines()[1:3]
+    assert "wait/req" in header and "waited" not in header
+    assert line.split()[-2] == "500ms"
+
+
+def test_the_report_shows_the_mean_limiter_wait_per_request() -> None:
+    stats = EndpointStats("laps")
+    stats.requests, stats.limiter_wait = 4, 2.0
+    result = RunResult("r1", "out", (stats.summary(),), 3.0)
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(summary_table(result))
+    text = out.getvalue()
+    assert "wait/req" in text and "500ms" in text and "mean time a request waited" in text

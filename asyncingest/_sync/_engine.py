@@ -40,6 +40,7 @@ from .._events import (
     Subscriber,
 )
 from .._ledger import EndpointLedger
+from .._lock import OutputLock
 from .._records import Job
 from .._request import base_url_of
 from .._result import RunResult
@@ -122,6 +123,15 @@ class SyncEngine:
         )
 
     def run(self) -> RunResult:
+        """Run to the end holding the output folder (``OutputLocked`` when another run does)."""
+        lock = OutputLock(self.output)
+        lock.acquire()  # before --fresh deletes anything or the output is checked
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> RunResult:
         cfg = self.config
         credentials = credentials_from_env(cfg)
         for e in cfg.endpoints:
