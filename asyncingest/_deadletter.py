@@ -70,6 +70,15 @@ class DeadLetters:
             }
         )
 
+    def job_refused(
+        self, *, job: int, reason: str, variables: dict[str, Any], copy: dict[str, Any]
+    ) -> None:
+        """A job that was never sent (a value that cannot be bound safely); not re-queued by
+        ``--retry-failed``, which would refuse it again."""
+        self._write(
+            {"kind": "job", "job": job, "reason": reason, "variables": variables, "copy": copy}
+        )
+
     def record_rejected(self, *, record: Any, reason: str) -> None:
         self._write({"kind": "record", "reason": reason, "record": record})
 

@@ -36,6 +36,7 @@ from ._http import Failure
 from ._records import Job
 from ._request import Page, Request
 from ._result import EndpointStats, EndpointSummary
+from ._retry import FailureKind
 
 
 class EndpointLedger:
@@ -150,6 +151,20 @@ class EndpointLedger:
             "copy": job.copy,
             "request": request_to_json(request),
         }
+
+    def refused(self, job: Job, reason: str) -> dict[str, Any]:
+        """A job was refused before any request (an unsafe value for its path): count it as a
+        failed request of its own kind, tell the subscribers, and return its dead letter (the
+        keyword arguments of ``DeadLetters.job_refused``)."""
+        why = self._redact(reason)
+        kind = FailureKind.UNSAFE_PATH_VALUE.value
+        with self._lock:
+            st = self.stats
+            st.failed_requests += 1
+            st.failures[kind] += 1
+            st.note_error(f"job {job.number}: {why}")
+            self._emit(RequestFailed(self.name, f"job {job.number}", why, 0, None))
+        return {"job": job.number, "reason": why, "variables": job.variables, "copy": job.copy}
 
     # -- jobs and records ----------------------------------------------------------------------
 

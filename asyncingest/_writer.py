@@ -345,5 +345,9 @@ def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:
     return lambda dead: dead.request_failed(**entry)
 
 
+def dead_job(**entry: Any) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.job_refused(**entry)
+
+
 def dead_record(record: Any, reason: str) -> Callable[[DeadLetters], None]:
     return lambda dead: dead.record_rejected(record=record, reason=reason)
