@@ -32,6 +32,8 @@ from yarl import URL
 from ._config import PipelineConfig
 from ._crashpoints import crash_point
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
+from ._json import dumps as json_dumps
+from ._json import loads as json_loads
 from ._rangeset import RangeSet
 from ._request import Request
 
@@ -243,7 +245,7 @@ class Journal:
 
     def append(self, variables: dict[str, Any], copy: dict[str, Any]) -> int:
         assert self._fh is not None
-        line = orjson.dumps({"v": variables, "c": copy}, default=str) + b"\n"
+        line = json_dumps({"v": variables, "c": copy}, default=str) + b"\n"  # ints exact
         self._fh.write(line)
         self.nbytes += len(line)
         self.lines += 1
@@ -268,7 +270,7 @@ class Journal:
             for n, raw in enumerate(fh):
                 if n >= lines:
                     break
-                entry = orjson.loads(raw)
+                entry = json_loads(raw)
                 yield n, entry["v"], entry["c"]
 
 

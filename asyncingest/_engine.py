@@ -367,7 +367,7 @@ class Engine:
                 client=client,
                 limits=self._limits_for(e, workers),
                 policy=policy,
-                sink=ParquetSink(self.output, e.name, options, e.schema_),
+                sink=ParquetSink(self.output, e.name, options, e.schema_, e.columns),
                 dead_letters=DeadLetters(self.output, e.name),
                 journal=journal,
                 events=self.events,
