@@ -34,6 +34,7 @@ from ._checkpoint import (
     save_state,
 )
 from ._clock import BoundLoopClock, Clock, LoopClock
+from ._compact import CompactOptions, compact_folders, recover
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
@@ -53,7 +54,7 @@ from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
-from ._result import RunResult
+from ._result import Compaction, RunResult
 from ._resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
@@ -254,19 +255,25 @@ class Engine:
             prepare, cfg, self.output, fresh=self.fresh, retry_failed=self.retry_failed
         )
         state = self.state = start.state
+        folders = {e.name: e.name for e in cfg.endpoints}
+        folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
+        # A compaction cut short by a kill is finished first (it was committed), or its
+        # staging files deleted (it was not); an output already complete gets it done now.
+        if await asyncio.to_thread(recover, self.output, state):
+            await asyncio.to_thread(save_state, self.output, state)
         if start.already_complete:
-            failed, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
+            merged = await self._compact(list(folders))
+            dead, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
             return RunResult(
                 self.run_id,
                 str(self.output),
                 (),
                 0.0,
                 note="already complete",
-                dead_requests=failed,
+                compacted=merged,
+                dead_requests=dead,
                 dead_records=refused,
             )
-        folders = {e.name: e.name for e in cfg.endpoints}
-        folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
         await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
@@ -282,6 +289,7 @@ class Engine:
         )
         cancelled = failed = False
         left = (0, 0)  # dead letters the finished output holds
+        compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
             pool = TransformPool(cfg.api.concurrency.cpu_workers)
@@ -318,6 +326,7 @@ class Engine:
                 checkpointer.cancel()
                 await asyncio.gather(checkpointer, return_exceptions=True)
                 await self._checkpoint(final=True)
+                compacted = await self._compact(list(folders))
                 if state.status == "complete":
                     left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
@@ -345,6 +354,7 @@ class Engine:
                     note=self.stop_reason or ("resumed" if start.resumed else ""),
                     dead_requests=left[0],
                     dead_records=left[1],
+                    compacted=compacted,
                 )
                 try:
                     await asyncio.shield(asyncio.to_thread(self._write_report, result))
@@ -380,7 +390,7 @@ class Engine:
                 client=client,
                 limits=self._limits_for(e, workers),
                 policy=policy,
-                sink=ParquetSink(self.output, e.name, options, e.schema_),
+                sink=ParquetSink(self.output, e.name, options, e.schema_, e.columns),
                 dead_letters=DeadLetters(self.output, e.name),
                 journal=journal,
                 events=self.events,
@@ -444,6 +454,16 @@ class Engine:
         files.shutdown(wait=True, cancel_futures=True)
         for r in self.runners.values():
             r.writer.abandon()
+
+    async def _compact(self, folders: list[str]) -> tuple[Compaction, ...]:
+        """Merge each folder's small committed files (after the final checkpoint: the state
+        and the files no longer change). Shielded: a commit is not left half done."""
+        assert self.state is not None
+        options = CompactOptions.from_config(self.config.output)
+        done = await asyncio.shield(
+            asyncio.to_thread(compact_folders, self.output, self.state, folders, options)
+        )
+        return tuple(done)
 
     def _write_report(self, result: RunResult) -> None:
         assert self.state is not None

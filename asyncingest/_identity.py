@@ -7,6 +7,8 @@ checkpoint stores it with its hash (the fingerprint), so a refused resume names 
 that changed (``api.base_url: http://a -> http://b``) instead of two hashes. Rate limits,
 concurrency, retries, timeouts and credentials are not part of it: they may change.
 Secrets are never in it (they come from the environment; a password in the URL is masked).
+Endpoint fields at their default are left out, so a setting a later asyncingest adds (at
+its default) does not refuse an output an earlier one started.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ def identity(cfg: PipelineConfig, *, masked: bool = True) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "base_url": _masked(url) if masked else url,
         "endpoints": [
-            e.model_dump(mode="json", exclude={"rate_limits", "concurrency"}, by_alias=True)
+            e.model_dump(
+                mode="json",
+                exclude={"rate_limits", "concurrency"},
+                by_alias=True,
+                exclude_defaults=True,  # a setting added later, at its default, changes nothing
+            )
             for e in cfg.endpoints
         ],
         "output": cfg.output.model_dump(mode="json", include={"compression"}),

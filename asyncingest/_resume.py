@@ -29,6 +29,7 @@ from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ._deadletter import count_left
 from ._errors import ConfigError, Problem, state_corrupt
 from ._identity import fingerprint, identity, refusal
+from ._json import loads as json_loads
 from ._request import Request
 from ._writer import BarrierResult
 
@@ -91,7 +92,7 @@ def requeue_failed(output: Path, state: RunState) -> int:
         data = path.read_bytes()[: es.dead_letter_bytes]
         for i, line in enumerate(data.splitlines(keepends=True), 1):
             try:
-                entry = orjson.loads(line)
+                entry = json_loads(line)
             except orjson.JSONDecodeError as exc:
                 raise state_corrupt(path, f"line {i} cannot be read ({exc})") from exc
             if entry.get("kind") == "request" and "job" in entry:
