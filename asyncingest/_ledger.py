@@ -14,7 +14,7 @@ stay exact and events leave one at a time per endpoint. See docs/architecture.md
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,13 @@ class EndpointLedger:
             self.stats.records_written += accepted
             if accepted:
                 self._emit(RecordsWritten(self.name, accepted))
+
+    def schema_noted(self, dropped: Mapping[str, int], json_fallbacks: Mapping[str, str]) -> None:
+        """The sink's schema report so far: undeclared fields dropped (``only_declared``) and
+        inferred columns that fell back to JSON text."""
+        with self._lock:
+            self.stats.dropped_fields = dict(dropped)
+            self.stats.json_fallbacks = dict(json_fallbacks)
 
     def breaker_changed(self, t: Transition) -> None:
         """The endpoint's circuit breaker moved (counted for the run report, and reported)."""

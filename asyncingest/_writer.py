@@ -284,6 +284,7 @@ class Writer:
             self.dead.record_rejected(record=rej.record, reason=rej.reason)
             self.ledger.rejected(rej.reason)
         self.ledger.written(len(records) - len(rejected))
+        self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self._announce_files()
 
     def _sync(self) -> None:

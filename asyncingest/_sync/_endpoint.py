@@ -253,6 +253,7 @@ class _Writer:
             self.ledger.rejected(rej.reason)
             self.dead.record_rejected(rej.record, rej.reason)
         self.ledger.written(len(batch) - len(rejected))
+        self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self.ledger.committed(committed)
 
     def close(self) -> None:
