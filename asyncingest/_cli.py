@@ -400,10 +400,10 @@ def check_options(args: argparse.Namespace) -> None:
     """Options that parse but do not fit together: refused, never silently ignored."""
     problems = []
     if args.metrics_port is not None:
-        from ._metrics import MetricsUnavailable, _require
+        from ._metrics import MetricsUnavailable, require_prometheus
 
         try:
-            _require()
+            require_prometheus()
         except MetricsUnavailable:
             problems.append(
                 Problem(
@@ -411,6 +411,10 @@ def check_options(args: argparse.Namespace) -> None:
                     "Prometheus metrics need the metrics extra: pip install 'asyncingest[metrics]'",
                 )
             )
+    if getattr(args, "fresh", False) and getattr(args, "retry_failed", False):
+        problems.append(
+            Problem("--fresh", "--fresh deletes the dead letters --retry-failed would ask again")
+        )
     if getattr(args, "mode", "async") == "sync":
         for flag, value in (
             ("--retry-failed", args.retry_failed),

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ._config import PipelineConfig
+from ._config import FromFile, PipelineConfig
 from ._errors import ConfigError, Problem
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -88,8 +88,30 @@ def check_input_files(cfg: PipelineConfig, source: str) -> None:
             problems.append(Problem(where, f"file not found: {path}"))
         elif not os.access(path, os.R_OK):
             problems.append(Problem(where, f"file not readable: {path}"))
+        else:
+            problems += _first_ids_problems(e.name, e.from_file)
     if problems:
         raise ConfigError(source, problems)
+
+
+def _first_ids_problems(endpoint: str, spec: FromFile) -> list[Problem]:
+    """Read the file's first ids as the run would: a missing column or a file that is not in
+    ``file_format`` is a config problem, named with its field."""
+    from ._sources import check_ids_file
+
+    where = f"endpoints[{endpoint}].from_file"
+    try:
+        check_ids_file(spec)
+    except ConfigError as exc:
+        return [
+            Problem(f"{where}.{p.location.removeprefix('from_file.')}", p.message)
+            if p.location.startswith("from_file.")
+            else Problem(f"{where}.path", f"{spec.path}: {p}")
+            for p in exc.problems
+        ]
+    except Exception as exc:  # pyarrow, csv, decoding: what the file's bytes made of it
+        return [Problem(f"{where}.path", f"cannot read it as {spec.file_format}: {exc}")]
+    return []
 
 
 class _BoundedLoader(yaml.SafeLoader):

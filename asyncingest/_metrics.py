@@ -55,7 +55,7 @@ class MetricsUnavailable(ImportError):
         )
 
 
-def _require() -> None:
+def require_prometheus() -> None:
     try:
         import prometheus_client  # noqa: F401  # only to say clearly that it is missing
     except ImportError:
@@ -76,7 +76,7 @@ class Metrics:
         *,
         in_flight: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
-        _require()
+        require_prometheus()
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -273,7 +273,7 @@ class MetricsServer:
 
 def exposition(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
     """The scrape body and its content type (OpenMetrics when ``accept`` asks for it)."""
-    _require()
+    require_prometheus()
     from prometheus_client.exposition import choose_encoder
 
     encoder, content_type = choose_encoder(accept)

@@ -196,8 +196,9 @@ def status_lines(result: RunResult) -> list[str]:
 
 
 class LiveProgress:
-    """``async with LiveProgress(console, model) as live:`` then subscribe ``live``; refreshes
-    ``per_second`` times a second from a task on the loop."""
+    """``async with LiveProgress(console, model) as live:`` then subscribe ``live`` (not the
+    model too: ``live`` feeds it); refreshes ``per_second`` times a second from a task on the
+    loop."""
 
     def __init__(
         self,
@@ -239,7 +240,10 @@ class LiveProgress:
 
 class PlainProgress:
     """One line per running endpoint every ``every`` seconds (even while nothing happens, so
-    a stall shows), one when an endpoint finishes, plus the budget and any pause."""
+    a stall shows), one when an endpoint finishes, plus the budget and any pause.
+
+    Subscribe the display, not its model: it feeds the model each event itself (subscribing
+    both counts every event twice)."""
 
     def __init__(
         self,

@@ -187,6 +187,7 @@ RUN_MISTAKES = [
     (["run", "{transform}", "--mode", "sync", "-o", "{folder}/o"], "endpoints[items].transform"),
     (["run", "{good}", "--output", "{a_file}/out"], "--output: "),
     (["run", "{good}", "--output="], "--output: is empty"),
+    (["run", "{good}", "--fresh", "--retry-failed"], "--fresh: --fresh deletes the dead"),
     (["run", "{good}", "--set", "output.directory={a_file}"], "output.directory: "),
     (["plan", "{good}", "--sample", "-1"], "--sample"),
     (["plan", "{good}", "--sample", "some"], "--sample"),

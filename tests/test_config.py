@@ -290,3 +290,19 @@ def test_an_oversized_config_is_refused_before_parsing(tmp_path: Path) -> None:
 def test_a_directory_as_config_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory"):
         load_config(tmp_path)
+
+
+def test_validate_names_a_missing_column_and_a_file_in_another_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path, "id\n1\n", "ids.csv")
+    path = fan_out_config(tmp_path, "ids.csv")
+    assert main(["validate", str(path)]) == 2
+    assert "endpoints[users].from_file.column: no column 'user_id'" in capsys.readouterr().err
+    raw = json.loads(path.read_text())
+    raw["endpoints"][0]["from_file"]["format"] = "parquet"
+    path.write_text(json.dumps(raw))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "endpoints[users].from_file.path: cannot read it as parquet" in err
+    assert "Traceback" not in err
