@@ -32,6 +32,8 @@ from yarl import URL
 from ._config import PipelineConfig
 from ._crashpoints import crash_point
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
+from ._json import dumps as json_dumps
+from ._json import loads as json_loads
 from ._rangeset import RangeSet
 from ._request import Request
 
@@ -97,6 +99,9 @@ class EndpointState:
     journal_bytes: int = 0
     dead_letter_bytes: int = 0
     finished: bool = False
+    # A compaction committed but not finished (asyncingest._compact): hidden staging name ->
+    # final name of the merged files, and the files they replace.
+    compaction: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +112,7 @@ class EndpointState:
             "journal_bytes": self.journal_bytes,
             "dead_letter_bytes": self.dead_letter_bytes,
             "finished": self.finished,
+            "compaction": self.compaction,
         }
 
     @classmethod
@@ -119,6 +125,7 @@ class EndpointState:
             journal_bytes=int(d["journal_bytes"]),
             dead_letter_bytes=int(d["dead_letter_bytes"]),
             finished=bool(d["finished"]),
+            compaction=d.get("compaction"),
         )
 
 
@@ -238,7 +245,7 @@ class Journal:
 
     def append(self, variables: dict[str, Any], copy: dict[str, Any]) -> int:
         assert self._fh is not None
-        line = orjson.dumps({"v": variables, "c": copy}, default=str) + b"\n"
+        line = json_dumps({"v": variables, "c": copy}, default=str) + b"\n"  # ints exact
         self._fh.write(line)
         self.nbytes += len(line)
         self.lines += 1
@@ -263,7 +270,7 @@ class Journal:
             for n, raw in enumerate(fh):
                 if n >= lines:
                     break
-                entry = orjson.loads(raw)
+                entry = json_loads(raw)
                 yield n, entry["v"], entry["c"]
 
 

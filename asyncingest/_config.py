@@ -22,7 +22,18 @@ from pydantic import (
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
-FieldType = Literal["string", "int64", "float64", "bool", "timestamp", "date", "json"]
+FieldType = Literal[
+    "string",
+    "int64",
+    "float64",
+    "bool",
+    "timestamp",
+    "timestamp_ms",
+    "timestamp_us",
+    "timestamp_ns",
+    "date",
+    "json",
+]
 
 
 class _Model(BaseModel):
@@ -325,7 +336,16 @@ class EndpointConfig(_Model):
         "anything else is a wrong-shaped response",
     )
     primary_key: tuple[str, ...] = ()
-    schema_: dict[str, FieldType] | None = Field(None, alias="schema")
+    schema_: dict[str, FieldType] | None = Field(
+        None,
+        alias="schema",
+        description="types of some or all fields; fields not listed are inferred",
+    )
+    columns: Literal["all", "only_declared"] = Field(
+        "all",
+        description="all: every field is written (undeclared ones inferred); only_declared: "
+        "fields not in the schema are dropped and counted in the run report",
+    )
     pagination: Pagination = NoPagination()
     for_each: ForEach | None = None
     from_file: FromFile | None = None
@@ -385,10 +405,15 @@ class EndpointConfig(_Model):
                 f"template variables {missing} are not bound "
                 "(bind them with for_each.bind or from_file.column)"
             )
-        if self.schema_ and self.primary_key:
+        if self.columns == "only_declared":
+            if not self.schema_:
+                raise ValueError("columns: only_declared needs a schema (the columns to keep)")
             absent = [k for k in self.primary_key if k not in self.schema_]
             if absent:
-                raise ValueError(f"primary_key fields {absent} are not in the schema")
+                raise ValueError(
+                    f"primary_key fields {absent} are not in the schema, and "
+                    "columns: only_declared would drop them"
+                )
         return self
 
     @property
@@ -411,6 +436,13 @@ class OutputConfig(_Model):
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_rows: int = Field(10_000, ge=1)
     max_rows_per_file: int = Field(1_000_000, ge=1)
+    min_rows_per_file: int | None = Field(
+        None,
+        ge=1,
+        description="a finished run merges committed files smaller than this into files of "
+        "up to max_rows_per_file rows, so at most one file per folder is smaller "
+        "(default: half of max_rows_per_file)",
+    )
     checkpoint_seconds: float = Field(
         10.0,
         gt=0,
@@ -422,7 +454,16 @@ class OutputConfig(_Model):
     def _groups_fit(self) -> OutputConfig:
         if self.row_group_rows > self.max_rows_per_file:
             raise ValueError("row_group_rows cannot exceed max_rows_per_file")
+        if self.min_rows_per_file is not None and self.min_rows_per_file > self.max_rows_per_file:
+            raise ValueError("min_rows_per_file cannot exceed max_rows_per_file")
         return self
+
+    @property
+    def min_rows(self) -> int:
+        """``min_rows_per_file``, or its default: half of ``max_rows_per_file`` (at least 1)."""
+        if self.min_rows_per_file is not None:
+            return self.min_rows_per_file
+        return max(1, self.max_rows_per_file // 2)
 
 
 class PipelineConfig(_Model):

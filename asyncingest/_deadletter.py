@@ -3,6 +3,11 @@
 One JSON-lines file per endpoint under ``OUTPUT/_dead_letter/<endpoint>/``. The leading
 underscore keeps the folder out of ``pyarrow.dataset`` discovery of the output. URLs arrive
 here already redacted by the HTTP layer.
+
+Writing a dead letter never fails on what it carries: integers beyond 64 bits are written
+exactly; a record that cannot be JSON at all (nested 255 levels or more, which orjson reads
+but will not write) is kept as truncated text (``"record"`` a string, ``"record_truncated":
+true``) and the reason says why, so one poisonous record costs one dead letter, not the run.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
+from ._json import dumps, truncated_text
 
 FOLDER = "_dead_letter"
+#: How much of a record that cannot be written as JSON is kept (as text).
+TRUNCATED_CHARS = 10_000
 
 
 class DeadLetters:
@@ -29,7 +36,7 @@ class DeadLetters:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("ab")
         entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        line = orjson.dumps(entry, default=str) + b"\n"
+        line = _encode(entry) + b"\n"
         self._fh.write(line)
         self.nbytes += len(line)
         self.count += 1
@@ -63,6 +70,15 @@ class DeadLetters:
             }
         )
 
+    def job_refused(
+        self, *, job: int, reason: str, variables: dict[str, Any], copy: dict[str, Any]
+    ) -> None:
+        """A job that was never sent (a value that cannot be bound safely); not re-queued by
+        ``--retry-failed``, which would refuse it again."""
+        self._write(
+            {"kind": "job", "job": job, "reason": reason, "variables": variables, "copy": copy}
+        )
+
     def record_rejected(self, *, record: Any, reason: str) -> None:
         self._write({"kind": "record", "reason": reason, "record": record})
 
@@ -81,3 +97,17 @@ class DeadLetters:
 
     def __repr__(self) -> str:
         return f"DeadLetters({self.path}, count={self.count})"
+
+
+def _encode(entry: dict[str, Any]) -> bytes:
+    try:
+        return dumps(entry, default=str)
+    except TypeError as exc:  # nested too deep for JSON text
+        why = f"not writable as JSON ({exc}): kept as truncated text"
+        for key in ("record", "variables", "copy", "request"):
+            if key in entry:
+                entry[key] = truncated_text(entry[key], TRUNCATED_CHARS)
+        if "record" in entry:
+            entry["record_truncated"] = True
+        entry["reason"] = f"{entry.get('reason', '')}; {why}".lstrip("; ")
+        return dumps(entry, default=str)

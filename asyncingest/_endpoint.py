@@ -29,7 +29,7 @@ from ._crashpoints import crash_point
 from ._deadletter import DeadLetters
 from ._events import EventBus, JobFinished, RecordsExpected, RequestStarted
 from ._guards import EndpointGuards
-from ._http import Failure, HttpClient, Response
+from ._http import STOPPED, Failure, HttpClient, Response
 from ._ledger import EndpointLedger
 from ._limiter import Limit, Permit
 from ._pagination import PaginationLoop, paginator_for
@@ -42,10 +42,10 @@ from ._records import (
     parse_page,
     split_by_key,
 )
-from ._request import Page, Request, RequestTemplate, lookup
+from ._request import Page, Request, RequestTemplate, UnsafePathValue, lookup
 from ._retry import FailureKind, RetryPolicy
 from ._sink import ParquetSink
-from ._writer import PageDone, Token, Writer, dead_record, dead_request
+from ._writer import PageDone, Token, Writer, dead_job, dead_record, dead_request
 
 T = TypeVar("T")
 
@@ -78,6 +78,10 @@ class EndpointRunner:
         self._try_acquire: Callable[[str], Permit | None] | None = getattr(
             limits, "try_acquire", None
         )
+        # Asked by the client for each redirect hop's own slot.
+        self._acquire_hop = self._acquire_again
+        # Links the API sends back may carry the secret; kept requests must not.
+        self._scrub = client.scrub if client.credentials is not None else None
         self.policy = policy
         self.events = events
         self._listening = events.listening
@@ -216,9 +220,15 @@ class EndpointRunner:
     # ------------------------------------------------------------------ one job
 
     async def _walk(self, job: Job) -> None:
-        request: Request | None = job.resume or self.paginator.first(
-            self.template.build(job.variables)
-        )
+        request: Request | None = job.resume
+        if request is None:
+            try:
+                request = self.paginator.first(self.template.build(job.variables))
+            except UnsafePathValue as exc:
+                dead = dead_job(**self.ledger.refused(job, str(exc)))
+                await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
+                self.events.emit(JobFinished(self.name, False, 0))
+                return
         pages = 0
         while request is not None:
             if self.stopping:
@@ -235,6 +245,8 @@ class EndpointRunner:
                     self.events.emit(RecordsExpected(self.name, total))
             try:
                 next_request = self.paginator.next(page)
+                if next_request is not None and self._scrub is not None:
+                    next_request = self._scrub(next_request)
             except PaginationLoop as exc:
                 await self._deliver(page, job, None)
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))
@@ -289,14 +301,18 @@ class EndpointRunner:
                 url = self.client.display_url(request)
                 self.events.emit(RequestStarted(self.name, request.method, url, attempt))
             try:
-                result = await self.client.fetch(request)
+                # The client releases the permit (and takes one per redirect hop).
+                result = await self.client.fetch(request, permit, self._acquire_hop)
             except BaseException:
                 if guards is not None:
                     guards.abandoned(ticket)
                 raise
             finally:
-                permit.release()
                 self.in_flight -= 1
+            if result is STOPPED:
+                if guards is not None:
+                    guards.abandoned(ticket)
+                return None  # stopping: the resumed run asks for this page again
             now = time()
             duration = now - t0 - waited
             outcome: Page | Failure
@@ -336,6 +352,13 @@ class EndpointRunner:
             await self._interruptible(self.clock.sleep(decision.wait))
             if self.stopping:
                 return None  # not recorded: the resumed run asks for this page again
+
+    async def _acquire_again(self) -> Permit | None:
+        """A slot for one more request of this endpoint (a redirect hop), or None if stopping."""
+        permit = self._try_acquire(self.name) if self._try_acquire is not None else None
+        if permit is not None:
+            return permit
+        return await self._interruptible(self.limits.acquire(self.name))
 
     def _give_up(
         self, request: Request, job: Job, failure: Failure, attempts: int, reason: str | None = None

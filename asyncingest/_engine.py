@@ -34,6 +34,7 @@ from ._checkpoint import (
     save_state,
 )
 from ._clock import BoundLoopClock, Clock, LoopClock
+from ._compact import CompactOptions, compact_folders, recover
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
@@ -53,7 +54,7 @@ from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
-from ._result import RunResult
+from ._result import Compaction, RunResult
 from ._resume import JobPlan, apply, prepare, write_run_report
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
@@ -252,10 +253,17 @@ class Engine:
             prepare, cfg, self.output, fresh=self.fresh, retry_failed=self.retry_failed
         )
         state = self.state = start.state
-        if start.already_complete:
-            return RunResult(self.run_id, str(self.output), (), 0.0, note="already complete")
         folders = {e.name: e.name for e in cfg.endpoints}
         folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
+        # A compaction cut short by a kill is finished first (it was committed), or its
+        # staging files deleted (it was not); an output already complete gets it done now.
+        if await asyncio.to_thread(recover, self.output, state):
+            await asyncio.to_thread(save_state, self.output, state)
+        if start.already_complete:
+            compacted = await self._compact(list(folders))
+            return RunResult(
+                self.run_id, str(self.output), (), 0.0, note="already complete", compacted=compacted
+            )
         await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
@@ -270,6 +278,7 @@ class Engine:
             max_rows_per_file=cfg.output.max_rows_per_file,
         )
         cancelled = False
+        compacted = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
             pool = TransformPool(cfg.api.concurrency.cpu_workers)
@@ -306,6 +315,7 @@ class Engine:
                 checkpointer.cancel()
                 await asyncio.gather(checkpointer, return_exceptions=True)
                 await self._checkpoint(final=True)
+                compacted = await self._compact(list(folders))
             except asyncio.CancelledError:
                 cancelled = True
                 raise
@@ -325,6 +335,7 @@ class Engine:
                     cancelled=cancelled,
                     stopped=self.stopping,
                     note=self.stop_reason or ("resumed" if start.resumed else ""),
+                    compacted=compacted,
                 )
                 await asyncio.shield(asyncio.to_thread(self._write_report, result))
         self.events.emit(RunFinished(result))
@@ -356,7 +367,7 @@ class Engine:
                 client=client,
                 limits=self._limits_for(e, workers),
                 policy=policy,
-                sink=ParquetSink(self.output, e.name, options, e.schema_),
+                sink=ParquetSink(self.output, e.name, options, e.schema_, e.columns),
                 dead_letters=DeadLetters(self.output, e.name),
                 journal=journal,
                 events=self.events,
@@ -414,6 +425,16 @@ class Engine:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self.stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+
+    async def _compact(self, folders: list[str]) -> tuple[Compaction, ...]:
+        """Merge each folder's small committed files (after the final checkpoint: the state
+        and the files no longer change). Shielded: a commit is not left half done."""
+        assert self.state is not None
+        options = CompactOptions.from_config(self.config.output)
+        done = await asyncio.shield(
+            asyncio.to_thread(compact_folders, self.output, self.state, folders, options)
+        )
+        return tuple(done)
 
     def _write_report(self, result: RunResult) -> None:
         assert self.state is not None

@@ -5,12 +5,22 @@ It owns the things that keep secrets and the process safe:
 * credentials (bearer, API-key header or query parameter) are attached only to URLs on the
   configured origin (scheme, host, port); a next-page link or a redirect to another host
   gets the request without them;
-* redirects are followed here (at most 5), not by aiohttp, so that rule holds on every hop;
+* redirects are followed here (at most 5), not by aiohttp, so that rule holds on every hop,
+  and so every hop holds its own slot of the limits (``fetch``'s ``acquire``): a redirect is
+  one more request reaching the server; more hops than that fail as ``too many redirects``;
+* aiohttp's hidden re-send of an idempotent request on a reused connection the server closed
+  is turned off: that re-send would reach the server without a slot. The reset comes back as
+  a failure, and the retry policy retries it under a new slot;
+* a query parameter carrying the secret in a link the API sends back (next page, redirect)
+  is removed (:meth:`HttpClient.scrub`), so the secret is never kept in a request that is
+  persisted, and never sent to another origin; for ``query`` auth it is added back at send
+  time, for the configured origin only;
 * the whole request, body included, runs under the total deadline (kept coarsely by
   :class:`~asyncingest._deadlines.Deadlines`: one timer for all requests, not one each), and a
   gap between body chunks longer than ``read_timeout`` fails it, so a trickling body cannot
   hang a worker;
-* bodies larger than ``max_body_bytes`` are refused (from Content-Length, or while reading).
+* bodies larger than ``max_body_bytes`` are refused: from Content-Length, or counted on the
+  *decompressed* bytes while reading (a gzip bomb stops at the cap; it is never inflated whole).
 
 ``fetch`` never raises for network trouble: it returns a ``Response`` or a ``Failure``.
 """
@@ -19,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -30,6 +40,7 @@ from yarl import URL
 
 from ._config import ApiConfig
 from ._deadlines import Deadlines
+from ._limiter import Permit
 from ._request import Request
 from ._retry import FailureKind
 
@@ -63,6 +74,14 @@ class Failure:
     headers: Mapping[str, str] | None = None
 
 
+# What ``fetch`` returns when a graceful stop came while a redirect hop waited for its slot:
+# nothing was answered, so the caller records nothing (the resumed run asks again).
+STOPPED = Failure(FailureKind.CONNECTION, "stopped before a redirect hop was sent")
+
+# A hop's own slot of the limits: a permit, or None when the run is stopping.
+AcquireHop = Callable[[], Awaitable[Permit | None]]
+
+
 def origin(url: URL) -> tuple[str, str, int]:
     scheme = (url.scheme or "").lower()
     return (scheme, (url.host or "").lower(), url.port or (443 if scheme == "https" else 80))
@@ -86,6 +105,16 @@ class Credentials:
 
     def redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+    def scrub_url(self, url: URL) -> URL:
+        """``url`` without the query parameters that carry the secret (and, for ``query``
+        auth, without the auth parameter whatever its value): what may be kept and shown."""
+        if not url.raw_query_string:
+            return url
+        query = url.query
+        secret, name = self._secret, self._name if self._kind == "query" else None
+        kept = [(k, v) for k, v in query.items() if not ((secret and secret in v) or k == name)]
+        return url if len(kept) == len(query) else url.with_query(kept)
 
     @property
     def query_param(self) -> str | None:
@@ -136,7 +165,7 @@ class HttpClient:
             ssl=ssl_ctx,
             ttl_dns_cache=300,
         )
-        self._session = aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             raise_for_status=False,
@@ -145,6 +174,14 @@ class HttpClient:
             headers=self._headers,
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
+        # aiohttp re-sends an idempotent request once, inside one call, when a reused
+        # keep-alive connection turns out closed (ClientSession._request,
+        # "retry_persistent_connection"). That second arrival would carry no slot of the
+        # limits, so it is turned off the way aiohttp's own TestClient does; the failure comes
+        # back here and the retry policy asks again under a new slot.
+        if "_retry_connection" in aiohttp.ClientSession.ATTRS:
+            session._retry_connection = False
+        self._session = session
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -160,7 +197,32 @@ class HttpClient:
     def display_url(self, request: Request) -> str:
         return self.redact(str(request.full_url))
 
-    async def fetch(self, request: Request) -> Response | Failure:
+    def scrub(self, request: Request) -> Request:
+        """``request`` without the secret in its URL (a link the API echoed it into), so it can
+        be persisted (state, dead letters) and resumed: query auth re-adds it at send time."""
+        c = self.credentials
+        if c is None:
+            return request
+        url = c.scrub_url(request.url)
+        if url is request.url:
+            return request
+        state = request.state
+        if state == str(request.url):
+            state = str(url)  # a link paginator's state is the link
+        elif isinstance(state, str):
+            state = c.redact(state)
+        return replace(request, url=url, state=state)
+
+    async def fetch(
+        self, request: Request, permit: Permit | None = None, acquire: AcquireHop | None = None
+    ) -> Response | Failure:
+        """Send ``request`` (following redirects) and read the answer.
+
+        ``permit`` is the slot of the limits the first hop was granted; ``fetch`` releases it
+        once that hop's response is over. ``acquire`` is asked for a new slot before each
+        redirect hop (every hop is a request reaching the server); it returns None when the
+        run is stopping, and ``fetch`` then returns :data:`STOPPED`.
+        """
         # One coroutine for the deadline and the hops: every await level is paid again on each
         # of the several resumptions a request takes inside aiohttp.
         session = self._session
@@ -171,20 +233,33 @@ class HttpClient:
         deadlines.arm(task, self._total)
         url, params = request.url, list(request.params)
         method, body = request.method, request.json_body
+        status = 0
         try:
-            for _hop in range(MAX_REDIRECTS + 1):
+            for hop in range(MAX_REDIRECTS + 1):
+                if hop:
+                    # The last hop's response is over: its slot starts expiring, and this hop
+                    # waits for its own (given back first, so a concurrency cap cannot
+                    # deadlock with every worker holding one slot and wanting another).
+                    if permit is not None:
+                        held, permit = permit, None
+                        held.release()
+                    if acquire is not None:
+                        permit = await acquire()
+                        if permit is None:
+                            return STOPPED
                 if self.credentials is None and not params and body is None:
                     kwargs = _PLAIN  # the common case: no secret, no query, no body
                 else:
                     kwargs = self._kwargs(url, params, body)
                 try:
                     async with session.request(method, url, **kwargs) as resp:
-                        if resp.status in _REDIRECTS and "Location" in resp.headers:
+                        status = resp.status
+                        if status in _REDIRECTS and "Location" in resp.headers:
                             url = resp.url.join(URL(resp.headers["Location"]))
+                            if self.credentials is not None:
+                                url = self.credentials.scrub_url(url)
                             params = []
-                            if resp.status == 303 or (
-                                resp.status in (301, 302) and method == "POST"
-                            ):
+                            if status == 303 or (status in (301, 302) and method == "POST"):
                                 method, body = "GET", None
                             continue
                         return await self._read(resp)
@@ -193,7 +268,9 @@ class HttpClient:
                 except OSError as exc:
                     return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
             return Failure(
-                FailureKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects", status=310
+                FailureKind.TOO_MANY_REDIRECTS,
+                self.redact(f"more than {MAX_REDIRECTS} redirects, the last to {url}"),
+                status=status,
             )
         except asyncio.CancelledError:
             if deadlines.expired(task):
@@ -201,6 +278,8 @@ class HttpClient:
             raise
         finally:
             deadlines.disarm(task)
+            if permit is not None:
+                permit.release()
 
     def _kwargs(self, url: URL, params: list[tuple[str, str]], body: Any) -> dict[str, Any]:
         """``session.request`` arguments for one hop: the secret only for the origin."""
@@ -240,9 +319,12 @@ class HttpClient:
                 f"Content-Length {length} exceeds max_body_bytes {cap}",
                 status=resp.status,
             )
-        if length is not None:
-            data = await resp.read()
+        if length is not None and "Content-Encoding" not in resp.headers:
+            data = await resp.read()  # at most ``cap`` bytes, as sent
         else:
+            # Unknown length, or compressed (the length is the compressed size, and a gzip
+            # bomb inflates 1000-fold): count the decompressed bytes as they arrive; aiohttp
+            # inflates incrementally, a bounded piece per read.
             chunks, size = [], 0
             gap = self.api.http.read_timeout
             while True:
@@ -257,7 +339,9 @@ class HttpClient:
                 if size > cap:
                     return Failure(
                         FailureKind.BODY_TOO_LARGE,
-                        f"body exceeds max_body_bytes {cap}",
+                        f"body exceeds max_body_bytes {cap}"
+                        f"{' once decompressed' if 'Content-Encoding' in resp.headers else ''}"
+                        f" (stopped after {size} bytes)",
                         status=resp.status,
                     )
                 chunks.append(chunk)

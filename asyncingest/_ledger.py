@@ -14,7 +14,7 @@ stay exact and events leave one at a time per endpoint. See docs/architecture.md
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from ._http import Failure
 from ._records import Job
 from ._request import Page, Request
 from ._result import EndpointStats, EndpointSummary
+from ._retry import FailureKind
 
 
 class EndpointLedger:
@@ -151,6 +152,20 @@ class EndpointLedger:
             "request": request_to_json(request),
         }
 
+    def refused(self, job: Job, reason: str) -> dict[str, Any]:
+        """A job was refused before any request (an unsafe value for its path): count it as a
+        failed request of its own kind, tell the subscribers, and return its dead letter (the
+        keyword arguments of ``DeadLetters.job_refused``)."""
+        why = self._redact(reason)
+        kind = FailureKind.UNSAFE_PATH_VALUE.value
+        with self._lock:
+            st = self.stats
+            st.failed_requests += 1
+            st.failures[kind] += 1
+            st.note_error(f"job {job.number}: {why}")
+            self._emit(RequestFailed(self.name, f"job {job.number}", why, 0, None))
+        return {"job": job.number, "reason": why, "variables": job.variables, "copy": job.copy}
+
     # -- jobs and records ----------------------------------------------------------------------
 
     def jobs_submitted(self, n: int) -> None:
@@ -179,6 +194,13 @@ class EndpointLedger:
             self.stats.records_written += accepted
             if accepted:
                 self._emit(RecordsWritten(self.name, accepted))
+
+    def schema_noted(self, dropped: Mapping[str, int], json_fallbacks: Mapping[str, str]) -> None:
+        """The sink's schema report so far: undeclared fields dropped (``only_declared``) and
+        inferred columns that fell back to JSON text."""
+        with self._lock:
+            self.stats.dropped_fields = dict(dropped)
+            self.stats.json_fallbacks = dict(json_fallbacks)
 
     def breaker_changed(self, t: Transition) -> None:
         """The endpoint's circuit breaker moved (counted for the run report, and reported)."""

@@ -33,6 +33,7 @@ __all__ = [
     "make_display",
     "plain_line",
     "render_progress",
+    "schema_lines",
     "summary_table",
 ]
 
@@ -180,6 +181,20 @@ def summary_table(result: RunResult, model: ProgressModel | None = None) -> Tabl
             cells.append(f"{row.breaker}, opened {opened}x" if row is not None and opened else "")
         table.add_row(*cells)
     return table
+
+
+def schema_lines(result: RunResult) -> list[str]:
+    """What the schema did not keep as asked, per endpoint: fields dropped because they are
+    not declared (``columns: only_declared``), columns written as JSON text, and why."""
+    out = []
+    for e in result.endpoints:
+        if e.dropped_fields:
+            dropped = ", ".join(f"{k} x{v:,}" for k, v in sorted(e.dropped_fields.items()))
+            out.append(f"{e.name}: dropped (not in its schema, columns: only_declared): {dropped}")
+        if e.json_fallbacks:
+            text = ", ".join(f"{k} ({why})" for k, why in sorted(e.json_fallbacks.items()))
+            out.append(f"{e.name}: written as JSON text instead of typed columns: {text}")
+    return out
 
 
 def status_lines(result: RunResult) -> list[str]:

@@ -25,6 +25,7 @@ import orjson
 
 from ._config import EndpointConfig, ForEach
 from ._http import Failure
+from ._json import loads as json_loads
 from ._request import Page, Record, Request, WrongShape, extract_records, lookup
 from ._retry import FailureKind, Outcome, RetryDecision, RetryPolicy, parse_retry_after
 
@@ -55,8 +56,8 @@ def parse_page(
     data: Any = None
     if body and not body.isspace():
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
+            data = json_loads(body)  # orjson; integers beyond 64 bits exact
+        except orjson.JSONDecodeError as exc:  # also nesting beyond 1,024 levels
             return Failure(FailureKind.MALFORMED_JSON, f"malformed JSON: {exc}", status)
     try:
         records = extract_records(data, endpoint.records, endpoint.single_record)

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from ._logsub import LogFormat, json_line
-from ._progress import status_lines, summary_table
+from ._progress import schema_lines, status_lines, summary_table
 from ._progress_model import ProgressModel
 from ._result import RunResult
 
@@ -114,6 +114,8 @@ class Reporter:
             print_("responses by status (retried where retryable):", highlight=False)
             for status in statuses:
                 print_(f"  {status}", highlight=False, markup=False)
+        for note in schema_lines(result):
+            print_(note, highlight=False, markup=False, soft_wrap=True)
         for e in result.endpoints:
             if not e.ok:
                 print_(

@@ -24,6 +24,22 @@ class WrongShape(Exception):
     """The body parsed, but the records are not where the config says."""
 
 
+class UnsafePathValue(ValueError):
+    """A value bound into a URL path that would change which resource the path names.
+
+    ``.`` and ``..`` are dot segments: servers, proxies and URL joining resolve them to the
+    same or the parent path (``/ids/..`` is ``/``), and percent-encoding does not help
+    (``%2E%2E`` is decoded to ``..`` by many servers before routing). An empty value drops the
+    segment (``/ids/`` is the collection). Such a job is refused, never sent.
+    """
+
+    def __init__(self, name: str, value: object) -> None:
+        super().__init__(
+            f"{name}={value!r} would be sent as the path segment {value!r}, which a server "
+            "resolves to another path; refused"
+        )
+
+
 # Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and
 # the engine makes one per request.
 @dataclass(slots=True)
@@ -116,10 +132,14 @@ def _kind(v: Any) -> str:
 
 
 def render(template: str, variables: Mapping[str, Any], *, in_path: bool) -> str:
-    """Fill ``{placeholders}``; values bound into a path are percent-encoded."""
+    """Fill ``{placeholders}``; values bound into a path are one percent-encoded segment each
+    (``/``, ``?``, ``#``, ``%`` included), and dot segments are refused (UnsafePathValue)."""
     if "{" not in template:
         return template
-    values = {k: quote(_text(v), safe="") if in_path else _text(v) for k, v in variables.items()}
+    if in_path:
+        values = {k: _path_value(v, k) for k, v in variables.items() if "{" + k in template}
+    else:
+        values = {k: _text(v) for k, v in variables.items()}
     return template.format_map(values)
 
 
@@ -142,11 +162,19 @@ def _text(v: Any) -> str:
     return str(v)
 
 
-def _path_value(v: Any) -> str:
-    """``v`` percent-encoded for a path segment (what ``render(in_path=True)`` does)."""
+_UNSAFE_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def _path_value(v: Any, name: str = "value") -> str:
+    """``v`` percent-encoded as exactly one path segment (what ``render(in_path=True)`` does);
+    raises :class:`UnsafePathValue` for a dot segment or an empty value."""
     text = v if type(v) is str else _text(v)
     # ASCII letters and digits need no encoding: skip quote() for the usual ids.
-    return text if text.isascii() and text.isalnum() else quote(text, safe="")
+    if text.isascii() and text.isalnum():
+        return text
+    if text in _UNSAFE_SEGMENTS:
+        raise UnsafePathValue(name, v)
+    return quote(text, safe="")
 
 
 def _compile_path(template: str) -> list[tuple[str, str | None]] | None:
@@ -212,10 +240,10 @@ class RequestTemplate:
                 path = render(self._path, variables, in_path=True)
             elif len(pieces) == 1:  # the usual "users/{id}"
                 literal, name = pieces[0]
-                path = literal + _path_value(variables[name]) if name else literal
+                path = literal + _path_value(variables[name], name) if name else literal
             else:
                 path = "".join(
-                    literal + _path_value(variables[name]) if name else literal
+                    literal + _path_value(variables[name], name) if name else literal
                     for literal, name in pieces
                 )
             url = self.base_url.with_path(self._prefix + path, encoded=True)

@@ -28,6 +28,8 @@ class EndpointStats:
     finished: float = 0.0
     files: list[str] = field(default_factory=list)
     first_errors: list[str] = field(default_factory=list)  # a few reasons, for the summary
+    dropped_fields: dict[str, int] = field(default_factory=dict)  # only_declared: name -> values
+    json_fallbacks: dict[str, str] = field(default_factory=dict)  # column -> why not typed
 
     def note_error(self, reason: str) -> None:
         if len(self.first_errors) < 5:
@@ -52,6 +54,8 @@ class EndpointStats:
             duration=max(0.0, self.finished - self.started),
             files=tuple(self.files),
             first_errors=tuple(self.first_errors),
+            dropped_fields=dict(self.dropped_fields),
+            json_fallbacks=dict(self.json_fallbacks),
         )
 
 
@@ -74,6 +78,11 @@ class EndpointSummary:
     duration: float
     files: tuple[str, ...]
     first_errors: tuple[str, ...]
+    #: Fields dropped because the schema does not declare them (``columns: only_declared``):
+    #: name -> how many values were dropped.
+    dropped_fields: dict[str, int] = field(default_factory=dict)
+    #: Inferred columns written as JSON text instead of a typed (nested) column, and why.
+    json_fallbacks: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +94,16 @@ class EndpointSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class Compaction:
+    """One output folder's compaction at the end of a run: committed files before and after."""
+
+    folder: str
+    files: int  # committed files after
+    compacted_from: int  # committed files before
+    rows: int  # rows rewritten
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     run_id: str
     output: str
@@ -93,6 +112,7 @@ class RunResult:
     cancelled: bool = False  # stopped at once: only the last checkpoint counts
     stopped: bool = False  # stopped gracefully: state saved, the same command resumes
     note: str = ""  # "resumed", "already complete"
+    compacted: tuple[Compaction, ...] = ()  # folders whose small files were merged
 
     @property
     def ok(self) -> bool:

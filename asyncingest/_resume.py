@@ -29,6 +29,7 @@ from ._checkpoint import (
 from ._config import PipelineConfig
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ._errors import ConfigError, Problem
+from ._json import loads as json_loads
 from ._request import Request
 from ._writer import BarrierResult
 
@@ -88,7 +89,7 @@ def requeue_failed(output: Path, state: RunState) -> int:
         keep: list[bytes] = []
         data = path.read_bytes()[: es.dead_letter_bytes]
         for line in data.splitlines(keepends=True):
-            entry = orjson.loads(line)
+            entry = json_loads(line)
             if entry.get("kind") == "request" and "job" in entry:
                 es.partial[int(entry["job"])] = entry["request"]
                 total += 1

@@ -68,6 +68,8 @@ class FailureKind(enum.Enum):
     BODY_TOO_LARGE = "body too large"
     HTTP_STATUS = "HTTP status"
     CIRCUIT_OPEN = "circuit breaker open"
+    TOO_MANY_REDIRECTS = "too many redirects"
+    UNSAFE_PATH_VALUE = "unsafe path value"
 
 
 DEFAULT_RETRY_STATUSES: frozenset[int] = frozenset({408, 429, *range(500, 600)})
@@ -75,6 +77,8 @@ DEFAULT_RETRY_KINDS: frozenset[FailureKind] = frozenset(FailureKind) - {
     FailureKind.BODY_TOO_LARGE,  # the same request returns the same body
     FailureKind.HTTP_STATUS,  # decided by status, see RetryPolicy.retry_statuses
     FailureKind.CIRCUIT_OPEN,  # the breaker already waited as long as the request may
+    FailureKind.TOO_MANY_REDIRECTS,  # the same request is redirected the same way
+    FailureKind.UNSAFE_PATH_VALUE,  # never sent: the same value is refused again
 }
 
 
@@ -119,7 +123,9 @@ class RetryPolicy:
     ``max_attempts`` counts every attempt including the first. ``max_time`` is measured from the
     start of the first attempt: no retry starts after it (a wait that would pass it is shortened
     to end there, unless the server's Retry-After forbids that, in which case we give up).
-    ``max_retry_after`` caps how long a server may make us wait.
+    ``max_retry_after`` is the longest a server may make us wait: a longer ``Retry-After``
+    gives up at once (the request is dead-lettered; ``--retry-failed`` asks again later)
+    rather than sleeping for it or retrying early against the server's word.
     """
 
     max_attempts: int = 5
@@ -181,6 +187,12 @@ class RetryPolicy:
         what = str(outcome)
         if not self.retryable(outcome):
             return _give_up(f"{what} (not retryable)")
+        retry_after = outcome.retry_after
+        if retry_after is not None and retry_after > self.max_retry_after:
+            return _give_up(
+                f"gave up after {attempt} attempts: Retry-After {retry_after:g}s exceeds "
+                f"max_retry_after {self.max_retry_after:g}s: {what}"
+            )
         if attempt >= self.max_attempts:
             return _give_up(f"gave up after {attempt} attempts: {what}")
         remaining = self.max_time - elapsed
@@ -188,15 +200,9 @@ class RetryPolicy:
             return _give_up(
                 f"gave up after {attempt} attempts: max_time {self.max_time:g}s reached: {what}"
             )
-        retry_after = outcome.retry_after
-        if retry_after is not None and min(retry_after, self.max_retry_after) > remaining:
-            capped = (
-                f" exceeds max_retry_after {self.max_retry_after:g}s, which"
-                if retry_after > self.max_retry_after
-                else ""
-            )
+        if retry_after is not None and retry_after > remaining:
             return _give_up(
-                f"gave up after {attempt} attempts: Retry-After {retry_after:g}s{capped} "
+                f"gave up after {attempt} attempts: Retry-After {retry_after:g}s "
                 f"would pass max_time {self.max_time:g}s ({remaining:g}s left): {what}"
             )
         wait = min(self.delay(attempt, retry_after, _RNG if rng is None else rng), remaining)

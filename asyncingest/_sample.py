@@ -26,6 +26,7 @@ import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ._clock import Clock, LoopClock
@@ -36,7 +37,15 @@ from ._http import Failure, HttpClient, Response
 from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._pagination import PaginationLoop, Paginator, _number, paginator_for
 from ._records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
-from ._request import Page, Record, Request, RequestTemplate, base_url_of, lookup
+from ._request import (
+    Page,
+    Record,
+    Request,
+    RequestTemplate,
+    UnsafePathValue,
+    base_url_of,
+    lookup,
+)
 from ._sources import iter_ids
 
 WALKS = 5
@@ -167,7 +176,10 @@ class _Sampler:
         job: Job,
     ) -> tuple[WalkSample, list[Record]] | str:
         """One walk, as the engine walks it; or why it failed."""
-        request: Request | None = paginator.first(template.build(job.variables))
+        try:
+            request: Request | None = paginator.first(template.build(job.variables))
+        except UnsafePathValue as exc:
+            return str(exc)  # the run refuses this job too
         pages = records = 0
         total_records = total_pages = None
         kept: list[Record] = []
@@ -184,6 +196,8 @@ class _Sampler:
             kept.extend(page.records)
             try:
                 request = paginator.next(page)
+                if request is not None:
+                    request = self.client.scrub(request)  # no echoed secret to another host
             except PaginationLoop:
                 request = None
             if pages == 1:
@@ -207,11 +221,9 @@ class _Sampler:
             attempt += 1
             permit = await limits.acquire(e.name) if limits is not None else None
             t0 = clock.time()
-            try:
-                result = await self.client.fetch(request)
-            finally:
-                if permit is not None:
-                    permit.release()
+            # fetch releases the permit; each redirect hop takes its own slot.
+            hop = partial(limits.acquire, e.name) if limits is not None else None
+            result = await self.client.fetch(request, permit, hop)
             self.sampled.latencies.append(clock.time() - t0)
             outcome: Page | Failure
             if isinstance(result, Response):

@@ -25,11 +25,14 @@ Memory and layout
     row group plus one open writer are held; an endpoint is never held whole.
 
 Schema (types live in :mod:`asyncingest._schema`)
-    A declared schema never changes. An inferred one may widen (a new field, an undecided field
-    gets a type, int64 -> float64); the next row group then starts a new file with the wider
-    schema. At ``close()`` earlier files *of this sink* whose schema differs are rewritten to
-    the final schema, one row group at a time and with the same staging/fsync/rename steps, so
-    the folder has one schema again. Files from earlier runs are never rewritten.
+    Declared fields never change. Inferred ones may widen (a new field, an undecided field
+    gets a type, int64 -> float64 or decimal, a new struct field, a column falls back to JSON
+    text); the next row group then starts a new file with the wider schema. Every file records
+    the column kinds in its schema metadata (``asyncingest.types``). At ``close()`` earlier
+    files whose schema differs are rewritten to the final schema, one row group at a time and
+    with the same staging/fsync/rename steps, so the folder has one schema again. That
+    includes files an earlier run of this output committed (a resume): the sink starts from
+    the kinds the newest of them recorded.
 """
 
 from __future__ import annotations
@@ -41,11 +44,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from asyncingest._schema import BatchConverter, FieldType, RejectedRecord, conform
+from asyncingest._schema import (
+    BatchConverter,
+    Columns,
+    FieldType,
+    RejectedRecord,
+    conform,
+    fallbacks_of,
+    kinds_of,
+    same_schema,
+)
 
 from ._crashpoints import crash_point
 
@@ -114,11 +125,12 @@ class ParquetSink:
         name: str,
         options: SinkOptions,
         schema: Mapping[str, FieldType] | None = None,
+        columns: Columns = "all",
     ) -> None:
         self.name = name
         self.options = options
         self.directory = Path(root) / safe_dir_name(name)
-        self._converter = BatchConverter(schema)
+        self._converter = BatchConverter(schema, columns)
         _make_dir(self.directory)
         self._removed_stale = tuple(self._remove_stale())
         self._next_index = 1 + max(
@@ -133,12 +145,11 @@ class ParquetSink:
         self._reported = 0  # files[:_reported] were returned by flush()
         self._rows_written = 0
         self._closed = False
-        # Files an earlier run of this output committed (a resume): an inferred schema starts
-        # from the field types they recorded, and unify-at-close rewrites them too if the
-        # types widen, so the folder keeps one schema across runs.
+        # Files an earlier run of this output committed (a resume): inferred fields start
+        # from the kinds they recorded, and unify-at-close rewrites them too if the kinds
+        # widen, so the folder keeps one schema across runs.
         self._earlier: list[Path] = []
-        if schema is None:
-            self._adopt_earlier_files()
+        self._adopt_earlier_files()
 
     def _adopt_earlier_files(self) -> None:
         parts = sorted(
@@ -147,15 +158,15 @@ class ParquetSink:
         )
         for path in parts:
             file_schema = pq.read_schema(path)
-            types = _recorded_types(file_schema)
-            if types is None:
+            if kinds_of(file_schema) is None:
                 continue  # not written by asyncingest: leave it alone
             self._earlier.append(path)
             self._file_schemas[path] = file_schema
         if self._earlier:
-            types = _recorded_types(self._file_schemas[self._earlier[-1]])
-            assert types is not None
-            self._converter.seed(types)
+            newest = self._file_schemas[self._earlier[-1]]
+            kinds = kinds_of(newest)
+            assert kinds is not None
+            self._converter.seed(kinds, fallbacks_of(newest))
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -175,13 +186,18 @@ class ParquetSink:
         return list(self._files)
 
     @property
-    def dropped_fields(self) -> frozenset[str]:
-        """Record fields dropped because the declared schema lacks them (warn once each)."""
+    def dropped_fields(self) -> Mapping[str, int]:
+        """Fields dropped because they are not declared (``only_declared``): name -> values."""
         return self._converter.dropped_fields
 
     @property
-    def field_types(self) -> Mapping[str, FieldType | None]:
-        """Current schema; ``None`` marks a field seen only as null so far."""
+    def json_fallbacks(self) -> Mapping[str, str]:
+        """Inferred columns written as JSON text instead of a typed column, and why."""
+        return self._converter.json_fallbacks
+
+    @property
+    def field_types(self) -> Mapping[str, Any]:
+        """Current kinds (see ``_nested``); ``None`` marks a field seen only as null so far."""
         return self._converter.types
 
     @property
@@ -234,7 +250,7 @@ class ParquetSink:
         """Write row groups while a full one is buffered (or, with ``everything``, any rows)."""
         while self._pending_rows:
             schema = self._converter.arrow_schema()
-            if self._open is not None and not self._open.writer.schema.equals(schema):
+            if self._open is not None and not same_schema(self._open.writer.schema, schema):
                 self._commit()  # the schema widened: the rest goes to a new file
             room = self.options.max_rows_per_file - (self._open.rows if self._open else 0)
             size = min(self.options.row_group_rows, room)
@@ -260,16 +276,10 @@ class ParquetSink:
         final = self.directory / f"part-{self._next_index:05d}.parquet"
         self._next_index += 1
         staging = _staging_path(final)
-        writer = pq.ParquetWriter(
-            staging, self._with_types(schema), compression=self.options.compression
-        )
+        # The schema's metadata holds the kinds (json vs string, fields still undecided,
+        # nested types), so a later run over this folder can continue exactly.
+        writer = pq.ParquetWriter(staging, schema, compression=self.options.compression)
         return _OpenFile(final, staging, writer)
-
-    def _with_types(self, schema: pa.Schema) -> pa.Schema:
-        """The schema plus the field types as asyncingest sees them (json vs string, fields
-        still undecided), so a later run over this folder can continue exactly."""
-        types = orjson.dumps(dict(self._converter.types))
-        return schema.with_metadata({TYPES_KEY: types})
 
     def _commit(self) -> None:
         assert self._open is not None
@@ -282,9 +292,9 @@ class ParquetSink:
 
     def _unify(self) -> None:
         """Rewrite this sink's files whose schema is older than the final one."""
-        target = self._with_types(self._converter.arrow_schema())
+        target = self._converter.arrow_schema()
         for path in [*self._earlier, *self._files]:
-            if self._file_schemas[path].equals(target):
+            if same_schema(self._file_schemas[path], target):
                 continue
             staging = _staging_path(path)
             with (
@@ -311,17 +321,6 @@ class ParquetSink:
             f"files={len(self._files)}, fields={len(self._converter.types)}"
             f"{', closed' if self._closed else ''})"
         )
-
-
-TYPES_KEY = b"asyncingest.types"
-
-
-def _recorded_types(schema: pa.Schema) -> dict[str, FieldType | None] | None:
-    raw = (schema.metadata or {}).get(TYPES_KEY)
-    if raw is None:
-        return None
-    types: dict[str, FieldType | None] = orjson.loads(raw)
-    return types
 
 
 def _staging_path(final: Path) -> Path:

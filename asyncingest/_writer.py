@@ -284,6 +284,7 @@ class Writer:
             self.dead.record_rejected(record=rej.record, reason=rej.reason)
             self.ledger.rejected(rej.reason)
         self.ledger.written(len(records) - len(rejected))
+        self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self._announce_files()
 
     def _sync(self) -> None:
@@ -342,6 +343,10 @@ def _fail(b: Barrier, name: str, cause: BaseException) -> None:
 
 def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:
     return lambda dead: dead.request_failed(**entry)
+
+
+def dead_job(**entry: Any) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.job_refused(**entry)
 
 
 def dead_record(record: Any, reason: str) -> Callable[[DeadLetters], None]:

@@ -77,8 +77,10 @@ def run_null(spec: dict[str, Any]) -> Outcome:
     headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
     head, tail = b'{"user_id":"', b'","score":712.5,"tier":"gold","eligible":true,"cards":["a"]}'
 
-    async def fetch(self: Any, request: Any) -> Any:
+    async def fetch(self: Any, request: Any, permit: Any = None, acquire: Any = None) -> Any:
         await asyncio.sleep(0)  # a real fetch suspends at least once
+        if permit is not None:
+            permit.release()  # fetch owns the permit (the real one releases it when done)
         user_id = request.url.raw_path.rpartition("/")[2].encode()
         return _http.Response(200, headers, head + user_id + tail, request.url)
 

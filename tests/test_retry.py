@@ -113,11 +113,17 @@ def test_non_retryable_4xx_gives_up_at_once() -> None:
     assert decision.reason == "HTTP 404 (not retryable)"
 
 
-NOT_RETRIED = (FailureKind.HTTP_STATUS, FailureKind.BODY_TOO_LARGE, FailureKind.CIRCUIT_OPEN)
+REPEATING = (
+    FailureKind.BODY_TOO_LARGE,
+    FailureKind.CIRCUIT_OPEN,
+    FailureKind.TOO_MANY_REDIRECTS,
+    FailureKind.UNSAFE_PATH_VALUE,
+)
+NOT_RETRIED = (FailureKind.HTTP_STATUS, *REPEATING)
 RETRIED_KINDS = [k for k in FailureKind if k not in NOT_RETRIED]
 
 
-@pytest.mark.parametrize("kind", [FailureKind.BODY_TOO_LARGE, FailureKind.CIRCUIT_OPEN])
+@pytest.mark.parametrize("kind", REPEATING)
 def test_failures_that_would_repeat_are_not_retried(kind: FailureKind) -> None:
     assert not RetryPolicy().decide(1, 0.0, Outcome.failure(kind), random.Random(0)).retry
 
@@ -175,9 +181,18 @@ def test_retry_after_is_honoured() -> None:
     assert decision.retry and decision.wait >= 30.0
 
 
-def test_retry_after_over_the_cap_waits_the_cap() -> None:
-    policy = RetryPolicy(max_retry_after=120.0, max_time=300.0, backoff_max=1.0)
+def test_retry_after_over_the_cap_gives_up_naming_it() -> None:
+    """The README's word: a longer Retry-After gives up instead of sleeping (or retrying
+    sooner than the server asked)."""
+    policy = RetryPolicy(max_retry_after=120.0, max_time=3600.0, backoff_max=1.0)
     decision = policy.decide(1, 0.0, Outcome.http(429, retry_after=3600.0), random.Random(0))
+    assert not decision.retry and decision.wait == 0.0
+    assert "Retry-After 3600s exceeds max_retry_after 120s" in decision.reason
+
+
+def test_retry_after_at_the_cap_is_waited() -> None:
+    policy = RetryPolicy(max_retry_after=120.0, max_time=300.0, backoff_max=1.0)
+    decision = policy.decide(1, 0.0, Outcome.http(429, retry_after=120.0), random.Random(0))
     assert decision.retry and decision.wait == 120.0
 
 

@@ -23,6 +23,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str | None, str | None, str | None]] = []
+        self.raw: list[str] = []  # raw paths (with query) of /more
         self.other_url = ""
 
     def app(self) -> web.Application:
@@ -32,6 +33,8 @@ class Recorder:
         app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/same-origin-redirect", self.same_origin_redirect)
         app.router.add_get("/echo-error", self.echo_error)
+        app.router.add_get("/items-echo", self.items_echo)
+        app.router.add_get("/redirect-echo", self.redirect_echo)
         return app
 
     def note(self, request: web.Request) -> None:
@@ -48,8 +51,26 @@ class Recorder:
         self.note(request)
         return web.json_response({"items": [{"id": 1}], "next": f"{self.other_url}/more"})
 
+    def key(self, request: web.Request) -> str:
+        return (
+            request.headers.get("Authorization", "").removeprefix("Bearer ")
+            or request.headers.get("X-API-Key")
+            or request.query.get("api_key", "")
+        )
+
+    async def items_echo(self, request: web.Request) -> web.Response:
+        """A next link to another host with the caller's key in it (a careless API)."""
+        self.note(request)
+        nxt = f"{self.other_url}/more?api_key={self.key(request)}&token={self.key(request)}"
+        return web.json_response({"items": [{"id": 1}], "next": nxt})
+
+    async def redirect_echo(self, request: web.Request) -> web.Response:
+        self.note(request)
+        raise web.HTTPFound(f"{self.other_url}/more?api_key={self.key(request)}")
+
     async def more(self, request: web.Request) -> web.Response:
         self.note(request)
+        self.raw.append(request.raw_path)
         return web.json_response({"items": [{"id": 2}], "next": None})
 
     async def redirect(self, request: web.Request) -> web.Response:
@@ -131,6 +152,27 @@ async def test_redirect_to_another_host_gets_no_credentials(
     assert [e[0] for e in other.seen] == ["/more"] and creds(other.seen[0]) == []
 
 
+@pytest.mark.parametrize("path", ["/items-echo", "/redirect-echo"])
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_a_link_to_another_host_carrying_the_key_is_followed_without_it(
+    servers: Any,
+    auth: dict[str, Any],
+    path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The API puts the caller's key into a next link or a redirect to another host: the
+    parameters carrying it are dropped before the request leaves."""
+    home, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {"name": "e", "path": path, "records": "items", "pagination": {"type": "next_url"}}
+    result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    assert result.ok
+    assert [creds(e) for e in home.seen] == [[SECRET]]
+    assert other.raw and all(SECRET not in raw for raw in other.raw)
+    assert all(creds(e) == [] for e in other.seen)
+
+
 async def test_same_origin_redirect_keeps_credentials(
     servers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,3 +252,103 @@ async def test_a_stalled_chunked_body_fails_after_read_timeout(tmp_path: Path) -
     assert result.ok and calls == 2
     retried = [e for e in events if type(e).__name__ == "RequestRetried"]
     assert len(retried) == 1 and "read_timeout" in retried[0].reason
+
+
+class Echoer:
+    """An API that echoes the secret back: into its next-page links (as the auth parameter
+    itself for query auth, and as ``echo=``) and into the body of a failing page."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str | None]] = []  # (page, the secret the request carried)
+        self.fail_page = 0  # this page answers 400, with the secret in the body
+        self.on_page: dict[int, Any] = {}  # page -> hook called when it is served
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/walk", self.walk)
+        return app
+
+    async def walk(self, request: web.Request) -> web.Response:
+        from urllib.parse import urlencode
+
+        key = (
+            request.headers.get("Authorization", "").removeprefix("Bearer ")
+            or request.headers.get("X-API-Key")
+            or request.query.get("api_key")
+        )
+        page = int(request.query.get("page", "1"))
+        self.seen.append((page, key))
+        if page in self.on_page:
+            self.on_page.pop(page)()
+        if page == self.fail_page:
+            return web.Response(status=400, text=f"key {key} is not allowed on page {page}")
+        query = {**request.query, "page": str(page + 1), "echo": key or ""}
+        nxt = f"/walk?{urlencode(query)}" if page < 3 else None
+        return web.json_response({"items": [{"id": page}], "next": nxt})
+
+
+def every_file_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def leaks(root: Path, extra: str = "") -> list[str]:
+    found = [name for name, data in every_file_under(root).items() if SECRET.encode() in data]
+    return found + (["events or results"] if SECRET in extra else [])
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_secret_echoed_by_the_api_is_in_no_file_the_run_writes(
+    auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API echoes the key into next links and error bodies. Nothing the run writes holds
+    it: not state.json's part-way walks (a run stopped after page 2), not the dead letter's
+    request (page 2 failing), not the run reports. And both still resume: the stopped walk
+    and the dead-lettered page are asked again with the credentials attached."""
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    echo = Echoer()
+    endpoint = {
+        "name": "w",
+        "path": "/walk",
+        "records": "items",
+        "pagination": {"type": "next_url"},
+    }
+    events: list[Any] = []
+    async with TestServer(echo.app(), host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+
+        # 1. Stopped part way: state.json holds the walk's next request (page 3).
+        stopped_out = tmp_path / "stopped"
+        engine = asyncingest.Engine(
+            config(url, auth, stopped_out, [endpoint]), subscribers=[events.append]
+        )
+        echo.on_page[2] = engine.stop
+        first = await engine.run()
+        assert first.stopped
+        state = (stopped_out / "_asyncingest" / "state.json").read_text()
+        assert "page=3" in state  # the walk is part way, as intended
+        assert leaks(stopped_out, repr(events) + repr(first)) == []
+        resumed = await asyncingest.run(
+            config(url, auth, stopped_out, [endpoint]), subscribers=[events.append]
+        )
+        assert resumed.ok and resumed.note == "resumed"
+        assert sorted(r["id"] for r in read_records(stopped_out, "w")) == [1, 2, 3]
+
+        # 2. A dead letter: page 2 fails with the key in its body.
+        echo.fail_page = 2
+        dead_out = tmp_path / "dead"
+        failed = await asyncingest.run(
+            config(url, auth, dead_out, [endpoint]), subscribers=[events.append]
+        )
+        assert failed.exit_code == 1
+        dead = (dead_out / "_dead_letter" / "w" / "dead-letters.jsonl").read_text()
+        assert "page=2" in dead and "not allowed" in dead
+        echo.fail_page = 0
+        retried = await asyncingest.Engine(
+            config(url, auth, dead_out, [endpoint]), retry_failed=True, subscribers=[events.append]
+        ).run()
+        assert retried.ok
+        assert sorted(r["id"] for r in read_records(dead_out, "w")) == [1, 2, 3]
+
+    assert leaks(tmp_path, repr(events) + repr([first, resumed, failed, retried])) == []
+    # Every request went to the origin with the secret, resumed ones included.
+    assert echo.seen and all(key == SECRET for _, key in echo.seen)

@@ -196,6 +196,54 @@ def test_declared_schema_types(tmp_path: Path) -> None:
     assert third["at"] == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=utc)
 
 
+def test_timestamps_are_read_in_their_declared_unit(tmp_path: Path) -> None:
+    schema: dict[str, FieldType] = {
+        "s": "timestamp",
+        "ms": "timestamp_ms",
+        "us": "timestamp_us",
+        "ns": "timestamp_ns",
+    }
+    sink = ParquetSink(tmp_path, "t", SMALL, schema)
+    at = dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=dt.UTC)
+    record = {
+        "s": 1_700_000_000.123,
+        "ms": 1_700_000_000_123,
+        "us": 1_700_000_000_123_000,
+        "ns": 1_700_000_000_123_000_000,
+    }
+    iso = dict.fromkeys(schema, "2023-11-14T22:13:20.123Z")
+    assert sink.write([record, iso]) == []
+    (path,) = sink.close()
+    table = pq.read_table(path)
+    assert table.schema.field("ms").type == pa.timestamp("us", tz="UTC")
+    assert table.schema.field("ns").type == pa.timestamp("ns", tz="UTC")
+    assert table.slice(0, 1).to_pylist() == [dict.fromkeys(schema, at)]
+    assert table.slice(1, 1).to_pylist() == [dict.fromkeys(schema, at)]
+
+
+@pytest.mark.parametrize(
+    ("ftype", "value", "detail"),
+    [
+        ("timestamp", 1_700_000_000_123, "0001-9999 as epoch seconds; in a finer unit?"),
+        ("timestamp_ms", 10**17, "outside years 0001-9999"),
+        ("timestamp_us", -(10**18), "outside years 0001-9999"),
+        ("timestamp_ns", 2**63, "outside 1677-09-21..2262-04-11"),
+        ("timestamp_ns", "3000-01-01T00:00:00Z", "outside 1677-09-21..2262-04-11"),
+        ("timestamp", float("nan"), "not a finite number"),
+        ("timestamp_ms", "soon", "not an ISO-8601 timestamp"),
+    ],
+)
+def test_an_impossible_timestamp_rejects_its_record_and_names_it(
+    tmp_path: Path, ftype: FieldType, value: object, detail: str
+) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL, {"id": "int64", "at": ftype})
+    (rejected,) = sink.write([{"id": 1, "at": 0}, {"id": 2, "at": value}])
+    assert rejected.record["id"] == 2
+    assert f"field 'at': expected {ftype}, got" in rejected.reason and detail in rejected.reason
+    (path,) = sink.close()
+    assert pq.read_table(path).to_pylist()[0]["id"] == 1  # the writer goes on
+
+
 def test_declared_schema_coerces_lossless_values(tmp_path: Path) -> None:
     sink = ParquetSink(tmp_path, "laps", SMALL, {"n": "int64", "x": "float64", "s": "string"})
     assert sink.write([{"n": "42", "x": "1.5", "s": 7}, {"n": 3.0, "x": 2, "s": True}]) == []
@@ -206,10 +254,30 @@ def test_declared_schema_coerces_lossless_values(tmp_path: Path) -> None:
     ]
 
 
-def test_fields_outside_declared_schema_are_dropped_and_named(tmp_path: Path) -> None:
-    sink = ParquetSink(tmp_path, "laps", SMALL, {"id": "int64"})
-    sink.write([{"id": 1, "junk": 1}, {"id": 2, "more": "x", "junk": 2}])
-    assert sink.dropped_fields == {"junk", "more"}
+def test_a_partial_schema_types_its_fields_and_infers_the_others(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "laps", SMALL, {"lap_duration": "float64", "pit": "bool"})
+    records = [
+        {"session_key": 9161, "lap_number": 1, "lap_duration": 91, "pit": "true", "note": None},
+        {"session_key": 9161, "lap_number": 2, "lap_duration": 90.5, "pit": False, "note": "x"},
+    ]
+    assert sink.write(records) == []
+    assert sink.dropped_fields == {}
+    (path,) = sink.close()
+    table = pq.read_table(path)
+    assert table.schema.field("lap_duration").type == pa.float64()
+    assert table.schema.field("pit").type == pa.bool_()
+    assert table.schema.field("session_key").type == pa.int64()
+    assert table.schema.field("note").type == pa.string()
+    assert table.to_pylist() == [
+        {"lap_duration": 91.0, "pit": True, "session_key": 9161, "lap_number": 1, "note": None},
+        {"lap_duration": 90.5, "pit": False, "session_key": 9161, "lap_number": 2, "note": "x"},
+    ]
+
+
+def test_only_declared_drops_the_other_fields_and_counts_them(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "laps", SMALL, {"id": "int64"}, columns="only_declared")
+    sink.write([{"id": 1, "junk": 1}, {"id": 2, "more": "x", "junk": 2}, {"id": 3}])
+    assert sink.dropped_fields == {"junk": 2, "more": 1}
     (path,) = sink.close()
     assert pq.read_table(path).column_names == ["id"]
 
@@ -247,13 +315,27 @@ def test_rejection_reasons_name_field_type_and_value(
     assert len(rejected.reason) < 150  # long values are truncated
 
 
-def test_a_json_value_orjson_cannot_encode_rejects_only_its_record(tmp_path: Path) -> None:
+def nested(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_a_json_value_nested_too_deep_for_json_text_rejects_only_its_record(
+    tmp_path: Path,
+) -> None:
     sink = ParquetSink(tmp_path, "t", SMALL, {"id": "int64", "v": "json"})
-    records = [{"id": 1, "v": [1, 2]}, {"id": 2, "v": [2**70]}, {"id": 3, "v": None}]
+    deep = nested(300)
+    records = [{"id": 1, "v": [1, 2]}, {"id": 2, "v": deep}, {"id": 3, "v": [2**70]}]
     (rejected,) = sink.write(records)
-    assert rejected.record == {"id": 2, "v": [2**70]} and "field 'v'" in rejected.reason
+    assert rejected.record["id"] == 2 and "field 'v'" in rejected.reason
+    assert "cannot be written as JSON text" in rejected.reason
     (path,) = sink.close()
-    assert pq.read_table(path).to_pylist() == [{"id": 1, "v": "[1,2]"}, {"id": 3, "v": None}]
+    assert pq.read_table(path).to_pylist() == [
+        {"id": 1, "v": "[1,2]"},
+        {"id": 3, "v": "[1180591620717411303424]"},  # beyond 64 bits: exact, not refused
+    ]
 
 
 def test_non_object_record_is_rejected(tmp_path: Path) -> None:
@@ -265,7 +347,7 @@ def test_non_object_record_is_rejected(tmp_path: Path) -> None:
 # -- inferred schema -------------------------------------------------------------------------
 
 
-def test_inferred_types_and_nested_values_as_json_text(tmp_path: Path) -> None:
+def test_inferred_types_and_nested_values_as_typed_columns(tmp_path: Path) -> None:
     sink = ParquetSink(tmp_path, "t", SMALL)
     sink.write([{"i": 1, "f": 1.5, "s": "a", "b": False, "d": {"x": [1, 2]}, "l": [{"y": 1}]}])
     assert dict(sink.field_types) == {
@@ -273,12 +355,12 @@ def test_inferred_types_and_nested_values_as_json_text(tmp_path: Path) -> None:
         "f": "float64",
         "s": "string",
         "b": "bool",
-        "d": "json",
-        "l": "json",
+        "d": ("struct", {"x": ("list", "int64")}),
+        "l": ("list", ("struct", {"y": "int64"})),
     }
     (path,) = sink.close()
     assert pq.read_table(path).to_pylist() == [
-        {"i": 1, "f": 1.5, "s": "a", "b": False, "d": '{"x":[1,2]}', "l": '[{"y":1}]'}
+        {"i": 1, "f": 1.5, "s": "a", "b": False, "d": {"x": [1, 2]}, "l": [{"y": 1}]}
     ]
 
 
@@ -342,29 +424,142 @@ def test_field_appearing_later_is_null_in_earlier_rows(tmp_path: Path) -> None:
     ).to_pylist()
 
 
-def test_real_conflicts_are_rejected_and_the_type_stays(tmp_path: Path) -> None:
+def test_real_scalar_conflicts_are_rejected_and_the_type_stays(tmp_path: Path) -> None:
     sink = ParquetSink(tmp_path, "t", SMALL)
-    assert sink.write([{"n": 1, "s": "a", "d": {"k": 1}}]) == []
-    rejected = sink.write(
-        [
-            {"n": "abc"},
-            {"n": True},
-            {"n": {"k": 1}},
-            {"s": 5},
-            {"d": "flat"},
-            {"n": 2, "s": "b", "d": [1]},
-        ]
-    )
+    assert sink.write([{"n": 1, "s": "a"}]) == []
+    rejected = sink.write([{"n": "abc"}, {"n": True}, {"s": 5}, {"n": 2, "s": "b"}])
     assert [r.reason for r in rejected] == [
         "field 'n': inferred int64 from earlier records, got str 'abc'",
         "field 'n': inferred int64 from earlier records, got bool True",
-        "field 'n': inferred int64 from earlier records, got dict {'k': 1}",
         "field 's': inferred string from earlier records, got int 5",
-        "field 'd': inferred json from earlier records, got str 'flat'",
     ]
-    assert dict(sink.field_types) == {"n": "int64", "s": "string", "d": "json"}
+    assert dict(sink.field_types) == {"n": "int64", "s": "string"}
     (path,) = sink.close()
     assert pq.read_table(path).column("n").to_pylist() == [1, 2]
+
+
+# -- nested values ---------------------------------------------------------------------------
+
+
+def test_nested_values_widen_like_scalars(tmp_path: Path) -> None:
+    """A new struct field is added, int widens to float inside a list, an empty list waits
+    for its element type, a null waits; earlier rows and files are brought to the new type."""
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    sink.write([{"id": 1, "o": {"a": 1, "xs": []}, "e": []}, {"id": 2, "o": None, "e": [None]}])
+    sink.flush()  # a file with the narrower schema
+    sink.write([{"id": 3, "o": {"a": 2.5, "b": "new", "xs": [1, 2.5]}, "e": [{"k": True}]}])
+    assert sink.field_types["o"] == (
+        "struct",
+        {"a": "float64", "xs": ("list", "float64"), "b": "string"},
+    )
+    assert sink.field_types["e"] == ("list", ("struct", {"k": "bool"}))
+    assert sink.json_fallbacks == {}
+    sink.close()
+    table = read_dataset(tmp_path / "t").sort_by("id")
+    assert table.schema.field("o").type == pa.struct(
+        [("a", pa.float64()), ("xs", pa.list_(pa.float64())), ("b", pa.string())]
+    )
+    assert table.to_pylist() == [
+        {"id": 1, "o": {"a": 1.0, "xs": [], "b": None}, "e": []},
+        {"id": 2, "o": None, "e": [None]},
+        {"id": 3, "o": {"a": 2.5, "xs": [1.0, 2.5], "b": "new"}, "e": [{"k": True}]},
+    ]
+    schemas = {str(pq.read_schema(p)) for p in (tmp_path / "t").glob("part-*.parquet")}
+    assert len(schemas) == 1
+
+
+def test_nested_columns_are_queryable_by_duckdb(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "apps", SMALL)
+    offer = {"offer": {"apr": 19.9, "bank": "A"}, "rank": 1}
+    sink.write(
+        [
+            {"id": 1, "recommendations": [offer, {"offer": {"apr": 21}, "rank": 2}]},
+            {"id": 2, "recommendations": []},
+        ]
+    )
+    sink.close()
+    rows = duckdb.sql(
+        f"select id, recommendations[1].offer.apr, recommendations[2].offer.bank "
+        f"from read_parquet('{tmp_path}/apps/*.parquet') order by id"
+    ).fetchall()
+    assert rows == [(1, 19.9, None), (2, None, None)]
+
+
+def test_a_shape_conflict_makes_the_column_json_text_and_says_so(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    sink.write([{"id": 1, "v": {"a": 1}, "w": 5}, {"id": 2, "v": {"a": 2}, "w": 6}])
+    sink.flush()
+    assert sink.write([{"id": 3, "v": 7, "w": {"x": 1}}, {"id": 4, "v": "s", "w": None}]) == []
+    assert sink.field_types["v"] == "json" and sink.field_types["w"] == "json"
+    assert sink.json_fallbacks == {
+        "v": "int64 where an object was",
+        "w": "an object where int64 was",
+    }
+    sink.close()
+    table = read_dataset(tmp_path / "t").sort_by("id")
+    assert table.schema.field("v").type == pa.string()
+    assert table.column("v").to_pylist() == ['{"a":1}', '{"a":2}', "7", '"s"']
+    assert table.column("w").to_pylist() == ["5", "6", '{"x":1}', None]
+
+
+def test_a_declared_json_field_stays_json_text(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL, {"v": "json"})
+    sink.write([{"v": {"a": [1, 2]}, "o": {"b": 1}}])
+    (path,) = sink.close()
+    assert pq.read_table(path).to_pylist() == [{"v": '{"a":[1,2]}', "o": {"b": 1}}]
+    assert sink.json_fallbacks == {}
+
+
+def test_nesting_deeper_than_the_typed_limit_falls_back_to_json_text(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    assert sink.write([{"id": 1, "v": None}, {"id": 2, "v": nested(200)}]) == []
+    assert sink.field_types["v"] == "json"
+    assert sink.json_fallbacks == {"v": "nested deeper than 32 levels"}
+    (path,) = sink.close()
+    values = pq.read_table(path).column("v").to_pylist()
+    assert values[0] is None and values[1] == "[" * 200 + "0" + "]" * 200
+
+
+def test_a_resumed_sink_continues_a_json_fallback(tmp_path: Path) -> None:
+    first = ParquetSink(tmp_path, "t", SMALL)
+    first.write([{"v": {"a": 1}}, {"v": [1]}])
+    first.close()
+    second = ParquetSink(tmp_path, "t", SMALL)
+    assert second.field_types == {"v": "json"}
+    assert second.json_fallbacks == {"v": "a list where an object was"}
+    second.write([{"v": {"b": 2}}])
+    second.close()
+    values = read_dataset(tmp_path / "t").column("v").to_pylist()
+    assert sorted(values) == ["[1]", '{"a":1}', '{"b":2}']
+
+
+# -- integers beyond int64 -------------------------------------------------------------------
+
+
+def test_integers_beyond_int64_are_kept_exact_as_decimal(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    sink.write([{"id": 1, "n": {"big": 2}}])
+    sink.flush()
+    big = [18446744073709551617, 18446744073709551619]
+    assert sink.write([{"id": b, "n": {"big": b}} for b in big]) == []
+    assert sink.field_types == {"id": "decimal", "n": ("struct", {"big": "decimal"})}
+    sink.close()
+    table = read_dataset(tmp_path / "t")
+    assert table.schema.field("id").type == pa.decimal128(38, 0)
+    ids = sorted(int(v) for v in table.column("id").to_pylist())
+    assert ids == [1, *big]
+    assert sorted(int(r["big"]) for r in table.column("n").to_pylist()) == [2, *big]
+    got = duckdb.sql(f"select id::varchar from read_parquet('{tmp_path}/t/*.parquet')")
+    assert sorted(r[0] for r in got.fetchall()) == ["1", *map(str, big)]
+
+
+def test_an_integer_beyond_int64_is_never_rounded_into_a_float_column(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    sink.write([{"x": 1.5}])
+    (rejected,) = sink.write([{"x": 18446744073709551617}, {"x": 2}])
+    assert "would lose its value as float64" in rejected.reason
+    (rejected,) = ParquetSink(tmp_path, "u", SMALL, {"x": "int64"}).write([{"x": 2**64 + 1}])
+    assert "out of int64 range" in rejected.reason
 
 
 def test_bool_never_becomes_int(tmp_path: Path) -> None:
@@ -428,12 +623,17 @@ def test_a_later_run_continues_the_inferred_schema_and_widens_earlier_files(
     first.write([{"n": 1, "meta": {"a": 1}}, {"n": 2, "meta": None}])
     first.close()
     second = ParquetSink(tmp_path, "laps", SinkOptions())
-    assert second.field_types == {"n": "int64", "meta": "json"}
+    assert second.field_types == {"n": "int64", "meta": ("struct", {"a": "int64"})}
     assert second.write([{"n": 2.5, "meta": {"b": [1, 2]}}]) == []  # int widens to float
     second.close()
     table = ds.dataset(tmp_path / "laps", format="parquet").to_table()
     assert table.schema.field("n").type == pa.float64()
     assert sorted(table.column("n").to_pylist()) == [1.0, 2.0, 2.5]
+    assert sorted(table.column("meta").to_pylist(), key=str) == [
+        None,
+        {"a": 1, "b": None},
+        {"a": None, "b": [1, 2]},
+    ]
     schemas = {str(pq.read_schema(p)) for p in (tmp_path / "laps").glob("part-*.parquet")}
     assert len(schemas) == 1
 
@@ -445,3 +645,15 @@ def test_files_not_written_by_asyncingest_are_left_alone(tmp_path: Path) -> None
     sink.write([{"n": 1}])
     sink.close()
     assert pq.read_schema(tmp_path / "x" / "part-00000.parquet").field("n").type == pa.string()
+
+
+def test_a_value_too_deep_for_json_rejects_its_record_and_the_column_stays_typed(
+    tmp_path: Path,
+) -> None:
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    records = [{"id": 1, "v": [1]}, {"id": 2, "v": nested(300)}, {"id": 3, "v": [2]}]
+    (rejected,) = sink.write(records)
+    assert rejected.record["id"] == 2 and "nested deeper than 254 levels" in rejected.reason
+    assert sink.field_types["v"] == ("list", "int64") and sink.json_fallbacks == {}
+    (path,) = sink.close()
+    assert pq.read_table(path).to_pylist() == [{"id": 1, "v": [1]}, {"id": 3, "v": [2]}]

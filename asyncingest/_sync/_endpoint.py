@@ -24,6 +24,7 @@ from .._config import EndpointConfig, ForEach
 from .._deadletter import DeadLetters
 from .._http import Failure
 from .._ledger import EndpointLedger
+from .._limiter import Permit
 from .._pagination import PaginationLoop, paginator_for
 from .._records import (
     Job,
@@ -34,7 +35,7 @@ from .._records import (
     parse_page,
     split_by_key,
 )
-from .._request import Page, Record, Request, RequestTemplate
+from .._request import Page, Record, Request, RequestTemplate, UnsafePathValue
 from .._retry import FailureKind, RetryPolicy
 from .._sink import ParquetSink
 from ._http import SyncHttpClient
@@ -94,15 +95,21 @@ class SyncEndpoint:
 
     def run_job(self, job: Job) -> None:
         """Walk every page of ``job``, delivering records as they come."""
-        request: Request | None = job.resume or self.paginator.first(
-            self.template.build(job.variables)
-        )
+        request: Request | None = job.resume
+        if request is None:
+            try:
+                request = self.paginator.first(self.template.build(job.variables))
+            except UnsafePathValue as exc:
+                self.dead.job_refused(self.ledger.refused(job, str(exc)))
+                return
         while request is not None:
             page = self._fetch_page(request, job)
             if page is None:
                 return
             try:
                 next_request = self.paginator.next(page)
+                if next_request is not None:
+                    next_request = self.client.scrub(next_request)
             except PaginationLoop as exc:
                 self._deliver(page.records, job)  # the page itself is good
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))
@@ -110,6 +117,9 @@ class SyncEndpoint:
                 return
             self._deliver(page.records, job)
             request = next_request
+
+    def _acquire_hop(self) -> Permit:
+        return self.limits.acquire(self.name)
 
     def _fetch_page(self, request: Request, job: Job) -> Page | None:
         started = time.monotonic()
@@ -119,10 +129,8 @@ class SyncEndpoint:
             t0 = time.monotonic()
             permit = self.limits.acquire(self.name)
             waited = time.monotonic() - t0
-            try:
-                result = self.client.fetch(request)
-            finally:
-                permit.release()
+            # The client releases the permit, and takes a new one for each redirect hop.
+            result = self.client.fetch(request, permit, self._acquire_hop)
             duration = time.monotonic() - t0 - waited
             if isinstance(result, Failure):
                 outcome: Page | Failure = result
@@ -196,6 +204,10 @@ class LockedDeadLetters:
         with self._lock:
             self._dead.record_rejected(record=record, reason=reason)
 
+    def job_refused(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._dead.job_refused(**entry)
+
     def close(self) -> None:
         with self._lock:
             self._dead.close()
@@ -241,6 +253,7 @@ class _Writer:
             self.ledger.rejected(rej.reason)
             self.dead.record_rejected(rej.record, rej.reason)
         self.ledger.written(len(batch) - len(rejected))
+        self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self.ledger.committed(committed)
 
     def close(self) -> None:

@@ -242,7 +242,7 @@ class SyncEngine:
                 client=client,
                 limits=self._limits_for(e, workers, shared),
                 policy=policy,
-                sink=ParquetSink(self.output, e.name, options, e.schema_),
+                sink=ParquetSink(self.output, e.name, options, e.schema_, e.columns),
                 dead_letters=DeadLetters(self.output, e.name),
                 ledger=ledger,
                 stop=self.stop,

@@ -19,8 +19,8 @@ from __future__ import annotations
 import http.client
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import cast
 
 import orjson
@@ -30,6 +30,7 @@ from yarl import URL
 
 from .._config import ApiConfig
 from .._http import _REDIRECTS, MAX_REDIRECTS, Credentials, Failure, _snippet, origin
+from .._limiter import Permit
 from .._request import Request
 from .._retry import FailureKind
 
@@ -85,11 +86,50 @@ class SyncHttpClient:
             self._local.session = session
         return session
 
-    def fetch(self, request: Request) -> Response | Failure:
+    def scrub(self, request: Request) -> Request:
+        """``request`` without the secret in its URL (see ``HttpClient.scrub``)."""
+        c = self.credentials
+        if c is None:
+            return request
+        url = c.scrub_url(request.url)
+        if url is request.url:
+            return request
+        state = request.state
+        if state == str(request.url):
+            state = str(url)
+        elif isinstance(state, str):
+            state = c.redact(state)
+        return replace(request, url=url, state=state)
+
+    def fetch(
+        self,
+        request: Request,
+        permit: Permit | None = None,
+        acquire: Callable[[], Permit] | None = None,
+    ) -> Response | Failure:
+        """Send ``request``, following redirects. ``permit`` (the first hop's slot) is released
+        once that hop is answered; ``acquire`` gives each redirect hop its own slot."""
+        held = [permit]  # the slot of the hop in flight; released at the end whatever happens
+        try:
+            return self._fetch(request, held, acquire)
+        finally:
+            if held[0] is not None:
+                held[0].release()
+
+    def _fetch(
+        self, request: Request, held: list[Permit | None], acquire: Callable[[], Permit] | None
+    ) -> Response | Failure:
         deadline = time.monotonic() + self.api.http.total_timeout
         url, params = request.url, request.params
         method, body = request.method, request.json_body
-        for _hop in range(MAX_REDIRECTS + 1):
+        status = 0
+        for hop in range(MAX_REDIRECTS + 1):
+            if hop:  # the last hop is answered: its slot expires, this hop takes its own
+                last, held[0] = held[0], None
+                if last is not None:
+                    last.release()
+                if acquire is not None:
+                    held[0] = acquire()
             headers: dict[str, str] = {}
             send_params = list(params)
             if self.credentials is not None and origin(url) == self._origin:
@@ -119,15 +159,22 @@ class SyncHttpClient:
                 if _caused_by(exc, (http.client.RemoteDisconnected, ConnectionResetError)):
                     return Failure(FailureKind.RESET, self.redact(f"server disconnected: {exc}"))
                 return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
-            if resp.status_code in _REDIRECTS and "Location" in resp.headers:
+            status = resp.status_code
+            if status in _REDIRECTS and "Location" in resp.headers:
                 resp.close()
                 url = URL(resp.url).join(URL(resp.headers["Location"]))
+                if self.credentials is not None:
+                    url = self.credentials.scrub_url(url)
                 params = ()
                 if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                     method, body = "GET", None
                 continue
             return self._read(resp, deadline)
-        return Failure(FailureKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects", status=310)
+        return Failure(
+            FailureKind.TOO_MANY_REDIRECTS,
+            self.redact(f"more than {MAX_REDIRECTS} redirects, the last to {url}"),
+            status=status,
+        )
 
     def _read(self, resp: requests.Response, deadline: float) -> Response | Failure:
         cap = self.api.http.max_body_bytes
