@@ -19,7 +19,7 @@ from asyncingest import config_from_dict
 from asyncingest._checkpoint import RunState, load_state
 from asyncingest._compact import CompactOptions, compact_folders, recover
 from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._sink import TYPES_KEY
+from asyncingest._schema import TYPES_KEY
 
 from .conftest import assert_same_records, read_records
 from .test_engine import F1_ENDPOINTS, F1_KEYS
