@@ -273,3 +273,29 @@ async def test_a_journal_shorter_than_the_state_says_exits_4(tmp_path: Path) -> 
         code, text = await run_cli(cfg)
         assert code == 4, text
         assert str(journal) in text and "Traceback" not in text
+
+
+async def test_a_periodic_checkpoint_that_cannot_be_saved_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids_path, ids = write_ids(tmp_path, 200)
+    out = tmp_path / "out"
+    saves = 0
+
+    def state_written(name: str) -> None:
+        nonlocal saves
+        saves += name == "state"
+        if saves == 2:  # the first save marks the run started; the second is periodic
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(state_path(out)))
+
+    async with MockAPI(MockSettings.small(latency_ms=5)) as api:
+        raw = job_config(api.url, out, ids_path)
+        raw["output"]["checkpoint_seconds"] = 0.05
+        cfg = config_from_dict(raw)
+        monkeypatch.setattr(_checkpoint, "crash_point", state_written)
+        with pytest.raises(EnvironmentFailure, match="no space left"):
+            await asyncingest.run(cfg)
+        assert not leftovers(out)
+        monkeypatch.undo()
+        assert (await asyncingest.run(cfg)).ok
+        check_complete(api, out, ids)
