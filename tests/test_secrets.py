@@ -352,3 +352,35 @@ async def test_secret_echoed_by_the_api_is_in_no_file_the_run_writes(
     assert leaks(tmp_path, repr(events) + repr([first, resumed, failed, retried])) == []
     # Every request went to the origin with the secret, resumed ones included.
     assert echo.seen and all(key == SECRET for _, key in echo.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_sync_mode_keeps_an_echoed_secret_out_of_its_files_and_other_hosts(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread-pool engine shares the scrubbing: a next link to another host carrying the
+    key loses it, and a failing page whose link echoed the key leaves no trace in any file."""
+    import asyncio
+
+    from asyncingest._sync import run_sync
+
+    _, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    echo = Echoer()
+    echo.fail_page = 2
+    async with TestServer(echo.app(), host="127.0.0.1") as server:
+        walk_url = str(server.make_url("")).rstrip("/")
+        link = {"name": "e", "path": "/items-echo", "records": "items"}
+        link["pagination"] = {"type": "next_url"}
+        walk = {
+            "name": "w",
+            "path": "/walk",
+            "records": "items",
+            "pagination": {"type": "next_url"},
+        }
+        first = await asyncio.to_thread(run_sync, config(url, auth, tmp_path / "a", [link]))
+        second = await asyncio.to_thread(run_sync, config(walk_url, auth, tmp_path / "b", [walk]))
+    assert first.ok and other.raw and all(SECRET not in raw for raw in other.raw)
+    assert second.exit_code == 1
+    assert "page=2" in (tmp_path / "b" / "_dead_letter" / "w" / "dead-letters.jsonl").read_text()
+    assert leaks(tmp_path, repr([first, second])) == []
