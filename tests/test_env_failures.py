@@ -333,3 +333,12 @@ async def test_sync_mode_reports_a_full_disk_as_an_environment_failure(
         with pytest.raises(EnvironmentFailure, match="no space left") as info:
             await asyncio.to_thread(run_sync, cfg)
         assert "--fresh" in info.value.hint  # sync mode does not resume
+
+
+def test_the_help_lists_exit_code_4(capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncingest._cli import EXIT_ENVIRONMENT, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert EXIT_ENVIRONMENT == 4 and "4 environment failure (disk full" in text
