@@ -288,16 +288,17 @@ async def test_a_periodic_checkpoint_that_cannot_be_saved_stops_the_run(
         if saves == 2:  # the first save marks the run started; the second is periodic
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(state_path(out)))
 
-    async with MockAPI(MockSettings.small(latency_ms=5)) as api:
+    async with MockAPI(MockSettings.small()) as api:
         raw = job_config(api.url, out, ids_path)
         raw["output"]["checkpoint_seconds"] = 0.05
-        cfg = config_from_dict(raw)
+        # A tight budget keeps the run going for seconds: the failing save is a periodic one.
+        slow = {**raw, "api": {**raw["api"], "rate_limits": [{"requests": 20, "per_seconds": 1}]}}
         monkeypatch.setattr(_checkpoint, "crash_point", state_written)
         with pytest.raises(EnvironmentFailure, match="no space left"):
-            await asyncingest.run(cfg)
+            await asyncingest.run(config_from_dict(slow))
         assert not leftovers(out)
         monkeypatch.undo()
-        assert (await asyncingest.run(cfg)).ok
+        assert (await asyncingest.run(config_from_dict(raw))).ok
         check_complete(api, out, ids)
 
 

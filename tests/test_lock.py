@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -59,22 +60,35 @@ with OutputLock(__import__("pathlib").Path(sys.argv[1])):
 """
 
 
+def slow(raw: dict[str, Any]) -> dict[str, Any]:
+    """The job under a tight budget: it runs for many seconds, however fast the machine.
+    Rate limits may change between a run and its resume, so the resume drops it."""
+    return {**raw, "api": {**raw["api"], "rate_limits": [SLOW]}}
+
+
+SLOW = {"requests": 20, "per_seconds": 1}
+UNLIMITED = "api.rate_limits=[]"
+
+
 async def test_a_second_run_in_the_same_process_is_refused_at_once(tmp_path: Path) -> None:
     ids_path, ids = write_ids(tmp_path, 60)
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(latency_ms=20)) as api:
-        cfg = config_from_dict(job_config(api.url, out, ids_path))
-        first = asyncio.create_task(Engine(cfg).run())
+    async with MockAPI(MockSettings.small()) as api:
+        raw = job_config(api.url, out, ids_path)
+        holder = Engine(config_from_dict(slow(raw)))
+        first = asyncio.create_task(holder.run())
         await until_started(out, first)
         with pytest.raises(OutputLocked) as info:
-            await Engine(cfg, fresh=True).run()  # --fresh included: nothing is deleted
+            await Engine(config_from_dict(raw), fresh=True).run()  # nothing is deleted
         message = str(info.value)
         assert str(out) in message
         assert f"pid {os.getpid()} on host {socket.gethostname()} since 20" in message
-        assert (await first).ok  # the holder is undisturbed
+        holder.stop()
+        assert (await first).stopped  # the holder was undisturbed: it stopped when asked
+        # Released at its end: the next run in this process takes the folder and resumes.
+        second = await asyncingest.run(config_from_dict(raw))
+        assert second.ok and second.note == "resumed"
         check_complete(api, out, ids)
-        # Released at the end: the next run in this process may take the folder.
-        assert (await asyncingest.run(cfg)).note == "already complete"
 
 
 async def test_every_kind_of_cli_run_exits_2_while_another_process_holds_the_folder(
@@ -114,9 +128,9 @@ async def test_two_cli_runs_at_once_the_second_exits_2_and_the_first_is_untouche
 ) -> None:
     ids_path, ids = write_ids(tmp_path, 60)
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(latency_ms=150)) as api:
+    async with MockAPI(MockSettings.small()) as api:
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
+        cfg.write_text(yaml.safe_dump(slow(job_config(api.url, out, ids_path))))
         first = await start_cli(cfg)
         await wait_for_file(out / "_asyncingest" / "state.json", first)
         code, text = await run_cli(cfg, "--fresh")
@@ -126,22 +140,22 @@ async def test_two_cli_runs_at_once_the_second_exits_2_and_the_first_is_untouche
         assert still_running, first_text
         assert code == 2 and f"pid {first.pid} on host" in text, text
         assert first.returncode == 3, first_text  # stopped gracefully, state saved
-        code, text = await run_cli(cfg)
+        code, text = await run_cli(cfg, "--set", UNLIMITED)
         assert code == 0, text
         check_complete(api, out, ids)
 
 
 async def test_a_sigkilled_run_does_not_block_the_next_which_resumes(tmp_path: Path) -> None:
-    ids_path, ids = write_ids(tmp_path, 200)
+    ids_path, ids = write_ids(tmp_path, 60)
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(latency_ms=10)) as api:
+    async with MockAPI(MockSettings.small()) as api:
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
+        cfg.write_text(yaml.safe_dump(slow(job_config(api.url, out, ids_path))))
         state_file = out / "_asyncingest" / "state.json"
         code, text = await run_cli(cfg, kill_after=0.5, started=state_file)
         assert code == -signal.SIGKILL, text
         assert (out / "_asyncingest" / "lock").exists()  # the file stays; the lock does not
-        code, text = await run_cli(cfg)
+        code, text = await run_cli(cfg, "--set", UNLIMITED)
         assert code == 0, text
         check_complete(api, out, ids)
         state = load_state(out)
