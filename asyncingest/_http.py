@@ -206,7 +206,8 @@ class HttpClient:
         # keep-alive connection turns out closed (ClientSession._request,
         # "retry_persistent_connection"). That second arrival would carry no slot of the
         # limits, so it is turned off the way aiohttp's own TestClient does; the failure comes
-        # back here and the retry policy asks again under a new slot.
+        # back here and the retry policy asks again under a new slot. (aiohttp 3.11 added the
+        # switch, hence the minimum in pyproject.toml; a test fails if a release drops it.)
         if "_retry_connection" in aiohttp.ClientSession.ATTRS:
             session._retry_connection = False
         self._session = session
