@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from ._checkpoint import EndpointState, RunState, fsync_dir, save_state
 from ._config import OutputConfig
 from ._crashpoints import crash_point
+from ._errors import StateCorrupt
 from ._result import Compaction
 
 __all__ = ["CompactOptions", "compact_folders", "recover"]
@@ -115,9 +116,11 @@ def _finish(directory: Path, pending: dict[str, Any]) -> None:
         if staging.exists():
             os.replace(staging, final)
         elif not final.exists():
-            raise FileNotFoundError(
-                f"{final}: the state names this compacted file, but neither it nor its "
-                f"staging file {staging_name} exists; the output is damaged (--fresh starts over)"
+            raise StateCorrupt(
+                str(final),
+                f"the checkpoint names this compacted file, but neither it nor its staging "
+                f"file {staging_name} exists",
+                "the output is damaged; --fresh starts over",
             )
     fsync_dir(directory)
     crash_point("compact-renamed")
@@ -159,12 +162,17 @@ def _compact_folder(
     staged: list[tuple[str, str]] = []
     replaced: list[str] = []
     rows = 0
-    for group in groups:
-        made = _merge(directory, group, options, names)
-        staged.extend((s.name, f.name) for s, f in made)
-        replaced.extend(f.name for f in group)
-        rows += sum(f.rows for f in group)
-    fsync_dir(directory)
+    try:
+        for group in groups:
+            made = _merge(directory, group, options, names)
+            staged.extend((s.name, f.name) for s, f in made)
+            replaced.extend(f.name for f in group)
+            rows += sum(f.rows for f in group)
+        fsync_dir(directory)
+    except BaseException:
+        for staging_name, _ in staged:  # not committed: the old files stay, nothing else
+            (directory / staging_name).unlink(missing_ok=True)
+        raise
     crash_point("compact-staged")
 
     gone = set(replaced)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import asyncingest
-from asyncingest import config_from_dict
+from asyncingest import StateCorrupt, config_from_dict
 from asyncingest._checkpoint import RunState, load_state
 from asyncingest._compact import CompactOptions, compact_folders, recover
 from asyncingest._mockapi import MockAPI, MockSettings
@@ -275,3 +275,34 @@ def test_a_folder_with_one_small_file_is_left_alone(tmp_path: Path) -> None:
     options = CompactOptions("zstd", 10, 100, 50)
     assert compact_folders(tmp_path, state, ["items"], options) == []
     assert state.endpoints["items"].files == ["part-00000.parquet"]
+
+
+def test_a_compaction_that_fails_before_its_commit_leaves_only_the_old_files(
+    tmp_path: Path,
+) -> None:
+    state = small_files(tmp_path, [7] * 2)  # merged first: its staging file is made
+    folder = tmp_path / "items"
+    for name in ("part-00002.parquet", "part-00003.parquet"):  # another schema, merged next
+        pq.write_table(pa.table({"name": ["x"] * 7}), folder / name, compression="none")
+        state.endpoints["items"].files.append(name)
+    with (folder / "part-00003.parquet").open("r+b") as fh:
+        fh.seek(4)
+        fh.write(b"\xff" * 16)  # its first page header: the data cannot be read
+    before = sorted(p.name for p in folder.iterdir())
+    options = CompactOptions("zstd", row_group_rows=5, max_rows_per_file=50, min_rows_per_file=25)
+    with pytest.raises((OSError, pa.ArrowException)):
+        compact_folders(tmp_path, state, ["items"], options)
+    assert sorted(p.name for p in folder.iterdir()) == before  # no staging file left
+    assert state.endpoints["items"].files == before and state.endpoints["items"].compaction is None
+
+
+def test_a_pending_compaction_whose_files_are_gone_is_reported_as_a_damaged_state(
+    tmp_path: Path,
+) -> None:
+    state = small_files(tmp_path, [7])
+    state.endpoints["items"].compaction = {
+        "staged": [[".part-00009.parquet.compact", "part-00009.parquet"]],
+        "replaced": [],
+    }
+    with pytest.raises(StateCorrupt, match=r"part-00009\.parquet.*--fresh"):
+        recover(tmp_path, state)
