@@ -38,7 +38,7 @@ from ._compact import CompactOptions, compact_folders, recover
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
-from ._errors import ConfigError, Problem
+from ._errors import ConfigError, Problem, environment_failure
 from ._events import (
     EndpointFinished,
     EndpointStarted,
@@ -55,7 +55,7 @@ from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
 from ._result import Compaction, RunResult
-from ._resume import JobPlan, apply, prepare, write_run_report
+from ._resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
@@ -235,9 +235,11 @@ class Engine:
         Raises :class:`OutputLocked` at once when another run holds the output folder.
         """
         lock = OutputLock(self.output)
-        lock.acquire()  # before anything reads the state or --fresh deletes anything
         try:
+            lock.acquire()  # before anything reads the state or --fresh deletes anything
             return await self._run()
+        except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
+            raise environment_failure(exc, self.output) from exc
         finally:
             lock.release()
 
@@ -260,9 +262,17 @@ class Engine:
         if await asyncio.to_thread(recover, self.output, state):
             await asyncio.to_thread(save_state, self.output, state)
         if start.already_complete:
-            compacted = await self._compact(list(folders))
+            merged = await self._compact(list(folders))
+            dead, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
             return RunResult(
-                self.run_id, str(self.output), (), 0.0, note="already complete", compacted=compacted
+                self.run_id,
+                str(self.output),
+                (),
+                0.0,
+                note="already complete",
+                compacted=merged,
+                dead_requests=dead,
+                dead_records=refused,
             )
         await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
@@ -277,8 +287,9 @@ class Engine:
             row_group_rows=cfg.output.row_group_rows,
             max_rows_per_file=cfg.output.max_rows_per_file,
         )
-        cancelled = False
-        compacted = ()
+        cancelled = failed = False
+        left = (0, 0)  # dead letters the finished output holds
+        compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
             pool = TransformPool(cfg.api.concurrency.cpu_workers)
@@ -316,11 +327,17 @@ class Engine:
                 await asyncio.gather(checkpointer, return_exceptions=True)
                 await self._checkpoint(final=True)
                 compacted = await self._compact(list(folders))
+                if state.status == "complete":
+                    left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
                 cancelled = True
                 raise
-            except BaseExceptionGroup as group:  # an endpoint failed: its error, not a group
-                raise first_cause(group) from None
+            except BaseException as exc:
+                failed = True
+                await asyncio.shield(asyncio.to_thread(self._abandon_files, files))
+                if isinstance(exc, BaseExceptionGroup):  # an endpoint failed: its own error
+                    raise first_cause(exc) from None
+                raise
             finally:
                 checkpointer.cancel()
                 await asyncio.gather(checkpointer, return_exceptions=True)
@@ -335,9 +352,15 @@ class Engine:
                     cancelled=cancelled,
                     stopped=self.stopping,
                     note=self.stop_reason or ("resumed" if start.resumed else ""),
+                    dead_requests=left[0],
+                    dead_records=left[1],
                     compacted=compacted,
                 )
-                await asyncio.shield(asyncio.to_thread(self._write_report, result))
+                try:
+                    await asyncio.shield(asyncio.to_thread(self._write_report, result))
+                except OSError:
+                    if not (failed or cancelled):
+                        raise  # else the failure that ended the run is the one to report
         self.events.emit(RunFinished(result))
         return result
 
@@ -425,6 +448,12 @@ class Engine:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self.stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+
+    def _abandon_files(self, files: ThreadPoolExecutor) -> None:
+        """After a failure: wait for the file thread, then delete every staging file."""
+        files.shutdown(wait=True, cancel_futures=True)
+        for r in self.runners.values():
+            r.writer.abandon()
 
     async def _compact(self, folders: list[str]) -> tuple[Compaction, ...]:
         """Merge each folder's small committed files (after the final checkpoint: the state

@@ -37,6 +37,7 @@ Schema (types live in :mod:`asyncingest._schema`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -306,6 +307,17 @@ class ParquetSink:
                     out.write_table(group, row_group_size=max(1, group.num_rows))
             _publish(staging, path)
             self._file_schemas[path] = target
+
+    def abort(self) -> None:
+        """Give up after a failure (a full disk): close the open file quietly and delete
+        every staging file; committed files stay as they are. The sink is closed after."""
+        if self._open is not None:
+            done, self._open = self._open, None
+            with contextlib.suppress(Exception):  # it may fail again the same way
+                done.writer.close()
+        with contextlib.suppress(OSError):
+            self._remove_stale()
+        self._pending, self._pending_rows, self._closed = [], 0, True
 
     def _remove_stale(self) -> list[Path]:
         stale = [p for p in self.directory.iterdir() if _STAGING.fullmatch(p.name)]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._channel import Channel
 from ._checkpoint import Journal
 from ._deadletter import DeadLetters
+from ._errors import environment_failure
 from ._ledger import EndpointLedger
 from ._rangeset import RangeSet
 from ._request import Record, Request
@@ -217,7 +218,10 @@ class Writer:
 
     async def _run(self) -> None:
         try:
-            await self._apply_until_done()
+            try:
+                await self._apply_until_done()
+            except OSError as exc:  # the disk, not the data: name the folder it was writing
+                raise environment_failure(exc, self.sink.directory) from exc
         except BaseException as exc:
             # Every barrier waiting on this writer fails with it: a checkpoint must not wait
             # for an answer that will never come.
@@ -286,6 +290,12 @@ class Writer:
         self.ledger.written(len(records) - len(rejected))
         self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self._announce_files()
+
+    def abandon(self) -> None:
+        """After a failure, once no file work runs: staging files go, committed files stay."""
+        self.sink.abort()
+        if self.tsink is not None:
+            self.tsink.abort()
 
     def _sync(self) -> None:
         self.sink.flush()
