@@ -21,10 +21,12 @@ from aiohttp.test_utils import TestServer
 
 import asyncingest
 from asyncingest import ConfigError, RunResult, config_from_dict
+from asyncingest._mockapi import MockAPI, MockSettings
 from asyncingest._sync import run_sync
 
 from .conftest import read_records
 from .hostile_server import HostileServer
+from .test_engine import F1_ENDPOINTS, pipeline
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_time": 5}
 
@@ -467,3 +469,25 @@ async def test_a_redirect_loop_echoing_the_key_reports_it_redacted(
     [dead] = dead_letters(tmp_path, "loop")
     assert "more than 5 redirects, the last to" in dead["reason"]
     assert files_holding(tmp_path, b"0123456789") == []
+
+
+async def test_resets_with_latency_never_break_the_referees_window(tmp_path: Path) -> None:
+    """The issue's case, scaled down, against the bundled mock's referee: connections reset
+    before the answer, latency up to 50 ms, a strict window. Every arrival is an attempt the
+    limiter granted, and no window of arrivals holds more than the limit."""
+    settings = MockSettings.small(
+        fault_rate=0.2,
+        fault_kinds=("reset_before_answer",),
+        rate_limits=((15, 0.5),),
+        latency_jitter_ms=50,
+    )
+    async with MockAPI(settings) as api:
+        limits = [{"requests": 15, "per_seconds": 0.5}]
+        result = await asyncingest.run(
+            pipeline(api.url, F1_ENDPOINTS, tmp_path, rate_limits=limits)
+        )
+        stats = api.stats
+    assert result.ok
+    assert stats.faults["reset_before_answer"] > 5  # resets really happened
+    assert stats.requests == result.requests  # no arrival without a slot
+    assert stats.violations == 0 and stats.max_in_window == [15]
