@@ -34,10 +34,12 @@ MAX_ROWS = MIN_ROWS = 200
 GROUP_ROWS = 5
 # No folder reaches 500 rows: nothing is merged during the run, everything at its end.
 AT_THE_END = {"max_rows_per_file": 500, "min_rows_per_file": 500}
-# laps and laps_out reach 60 small rows many times during the run.
-DURING = {"max_rows_per_file": 60, "min_rows_per_file": 60}
 # 480 laps arrive 10 a page over ~50 rounds of requests: many checkpoints, many small files.
 SETTINGS = {"laps_per_driver": 40, "latency_ms": 10}
+# Slower pages: a checkpoint commits about 20 laps, so laps and laps_out reach 100 small rows
+# again and again during the run (a file cut at 100 by the sink would not be small).
+DURING = {"max_rows_per_file": 100, "min_rows_per_file": 100}
+SLOW = {**SETTINGS, "latency_ms": 30}
 TRANSFORM = {"function": "tests.transform_helpers:identity", "batch_size": 7}
 
 
@@ -199,7 +201,7 @@ async def test_a_kill_during_a_compaction_while_running_then_resume_gives_every_
     tmp_path: Path, crash_at: str
 ) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
+    async with MockAPI(MockSettings.small(**SLOW)) as api:
         cfg = tmp_path / "job.yaml"
         cfg.write_text(yaml.safe_dump(pipeline(api.url, out, transform=True, **DURING)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
@@ -211,7 +213,7 @@ async def test_a_kill_during_a_compaction_while_running_then_resume_gives_every_
         assert code == 0, text
         assert_every_record_once(api, out, transform=True)
     assert_no_key_twice_in_a_glob(out)
-    assert_compacted(out, 60, 60)
+    assert_compacted(out, 100, 100)
     assert_state_names_what_is_on_disk(out)
 
 
@@ -219,17 +221,17 @@ async def test_small_files_are_merged_while_the_run_goes_on(tmp_path: Path) -> N
     """Killed before its end, a long run has not left a file per checkpoint: its small
     files were merged once they added up to min_rows_per_file."""
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
+    async with MockAPI(MockSettings.small(**SLOW)) as api:
         cfg = tmp_path / "job.yaml"
         cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **DURING)))
-        # The 2nd merge has committed: the run is still going (laps alone makes 6 or more).
+        # The 2nd merge has committed: the run is still going (laps alone makes 4 or more).
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-renamed:2"})
         assert code == -signal.SIGKILL, text
     state = load_state(out)
     assert state is not None and state.status == "running"
     laps = state.endpoints["laps"]
     rows = {n: pq.read_metadata(out / "laps" / n).num_rows for n in laps.files}
-    assert any(n >= 60 for n in rows.values()), rows  # merged files, made mid-run
+    assert any(n >= 100 for n in rows.values()), rows  # merged files, made mid-run
 
 
 async def test_a_compaction_killed_before_its_commit_leaves_the_old_files_committed(
