@@ -321,17 +321,17 @@ class Engine:
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
             )
-            checkpointer = asyncio.create_task(
-                self._checkpoint_every(cfg.output.checkpoint_seconds)
-            )
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
             try:
                 async with asyncio.TaskGroup() as tg:
-                    for root in roots:
-                        tg.create_task(self._run_tree(root, trees), name=f"tree-{root.name}")
-                checkpointer.cancel()
-                await asyncio.gather(checkpointer, return_exceptions=True)
+                    # In the group: a checkpoint that cannot be saved (a full disk) stops the
+                    # run at once with its error, as a failing endpoint does.
+                    checkpointer = tg.create_task(
+                        self._checkpoint_every(cfg.output.checkpoint_seconds), name="checkpoints"
+                    )
+                    await self._run_trees(roots, trees)
+                    checkpointer.cancel()
                 await self._checkpoint(final=True)
                 compacted = await self._compact(list(folders))
                 if state.status == "complete":
@@ -346,8 +346,6 @@ class Engine:
                     raise first_cause(exc) from None
                 raise
             finally:
-                checkpointer.cancel()
-                await asyncio.gather(checkpointer, return_exceptions=True)
                 for r in self.runners.values():
                     if r.journal is not None:
                         r.journal.close()
@@ -527,6 +525,11 @@ class Engine:
         write_run_report(self.output, self.state.status, result)
 
     # ------------------------------------------------------------------ the graph
+
+    async def _run_trees(self, roots: list[EndpointConfig], trees: asyncio.Semaphore) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for root in roots:
+                tg.create_task(self._run_tree(root, trees), name=f"tree-{root.name}")
 
     async def _run_tree(self, root: EndpointConfig, trees: asyncio.Semaphore) -> None:
         async with trees, asyncio.TaskGroup() as tg:

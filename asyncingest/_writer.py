@@ -190,7 +190,7 @@ class Writer:
         """
         b = Barrier()
         if self._failed is not None:  # a dead writer answers no barrier: say so at once
-            _fail(b, self.name, self._failed)
+            _fail(b, self._failed)
         elif self.task is None:  # not started: nothing written, nothing pending
             b.future.set_result(self._snapshot())
         elif self._finishing:  # the final answer comes when the writer has closed the sink
@@ -202,7 +202,7 @@ class Writer:
 
     def _answer_final(self, b: Barrier) -> None:
         if self._failed is not None:
-            _fail(b, self.name, self._failed)
+            _fail(b, self._failed)
         elif not b.future.done():
             b.future.set_result(self._take_final())
 
@@ -232,7 +232,7 @@ class Writer:
                 if isinstance(item, Barrier):
                     waiting.append(item)
             for b in waiting:
-                _fail(b, self.name, exc)
+                _fail(b, exc)
             if self.pipe is not None:  # a hard stop or a failure: no batch left running
                 await self.pipe.aclose()
             raise
@@ -340,15 +340,14 @@ class Writer:
             self._tcommitted = len(tfiles)
 
 
-def _fail(b: Barrier, name: str, cause: BaseException) -> None:
+def _fail(b: Barrier, cause: BaseException) -> None:
     if b.future.done():
         return
     if isinstance(cause, asyncio.CancelledError):
         b.future.cancel()
         return
-    err = RuntimeError(f"{name}: the writer failed ({cause!r}); no checkpoint of it")
-    err.__cause__ = cause
-    b.future.set_exception(err)
+    # The writer's own error: whichever task reports it first, the run ends with it.
+    b.future.set_exception(cause)
 
 
 def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:

@@ -273,3 +273,72 @@ async def test_a_journal_shorter_than_the_state_says_exits_4(tmp_path: Path) -> 
         code, text = await run_cli(cfg)
         assert code == 4, text
         assert str(journal) in text and "Traceback" not in text
+
+
+async def test_a_periodic_checkpoint_that_cannot_be_saved_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids_path, ids = write_ids(tmp_path, 200)
+    out = tmp_path / "out"
+    saves = 0
+
+    def state_written(name: str) -> None:
+        nonlocal saves
+        saves += name == "state"
+        if saves == 2:  # the first save marks the run started; the second is periodic
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(state_path(out)))
+
+    async with MockAPI(MockSettings.small(latency_ms=5)) as api:
+        raw = job_config(api.url, out, ids_path)
+        raw["output"]["checkpoint_seconds"] = 0.05
+        cfg = config_from_dict(raw)
+        monkeypatch.setattr(_checkpoint, "crash_point", state_written)
+        with pytest.raises(EnvironmentFailure, match="no space left"):
+            await asyncingest.run(cfg)
+        assert not leftovers(out)
+        monkeypatch.undo()
+        assert (await asyncingest.run(cfg)).ok
+        check_complete(api, out, ids)
+
+
+async def test_a_damaged_dead_letter_file_refuses_retry_failed_naming_it(tmp_path: Path) -> None:
+    ids_path, ids = write_ids(tmp_path, 10)
+    out = tmp_path / "out"
+    faults = {f"/partner/users/{ids[4]}": ("status_503",)}
+    async with MockAPI(MockSettings.small(forced_faults=faults, max_faults_per_url=1)) as api:
+        raw = job_config(api.url, out, ids_path)
+        raw["endpoints"] = raw["endpoints"][-1:]  # users only
+        raw["api"]["retry"]["max_attempts"] = 1
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        assert (await run_cli(cfg))[0] == 1
+        dead = out / "_dead_letter" / "users" / "dead-letters.jsonl"
+        dead.write_bytes(b"[" * (len(dead.read_bytes()) - 1) + b"\n")
+        code, text = await run_cli(cfg, "--retry-failed")
+        assert code == 4, text
+        assert str(dead) in text and "line 1" in text and "Traceback" not in text
+
+
+async def test_sync_mode_reports_a_full_disk_as_an_environment_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from asyncingest._sync import run_sync
+
+    ids_path, _ = write_ids(tmp_path, 60)
+    async with MockAPI(MockSettings.small()) as api:
+        cfg = config_from_dict(job_config(api.url, tmp_path / "out", ids_path))
+        monkeypatch.setattr(_sink, "_publish", fail_once_at(2))
+        with pytest.raises(EnvironmentFailure, match="no space left") as info:
+            await asyncio.to_thread(run_sync, cfg)
+        assert "--fresh" in info.value.hint  # sync mode does not resume
+
+
+def test_the_help_lists_exit_code_4(capsys: pytest.CaptureFixture[str]) -> None:
+    from asyncingest._cli import EXIT_ENVIRONMENT, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert EXIT_ENVIRONMENT == 4 and "4 environment failure (disk full" in text

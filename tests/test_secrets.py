@@ -352,3 +352,69 @@ async def test_secret_echoed_by_the_api_is_in_no_file_the_run_writes(
     assert leaks(tmp_path, repr(events) + repr([first, resumed, failed, retried])) == []
     # Every request went to the origin with the secret, resumed ones included.
     assert echo.seen and all(key == SECRET for _, key in echo.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_sync_mode_keeps_an_echoed_secret_out_of_its_files_and_other_hosts(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread-pool engine shares the scrubbing: a next link to another host carrying the
+    key loses it, and a failing page whose link echoed the key leaves no trace in any file."""
+    import asyncio
+
+    from asyncingest._sync import run_sync
+
+    _, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    echo = Echoer()
+    echo.fail_page = 2
+    async with TestServer(echo.app(), host="127.0.0.1") as server:
+        walk_url = str(server.make_url("")).rstrip("/")
+        link = {"name": "e", "path": "/items-echo", "records": "items"}
+        link["pagination"] = {"type": "next_url"}
+        walk = {
+            "name": "w",
+            "path": "/walk",
+            "records": "items",
+            "pagination": {"type": "next_url"},
+        }
+        first = await asyncio.to_thread(run_sync, config(url, auth, tmp_path / "a", [link]))
+        second = await asyncio.to_thread(run_sync, config(walk_url, auth, tmp_path / "b", [walk]))
+    assert first.ok and other.raw and all(SECRET not in raw for raw in other.raw)
+    assert second.exit_code == 1
+    assert "page=2" in (tmp_path / "b" / "_dead_letter" / "w" / "dead-letters.jsonl").read_text()
+    assert leaks(tmp_path, repr([first, second])) == []
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_an_echoed_query_key_is_not_in_the_logs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    log_format: str,
+) -> None:
+    """The CLI's log lines (debug level: every request and retry) and its summary, for a walk
+    whose links echo the key and whose second page fails quoting it."""
+    import asyncio
+
+    from asyncingest._cli import main
+
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    echo = Echoer()
+    echo.fail_page = 2
+    async with TestServer(echo.app(), host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        cfg = tmp_path / "p.json"
+        endpoint = {"name": "w", "path": "/walk", "records": "items"}
+        endpoint["pagination"] = {"type": "next_url"}
+        raw = {
+            "api": {"base_url": url, "auth": AUTHS[2], "retry": {"max_attempts": 2}},
+            "endpoints": [endpoint],
+        }
+        cfg.write_text(json.dumps(raw))
+        argv = ["run", str(cfg), "-o", str(tmp_path / "o"), "--log-level", "debug"]
+        code = await asyncio.to_thread(main, [*argv, "--log-format", log_format])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "page=2" in err  # the failing request is logged ...
+    assert SECRET not in out + err  # ... without the key
