@@ -35,6 +35,7 @@ class Recorder:
         app.router.add_get("/echo-error", self.echo_error)
         app.router.add_get("/items-echo", self.items_echo)
         app.router.add_get("/redirect-echo", self.redirect_echo)
+        app.router.add_get("/same", self.same)
         return app
 
     def note(self, request: web.Request) -> None:
@@ -63,6 +64,13 @@ class Recorder:
         self.note(request)
         nxt = f"{self.other_url}/more?api_key={self.key(request)}&token={self.key(request)}"
         return web.json_response({"items": [{"id": 1}], "next": nxt})
+
+    async def same(self, request: web.Request) -> web.Response:
+        """A next link back to this very page, differing only by the echoed key."""
+        self.note(request)
+        return web.json_response(
+            {"items": [{"id": 1}], "next": f"/same?api_key={self.key(request)}"}
+        )
 
     async def redirect_echo(self, request: web.Request) -> web.Response:
         self.note(request)
@@ -171,6 +179,30 @@ async def test_a_link_to_another_host_carrying_the_key_is_followed_without_it(
     assert [creds(e) for e in home.seen] == [[SECRET]]
     assert other.raw and all(SECRET not in raw for raw in other.raw)
     assert all(creds(e) == [] for e in other.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_a_link_back_to_the_same_page_but_for_the_echoed_key_is_a_loop(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scrubbing the key must not hide a loop: the link is the current page once the key is
+    gone, so the walk stops and says so instead of asking the same page forever."""
+    import asyncio
+
+    home, url, _ = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {
+        "name": "s",
+        "path": "/same",
+        "records": "items",
+        "pagination": {"type": "next_url"},
+    }
+    async with asyncio.timeout(20):
+        result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    assert result.exit_code == 1 and len(home.seen) == 1
+    dead = (tmp_path / "_dead_letter" / "s" / "dead-letters.jsonl").read_text()
+    assert "points at the current page" in dead and SECRET not in dead
+    assert [r["id"] for r in read_records(tmp_path, "s")] == [1]
 
 
 async def test_same_origin_redirect_keeps_credentials(
