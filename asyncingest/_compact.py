@@ -1,10 +1,17 @@
 """Compaction: an output folder's many small committed Parquet files merged into few, exactly once.
 
-Every checkpoint commits a file per endpoint, so a long run leaves many small files. At the end
-of a run (and whenever a run starts on an output whose last compaction was cut short) each
-folder's committed files smaller than ``output.min_rows_per_file`` are merged into files of
-``max_rows_per_file`` rows, so at most one file per folder stays smaller. Where it sits in the
-data flow: docs/architecture.md, "Checkpoints".
+Every checkpoint commits a file per endpoint, so a long run leaves many small files. Files
+smaller than ``output.min_rows_per_file`` are "small". Two moments merge them into files of
+``max_rows_per_file`` rows:
+
+- during the run (:func:`compact_running`, after a checkpoint): a folder's small files, once
+  they add up to ``min_rows_per_file`` rows, so a run killed in its fifth hour has not left
+  thousands; it runs on the engine's one file thread, serialized with the sinks, takes its
+  file names from the folder's sink and tells the sink which files it replaced;
+- at the end (:func:`compact_folders`, after the final checkpoint, and again on an output
+  found complete): all of them, so at most one file per folder stays small.
+
+Where it sits in the data flow: docs/architecture.md, "Checkpoints".
 
 The commit protocol (each step is a named crash point, see tests/test_compact.py):
 
@@ -45,9 +52,11 @@ import pyarrow.parquet as pq
 from ._checkpoint import EndpointState, RunState, fsync_dir, save_state
 from ._config import OutputConfig
 from ._crashpoints import crash_point
+from ._errors import StateCorrupt
 from ._result import Compaction
+from ._sink import ParquetSink
 
-__all__ = ["CompactOptions", "compact_folders", "recover"]
+__all__ = ["CompactOptions", "compact_folders", "compact_running", "recover"]
 
 _PART: Final = re.compile(r"part-(\d+)\.parquet")
 _STAGED: Final = re.compile(r"\.part-\d+\.parquet\.compact")
@@ -115,9 +124,11 @@ def _finish(directory: Path, pending: dict[str, Any]) -> None:
         if staging.exists():
             os.replace(staging, final)
         elif not final.exists():
-            raise FileNotFoundError(
-                f"{final}: the state names this compacted file, but neither it nor its "
-                f"staging file {staging_name} exists; the output is damaged (--fresh starts over)"
+            raise StateCorrupt(
+                str(final),
+                f"the checkpoint names this compacted file, but neither it nor its staging "
+                f"file {staging_name} exists",
+                "the output is damaged; --fresh starts over",
             )
     fsync_dir(directory)
     crash_point("compact-renamed")
@@ -132,49 +143,108 @@ def compact_folders(
     """Merge each folder's small committed files, committing each folder through the state.
 
     Blocking (run it in a thread). The state must not change meanwhile (the engine calls this
-    after its final checkpoint). Folders with at most one small file are left alone.
+    after its final checkpoint, when the sinks are closed). Folders with at most one small
+    file are left alone.
     """
     done: list[Compaction] = []
     for folder in folders:
         es = state.endpoints.get(folder)
-        if es is None or not es.files:
+        if es is None or len(es.files) < 2:
             continue
-        report = _compact_folder(output, state, folder, es, options)
-        if report is not None:
-            done.append(report)
+        merged = _compact_folder(output, state, folder, es, options, enough=0)
+        if merged is not None:
+            done.append(merged.report)
     if done:
         save_state(output, state)  # clears the last folder's pending record
     return done
 
 
-def _compact_folder(
-    output: Path, state: RunState, folder: str, es: EndpointState, options: CompactOptions
+def compact_running(
+    output: Path,
+    state: RunState,
+    folder: str,
+    options: CompactOptions,
+    sink: ParquetSink,
+    sizes: dict[str, int],
 ) -> Compaction | None:
+    """During a run: merge a folder's small committed files once they add up to
+    ``min_rows_per_file`` rows, so a long run killed in its fifth hour has not left thousands.
+
+    Call it on the thread that uses ``sink`` (names come from it, and it is told which files
+    were replaced), right after a checkpoint saved ``state``; nothing else may change the state
+    meanwhile. ``sizes`` caches row counts by file name between calls (files never change
+    their row count, names are never reused). The pending record is saved with the next
+    checkpoint.
+    """
+    es = state.endpoints.get(folder)
+    if es is None or len(es.files) < 2:
+        return None
+    merged = _compact_folder(
+        output,
+        state,
+        folder,
+        es,
+        options,
+        enough=options.min_rows_per_file,
+        names=iter(sink.reserve_path, None),
+        sizes=sizes,
+    )
+    if merged is None:
+        return None
     directory = output / folder
-    groups = plan([_describe(directory, name) for name in es.files], options.min_rows_per_file)
+    for old, new, schema in merged.groups:
+        sink.replaced([directory / n for n in old], [directory / n for n in new], schema)
+    return merged.report
+
+
+@dataclass(frozen=True)
+class _Merged:
+    report: Compaction
+    groups: list[tuple[list[str], list[str], pa.Schema]]  # replaced, made, their schema
+
+
+def _compact_folder(
+    output: Path,
+    state: RunState,
+    folder: str,
+    es: EndpointState,
+    options: CompactOptions,
+    *,
+    enough: int,
+    names: Iterator[Path] | None = None,
+    sizes: dict[str, int] | None = None,
+) -> _Merged | None:
+    directory = output / folder
+    small = _small_files(directory, es.files, options.min_rows_per_file, sizes)
+    groups = [g for g in plan(small, options.min_rows_per_file) if sum(f.rows for f in g) >= enough]
     if not groups:
         return None
     before = len(es.files)
-    names = _names(directory, es.files)
+    names = names or _names(directory, es.files)
     staged: list[tuple[str, str]] = []
-    replaced: list[str] = []
-    rows = 0
-    for group in groups:
-        made = _merge(directory, group, options, names)
-        staged.extend((s.name, f.name) for s, f in made)
-        replaced.extend(f.name for f in group)
-        rows += sum(f.rows for f in group)
-    fsync_dir(directory)
+    merges: list[tuple[list[str], list[str], pa.Schema]] = []
+    try:
+        for group in groups:
+            made = _merge(directory, group, options, names)
+            staged.extend((s.name, f.name) for s, f in made)
+            merges.append(([f.name for f in group], [f.name for _, f in made], group[0].schema))
+        fsync_dir(directory)
+    except BaseException:
+        for staging_name, _ in staged:  # not committed: the old files stay, nothing else
+            (directory / staging_name).unlink(missing_ok=True)
+        raise
     crash_point("compact-staged")
 
+    replaced = [name for old, _, _ in merges for name in old]
     gone = set(replaced)
     es.files = [f for f in es.files if f not in gone] + [final for _, final in staged]
     es.compaction = {"staged": [list(p) for p in staged], "replaced": replaced}
     save_state(output, state)  # the commit point
     crash_point("compact-state")
     _finish(directory, es.compaction)
-    es.compaction = None  # saved with the next folder's commit, or by compact_folders
-    return Compaction(folder, len(es.files), before, rows)
+    es.compaction = None  # saved with the next commit or checkpoint
+    rows = sum(f.rows for g in groups for f in g)
+    return _Merged(Compaction(folder, len(es.files), before, rows), merges)
 
 
 def plan(files: list[CommittedFile], min_rows: int) -> list[list[CommittedFile]]:
@@ -190,6 +260,23 @@ def plan(files: list[CommittedFile], min_rows: int) -> list[list[CommittedFile]]
         else:
             by_schema.append([f])
     return [g for g in by_schema if len(g) > 1]
+
+
+def _small_files(
+    directory: Path, files: list[str], min_rows: int, sizes: dict[str, int] | None
+) -> list[CommittedFile]:
+    """The committed files under ``min_rows`` rows, described (schema read fresh: a sink's
+    unify-at-close may have rewritten a file to a wider schema)."""
+    out = []
+    for name in files:
+        if sizes is not None and sizes.get(name, 0) >= min_rows:
+            continue
+        described = _describe(directory, name)
+        if sizes is not None:
+            sizes[name] = described.rows
+        if described.rows < min_rows:
+            out.append(described)
+    return out
 
 
 def _describe(directory: Path, name: str) -> CommittedFile:

@@ -34,7 +34,7 @@ from ._checkpoint import (
     save_state,
 )
 from ._clock import BoundLoopClock, Clock, LoopClock
-from ._compact import CompactOptions, compact_folders, recover
+from ._compact import CompactOptions, compact_folders, compact_running, recover
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
@@ -126,6 +126,12 @@ class Engine:
         self.state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
+        # Compaction during the run (asyncingest._compact.compact_running): the file thread it
+        # runs on, the names each folder's compactions replaced, and known row counts.
+        self._files: Executor | None = None
+        self._merged_away: dict[str, set[str]] = {}
+        self._file_rows: dict[str, dict[str, int]] = {}
+        self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
         self.global_limiter: SlidingWindowLimiter | None = None
         self.pause_gate: PauseGate | None = None
@@ -303,6 +309,7 @@ class Engine:
             # 10 MB lower peak RSS on a 1,000,000-id fan-out).
             files = ThreadPoolExecutor(1, thread_name_prefix="asyncingest-files")
             stack.callback(files.shutdown, wait=False)
+            self._files = files
             self._build_runners(client, pool, options, policy, files)
             if self.stopping:
                 self.stop()
@@ -442,10 +449,57 @@ class Engine:
                 for folder, names in res.extra_files.items():
                     prior = self._prior_files[folder]
                     state.endpoint(folder).files = prior + [n for n in names if n not in prior]
+            for folder, gone in self._merged_away.items():  # a sink still lists them
+                es = state.endpoint(folder)
+                es.files = [f for f in es.files if f not in gone]
             if final:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self.stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+            if not final:
+                await asyncio.shield(self._compact_running())
+
+    async def _compact_running(self) -> None:
+        """After a checkpoint: merge each folder's small committed files once they add up to
+        ``min_rows_per_file`` rows, on the file thread (serialized with the sinks' work)."""
+        state = self.state
+        assert state is not None
+        options = CompactOptions.from_config(self.config.output)
+        loop = asyncio.get_running_loop()
+        for r in self.runners.values():
+            sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
+            for sink in sinks:
+                folder = sink.directory.name
+                before = list(state.endpoint(folder).files)
+                done = await loop.run_in_executor(
+                    self._files,
+                    compact_running,
+                    self.output,
+                    state,
+                    folder,
+                    options,
+                    sink,
+                    self._file_rows.setdefault(folder, {}),
+                )
+                if done is not None:
+                    now = state.endpoint(folder).files
+                    self._merged_away.setdefault(folder, set()).update(set(before) - set(now))
+                    self._prior_files[folder] = list(now)
+                    self._note_compaction(done)
+
+    def _note_compaction(self, c: Compaction) -> None:
+        """Add a compaction to the run's per-folder totals (files saved, rows rewritten)."""
+        saved, rows = self._compacted.get(c.folder, (0, 0))
+        self._compacted[c.folder] = (saved + c.compacted_from - c.files, rows + c.rows)
+
+    def _compaction_report(self) -> tuple[Compaction, ...]:
+        """Per folder compacted during this run: its files now and without compaction."""
+        assert self.state is not None
+        out = []
+        for folder, (saved, rows) in self._compacted.items():
+            files = len(self.state.endpoint(folder).files)
+            out.append(Compaction(folder, files, files + saved, rows))
+        return tuple(out)
 
     def _abandon_files(self, files: ThreadPoolExecutor) -> None:
         """After a failure: wait for the file thread, then delete every staging file."""
@@ -455,13 +509,16 @@ class Engine:
 
     async def _compact(self, folders: list[str]) -> tuple[Compaction, ...]:
         """Merge each folder's small committed files (after the final checkpoint: the state
-        and the files no longer change). Shielded: a commit is not left half done."""
+        and the files no longer change). Shielded: a commit is not left half done. Returns
+        what this run compacted, during the run and now."""
         assert self.state is not None
         options = CompactOptions.from_config(self.config.output)
         done = await asyncio.shield(
             asyncio.to_thread(compact_folders, self.output, self.state, folders, options)
         )
-        return tuple(done)
+        for c in done:
+            self._note_compaction(c)
+        return self._compaction_report()
 
     def _write_report(self, result: RunResult) -> None:
         assert self.state is not None

@@ -150,6 +150,7 @@ class ParquetSink:
         # from the kinds they recorded, and unify-at-close rewrites them too if the kinds
         # widen, so the folder keeps one schema across runs.
         self._earlier: list[Path] = []
+        self._merged_away: set[Path] = set()  # committed files a compaction replaced
         self._adopt_earlier_files()
 
     def _adopt_earlier_files(self) -> None:
@@ -291,10 +292,27 @@ class ParquetSink:
         self._file_schemas[done.final] = done.writer.schema
         self._rows_written += done.rows
 
+    def reserve_path(self) -> Path:
+        """A final file name this sink will never use itself (for a compaction's output)."""
+        final = self.directory / f"part-{self._next_index:05d}.parquet"
+        self._next_index += 1
+        return final
+
+    def replaced(self, old: Sequence[Path], new: Sequence[Path], schema: pa.Schema) -> None:
+        """A compaction (``asyncingest._compact``) merged committed files ``old`` into ``new``:
+        unify-at-close rewrites ``new`` if the schema widens, and no longer opens ``old``.
+        Call it from the thread that uses the sink."""
+        self._merged_away.update(old)
+        self._earlier = [p for p in self._earlier if p not in self._merged_away]
+        self._earlier.extend(new)
+        for path in new:
+            self._file_schemas[path] = schema
+
     def _unify(self) -> None:
         """Rewrite this sink's files whose schema is older than the final one."""
         target = self._converter.arrow_schema()
-        for path in [*self._earlier, *self._files]:
+        live = [p for p in [*self._earlier, *self._files] if p not in self._merged_away]
+        for path in live:
             if same_schema(self._file_schemas[path], target):
                 continue
             staging = _staging_path(path)

@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 import asyncingest
-from asyncingest import config_from_dict
+from asyncingest import StateCorrupt, config_from_dict
 from asyncingest._checkpoint import RunState, load_state
-from asyncingest._compact import CompactOptions, compact_folders, recover
+from asyncingest._compact import CompactOptions, compact_folders, compact_running, recover
 from asyncingest._mockapi import MockAPI, MockSettings
 from asyncingest._schema import TYPES_KEY
+from asyncingest._sink import ParquetSink, SinkOptions
 
 from .conftest import assert_same_records, read_records
 from .test_engine import F1_ENDPOINTS, F1_KEYS
@@ -31,8 +32,14 @@ pytestmark = pytest.mark.slow
 # checkpoints: laps (480 rows) and its transform output always have small files to merge.
 MAX_ROWS = MIN_ROWS = 200
 GROUP_ROWS = 5
+# No folder reaches 500 rows: nothing is merged during the run, everything at its end.
+AT_THE_END = {"max_rows_per_file": 500, "min_rows_per_file": 500}
 # 480 laps arrive 10 a page over ~50 rounds of requests: many checkpoints, many small files.
 SETTINGS = {"laps_per_driver": 40, "latency_ms": 10}
+# Slower pages: a checkpoint commits about 20 laps, so laps and laps_out reach 100 small rows
+# again and again during the run (a file cut at 100 by the sink would not be small).
+DURING = {"max_rows_per_file": 100, "min_rows_per_file": 100}
+SLOW = {**SETTINGS, "latency_ms": 30}
 TRANSFORM = {"function": "tests.transform_helpers:identity", "batch_size": 7}
 
 
@@ -100,11 +107,11 @@ def assert_state_names_what_is_on_disk(out: Path) -> None:
         assert not [p for p in folder.iterdir() if p.name.startswith(".")], folder
 
 
-def assert_compacted(out: Path) -> None:
+def assert_compacted(out: Path, max_rows: int = MAX_ROWS, min_rows: int = MIN_ROWS) -> None:
     for folder in folders(out):
         rows = rows_per_file(folder)
-        assert all(n <= MAX_ROWS for n in rows.values()), (folder.name, rows)
-        small = [n for n in rows.values() if n < MIN_ROWS]
+        assert all(n <= max_rows for n in rows.values()), (folder.name, rows)
+        small = [n for n in rows.values() if n < min_rows]
         assert len(small) <= 1, (folder.name, rows)
 
 
@@ -164,38 +171,67 @@ async def test_transform_output_folder_is_compacted_too(tmp_path: Path) -> None:
     assert_state_names_what_is_on_disk(out)
 
 
-@pytest.mark.parametrize(
-    "crash_at",
-    [
-        "compact-staged:1",
-        "compact-state:1",
-        "compact-deleted:1",
-        "compact-renamed:1",
-        "compact-staged:2",
-        "compact-state:2",
-        "compact-deleted:2",
-        "compact-renamed:2",
-    ],
-)
-async def test_a_kill_during_compaction_then_resume_gives_every_record_once(
+CRASH_POINTS = ["compact-staged", "compact-state", "compact-deleted", "compact-renamed"]
+
+
+@pytest.mark.parametrize("crash_at", [f"{p}:{n}" for n in (1, 2) for p in CRASH_POINTS])
+async def test_a_kill_during_the_final_compaction_then_resume_gives_every_record_once(
     tmp_path: Path, crash_at: str
 ) -> None:
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small(**SETTINGS)) as api:
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, transform=True)))
+        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, transform=True, **AT_THE_END)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
         assert code == -signal.SIGKILL, text
         # Killed part way: a reader of any folder never sees a row twice.
         assert_no_key_twice_in_a_glob(out)
         state = load_state(out)
         assert state is not None and state.status == "complete"
-        code, text = await run_cli(cfg)
+        code, text = await run_cli(cfg)  # finds the output complete, finishes the compaction
         assert code == 0, text
         assert_every_record_once(api, out, transform=True)
     assert_no_key_twice_in_a_glob(out)
-    assert_compacted(out)
+    assert_compacted(out, 500, 500)
     assert_state_names_what_is_on_disk(out)
+
+
+@pytest.mark.parametrize("crash_at", [f"{p}:{n}" for n in (1, 2) for p in CRASH_POINTS])
+async def test_a_kill_during_a_compaction_while_running_then_resume_gives_every_record_once(
+    tmp_path: Path, crash_at: str
+) -> None:
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(**SLOW)) as api:
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, transform=True, **DURING)))
+        code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
+        assert code == -signal.SIGKILL, text
+        assert_no_key_twice_in_a_glob(out)
+        state = load_state(out)
+        assert state is not None and state.status == "running"  # killed mid-run
+        code, text = await run_cli(cfg)  # resumes: finishes or drops the step, then the rest
+        assert code == 0, text
+        assert_every_record_once(api, out, transform=True)
+    assert_no_key_twice_in_a_glob(out)
+    assert_compacted(out, 100, 100)
+    assert_state_names_what_is_on_disk(out)
+
+
+async def test_small_files_are_merged_while_the_run_goes_on(tmp_path: Path) -> None:
+    """Killed before its end, a long run has not left a file per checkpoint: its small
+    files were merged once they added up to min_rows_per_file."""
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(**SLOW)) as api:
+        cfg = tmp_path / "job.yaml"
+        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **DURING)))
+        # The 2nd merge has committed: the run is still going (laps alone makes 4 or more).
+        code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-renamed:2"})
+        assert code == -signal.SIGKILL, text
+    state = load_state(out)
+    assert state is not None and state.status == "running"
+    laps = state.endpoints["laps"]
+    rows = {n: pq.read_metadata(out / "laps" / n).num_rows for n in laps.files}
+    assert any(n >= 100 for n in rows.values()), rows  # merged files, made mid-run
 
 
 async def test_a_compaction_killed_before_its_commit_leaves_the_old_files_committed(
@@ -204,7 +240,7 @@ async def test_a_compaction_killed_before_its_commit_leaves_the_old_files_commit
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small(**SETTINGS)) as api:
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out)))
+        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **AT_THE_END)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-staged:1"})
         assert code == -signal.SIGKILL, text
     state = load_state(out)
@@ -223,7 +259,7 @@ async def test_a_compaction_killed_after_its_commit_is_finished_on_the_next_star
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small(**SETTINGS)) as api:
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out)))
+        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **AT_THE_END)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-state:1"})
         assert code == -signal.SIGKILL, text
     state = load_state(out)
@@ -275,3 +311,57 @@ def test_a_folder_with_one_small_file_is_left_alone(tmp_path: Path) -> None:
     options = CompactOptions("zstd", 10, 100, 50)
     assert compact_folders(tmp_path, state, ["items"], options) == []
     assert state.endpoints["items"].files == ["part-00000.parquet"]
+
+
+def test_a_compaction_that_fails_before_its_commit_leaves_only_the_old_files(
+    tmp_path: Path,
+) -> None:
+    state = small_files(tmp_path, [7] * 2)  # merged first: its staging file is made
+    folder = tmp_path / "items"
+    for name in ("part-00002.parquet", "part-00003.parquet"):  # another schema, merged next
+        pq.write_table(pa.table({"name": ["x"] * 7}), folder / name, compression="none")
+        state.endpoints["items"].files.append(name)
+    with (folder / "part-00003.parquet").open("r+b") as fh:
+        fh.seek(4)
+        fh.write(b"\xff" * 16)  # its first page header: the data cannot be read
+    before = sorted(p.name for p in folder.iterdir())
+    options = CompactOptions("zstd", row_group_rows=5, max_rows_per_file=50, min_rows_per_file=25)
+    with pytest.raises((OSError, pa.ArrowException)):
+        compact_folders(tmp_path, state, ["items"], options)
+    assert sorted(p.name for p in folder.iterdir()) == before  # no staging file left
+    assert state.endpoints["items"].files == before and state.endpoints["items"].compaction is None
+
+
+def test_a_pending_compaction_whose_files_are_gone_is_reported_as_a_damaged_state(
+    tmp_path: Path,
+) -> None:
+    state = small_files(tmp_path, [7])
+    state.endpoints["items"].compaction = {
+        "staged": [[".part-00009.parquet.compact", "part-00009.parquet"]],
+        "replaced": [],
+    }
+    with pytest.raises(StateCorrupt, match=r"part-00009\.parquet.*--fresh"):
+        recover(tmp_path, state)
+
+
+def test_a_sink_whose_files_were_merged_while_open_unifies_the_merged_file_at_close(
+    tmp_path: Path,
+) -> None:
+    """Merged during the run, then the inferred schema widens: close() rewrites the merged
+    file to the final schema and does not look for the files it replaced."""
+    sink = ParquetSink(tmp_path, "items", SinkOptions(row_group_rows=5, max_rows_per_file=50))
+    state = RunState("fp")
+    for start in (0, 7):
+        sink.write([{"id": i} for i in range(start, start + 7)])
+        sink.flush()
+    state.endpoint("items").files = [p.name for p in sink.files]
+    options = CompactOptions("zstd", row_group_rows=5, max_rows_per_file=50, min_rows_per_file=10)
+    merged = compact_running(tmp_path, state, "items", options, sink, {})
+    assert merged is not None and (merged.compacted_from, merged.files) == (2, 1)
+    sink.write([{"id": 14, "score": 1.5}])  # a new field: the schema widens
+    sink.close()
+    files = sorted((tmp_path / "items").glob("*.parquet"))
+    assert len({str(pq.read_schema(f).remove_metadata()) for f in files}) == 1
+    table = pq.read_table(tmp_path / "items")
+    assert sorted(table.column("id").to_pylist()) == list(range(15))
+    assert "score" in pq.read_schema(tmp_path / "items" / state.endpoints["items"].files[0]).names
