@@ -18,7 +18,7 @@ writer barrier only ever names durable work.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -29,9 +29,9 @@ from typing import IO, Any
 import orjson
 from yarl import URL
 
-from ._config import PipelineConfig
 from ._crashpoints import crash_point
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
+from ._errors import state_corrupt
 from ._json import dumps as json_dumps
 from ._json import loads as json_loads
 from ._rangeset import RangeSet
@@ -53,12 +53,17 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    crash_point("state")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        crash_point("state")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave the old file, and no half-written temp file
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -99,6 +104,9 @@ class EndpointState:
     journal_bytes: int = 0
     dead_letter_bytes: int = 0
     finished: bool = False
+    # A compaction committed but not finished (asyncingest._compact): hidden staging name ->
+    # final name of the merged files, and the files they replace.
+    compaction: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +117,7 @@ class EndpointState:
             "journal_bytes": self.journal_bytes,
             "dead_letter_bytes": self.dead_letter_bytes,
             "finished": self.finished,
+            "compaction": self.compaction,
         }
 
     @classmethod
@@ -121,6 +130,7 @@ class EndpointState:
             journal_bytes=int(d["journal_bytes"]),
             dead_letter_bytes=int(d["dead_letter_bytes"]),
             finished=bool(d["finished"]),
+            compaction=d.get("compaction"),
         )
 
 
@@ -131,6 +141,9 @@ class RunState:
     runs: list[str] = field(default_factory=list)
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
     note: str = ""
+    # What the fingerprint hashes (_identity.py), so a refused resume names the changed
+    # fields; None in a state written before it was stored.
+    identity: dict[str, Any] | None = None
 
     def endpoint(self, name: str) -> EndpointState:
         return self.endpoints.setdefault(name, EndpointState())
@@ -144,6 +157,7 @@ class RunState:
                 "runs": self.runs,
                 "note": self.note,
                 "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
+                "identity": self.identity,
             },
             option=orjson.OPT_INDENT_2,
         )
@@ -159,6 +173,7 @@ class RunState:
             runs=list(d["runs"]),
             note=d.get("note", ""),
             endpoints={k: EndpointState.from_json(v) for k, v in d["endpoints"].items()},
+            identity=d.get("identity"),
         )
 
     def __repr__(self) -> str:
@@ -174,48 +189,24 @@ def state_path(output: Path) -> Path:
 
 
 def load_state(output: Path) -> RunState | None:
+    """The saved state, ``None`` when there is none; ``StateCorrupt`` when it is damaged."""
+    path = state_path(output)
     try:
-        return RunState.from_bytes(state_path(output).read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
+    try:
+        return RunState.from_bytes(data)
+    except orjson.JSONDecodeError as exc:
+        raise state_corrupt(path, f"not valid JSON, truncated? ({exc})") from exc
+    except KeyError as exc:
+        raise state_corrupt(path, f"the field {exc} is missing") from exc
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise state_corrupt(path, str(exc)) from exc
 
 
 def save_state(output: Path, state: RunState) -> None:
     write_atomic(state_path(output), state.to_bytes())
-
-
-def fingerprint(cfg: PipelineConfig) -> str:
-    """A hash of what decides *which* records a run produces and where.
-
-    Rate limits, concurrency, retries, timeouts and credentials may change between a run
-    and its resume; the base URL, endpoints, schemas, output layout and input files may not.
-    """
-    parts: dict[str, Any] = {
-        "base_url": str(cfg.api.base_url),
-        "endpoints": [
-            e.model_dump(mode="json", exclude={"rate_limits", "concurrency"}, by_alias=True)
-            for e in cfg.endpoints
-        ],
-        "output": cfg.output.model_dump(mode="json", include={"compression"}),
-    }
-    inputs: dict[str, list[int] | None] = {}
-    for e in cfg.endpoints:
-        if e.from_file is not None:
-            try:
-                st = os.stat(e.from_file.path)
-                inputs[e.name] = [st.st_size, st.st_mtime_ns]
-            except OSError:
-                inputs[e.name] = None
-    parts["inputs"] = inputs
-    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-
-def describe_change(old: RunState, cfg: PipelineConfig) -> str:
-    return (
-        f"the config or an input file changed since this output was started (fingerprint "
-        f"{old.fingerprint} -> {fingerprint(cfg)}), so resuming could mix two different "
-        "jobs' records; run with --fresh to start over (this deletes the output's data)"
-    )
 
 
 # --------------------------------------------------------------------------- journal
@@ -233,6 +224,11 @@ class Journal:
     def open(self, lines: int, nbytes: int) -> None:
         """Start appending after the committed ``lines``/``nbytes`` (dropping anything later)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size < nbytes:  # truncate() would pad it with zeros: jobs would be lost
+            raise state_corrupt(
+                self.path, f"{size:,} bytes, shorter than the {nbytes:,} the state names"
+            )
         fh = self.path.open("ab")
         fh.truncate(nbytes)
         fh.seek(nbytes)
@@ -254,19 +250,31 @@ class Journal:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            # A full disk may fail the flush; what was not synced is not in the state.
+            with contextlib.suppress(OSError):
+                fh.close()
 
     def replay(self, lines: int) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
         """Jobs ``0..lines-1`` as ``(number, variables, copy)``, read from the file."""
         if lines <= 0 or not self.path.exists():
             return
+        read = 0
         with self.path.open("rb") as fh:
-            for n, raw in enumerate(fh):
-                if n >= lines:
-                    break
-                entry = json_loads(raw)
-                yield n, entry["v"], entry["c"]
+            for raw in fh:
+                if read >= lines:
+                    return
+                try:
+                    entry = json_loads(raw)
+                    job = read, dict(entry["v"]), dict(entry["c"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    why = f"line {read + 1} cannot be read ({exc})"
+                    raise state_corrupt(self.path, why) from exc
+                read += 1
+                yield job
+        if read < lines:
+            why = f"{read:,} lines, fewer than the {lines:,} the state names"
+            raise state_corrupt(self.path, why)
 
 
 # --------------------------------------------------------------------------- resume / fresh

@@ -486,17 +486,48 @@ def _finish(
     resume: str | None = None,
 ) -> int:
     if result.note == "already complete":
-        out.say(
-            "already_complete",
-            f"{result.output}: this run is already complete; --fresh runs it again, "
-            "--retry-failed re-requests its dead letters",
-            output=result.output,
-        )
+        if result.ok:
+            out.say(
+                "already_complete",
+                f"{result.output}: this run is already complete; --fresh runs it again",
+                output=result.output,
+            )
+        else:
+            out.error(
+                "already_complete",
+                f"{result.output}: this run is already complete, but {_dead_letters_left(result)}",
+                output=result.output,
+                dead_requests=result.dead_requests,
+                dead_records=result.dead_records,
+            )
         if out.quiet or out.json:
             out.summary(result, model, resume)
-        return EXIT_OK
+        return result.exit_code
     out.summary(result, model, resume)
+    this_run = sum(e.failed_requests + e.records_rejected for e in result.endpoints)
+    if result.dead_requests + result.dead_records > this_run:  # left by an earlier run
+        out.say("dead_letters_left", f"{result.output}: {_dead_letters_left(result)}", "warning")
     return result.exit_code
+
+
+def _dead_letters_left(result: RunResult) -> str:
+    """``3 dead letters remain (...)`` and what to do about them."""
+    n = result.dead_requests + result.dead_records
+    parts = []
+    if result.dead_requests:
+        parts.append(f"{result.dead_requests:,} failed requests")
+    if result.dead_records:
+        parts.append(f"{result.dead_records:,} refused records")
+    dead = Path(result.output) / "_dead_letter"
+    text = f"{n:,} dead letter{'s' if n != 1 else ''} remain ({', '.join(parts)}) in {dead}"
+    if result.dead_requests:
+        text += (
+            "; --retry-failed asks the failed requests again (e.g. after fixing an API key "
+            "that gave 401s)"
+        )
+    if result.dead_records:
+        text += "; refused records stay there with the reason (--fresh runs everything again)"
+    return text
 
 
 if __name__ == "__main__":

@@ -436,6 +436,13 @@ class OutputConfig(_Model):
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_rows: int = Field(10_000, ge=1)
     max_rows_per_file: int = Field(1_000_000, ge=1)
+    min_rows_per_file: int | None = Field(
+        None,
+        ge=1,
+        description="a finished run merges committed files smaller than this into files of "
+        "up to max_rows_per_file rows, so at most one file per folder is smaller "
+        "(default: half of max_rows_per_file)",
+    )
     checkpoint_seconds: float = Field(
         10.0,
         gt=0,
@@ -447,7 +454,16 @@ class OutputConfig(_Model):
     def _groups_fit(self) -> OutputConfig:
         if self.row_group_rows > self.max_rows_per_file:
             raise ValueError("row_group_rows cannot exceed max_rows_per_file")
+        if self.min_rows_per_file is not None and self.min_rows_per_file > self.max_rows_per_file:
+            raise ValueError("min_rows_per_file cannot exceed max_rows_per_file")
         return self
+
+    @property
+    def min_rows(self) -> int:
+        """``min_rows_per_file``, or its default: half of ``max_rows_per_file`` (at least 1)."""
+        if self.min_rows_per_file is not None:
+            return self.min_rows_per_file
+        return max(1, self.max_rows_per_file // 2)
 
 
 class PipelineConfig(_Model):

@@ -3,7 +3,9 @@
 ``ASYNCINGEST_CRASH_AT=name:n`` makes the process SIGKILL itself the n-th time it reaches
 the point ``name`` (``commit``: a Parquet file is fsynced but not yet renamed; ``state``: the
 new state is fsynced under its temporary name but not yet renamed; ``page``: a page was
-fetched but not yet handed to the writer). Unset (always, outside those tests) a point
+fetched but not yet handed to the writer; ``compact-staged``, ``compact-state``,
+``compact-deleted``, ``compact-renamed``: after each step of a compaction, see
+:mod:`asyncingest._compact`). Unset (always, outside those tests) a point
 costs one dictionary lookup.
 """
 

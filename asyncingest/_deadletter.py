@@ -12,6 +12,7 @@ true``) and the reason says why, so one poisonous record costs one dead letter, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -91,9 +92,10 @@ class DeadLetters:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.flush()
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            # A full disk may fail the flush; what was not synced is not in the state.
+            with contextlib.suppress(OSError):
+                fh.close()
 
     def __repr__(self) -> str:
         return f"DeadLetters({self.path}, count={self.count})"
@@ -111,3 +113,14 @@ def _encode(entry: dict[str, Any]) -> bytes:
             entry["record_truncated"] = True
         entry["reason"] = f"{entry.get('reason', '')}; {why}".lstrip("; ")
         return dumps(entry, default=str)
+
+
+def count_left(path: Path, nbytes: int) -> tuple[int, int]:
+    """``(failed requests, refused records)`` in the first ``nbytes`` of a dead-letter file:
+    what a finished output still holds (every entry starts with its ``kind``)."""
+    if nbytes <= 0 or not path.exists():
+        return 0, 0
+    with path.open("rb") as fh:
+        data = fh.read(nbytes)
+    requests = data.count(b'{"kind":"request"')
+    return requests, data.count(b"\n") - requests

@@ -29,7 +29,7 @@ from ._crashpoints import crash_point
 from ._deadletter import DeadLetters
 from ._events import EventBus, JobFinished, RecordsExpected, RequestStarted
 from ._guards import EndpointGuards
-from ._http import STOPPED, Failure, HttpClient, Response
+from ._http import STOPPED, Failure, HttpClient, Response, scrub_next
 from ._ledger import EndpointLedger
 from ._limiter import Limit, Permit
 from ._pagination import PaginationLoop, paginator_for
@@ -81,7 +81,7 @@ class EndpointRunner:
         # Asked by the client for each redirect hop's own slot.
         self._acquire_hop = self._acquire_again
         # Links the API sends back may carry the secret; kept requests must not.
-        self._scrub = client.scrub if client.credentials is not None else None
+        self._credentials = client.credentials
         self.policy = policy
         self.events = events
         self._listening = events.listening
@@ -245,8 +245,8 @@ class EndpointRunner:
                     self.events.emit(RecordsExpected(self.name, total))
             try:
                 next_request = self.paginator.next(page)
-                if next_request is not None and self._scrub is not None:
-                    next_request = self._scrub(next_request)
+                if self._credentials is not None:
+                    next_request = scrub_next(self._credentials, page, next_request)
             except PaginationLoop as exc:
                 await self._deliver(page, job, None)
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))

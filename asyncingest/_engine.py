@@ -34,10 +34,11 @@ from ._checkpoint import (
     save_state,
 )
 from ._clock import BoundLoopClock, Clock, LoopClock
+from ._compact import CompactOptions, compact_folders, compact_running, recover
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
-from ._errors import ConfigError, Problem
+from ._errors import ConfigError, Problem, environment_failure
 from ._events import (
     EndpointFinished,
     EndpointStarted,
@@ -53,8 +54,8 @@ from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._lock import OutputLock
 from ._records import Job
 from ._request import Request, base_url_of
-from ._result import RunResult
-from ._resume import JobPlan, apply, prepare, write_run_report
+from ._result import Compaction, RunResult
+from ._resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
 from ._retry import RetryPolicy
 from ._sink import ParquetSink, SinkOptions
 from ._sources import check_ids_file, count_ids, iter_ids
@@ -125,6 +126,12 @@ class Engine:
         self.state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
+        # Compaction during the run (asyncingest._compact.compact_running): the file thread it
+        # runs on, the names each folder's compactions replaced, and known row counts.
+        self._files: Executor | None = None
+        self._merged_away: dict[str, set[str]] = {}
+        self._file_rows: dict[str, dict[str, int]] = {}
+        self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
         self.global_limiter: SlidingWindowLimiter | None = None
         self.pause_gate: PauseGate | None = None
@@ -234,9 +241,11 @@ class Engine:
         Raises :class:`OutputLocked` at once when another run holds the output folder.
         """
         lock = OutputLock(self.output)
-        lock.acquire()  # before anything reads the state or --fresh deletes anything
         try:
+            lock.acquire()  # before anything reads the state or --fresh deletes anything
             return await self._run()
+        except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
+            raise environment_failure(exc, self.output) from exc
         finally:
             lock.release()
 
@@ -252,10 +261,25 @@ class Engine:
             prepare, cfg, self.output, fresh=self.fresh, retry_failed=self.retry_failed
         )
         state = self.state = start.state
-        if start.already_complete:
-            return RunResult(self.run_id, str(self.output), (), 0.0, note="already complete")
         folders = {e.name: e.name for e in cfg.endpoints}
         folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
+        # A compaction cut short by a kill is finished first (it was committed), or its
+        # staging files deleted (it was not); an output already complete gets it done now.
+        if await asyncio.to_thread(recover, self.output, state):
+            await asyncio.to_thread(save_state, self.output, state)
+        if start.already_complete:
+            merged = await self._compact(list(folders))
+            dead, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
+            return RunResult(
+                self.run_id,
+                str(self.output),
+                (),
+                0.0,
+                note="already complete",
+                compacted=merged,
+                dead_requests=dead,
+                dead_records=refused,
+            )
         await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
@@ -269,7 +293,9 @@ class Engine:
             row_group_rows=cfg.output.row_group_rows,
             max_rows_per_file=cfg.output.max_rows_per_file,
         )
-        cancelled = False
+        cancelled = failed = False
+        left = (0, 0)  # dead letters the finished output holds
+        compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
             pool = TransformPool(cfg.api.concurrency.cpu_workers)
@@ -283,6 +309,7 @@ class Engine:
             # 10 MB lower peak RSS on a 1,000,000-id fan-out).
             files = ThreadPoolExecutor(1, thread_name_prefix="asyncingest-files")
             stack.callback(files.shutdown, wait=False)
+            self._files = files
             self._build_runners(client, pool, options, policy, files)
             if self.stopping:
                 self.stop()
@@ -294,26 +321,31 @@ class Engine:
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
             )
-            checkpointer = asyncio.create_task(
-                self._checkpoint_every(cfg.output.checkpoint_seconds)
-            )
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
             try:
                 async with asyncio.TaskGroup() as tg:
-                    for root in roots:
-                        tg.create_task(self._run_tree(root, trees), name=f"tree-{root.name}")
-                checkpointer.cancel()
-                await asyncio.gather(checkpointer, return_exceptions=True)
+                    # In the group: a checkpoint that cannot be saved (a full disk) stops the
+                    # run at once with its error, as a failing endpoint does.
+                    checkpointer = tg.create_task(
+                        self._checkpoint_every(cfg.output.checkpoint_seconds), name="checkpoints"
+                    )
+                    await self._run_trees(roots, trees)
+                    checkpointer.cancel()
                 await self._checkpoint(final=True)
+                compacted = await self._compact(list(folders))
+                if state.status == "complete":
+                    left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
                 cancelled = True
                 raise
-            except BaseExceptionGroup as group:  # an endpoint failed: its error, not a group
-                raise first_cause(group) from None
+            except BaseException as exc:
+                failed = True
+                await asyncio.shield(asyncio.to_thread(self._abandon_files, files))
+                if isinstance(exc, BaseExceptionGroup):  # an endpoint failed: its own error
+                    raise first_cause(exc) from None
+                raise
             finally:
-                checkpointer.cancel()
-                await asyncio.gather(checkpointer, return_exceptions=True)
                 for r in self.runners.values():
                     if r.journal is not None:
                         r.journal.close()
@@ -325,8 +357,15 @@ class Engine:
                     cancelled=cancelled,
                     stopped=self.stopping,
                     note=self.stop_reason or ("resumed" if start.resumed else ""),
+                    dead_requests=left[0],
+                    dead_records=left[1],
+                    compacted=compacted,
                 )
-                await asyncio.shield(asyncio.to_thread(self._write_report, result))
+                try:
+                    await asyncio.shield(asyncio.to_thread(self._write_report, result))
+                except OSError:
+                    if not (failed or cancelled):
+                        raise  # else the failure that ended the run is the one to report
         self.events.emit(RunFinished(result))
         return result
 
@@ -410,16 +449,87 @@ class Engine:
                 for folder, names in res.extra_files.items():
                     prior = self._prior_files[folder]
                     state.endpoint(folder).files = prior + [n for n in names if n not in prior]
+            for folder, gone in self._merged_away.items():  # a sink still lists them
+                es = state.endpoint(folder)
+                es.files = [f for f in es.files if f not in gone]
             if final:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self.stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+            if not final:
+                await asyncio.shield(self._compact_running())
+
+    async def _compact_running(self) -> None:
+        """After a checkpoint: merge each folder's small committed files once they add up to
+        ``min_rows_per_file`` rows, on the file thread (serialized with the sinks' work)."""
+        state = self.state
+        assert state is not None
+        options = CompactOptions.from_config(self.config.output)
+        loop = asyncio.get_running_loop()
+        for r in self.runners.values():
+            sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
+            for sink in sinks:
+                folder = sink.directory.name
+                before = list(state.endpoint(folder).files)
+                done = await loop.run_in_executor(
+                    self._files,
+                    compact_running,
+                    self.output,
+                    state,
+                    folder,
+                    options,
+                    sink,
+                    self._file_rows.setdefault(folder, {}),
+                )
+                if done is not None:
+                    now = state.endpoint(folder).files
+                    self._merged_away.setdefault(folder, set()).update(set(before) - set(now))
+                    self._prior_files[folder] = list(now)
+                    self._note_compaction(done)
+
+    def _note_compaction(self, c: Compaction) -> None:
+        """Add a compaction to the run's per-folder totals (files saved, rows rewritten)."""
+        saved, rows = self._compacted.get(c.folder, (0, 0))
+        self._compacted[c.folder] = (saved + c.compacted_from - c.files, rows + c.rows)
+
+    def _compaction_report(self) -> tuple[Compaction, ...]:
+        """Per folder compacted during this run: its files now and without compaction."""
+        assert self.state is not None
+        out = []
+        for folder, (saved, rows) in self._compacted.items():
+            files = len(self.state.endpoint(folder).files)
+            out.append(Compaction(folder, files, files + saved, rows))
+        return tuple(out)
+
+    def _abandon_files(self, files: ThreadPoolExecutor) -> None:
+        """After a failure: wait for the file thread, then delete every staging file."""
+        files.shutdown(wait=True, cancel_futures=True)
+        for r in self.runners.values():
+            r.writer.abandon()
+
+    async def _compact(self, folders: list[str]) -> tuple[Compaction, ...]:
+        """Merge each folder's small committed files (after the final checkpoint: the state
+        and the files no longer change). Shielded: a commit is not left half done. Returns
+        what this run compacted, during the run and now."""
+        assert self.state is not None
+        options = CompactOptions.from_config(self.config.output)
+        done = await asyncio.shield(
+            asyncio.to_thread(compact_folders, self.output, self.state, folders, options)
+        )
+        for c in done:
+            self._note_compaction(c)
+        return self._compaction_report()
 
     def _write_report(self, result: RunResult) -> None:
         assert self.state is not None
         write_run_report(self.output, self.state.status, result)
 
     # ------------------------------------------------------------------ the graph
+
+    async def _run_trees(self, roots: list[EndpointConfig], trees: asyncio.Semaphore) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for root in roots:
+                tg.create_task(self._run_tree(root, trees), name=f"tree-{root.name}")
 
     async def _run_tree(self, root: EndpointConfig, trees: asyncio.Semaphore) -> None:
         async with trees, asyncio.TaskGroup() as tg:

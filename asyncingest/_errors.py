@@ -1,7 +1,10 @@
-"""Errors a user can act on. The CLI prints them without a traceback and exits 2."""
+"""Errors a user can act on. The CLI prints them without a traceback: exit 2 for the config,
+the usage or a busy output folder, exit 4 for the environment (disk, permissions, checkpoint)."""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,3 +64,47 @@ class EnvironmentFailure(AsyncIngestError):
 
 class StateCorrupt(EnvironmentFailure):
     """The checkpoint (``state.json``, a job journal, a dead-letter file) cannot be read."""
+
+
+_CAUSES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error (a failing disk or network file system?)",
+    errno.EMFILE: "too many open files",
+}
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def environment_failure(
+    exc: OSError, where: str | os.PathLike[str], *, resumes: bool = True
+) -> EnvironmentFailure:
+    """``exc`` (a file operation that failed) as an :class:`EnvironmentFailure` naming the
+    file (or ``where``, when the error does not say), the cause and what to do."""
+    path = str(exc.filename if exc.filename else where)
+    cause = _CAUSES.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    then = (
+        "run the same command: it resumes from the last checkpoint"
+        if resumes
+        else "run again with --fresh (sync mode does not resume)"
+    )
+    if exc.errno in _NO_ROOM:
+        hint = f"free some space, then {then}"
+    elif exc.errno in _NOT_WRITABLE:
+        hint = f"make the output folder writable (or use another --output), then {then}"
+    else:
+        hint = f"fix the cause, then {then}"
+    return EnvironmentFailure(path, cause, hint)
+
+
+def state_corrupt(path: str | os.PathLike[str], cause: str) -> StateCorrupt:
+    """A checkpoint file that cannot be read, with the way out."""
+    return StateCorrupt(
+        str(path),
+        f"the checkpoint is damaged: {cause}",
+        "run with --fresh to start over (this deletes the output's data), or restore the "
+        "file from a backup",
+    )

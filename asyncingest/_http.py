@@ -41,7 +41,8 @@ from yarl import URL
 from ._config import ApiConfig
 from ._deadlines import Deadlines
 from ._limiter import Permit
-from ._request import Request
+from ._pagination import PaginationLoop
+from ._request import Page, Request
 from ._retry import FailureKind
 
 MAX_REDIRECTS = 5
@@ -80,6 +81,33 @@ STOPPED = Failure(FailureKind.CONNECTION, "stopped before a redirect hop was sen
 
 # A hop's own slot of the limits: a permit, or None when the run is stopping.
 AcquireHop = Callable[[], Awaitable[Permit | None]]
+
+
+def scrub(credentials: Credentials | None, request: Request) -> Request:
+    """``request`` without the secret in its URL (see :meth:`Credentials.scrub_url`); its
+    state too when it is the link (link paginators). Shared by both HTTP clients."""
+    if credentials is None:
+        return request
+    url = credentials.scrub_url(request.url)
+    if url is request.url:
+        return request
+    state = request.state
+    if state == str(request.url):
+        state = str(url)
+    elif isinstance(state, str):
+        state = credentials.redact(state)
+    return replace(request, url=url, state=state)
+
+
+def scrub_next(credentials: Credentials | None, page: Page, nxt: Request | None) -> Request | None:
+    """The paginator's next request, scrubbed; a link that only differed from the current page
+    by the echoed secret points back at it (raises PaginationLoop, as an unscrubbed one does)."""
+    if nxt is None or credentials is None:
+        return nxt
+    scrubbed = scrub(credentials, nxt)
+    if scrubbed is not nxt and scrubbed.full_url == page.request.full_url:
+        raise PaginationLoop(f"the next-page link points at the current page ({scrubbed.url})")
+    return scrubbed
 
 
 def origin(url: URL) -> tuple[str, str, int]:
@@ -178,7 +206,8 @@ class HttpClient:
         # keep-alive connection turns out closed (ClientSession._request,
         # "retry_persistent_connection"). That second arrival would carry no slot of the
         # limits, so it is turned off the way aiohttp's own TestClient does; the failure comes
-        # back here and the retry policy asks again under a new slot.
+        # back here and the retry policy asks again under a new slot. (aiohttp 3.11 added the
+        # switch, hence the minimum in pyproject.toml; a test fails if a release drops it.)
         if "_retry_connection" in aiohttp.ClientSession.ATTRS:
             session._retry_connection = False
         self._session = session
@@ -200,18 +229,7 @@ class HttpClient:
     def scrub(self, request: Request) -> Request:
         """``request`` without the secret in its URL (a link the API echoed it into), so it can
         be persisted (state, dead letters) and resumed: query auth re-adds it at send time."""
-        c = self.credentials
-        if c is None:
-            return request
-        url = c.scrub_url(request.url)
-        if url is request.url:
-            return request
-        state = request.state
-        if state == str(request.url):
-            state = str(url)  # a link paginator's state is the link
-        elif isinstance(state, str):
-            state = c.redact(state)
-        return replace(request, url=url, state=state)
+        return scrub(self.credentials, request)
 
     async def fetch(
         self, request: Request, permit: Permit | None = None, acquire: AcquireHop | None = None

@@ -94,6 +94,16 @@ class EndpointSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class Compaction:
+    """One output folder's compaction at the end of a run: committed files before and after."""
+
+    folder: str
+    files: int  # committed files after
+    compacted_from: int  # committed files before
+    rows: int  # rows rewritten
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     run_id: str
     output: str
@@ -102,10 +112,17 @@ class RunResult:
     cancelled: bool = False  # stopped at once: only the last checkpoint counts
     stopped: bool = False  # stopped gracefully: state saved, the same command resumes
     note: str = ""  # "resumed", "already complete"
+    # What the output's dead-letter files hold when the run has finished, from this run and
+    # every earlier one (a resumed run, or a rerun of a finished one, still exits 1 for them).
+    dead_requests: int = 0  # failed requests (--retry-failed asks them again)
+    dead_records: int = 0  # refused records
+    compacted: tuple[Compaction, ...] = ()  # folders whose small files were merged
 
     @property
     def ok(self) -> bool:
-        return not (self.cancelled or self.stopped) and all(e.ok for e in self.endpoints)
+        if self.cancelled or self.stopped or self.dead_requests or self.dead_records:
+            return False
+        return all(e.ok for e in self.endpoints)
 
     @property
     def exit_code(self) -> int:

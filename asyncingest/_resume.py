@@ -17,8 +17,6 @@ from ._checkpoint import (
     STATE_FOLDER,
     EndpointState,
     RunState,
-    describe_change,
-    fingerprint,
     has_data,
     load_state,
     request_from_json,
@@ -28,7 +26,9 @@ from ._checkpoint import (
 )
 from ._config import PipelineConfig
 from ._deadletter import FOLDER as DEAD_LETTER_FOLDER
-from ._errors import ConfigError, Problem
+from ._deadletter import count_left
+from ._errors import ConfigError, Problem, state_corrupt
+from ._identity import fingerprint, identity, refusal
 from ._json import loads as json_loads
 from ._request import Request
 from ._writer import BarrierResult
@@ -47,7 +47,7 @@ def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: boo
     fp = fingerprint(cfg)
     if fresh:
         wipe(output, folders)
-        return Start(RunState(fp), resumed=False)
+        return Start(RunState(fp, identity=identity(cfg)), resumed=False)
     old = load_state(output)
     if old is None:
         if has_data(output, folders):
@@ -64,9 +64,11 @@ def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: boo
             )
         if retry_failed:
             raise ConfigError(str(output), [Problem("--retry-failed", "no earlier run here")])
-        return Start(RunState(fp), resumed=False)
+        return Start(RunState(fp, identity=identity(cfg)), resumed=False)
     if old.fingerprint != fp:
-        raise ConfigError(str(output), [Problem("resume", describe_change(old, cfg))])
+        raise ConfigError(str(output), refusal(old.fingerprint, old.identity, cfg))
+    if old.identity is None:  # a state from before identities were stored: add it
+        old.identity = identity(cfg)
     requeued = 0
     if retry_failed:
         requeued = requeue_failed(output, old)
@@ -88,8 +90,11 @@ def requeue_failed(output: Path, state: RunState) -> int:
             continue
         keep: list[bytes] = []
         data = path.read_bytes()[: es.dead_letter_bytes]
-        for line in data.splitlines(keepends=True):
-            entry = json_loads(line)
+        for i, line in enumerate(data.splitlines(keepends=True), 1):
+            try:
+                entry = json_loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise state_corrupt(path, f"line {i} cannot be read ({exc})") from exc
             if entry.get("kind") == "request" and "job" in entry:
                 es.partial[int(entry["job"])] = entry["request"]
                 total += 1
@@ -159,3 +164,13 @@ def write_run_report(output: Path, status: str, result: Any) -> Path:
     path = output / STATE_FOLDER / "runs" / f"{result.run_id}.json"
     write_atomic(path, report_json(status, result))
     return path
+
+
+def dead_letters_left(output: Path, state: RunState) -> tuple[int, int]:
+    """``(failed requests, refused records)`` the output's committed dead letters hold."""
+    requests = records = 0
+    for name, es in state.endpoints.items():
+        path = output / DEAD_LETTER_FOLDER / name / "dead-letters.jsonl"
+        r, d = count_left(path, es.dead_letter_bytes)
+        requests, records = requests + r, records + d
+    return requests, records

@@ -33,7 +33,7 @@ from ._clock import Clock, LoopClock
 from ._config import EndpointConfig, PipelineConfig
 from ._engine import credentials_from_env, retry_policy
 from ._estimate import EndpointSample, Estimate, WalkSample, count_inputs, estimate
-from ._http import Failure, HttpClient, Response
+from ._http import Failure, HttpClient, Response, scrub_next
 from ._limiter import Limit, Limits, SlidingWindowLimiter
 from ._pagination import PaginationLoop, Paginator, _number, paginator_for
 from ._records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
@@ -195,9 +195,8 @@ class _Sampler:
             copy_parent_fields(page.records, job.copy)
             kept.extend(page.records)
             try:
-                request = paginator.next(page)
-                if request is not None:
-                    request = self.client.scrub(request)  # no echoed secret to another host
+                # No echoed secret kept, or sent to another host.
+                request = scrub_next(self.client.credentials, page, paginator.next(page))
             except PaginationLoop:
                 request = None
             if pages == 1:

@@ -37,6 +37,7 @@ Schema (types live in :mod:`asyncingest._schema`)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -149,6 +150,7 @@ class ParquetSink:
         # from the kinds they recorded, and unify-at-close rewrites them too if the kinds
         # widen, so the folder keeps one schema across runs.
         self._earlier: list[Path] = []
+        self._merged_away: set[Path] = set()  # committed files a compaction replaced
         self._adopt_earlier_files()
 
     def _adopt_earlier_files(self) -> None:
@@ -290,10 +292,27 @@ class ParquetSink:
         self._file_schemas[done.final] = done.writer.schema
         self._rows_written += done.rows
 
+    def reserve_path(self) -> Path:
+        """A final file name this sink will never use itself (for a compaction's output)."""
+        final = self.directory / f"part-{self._next_index:05d}.parquet"
+        self._next_index += 1
+        return final
+
+    def replaced(self, old: Sequence[Path], new: Sequence[Path], schema: pa.Schema) -> None:
+        """A compaction (``asyncingest._compact``) merged committed files ``old`` into ``new``:
+        unify-at-close rewrites ``new`` if the schema widens, and no longer opens ``old``.
+        Call it from the thread that uses the sink."""
+        self._merged_away.update(old)
+        self._earlier = [p for p in self._earlier if p not in self._merged_away]
+        self._earlier.extend(new)
+        for path in new:
+            self._file_schemas[path] = schema
+
     def _unify(self) -> None:
         """Rewrite this sink's files whose schema is older than the final one."""
         target = self._converter.arrow_schema()
-        for path in [*self._earlier, *self._files]:
+        live = [p for p in [*self._earlier, *self._files] if p not in self._merged_away]
+        for path in live:
             if same_schema(self._file_schemas[path], target):
                 continue
             staging = _staging_path(path)
@@ -306,6 +325,17 @@ class ParquetSink:
                     out.write_table(group, row_group_size=max(1, group.num_rows))
             _publish(staging, path)
             self._file_schemas[path] = target
+
+    def abort(self) -> None:
+        """Give up after a failure (a full disk): close the open file quietly and delete
+        every staging file; committed files stay as they are. The sink is closed after."""
+        if self._open is not None:
+            done, self._open = self._open, None
+            with contextlib.suppress(Exception):  # it may fail again the same way
+                done.writer.close()
+        with contextlib.suppress(OSError):
+            self._remove_stale()
+        self._pending, self._pending_rows, self._closed = [], 0, True
 
     def _remove_stale(self) -> list[Path]:
         stale = [p for p in self.directory.iterdir() if _STAGING.fullmatch(p.name)]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._channel import Channel
 from ._checkpoint import Journal
 from ._deadletter import DeadLetters
+from ._errors import environment_failure
 from ._ledger import EndpointLedger
 from ._rangeset import RangeSet
 from ._request import Record, Request
@@ -189,7 +190,7 @@ class Writer:
         """
         b = Barrier()
         if self._failed is not None:  # a dead writer answers no barrier: say so at once
-            _fail(b, self.name, self._failed)
+            _fail(b, self._failed)
         elif self.task is None:  # not started: nothing written, nothing pending
             b.future.set_result(self._snapshot())
         elif self._finishing:  # the final answer comes when the writer has closed the sink
@@ -201,7 +202,7 @@ class Writer:
 
     def _answer_final(self, b: Barrier) -> None:
         if self._failed is not None:
-            _fail(b, self.name, self._failed)
+            _fail(b, self._failed)
         elif not b.future.done():
             b.future.set_result(self._take_final())
 
@@ -217,7 +218,10 @@ class Writer:
 
     async def _run(self) -> None:
         try:
-            await self._apply_until_done()
+            try:
+                await self._apply_until_done()
+            except OSError as exc:  # the disk, not the data: name the folder it was writing
+                raise environment_failure(exc, self.sink.directory) from exc
         except BaseException as exc:
             # Every barrier waiting on this writer fails with it: a checkpoint must not wait
             # for an answer that will never come.
@@ -228,7 +232,7 @@ class Writer:
                 if isinstance(item, Barrier):
                     waiting.append(item)
             for b in waiting:
-                _fail(b, self.name, exc)
+                _fail(b, exc)
             if self.pipe is not None:  # a hard stop or a failure: no batch left running
                 await self.pipe.aclose()
             raise
@@ -287,6 +291,12 @@ class Writer:
         self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self._announce_files()
 
+    def abandon(self) -> None:
+        """After a failure, once no file work runs: staging files go, committed files stay."""
+        self.sink.abort()
+        if self.tsink is not None:
+            self.tsink.abort()
+
     def _sync(self) -> None:
         self.sink.flush()
         if self.tsink is not None:
@@ -330,15 +340,14 @@ class Writer:
             self._tcommitted = len(tfiles)
 
 
-def _fail(b: Barrier, name: str, cause: BaseException) -> None:
+def _fail(b: Barrier, cause: BaseException) -> None:
     if b.future.done():
         return
     if isinstance(cause, asyncio.CancelledError):
         b.future.cancel()
         return
-    err = RuntimeError(f"{name}: the writer failed ({cause!r}); no checkpoint of it")
-    err.__cause__ = cause
-    b.future.set_exception(err)
+    # The writer's own error: whichever task reports it first, the run ends with it.
+    b.future.set_exception(cause)
 
 
 def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:

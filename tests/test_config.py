@@ -211,6 +211,22 @@ def test_missing_file_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "file not found" in capsys.readouterr().err
 
 
+def test_min_rows_per_file_defaults_to_half_of_max_and_may_not_exceed_it() -> None:
+    assert config_from_dict(MINIMAL).output.min_rows == 500_000
+    raw = {
+        **MINIMAL,
+        "output": {"max_rows_per_file": 1_000, "row_group_rows": 10, "min_rows_per_file": 10},
+    }
+    assert config_from_dict(raw).output.min_rows == 10
+    raw = {
+        **MINIMAL,
+        "output": {"max_rows_per_file": 1_000, "row_group_rows": 10, "min_rows_per_file": 1_001},
+    }
+    assert any("min_rows_per_file cannot exceed" in p for p in problems(raw))
+    raw = {**MINIMAL, "output": {"min_rows_per_file": 0}}
+    assert any("min_rows_per_file" in p for p in problems(raw))
+
+
 # -- input files and bounded reading ---------------------------------------------------------
 
 

@@ -21,10 +21,12 @@ from aiohttp.test_utils import TestServer
 
 import asyncingest
 from asyncingest import ConfigError, RunResult, config_from_dict
+from asyncingest._mockapi import MockAPI, MockSettings
 from asyncingest._sync import run_sync
 
 from .conftest import read_records
 from .hostile_server import HostileServer
+from .test_engine import F1_ENDPOINTS, pipeline
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_time": 5}
 
@@ -67,6 +69,10 @@ def dead_letters(out: Path, endpoint: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 def most_in_any_window(times: list[float], seconds: float) -> int:
@@ -198,7 +204,18 @@ async def test_a_gzip_bomb_stops_at_max_body_bytes_decompressed(
 
 # -- ids in paths: one percent-encoded segment each, dot segments refused ---------------------
 
-AWKWARD_IDS = ["plain42", "a/b", "q?x=1", "h#frag", "%2F", "sp ace", "new\nline", "ünï€", "..x"]
+AWKWARD_IDS = [
+    "plain42",
+    "a/b",
+    "q?x=1",
+    "h#frag",
+    "%2F",
+    "%2e%2e",
+    "sp ace",
+    "new\nline",
+    "ünï€",
+    "..x",
+]
 DOT_IDS = ["..", "."]
 
 
@@ -422,3 +439,55 @@ async def test_five_million_ids_are_streamed_not_loaded(
     assert seen["queued"] <= runner.jobs.maxsize
     # Jobs made so far: what was answered, plus one queue and one worker set, never the file.
     assert seen["jobs"] <= len(server.arrivals) + runner.jobs.maxsize + runner.n_workers
+
+
+async def test_a_retry_after_beyond_max_retry_after_gives_up_naming_it(
+    hostile: tuple[HostileServer, str], tmp_path: Path
+) -> None:
+    """As the README says: a longer Retry-After gives up instead of sleeping (or retrying
+    before the server said), and the dead letter says why; --retry-failed asks again."""
+    server, base = hostile
+    endpoint = {"name": "ra", "path": "retry-after/600", "records": "items"}
+    api = {"retry": {**FAST_RETRY, "max_retry_after": 0.2, "max_time": 1000}}
+    config = cfg(base, tmp_path, [endpoint], api=api)
+    result = await asyncingest.run(config)
+    assert result.exit_code == 1 and len(server.arrivals) == 1
+    [dead] = dead_letters(tmp_path, "ra")
+    assert "Retry-After 600s exceeds max_retry_after 0.2s" in dead["reason"]
+    assert (await asyncingest.Engine(config, retry_failed=True).run()).ok
+
+
+async def test_a_redirect_loop_echoing_the_key_reports_it_redacted(
+    hostile: tuple[HostileServer, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, base = hostile
+    monkeypatch.setenv("HOSTILE_KEY", "k-0123456789-secret")
+    api = {"auth": {"type": "query", "name": "api_key", "env": "HOSTILE_KEY"}}
+    endpoint = {"name": "loop", "path": "redirect-loop", "params": {"q": "1"}}
+    result = await asyncingest.run(cfg(base, tmp_path, [endpoint], api=api))
+    assert result.exit_code == 1
+    [dead] = dead_letters(tmp_path, "loop")
+    assert "more than 5 redirects, the last to" in dead["reason"]
+    assert files_holding(tmp_path, b"0123456789") == []
+
+
+async def test_resets_with_latency_never_break_the_referees_window(tmp_path: Path) -> None:
+    """The issue's case, scaled down, against the bundled mock's referee: connections reset
+    before the answer, latency up to 50 ms, a strict window. Every arrival is an attempt the
+    limiter granted, and no window of arrivals holds more than the limit."""
+    settings = MockSettings.small(
+        fault_rate=0.2,
+        fault_kinds=("reset_before_answer",),
+        rate_limits=((15, 0.5),),
+        latency_jitter_ms=50,
+    )
+    async with MockAPI(settings) as api:
+        limits = [{"requests": 15, "per_seconds": 0.5}]
+        result = await asyncingest.run(
+            pipeline(api.url, F1_ENDPOINTS, tmp_path, rate_limits=limits)
+        )
+        stats = api.stats
+    assert result.ok
+    assert stats.faults["reset_before_answer"] > 5  # resets really happened
+    assert stats.requests == result.requests  # no arrival without a slot
+    assert stats.violations == 0 and stats.max_in_window == [15]

@@ -240,7 +240,9 @@ async def test_a_resumed_run_widens_the_nested_schema_of_earlier_files(
     again = await Engine(cfg, retry_failed=True).run()
     assert again.ok, [e.first_errors for e in again.endpoints]
     files = sorted((tmp_path / "items").glob("part-*.parquet"))
-    assert len(files) == 2 and len({str(ds.dataset(f).schema) for f in files}) == 1
+    # One schema: the earlier file was rewritten to it (so the end-of-run compaction could
+    # merge the two small files; files of different schemas are never merged).
+    assert files and len({str(ds.dataset(f).schema) for f in files}) == 1
     table = ds.dataset(tmp_path / "items").to_table().sort_by("id")
     assert table.schema.field("o").type == pa.struct(
         [("a", pa.float64()), ("xs", pa.list_(pa.int64())), ("b", pa.string())]

@@ -35,6 +35,7 @@ class Recorder:
         app.router.add_get("/echo-error", self.echo_error)
         app.router.add_get("/items-echo", self.items_echo)
         app.router.add_get("/redirect-echo", self.redirect_echo)
+        app.router.add_get("/same", self.same)
         return app
 
     def note(self, request: web.Request) -> None:
@@ -63,6 +64,13 @@ class Recorder:
         self.note(request)
         nxt = f"{self.other_url}/more?api_key={self.key(request)}&token={self.key(request)}"
         return web.json_response({"items": [{"id": 1}], "next": nxt})
+
+    async def same(self, request: web.Request) -> web.Response:
+        """A next link back to this very page, differing only by the echoed key."""
+        self.note(request)
+        return web.json_response(
+            {"items": [{"id": 1}], "next": f"/same?api_key={self.key(request)}"}
+        )
 
     async def redirect_echo(self, request: web.Request) -> web.Response:
         self.note(request)
@@ -171,6 +179,30 @@ async def test_a_link_to_another_host_carrying_the_key_is_followed_without_it(
     assert [creds(e) for e in home.seen] == [[SECRET]]
     assert other.raw and all(SECRET not in raw for raw in other.raw)
     assert all(creds(e) == [] for e in other.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_a_link_back_to_the_same_page_but_for_the_echoed_key_is_a_loop(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scrubbing the key must not hide a loop: the link is the current page once the key is
+    gone, so the walk stops and says so instead of asking the same page forever."""
+    import asyncio
+
+    home, url, _ = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    endpoint = {
+        "name": "s",
+        "path": "/same",
+        "records": "items",
+        "pagination": {"type": "next_url"},
+    }
+    async with asyncio.timeout(20):
+        result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    assert result.exit_code == 1 and len(home.seen) == 1
+    dead = (tmp_path / "_dead_letter" / "s" / "dead-letters.jsonl").read_text()
+    assert "points at the current page" in dead and SECRET not in dead
+    assert [r["id"] for r in read_records(tmp_path, "s")] == [1]
 
 
 async def test_same_origin_redirect_keeps_credentials(
@@ -352,3 +384,69 @@ async def test_secret_echoed_by_the_api_is_in_no_file_the_run_writes(
     assert leaks(tmp_path, repr(events) + repr([first, resumed, failed, retried])) == []
     # Every request went to the origin with the secret, resumed ones included.
     assert echo.seen and all(key == SECRET for _, key in echo.seen)
+
+
+@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
+async def test_sync_mode_keeps_an_echoed_secret_out_of_its_files_and_other_hosts(
+    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread-pool engine shares the scrubbing: a next link to another host carrying the
+    key loses it, and a failing page whose link echoed the key leaves no trace in any file."""
+    import asyncio
+
+    from asyncingest._sync import run_sync
+
+    _, url, other = servers
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    echo = Echoer()
+    echo.fail_page = 2
+    async with TestServer(echo.app(), host="127.0.0.1") as server:
+        walk_url = str(server.make_url("")).rstrip("/")
+        link = {"name": "e", "path": "/items-echo", "records": "items"}
+        link["pagination"] = {"type": "next_url"}
+        walk = {
+            "name": "w",
+            "path": "/walk",
+            "records": "items",
+            "pagination": {"type": "next_url"},
+        }
+        first = await asyncio.to_thread(run_sync, config(url, auth, tmp_path / "a", [link]))
+        second = await asyncio.to_thread(run_sync, config(walk_url, auth, tmp_path / "b", [walk]))
+    assert first.ok and other.raw and all(SECRET not in raw for raw in other.raw)
+    assert second.exit_code == 1
+    assert "page=2" in (tmp_path / "b" / "_dead_letter" / "w" / "dead-letters.jsonl").read_text()
+    assert leaks(tmp_path, repr([first, second])) == []
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_an_echoed_query_key_is_not_in_the_logs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    log_format: str,
+) -> None:
+    """The CLI's log lines (debug level: every request and retry) and its summary, for a walk
+    whose links echo the key and whose second page fails quoting it."""
+    import asyncio
+
+    from asyncingest._cli import main
+
+    monkeypatch.setenv("API_TOKEN", SECRET)
+    echo = Echoer()
+    echo.fail_page = 2
+    async with TestServer(echo.app(), host="127.0.0.1") as server:
+        url = str(server.make_url("")).rstrip("/")
+        cfg = tmp_path / "p.json"
+        endpoint = {"name": "w", "path": "/walk", "records": "items"}
+        endpoint["pagination"] = {"type": "next_url"}
+        raw = {
+            "api": {"base_url": url, "auth": AUTHS[2], "retry": {"max_attempts": 2}},
+            "endpoints": [endpoint],
+        }
+        cfg.write_text(json.dumps(raw))
+        argv = ["run", str(cfg), "-o", str(tmp_path / "o"), "--log-level", "debug"]
+        code = await asyncio.to_thread(main, [*argv, "--log-format", log_format])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "page=2" in err  # the failing request is logged ...
+    assert SECRET not in out + err  # ... without the key

@@ -8,17 +8,19 @@ and the same seed misbehaves the same way in every run.
 
 The kinds (:func:`send_fault`):
 
-============== ==============================================================================
-status_500     500 with a JSON error body
-status_503     503 with a JSON error body
-status_429     429 with ``Retry-After: 1`` (a limit the referee did not impose)
-reset_mid_body chunked response; headers and half the body, then the connection is reset (RST)
-truncated_body ``Content-Length`` of the full body, half of it sent, then the connection closed
-malformed_json the real status, ``application/json``, and the first half of the body (invalid)
-wrong_shape    valid JSON of the wrong type: ``{"error": "oops"}`` where a list is expected,
-               ``[{"error": "oops"}]`` where an object is
-slow_body      the full body in 10 slices spread evenly over ``slow_body_seconds``
-============== ==============================================================================
+=================== ============================================================================
+status_500          500 with a JSON error body
+status_503          503 with a JSON error body
+status_429          429 with ``Retry-After: 1`` (a limit the referee did not impose)
+reset_mid_body      chunked response; headers and half the body, then the connection is reset (RST)
+truncated_body      ``Content-Length`` of the full body, half of it sent, then the connection closed
+malformed_json      the real status, ``application/json``, and the first half of the body (invalid)
+wrong_shape         valid JSON of the wrong type: ``{"error": "oops"}`` where a list is expected,
+                    ``[{"error": "oops"}]`` where an object is
+reset_before_answer the connection closed as the request arrives, before any status line (a
+                    server's keep-alive idle timeout; aiohttp would silently re-send a GET)
+slow_body           the full body in 10 slices spread evenly over ``slow_body_seconds``
+=================== ============================================================================
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ async def send_fault(
         return _error(503, kind)
     if kind == "status_429":
         return _error(429, kind, {"Retry-After": "1"})
+    if kind == "reset_before_answer":
+        if request.transport is not None:
+            request.transport.close()
+        raise ConnectionResetError("reset_before_answer")  # aiohttp sends nothing more
     body = reply.body
     if kind == "malformed_json":
         return web.Response(

@@ -19,6 +19,7 @@ FaultKind = Literal[
     "truncated_body",
     "malformed_json",
     "wrong_shape",
+    "reset_before_answer",
     "slow_body",
 ]
 """The named faults (see ``_faults.py`` for what each one sends)."""

@@ -22,7 +22,7 @@ from yarl import URL
 
 from .._config import EndpointConfig, ForEach
 from .._deadletter import DeadLetters
-from .._http import Failure
+from .._http import Failure, scrub_next
 from .._ledger import EndpointLedger
 from .._limiter import Permit
 from .._pagination import PaginationLoop, paginator_for
@@ -107,9 +107,7 @@ class SyncEndpoint:
             if page is None:
                 return
             try:
-                next_request = self.paginator.next(page)
-                if next_request is not None:
-                    next_request = self.client.scrub(next_request)
+                next_request = scrub_next(self.client.credentials, page, self.paginator.next(page))
             except PaginationLoop as exc:
                 self._deliver(page.records, job)  # the page itself is good
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))

@@ -29,7 +29,7 @@ from .._checkpoint import has_data, load_state, wipe
 from .._config import EndpointConfig, PipelineConfig
 from .._deadletter import DeadLetters
 from .._engine import credentials_from_env, retry_policy
-from .._errors import ConfigError, Problem
+from .._errors import ConfigError, Problem, environment_failure
 from .._events import (
     EndpointFinished,
     EndpointStarted,
@@ -125,9 +125,11 @@ class SyncEngine:
     def run(self) -> RunResult:
         """Run to the end holding the output folder (``OutputLocked`` when another run does)."""
         lock = OutputLock(self.output)
-        lock.acquire()  # before --fresh deletes anything or the output is checked
         try:
+            lock.acquire()  # before --fresh deletes anything or the output is checked
             return self._run()
+        except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
+            raise environment_failure(exc, self.output, resumes=False) from exc
         finally:
             lock.release()
 

@@ -20,7 +20,7 @@ import http.client
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import cast
 
 import orjson
@@ -29,7 +29,7 @@ import urllib3
 from yarl import URL
 
 from .._config import ApiConfig
-from .._http import _REDIRECTS, MAX_REDIRECTS, Credentials, Failure, _snippet, origin
+from .._http import _REDIRECTS, MAX_REDIRECTS, Credentials, Failure, _snippet, origin, scrub
 from .._limiter import Permit
 from .._request import Request
 from .._retry import FailureKind
@@ -88,18 +88,7 @@ class SyncHttpClient:
 
     def scrub(self, request: Request) -> Request:
         """``request`` without the secret in its URL (see ``HttpClient.scrub``)."""
-        c = self.credentials
-        if c is None:
-            return request
-        url = c.scrub_url(request.url)
-        if url is request.url:
-            return request
-        state = request.state
-        if state == str(request.url):
-            state = str(url)
-        elif isinstance(state, str):
-            state = c.redact(state)
-        return replace(request, url=url, state=state)
+        return scrub(self.credentials, request)
 
     def fetch(
         self,
