@@ -84,7 +84,18 @@ def describe_plan(cfg: PipelineConfig, source: str = "") -> Group:
             + (f"; limits {own}" if own else "")
             + "\n"
         )
+        body.append(f"     {indent}columns: {schema_text(e)}\n")
     return Group(head, body)
+
+
+def schema_text(e: EndpointConfig) -> str:
+    """``lap_duration float64, is_pit_out_lap bool; the others inferred``."""
+    if not e.schema_:
+        return "all inferred"
+    declared = ", ".join(f"{name} {ftype}" for name, ftype in e.schema_.items())
+    if e.columns == "only_declared":
+        return f"only {declared} (other fields dropped, counted in the run report)"
+    return f"{declared}; the others inferred"
 
 
 def _depth(cfg: PipelineConfig, e: EndpointConfig) -> int:

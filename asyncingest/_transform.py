@@ -51,8 +51,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import orjson
-
+from ._json import dumps as json_dumps
 from ._transform_pool import (
     REFERENCE,
     TransformError,
@@ -192,7 +191,7 @@ class TransformStage:
     async def _launch(self, batch: list[Record]) -> None:
         await self._slots.acquire()
         try:
-            payload = orjson.dumps(batch)  # ~0.1 ms for 500 records: cheap enough for the loop
+            payload = json_dumps(batch)  # ~0.1 ms for 500 records: cheap enough for the loop
         except TypeError as exc:
             self._slots.release()
             self.batches_failed += 1

@@ -21,8 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
-
+from ._json import dumps as json_dumps
 from ._request import Record
 from ._transform_pool import (
     TransformOutcome,
@@ -109,7 +108,7 @@ class TransformPipe:
         task = None
         if records:
             try:
-                payload = orjson.dumps(records)
+                payload = json_dumps(records)  # integers beyond 64 bits exact
             except TypeError as exc:
                 self._set_aside(records, f"records cannot be sent: {describe_error(exc)}")
                 records = []

@@ -74,6 +74,8 @@ from typing import Any
 import orjson
 
 from ._errors import AsyncIngestError
+from ._json import dumps as json_dumps
+from ._json import loads as json_loads
 
 __all__ = [
     "REFERENCE",
@@ -115,7 +117,7 @@ class TransformOutcome:
     def records(self) -> list[dict[str, Any]]:
         if self.output is None:
             raise ValueError(f"no output: {self.error}")
-        out: list[dict[str, Any]] = orjson.loads(self.output)
+        out: list[dict[str, Any]] = json_loads(self.output)  # integers beyond 64 bits exact
         return out
 
 
@@ -202,10 +204,13 @@ def _run_batch(function: str, payload: bytes, initializer: str | None) -> Transf
         fn = _FUNCTIONS.get(function)
         if fn is None:
             fn = _FUNCTIONS[function] = load_callable(function)
-        result = fn(orjson.loads(payload))
+        result = fn(json_loads(payload))
         if not isinstance(result, list | tuple) or not all(isinstance(r, dict) for r in result):
             raise TypeError(f"{function} must return a list of dicts, not {_shape(result)}")
-        output = orjson.dumps(result, option=_OUTPUT_OPTIONS)
+        try:
+            output = orjson.dumps(result, option=_OUTPUT_OPTIONS)
+        except orjson.JSONEncodeError:
+            output = json_dumps(result)  # integers beyond 64 bits, exactly (or the real error)
     except (Exception, SystemExit) as exc:  # SystemExit too: sys.exit() in a transform is a bug
         return TransformOutcome(None, describe_error(exc), seconds=time.perf_counter() - started)
     return TransformOutcome(output, seconds=time.perf_counter() - started, pid=pid)

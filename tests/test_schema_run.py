@@ -14,6 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -24,6 +25,7 @@ from asyncingest._mockapi import MockAPI, MockSettings
 from asyncingest._progress import schema_lines
 
 from .conftest import read_records
+from .test_cli import cli
 
 FAST_RETRY = {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}
 
@@ -326,3 +328,36 @@ async def test_json_nested_100000_levels_is_a_dead_lettered_request_not_a_crash(
     assert result.endpoint("ok").records_written == 1
     (entry,) = dead_letters(tmp_path, "deep")
     assert entry["kind"] == "request" and "malformed JSON" in entry["reason"]
+
+
+# -- what the user sees -----------------------------------------------------------------------
+
+
+async def test_validate_and_the_end_of_run_summary_name_what_the_schema_did(
+    tmp_path: Path, pages: tuple[Pages, str]
+) -> None:
+    server, url = pages
+    server.set("/apps", [{"id": 1, "meta": {"a": 1}, "x": 1}, {"id": 2, "meta": 5, "x": 2}])
+    path = tmp_path / "job.yaml"
+    slim = {"name": "slim", "path": "/apps", "schema": {"id": "int64"}, "columns": "only_declared"}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "api": {"base_url": url},
+                "output": {"directory": str(tmp_path / "out")},
+                "endpoints": [{"name": "apps", "path": "/apps"}, slim],
+            }
+        )
+    )
+    code, out, err = await cli("validate", str(path))
+    assert code == 0, err
+    assert "columns: all inferred" in out
+    assert "columns: only id int64 (other fields dropped, counted in the run report)" in out
+    code, out, err = await cli("run", str(path))
+    assert code == 0, err
+    text = out + err
+    assert (
+        "apps: written as JSON text instead of typed columns: meta (int64 where an object was)"
+        in text
+    )
+    assert "slim: dropped (not in its schema, columns: only_declared): meta x2, x x2" in text

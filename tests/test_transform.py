@@ -383,3 +383,13 @@ def test_benchmark_quick_mode_prints_its_tables() -> None:
     )
     for heading in ("speedup", "round trip", "event-loop lag", "| workers |"):
         assert heading in done.stdout
+
+
+async def test_integers_beyond_64_bits_cross_the_process_boundary_exactly(
+    pool: TransformPool,
+) -> None:
+    sink = Collector()
+    rows = [{"id": 18446744073709551617}, {"id": 18446744073709551619}, {"id": 1}]
+    await feed(stage_for(pool, "identity", sink, batch_size=64), rows)
+    assert sorted(r["id"] for r in sink.output) == [1, 18446744073709551617, 18446744073709551619]
+    assert sink.failed == []
