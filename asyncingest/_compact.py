@@ -56,7 +56,7 @@ from ._errors import StateCorrupt
 from ._result import Compaction
 from ._sink import ParquetSink
 
-__all__ = ["CompactOptions", "compact_folders", "compact_running", "recover"]
+__all__ = ["CommittedFile", "CompactOptions", "compact_folders", "compact_running", "recover"]
 
 _PART: Final = re.compile(r"part-(\d+)\.parquet")
 _STAGED: Final = re.compile(r"\.part-\d+\.parquet\.compact")
@@ -165,19 +165,21 @@ def compact_running(
     folder: str,
     options: CompactOptions,
     sink: ParquetSink,
-    sizes: dict[str, int],
+    known: dict[str, CommittedFile],
 ) -> Compaction | None:
     """During a run: merge a folder's small committed files once they add up to
     ``min_rows_per_file`` rows, so a long run killed in its fifth hour has not left thousands.
 
     Call it on the thread that uses ``sink`` (names come from it, and it is told which files
     were replaced), right after a checkpoint saved ``state``; nothing else may change the state
-    meanwhile. ``sizes`` caches row counts by file name between calls (files never change
-    their row count, names are never reused). The pending record is saved with the next
+    meanwhile. ``known`` caches the files' descriptions between calls, so a checkpoint opens
+    only new files: while the sink is open, committed files do not change and names are never
+    reused. Once the sink is closed (its unify may have rewritten files to a wider schema)
+    the folder waits for the end-of-run compaction. The pending record is saved with the next
     checkpoint.
     """
     es = state.endpoints.get(folder)
-    if es is None or len(es.files) < 2:
+    if es is None or len(es.files) < 2 or sink.closed:
         return None
     merged = _compact_folder(
         output,
@@ -187,13 +189,15 @@ def compact_running(
         options,
         enough=options.min_rows_per_file,
         names=iter(sink.reserve_path, None),
-        sizes=sizes,
+        known=known,
     )
     if merged is None:
         return None
     directory = output / folder
     for old, new, schema in merged.groups:
         sink.replaced([directory / n for n in old], [directory / n for n in new], schema)
+        for name in old:
+            known.pop(name, None)
     return merged.report
 
 
@@ -212,10 +216,10 @@ def _compact_folder(
     *,
     enough: int,
     names: Iterator[Path] | None = None,
-    sizes: dict[str, int] | None = None,
+    known: dict[str, CommittedFile] | None = None,
 ) -> _Merged | None:
     directory = output / folder
-    small = _small_files(directory, es.files, options.min_rows_per_file, sizes)
+    small = _small_files(directory, es.files, options.min_rows_per_file, known)
     groups = [g for g in plan(small, options.min_rows_per_file) if sum(f.rows for f in g) >= enough]
     if not groups:
         return None
@@ -263,17 +267,16 @@ def plan(files: list[CommittedFile], min_rows: int) -> list[list[CommittedFile]]
 
 
 def _small_files(
-    directory: Path, files: list[str], min_rows: int, sizes: dict[str, int] | None
+    directory: Path, files: list[str], min_rows: int, known: dict[str, CommittedFile] | None
 ) -> list[CommittedFile]:
-    """The committed files under ``min_rows`` rows, described (schema read fresh: a sink's
-    unify-at-close may have rewritten a file to a wider schema)."""
+    """The committed files under ``min_rows`` rows, described (from ``known`` if given)."""
     out = []
     for name in files:
-        if sizes is not None and sizes.get(name, 0) >= min_rows:
-            continue
-        described = _describe(directory, name)
-        if sizes is not None:
-            sizes[name] = described.rows
+        described = known.get(name) if known is not None else None
+        if described is None:
+            described = _describe(directory, name)
+            if known is not None:
+                known[name] = described
         if described.rows < min_rows:
             out.append(described)
     return out

@@ -34,7 +34,7 @@ from ._checkpoint import (
     save_state,
 )
 from ._clock import BoundLoopClock, Clock, LoopClock
-from ._compact import CompactOptions, compact_folders, compact_running, recover
+from ._compact import CommittedFile, CompactOptions, compact_folders, compact_running, recover
 from ._config import EndpointConfig, PipelineConfig, RetryConfig
 from ._deadletter import DeadLetters
 from ._endpoint import EndpointRunner
@@ -127,10 +127,10 @@ class Engine:
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
         # Compaction during the run (asyncingest._compact.compact_running): the file thread it
-        # runs on, the names each folder's compactions replaced, and known row counts.
+        # runs on, the names each folder's compactions replaced, and the files it has read.
         self._files: Executor | None = None
         self._merged_away: dict[str, set[str]] = {}
-        self._file_rows: dict[str, dict[str, int]] = {}
+        self._known_files: dict[str, dict[str, CommittedFile]] = {}
         self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
         self.global_limiter: SlidingWindowLimiter | None = None
@@ -479,7 +479,7 @@ class Engine:
                     folder,
                     options,
                     sink,
-                    self._file_rows.setdefault(folder, {}),
+                    self._known_files.setdefault(folder, {}),
                 )
                 if done is not None:
                     now = state.endpoint(folder).files

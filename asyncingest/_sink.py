@@ -292,6 +292,11 @@ class ParquetSink:
         self._file_schemas[done.final] = done.writer.schema
         self._rows_written += done.rows
 
+    @property
+    def closed(self) -> bool:
+        """Closed (or aborted): it writes nothing more."""
+        return self._closed
+
     def reserve_path(self) -> Path:
         """A final file name this sink will never use itself (for a compaction's output)."""
         final = self.directory / f"part-{self._next_index:05d}.parquet"

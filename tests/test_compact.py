@@ -365,3 +365,24 @@ def test_a_sink_whose_files_were_merged_while_open_unifies_the_merged_file_at_cl
     table = pq.read_table(tmp_path / "items")
     assert sorted(table.column("id").to_pylist()) == list(range(15))
     assert "score" in pq.read_schema(tmp_path / "items" / state.endpoints["items"].files[0]).names
+
+
+def test_a_closed_sinks_folder_waits_for_the_end_of_run_compaction(tmp_path: Path) -> None:
+    """Its close may have rewritten the files to a wider schema than the ones read before."""
+    sink = ParquetSink(tmp_path, "items", SinkOptions(row_group_rows=5, max_rows_per_file=50))
+    state = RunState("fp")
+    for start in (0, 7):
+        sink.write([{"id": i} for i in range(start, start + 7)])
+        sink.flush()
+    state.endpoint("items").files = [p.name for p in sink.files]
+    known: dict[str, Any] = {}
+    waiting = CompactOptions("zstd", row_group_rows=5, max_rows_per_file=50, min_rows_per_file=20)
+    assert compact_running(tmp_path, state, "items", waiting, sink, known) is None  # 14 < 20
+    sink.write([{"id": 14, "score": 1.5}])
+    sink.close()  # the earlier files are rewritten with the new column
+    state.endpoint("items").files = [p.name for p in sink.files]
+    options = CompactOptions("zstd", row_group_rows=5, max_rows_per_file=50, min_rows_per_file=10)
+    assert compact_running(tmp_path, state, "items", options, sink, known) is None
+    (done,) = compact_folders(tmp_path, state, ["items"], options)
+    assert done.files == 1
+    assert sorted(pq.read_table(tmp_path / "items").column("id").to_pylist()) == list(range(15))
