@@ -4,8 +4,8 @@ Everything a user may import is re-exported here; the ``_modules`` are private.
 See docs/architecture.md for the data flow.
 """
 
-from ._clock import Clock, LoopClock
-from ._config import (
+from .config.loading import config_from_dict, load_config
+from .config.models import (
     ApiConfig,
     AuthConfig,
     ConcurrencyConfig,
@@ -24,16 +24,7 @@ from ._config import (
     RateWindow,
     RetryConfig,
 )
-from ._engine import Engine, run
-from ._errors import (
-    AsyncIngestError,
-    ConfigError,
-    EnvironmentFailure,
-    OutputLocked,
-    Problem,
-    StateCorrupt,
-)
-from ._events import (
+from .core.events import (
     BreakerChanged,
     BudgetExhausted,
     ConcurrencyChanged,
@@ -56,10 +47,19 @@ from ._events import (
     RunStarted,
     Subscriber,
 )
-from ._limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
-from ._loading import config_from_dict, load_config
-from ._result import EndpointSummary, RunResult
-from ._tuning import tune_gc
+from .core.result import EndpointSummary, RunResult
+from .engine.engine import Engine, run
+from .errors import (
+    AsyncIngestError,
+    ConfigError,
+    EnvironmentFailure,
+    OutputLocked,
+    Problem,
+    StateCorrupt,
+)
+from .limits.clock import Clock, LoopClock
+from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
+from .operate.tuning import tune_gc
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""Test helpers for code that waits: :class:`FakeClock`, a :class:`~asyncingest._clock.Clock`
+"""Test helpers for code that waits: :class:`FakeClock`, a :class:`~asyncingest.limits.clock.Clock`
 in virtual time.
 
 Virtual time only moves when a test says so, in one of two ways:

@@ -6,7 +6,7 @@ The spec is a JSON object; ``kind`` picks the variant:
 ``null``    the same with a null downloader (Scrapy's trick): ``HttpClient.fetch`` yields to
             the loop once and returns a canned user record, so only the engine's own work
             (feeding, limits, parsing, events, the writer, Parquet) costs CPU
-``sync``    ``asyncingest._sync.run_sync(config, max_workers=...)``
+``sync``    ``asyncingest.sync.run_sync(config, max_workers=...)``
 ``bare``    :func:`benchmarks.bare_aiohttp.crawl` (the ceiling)
 ``stages``  case 3's per-stage costs, in this process (:mod:`benchmarks._stages`)
 
@@ -72,7 +72,7 @@ def run_engine(spec: dict[str, Any]) -> Outcome:
 def run_null(spec: dict[str, Any]) -> Outcome:
     from multidict import CIMultiDict, CIMultiDictProxy
 
-    from asyncingest import _http
+    from asyncingest.http import client as _http
 
     headers = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
     head, tail = b'{"user_id":"', b'","score":712.5,"tier":"gold","eligible":true,"cards":["a"]}'
@@ -90,7 +90,7 @@ def run_null(spec: dict[str, Any]) -> Outcome:
 
 def run_sync(spec: dict[str, Any]) -> Outcome:
     import asyncingest
-    from asyncingest._sync import run_sync as sync_run
+    from asyncingest.sync import run_sync as sync_run
 
     config = asyncingest.config_from_dict(spec["config"])
     result = sync_run(config, output=spec["output"], max_workers=spec["max_workers"])
@@ -141,7 +141,7 @@ def _preload(kind: str) -> None:
     if kind in ("engine", "null", "sync"):
         import asyncingest
     if kind == "sync":
-        import asyncingest._sync  # noqa: F401
+        import asyncingest.sync  # noqa: F401
     if kind == "bare":
         import benchmarks.bare_aiohttp  # noqa: F401
 

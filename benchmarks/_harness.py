@@ -115,7 +115,7 @@ class MockServer:
 
 
 async def _serve_forever(settings_json: str) -> None:
-    from asyncingest._mockapi import MockAPI, MockSettings
+    from asyncingest.mockapi import MockAPI, MockSettings
 
     settings = MockSettings.model_validate_json(settings_json)
     async with MockAPI(settings) as api:

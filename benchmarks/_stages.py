@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from typing_extensions import TypedDict  # pydantic needs it for TypedDicts before 3.12
 
-from asyncingest._request import extract_records
-from asyncingest._schema import ARROW_TYPES, BatchConverter
+from asyncingest.core.request import extract_records
+from asyncingest.sink.schema import ARROW_TYPES, BatchConverter
 
 _NONE = type(None)
 # The types BatchConverter passes straight to pa.array for each declared type (see _schema).

@@ -22,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asyncingest._mockapi import MockSettings
+from asyncingest.mockapi import MockSettings
 from benchmarks import _harness
 from benchmarks._workloads import SIZES, crawl_config
 from benchmarks.cases import Options, _engine

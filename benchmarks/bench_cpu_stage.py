@@ -1,4 +1,4 @@
-"""Benchmark the CPU stage (asyncingest._transform): scaling, round-trip cost, event-loop lag.
+"""Benchmark the CPU stage (asyncingest.transform.stage): scaling, round-trip cost, event-loop lag.
 
     python benchmarks/bench_cpu_stage.py [--quick]
 
@@ -49,11 +49,11 @@ import orjson  # noqa: E402  (after the path set-up above)
 import pyarrow as pa  # noqa: E402
 import pyarrow.ipc as ipc  # noqa: E402
 
-from asyncingest._mockapi._data import Dataset  # noqa: E402
-from asyncingest._mockapi._settings import MockSettings  # noqa: E402
-from asyncingest._transform import TransformPool, TransformSpec, TransformStage  # noqa: E402
-from asyncingest._tuning import tune_gc  # noqa: E402
 from asyncingest.examples import telemetry  # noqa: E402
+from asyncingest.mockapi.data import Dataset  # noqa: E402
+from asyncingest.mockapi.settings import MockSettings  # noqa: E402
+from asyncingest.operate.tuning import tune_gc  # noqa: E402
+from asyncingest.transform.stage import TransformPool, TransformSpec, TransformStage  # noqa: E402
 
 Record = dict[str, Any]
 HERE = Path(__file__).stem  # workers import this file by name (its folder is on their sys.path)

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind not found (apt install valgrind)", file=sys.stderr)
         return 2
-    from asyncingest._mockapi import MockSettings
+    from asyncingest.mockapi import MockSettings
 
     kinds = [k.strip() for k in args.variants.split(",") if k.strip()]
     with (

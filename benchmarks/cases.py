@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asyncingest._mockapi import MockSettings
+from asyncingest.mockapi import MockSettings
 from benchmarks._harness import ClientFailed, Measured, MockServer, run_client, write_ids_csv
 from benchmarks._report import CaseReport
 from benchmarks._workloads import (
@@ -120,7 +120,7 @@ def case_fanout(opts: Options) -> CaseReport:
             try:
                 sync = run_client(spec, server)
             except ClientFailed as exc:
-                why = "asyncingest._sync not importable yet" if _no_sync(exc) else "failed"
+                why = "asyncingest.sync not importable yet" if _no_sync(exc) else "failed"
                 if why == "failed":
                     report.notes.append(f"sync {workers}: {exc}")
                 variants.append((f"sync mode, {workers} workers", None, why, workers, []))
@@ -163,7 +163,7 @@ def case_fanout(opts: Options) -> CaseReport:
 
 def _no_sync(exc: ClientFailed) -> bool:
     text = str(exc)
-    return "asyncingest._sync" in text and ("ModuleNotFoundError" in text or "ImportError" in text)
+    return "asyncingest.sync" in text and ("ModuleNotFoundError" in text or "ImportError" in text)
 
 
 # --------------------------------------------------------------------------- case 2

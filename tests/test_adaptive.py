@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from asyncingest._adaptive import AdaptiveConcurrency
-from asyncingest._limiter import Limits, Permit
+from asyncingest.limits.adaptive import AdaptiveConcurrency
+from asyncingest.limits.limiter import Limits, Permit
 
 
 class Changes(list[tuple[int, str]]):

@@ -52,7 +52,7 @@ def test_run_all_prints_the_figures_and_writes_the_results_file(
 
 
 async def test_bare_loop_writes_the_columns_asyncingest_infers(tmp_path: Path) -> None:
-    from asyncingest._mockapi import MockAPI, MockSettings
+    from asyncingest.mockapi import MockAPI, MockSettings
     from benchmarks._harness import write_ids_csv
     from benchmarks.bare_aiohttp import crawl
 
@@ -74,7 +74,7 @@ def test_bench_instructions_subtracts_start_up_per_variant(
 ) -> None:
     """The instruction benchmark's wiring, without valgrind: each variant's spec runs as a
     client (here without callgrind) and the per-request figure is (N - 1 id) / (N - 1)."""
-    from asyncingest._mockapi import MockSettings
+    from asyncingest.mockapi import MockSettings
     from benchmarks import bench_instructions
     from benchmarks._harness import MockServer, run_client
 

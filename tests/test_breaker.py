@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from asyncingest._breaker import (
+from asyncingest.core.retry import FailureKind
+from asyncingest.limits.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
@@ -14,7 +15,6 @@ from asyncingest._breaker import (
     Transition,
     counts_as_failure,
 )
-from asyncingest._retry import FailureKind
 from asyncingest.testing import FakeClock
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN

@@ -33,14 +33,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncingest._cli import _parser
-from asyncingest._demo import DEMO_CONFIG, demo_settings
-from asyncingest._engine import Engine
-from asyncingest._estimate import Estimate
-from asyncingest._loading import load_config
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._mockapi_cli import settings_from_args
-from asyncingest._sample import plan
+from asyncingest.cli.main import _parser
+from asyncingest.cli.mockapi import settings_from_args
+from asyncingest.config.loading import load_config
+from asyncingest.demo import DEMO_CONFIG, demo_settings
+from asyncingest.engine.engine import Engine
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.operate.estimate import Estimate
+from asyncingest.operate.sample import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {p.stem: p for p in sorted((ROOT / "config").glob("*.yaml"))}

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from asyncingest._channel import Channel
+from asyncingest.engine.channel import Channel
 
 
 async def settle() -> None:

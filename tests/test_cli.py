@@ -11,8 +11,8 @@ import orjson
 import pytest
 import yaml
 
-from asyncingest._cli import main
-from asyncingest._mockapi import MockAPI, MockSettings
+from asyncingest.cli.main import main
+from asyncingest.mockapi import MockAPI, MockSettings
 
 from .conftest import assert_same_records, read_records
 from .test_engine import F1_ENDPOINTS, F1_KEYS
@@ -243,7 +243,7 @@ def test_metrics_port_without_the_metrics_extra_exits_2_with_the_hint(tmp_path: 
     cfg.write_text(GOOD)
     shim = (
         "import sys; sys.modules['prometheus_client'] = None; "
-        "from asyncingest._cli import main; sys.exit(main(sys.argv[1:]))"
+        "from asyncingest.cli.main import main; sys.exit(main(sys.argv[1:]))"
     )
     argv = [sys.executable, "-c", shim, "run", str(cfg), "--metrics-port", "0"]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)

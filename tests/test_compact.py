@@ -16,11 +16,11 @@ import yaml
 
 import asyncingest
 from asyncingest import StateCorrupt, config_from_dict
-from asyncingest._checkpoint import RunState, load_state
-from asyncingest._compact import CompactOptions, compact_folders, compact_running, recover
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._schema import TYPES_KEY
-from asyncingest._sink import ParquetSink, SinkOptions
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.sink.parquet import ParquetSink, SinkOptions
+from asyncingest.sink.schema import TYPES_KEY
+from asyncingest.state.checkpoint import RunState, load_state
+from asyncingest.state.compact import CompactOptions, compact_folders, compact_running, recover
 
 from .conftest import assert_same_records, read_records
 from .test_engine import F1_ENDPOINTS, F1_KEYS

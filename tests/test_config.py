@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from asyncingest import ConfigError, PipelineConfig, config_from_dict, load_config
-from asyncingest._cli import main
+from asyncingest.cli.main import main
 
 MINIMAL = {
     "api": {"base_url": "http://127.0.0.1:1"},

@@ -11,8 +11,8 @@ import pytest
 
 import asyncingest
 from asyncingest import ConfigError, Engine, config_from_dict
-from asyncingest._checkpoint import state_path
-from asyncingest._mockapi import MockAPI, MockSettings
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.state.checkpoint import state_path
 
 from .test_resume import job_config, write_ids
 

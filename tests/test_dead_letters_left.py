@@ -11,8 +11,8 @@ import yaml
 
 import asyncingest
 from asyncingest import Engine, config_from_dict
-from asyncingest._checkpoint import load_state, save_state
-from asyncingest._mockapi import MockAPI, MockSettings
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.state.checkpoint import load_state, save_state
 
 from .test_resume import job_config, run_cli, write_ids
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from asyncingest._deadlines import Deadlines
+from asyncingest.limits.deadlines import Deadlines
 from asyncingest.testing import FakeClock
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import asyncingest
 from asyncingest import Event, RequestRetried, RunFinished, config_from_dict
-from asyncingest._mockapi import FAULT_KINDS, MockAPI, MockSettings
+from asyncingest.mockapi import FAULT_KINDS, MockAPI, MockSettings
 
 from .conftest import assert_same_records, read_records
 

@@ -19,14 +19,14 @@ import asyncingest
 from asyncingest import (
     EnvironmentFailure,
     StateCorrupt,
-    _checkpoint,
-    _lock,
-    _sink,
     config_from_dict,
 )
-from asyncingest._checkpoint import load_state, save_state, state_path
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._rangeset import RangeSet
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.sink import parquet as _sink
+from asyncingest.state import checkpoint as _checkpoint
+from asyncingest.state import lock as _lock
+from asyncingest.state.checkpoint import load_state, save_state, state_path
+from asyncingest.state.rangeset import RangeSet
 
 from .test_resume import ROOT, check_complete, job_config, run_cli, write_ids
 
@@ -111,7 +111,7 @@ async def test_disk_full_while_saving_the_state_leaves_no_temporary_file(
 
 INJECT = """
 import errno, os, sys
-from asyncingest import _sink
+from asyncingest.sink import parquet as _sink
 real, seen = _sink._publish, [0]
 def publish(staging, final):
     seen[0] += 1
@@ -119,7 +119,7 @@ def publish(staging, final):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     real(staging, final)
 _sink._publish = publish
-from asyncingest._cli import main
+from asyncingest.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -325,7 +325,7 @@ async def test_sync_mode_reports_a_full_disk_as_an_environment_failure(
 ) -> None:
     import asyncio
 
-    from asyncingest._sync import run_sync
+    from asyncingest.sync import run_sync
 
     ids_path, _ = write_ids(tmp_path, 60)
     async with MockAPI(MockSettings.small()) as api:
@@ -337,7 +337,7 @@ async def test_sync_mode_reports_a_full_disk_as_an_environment_failure(
 
 
 def test_the_help_lists_exit_code_4(capsys: pytest.CaptureFixture[str]) -> None:
-    from asyncingest._cli import EXIT_ENVIRONMENT, main
+    from asyncingest.cli.main import EXIT_ENVIRONMENT, main
 
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from asyncingest._config import FromFile, PipelineConfig
-from asyncingest._estimate import (
+from asyncingest.config.models import FromFile, PipelineConfig
+from asyncingest.operate.estimate import (
     EndpointSample,
     Span,
     WalkSample,

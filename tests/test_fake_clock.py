@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from asyncingest._clock import Clock
+from asyncingest.limits.clock import Clock
 from asyncingest.testing import FakeClock
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncingest._adaptive import AdaptiveConcurrency
-from asyncingest._breaker import CircuitBreaker, Ticket
-from asyncingest._events import BreakerChanged, ConcurrencyChanged, Event, RatePaused
-from asyncingest._guards import EndpointGuards, breaker_events, concurrency_events
-from asyncingest._limiter import Limits, SlidingWindowLimiter
-from asyncingest._retry import FailureKind
-from asyncingest._throttle import AdaptiveThrottle, PauseGate
+from asyncingest.core.events import BreakerChanged, ConcurrencyChanged, Event, RatePaused
+from asyncingest.core.retry import FailureKind
+from asyncingest.engine.guards import EndpointGuards, breaker_events, concurrency_events
+from asyncingest.limits.adaptive import AdaptiveConcurrency
+from asyncingest.limits.breaker import CircuitBreaker, Ticket
+from asyncingest.limits.limiter import Limits, SlidingWindowLimiter
+from asyncingest.limits.throttle import AdaptiveThrottle, PauseGate
 from asyncingest.testing import FakeClock
 
 THROTTLED = {"Retry-After": "30"}

@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestServer
 
 import asyncingest
 from asyncingest import ConfigError, RunResult, config_from_dict
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._sync import run_sync
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.sync import run_sync
 
 from .conftest import read_records
 from .hostile_server import HostileServer

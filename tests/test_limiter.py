@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from asyncingest._limiter import (
+from asyncingest.limits.limiter import (
     ConcurrencyLimit,
     KeyStats,
     Limits,

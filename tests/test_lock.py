@@ -16,10 +16,10 @@ import yaml
 
 import asyncingest
 from asyncingest import Engine, OutputLocked, config_from_dict
-from asyncingest._checkpoint import load_state
-from asyncingest._lock import OutputLock
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._sync import run_sync
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.state.checkpoint import load_state
+from asyncingest.state.lock import OutputLock
+from asyncingest.sync import run_sync
 
 from .test_resume import ROOT, check_complete, job_config, run_cli, wait_for_file, write_ids
 
@@ -53,7 +53,7 @@ async def until_started(out: Path, run: asyncio.Task[object]) -> None:
 
 HOLD = """
 import sys
-from asyncingest._lock import OutputLock
+from asyncingest.state.lock import OutputLock
 with OutputLock(__import__("pathlib").Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()

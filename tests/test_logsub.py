@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from asyncingest._events import (
+from asyncingest.core.events import (
     BreakerChanged,
     BudgetExhausted,
     EndpointFinished,
@@ -27,8 +27,8 @@ from asyncingest._events import (
     RunFinished,
     RunStarted,
 )
-from asyncingest._logsub import configure_logging
-from asyncingest._result import EndpointStats, RunResult
+from asyncingest.core.result import EndpointStats, RunResult
+from asyncingest.operate.logsub import configure_logging
 
 REQUEST = RequestFinished(
     "laps",

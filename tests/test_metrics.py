@@ -7,7 +7,7 @@ import sys
 import aiohttp
 import pytest
 
-from asyncingest._events import (
+from asyncingest.core.events import (
     BreakerChanged,
     BudgetExhausted,
     Event,
@@ -21,12 +21,12 @@ from asyncingest._events import (
     RequestRetried,
     RequestStarted,
 )
-from asyncingest._limiter import WindowUsage
+from asyncingest.limits.limiter import WindowUsage
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncingest._metrics import (
+from asyncingest.operate.metrics import (
     Metrics,
     MetricsUnavailable,
     exposition,

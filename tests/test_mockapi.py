@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from asyncingest._mockapi import (
+from asyncingest.mockapi import (
     FAULT_KINDS,
     Dataset,
     FaultPlan,
@@ -73,7 +73,7 @@ def test_behaviour_settings_do_not_change_the_data() -> None:
 @pytest.mark.slow
 def test_dataset_is_identical_in_another_process() -> None:
     code = (
-        "from asyncingest._mockapi import MockSettings;"
+        "from asyncingest.mockapi import MockSettings;"
         "from tests.test_mockapi import dataset_digest;"
         "print(dataset_digest(MockSettings.small()))"
     )

@@ -17,15 +17,15 @@ import pytest
 
 import asyncingest
 from asyncingest import Event, RequestFinished, RunFinished, config_from_dict
-from asyncingest._logsub import configure_logging
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._progress import PlainProgress
-from asyncingest._progress_model import ProgressModel
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.operate.logsub import configure_logging
+from asyncingest.operate.progress import PlainProgress
+from asyncingest.operate.progress_model import ProgressModel
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncingest._metrics import Metrics, start_metrics_server
+from asyncingest.operate.metrics import Metrics, start_metrics_server
 
 from .test_engine import F1_ENDPOINTS
 

@@ -8,15 +8,15 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from asyncingest._config import (
+from asyncingest.config.models import (
     CursorPagination,
     LinkHeaderPagination,
     NextUrlPagination,
     OffsetPagination,
     PagePagination,
 )
-from asyncingest._pagination import PaginationLoop, paginator_for, parse_link_header
-from asyncingest._request import Page, Request, WrongShape, extract_records, lookup
+from asyncingest.core.pagination import PaginationLoop, paginator_for, parse_link_header
+from asyncingest.core.request import Page, Request, WrongShape, extract_records, lookup
 
 BASE = Request("GET", URL("http://api.test/v1/items"), (("q", "x"),))
 
@@ -166,8 +166,8 @@ def test_lookup_dotted_paths() -> None:
 def test_compiled_request_template_builds_what_build_request_builds(
     base: str, endpoint: dict[str, Any]
 ) -> None:
-    from asyncingest._config import EndpointConfig
-    from asyncingest._request import RequestTemplate, base_url_of, build_request
+    from asyncingest.config.models import EndpointConfig
+    from asyncingest.core.request import RequestTemplate, base_url_of, build_request
 
     e = EndpointConfig.model_validate(
         {**endpoint, "from_file": {"path": "x.csv", "column": "id"}}

@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from asyncingest._events import (
+from asyncingest.core.events import (
     BreakerChanged,
     BudgetExhausted,
     EndpointFinished,
@@ -25,8 +25,9 @@ from asyncingest._events import (
     RunFinished,
     RunStarted,
 )
-from asyncingest._limiter import WindowUsage
-from asyncingest._progress import (
+from asyncingest.core.result import EndpointStats, RunResult
+from asyncingest.limits.limiter import WindowUsage
+from asyncingest.operate.progress import (
     LiveProgress,
     PlainProgress,
     make_display,
@@ -34,8 +35,7 @@ from asyncingest._progress import (
     render_progress,
     summary_table,
 )
-from asyncingest._progress_model import ProgressModel, RateMeter
-from asyncingest._result import EndpointStats, RunResult
+from asyncingest.operate.progress_model import ProgressModel, RateMeter
 from asyncingest.testing import FakeClock
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pytest
 from multidict import CIMultiDict
 
-from asyncingest._ratelimit_headers import RateHint, parse_rate_headers
+from asyncingest.core.ratelimit_headers import RateHint, parse_rate_headers
 
 NOW = 1_700_000_000.0  # epoch seconds standing in for Clock.wall()
 

@@ -16,9 +16,9 @@ import yaml
 
 import asyncingest
 from asyncingest import ConfigError, Engine, config_from_dict
-from asyncingest._checkpoint import EndpointState, RunState, load_state
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._rangeset import RangeSet
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.state.checkpoint import EndpointState, RunState, load_state
+from asyncingest.state.rangeset import RangeSet
 
 from .conftest import assert_same_records, read_records
 from .test_engine import CRM_ENDPOINTS, F1_ENDPOINTS, F1_KEYS

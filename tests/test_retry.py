@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from asyncingest._retry import (
+from asyncingest.core.retry import (
     FailureKind,
     Outcome,
     RetryPolicy,

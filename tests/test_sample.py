@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from asyncingest._config import PipelineConfig
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._sample import plan, sample, spread
+from asyncingest.config.models import PipelineConfig
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.operate.sample import plan, sample, spread
 
 from .test_engine import F1_ENDPOINTS
 

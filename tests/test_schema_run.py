@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestServer
 
 import asyncingest
 from asyncingest import config_from_dict
-from asyncingest._engine import Engine
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._progress import schema_lines
+from asyncingest.engine.engine import Engine
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.operate.progress import schema_lines
 
 from .conftest import read_records
 from .test_cli import cli

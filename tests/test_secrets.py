@@ -236,7 +236,7 @@ async def test_secret_never_reaches_dead_letters_results_or_events(
 
 
 def test_missing_secret_variable_is_a_config_error(tmp_path: Path) -> None:
-    from asyncingest._cli import main
+    from asyncingest.cli.main import main
 
     cfg = tmp_path / "p.yaml"
     cfg.write_text(
@@ -394,7 +394,7 @@ async def test_sync_mode_keeps_an_echoed_secret_out_of_its_files_and_other_hosts
     key loses it, and a failing page whose link echoed the key leaves no trace in any file."""
     import asyncio
 
-    from asyncingest._sync import run_sync
+    from asyncingest.sync import run_sync
 
     _, url, other = servers
     monkeypatch.setenv("API_TOKEN", SECRET)
@@ -429,7 +429,7 @@ async def test_an_echoed_query_key_is_not_in_the_logs(
     whose links echo the key and whose second page fails quoting it."""
     import asyncio
 
-    from asyncingest._cli import main
+    from asyncingest.cli.main import main
 
     monkeypatch.setenv("API_TOKEN", SECRET)
     echo = Echoer()

@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from asyncingest._sink import FieldType, ParquetSink, SinkOptions, safe_dir_name
+from asyncingest.sink.parquet import FieldType, ParquetSink, SinkOptions, safe_dir_name
 
 SMALL = SinkOptions(row_group_rows=3, max_rows_per_file=1_000)
 

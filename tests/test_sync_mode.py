@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestServer
 
 import asyncingest
 from asyncingest import Event, RequestRetried, RunFinished
-from asyncingest._errors import ConfigError
-from asyncingest._mockapi import FAULT_KINDS, MockAPI, MockSettings
-from asyncingest._sync import LimiterClosed, SyncEngine, ThreadSlidingWindowLimiter, run_sync
+from asyncingest.errors import ConfigError
+from asyncingest.mockapi import FAULT_KINDS, MockAPI, MockSettings
+from asyncingest.sync import LimiterClosed, SyncEngine, ThreadSlidingWindowLimiter, run_sync
 
 from .conftest import assert_same_records, by_key, read_records
 from .test_engine import CRM_ENDPOINTS, F1_ENDPOINTS, F1_KEYS, expected_f1, pipeline

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from asyncingest._limiter import SlidingWindowLimiter
-from asyncingest._ratelimit_headers import RateHint, parse_rate_headers
-from asyncingest._throttle import AdaptiveThrottle, Pause, PauseGate
+from asyncingest.core.ratelimit_headers import RateHint, parse_rate_headers
+from asyncingest.limits.limiter import SlidingWindowLimiter
+from asyncingest.limits.throttle import AdaptiveThrottle, Pause, PauseGate
 from asyncingest.testing import FakeClock
 
 NOW = 100.0

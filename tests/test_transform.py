@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from asyncingest._mockapi._data import Dataset
-from asyncingest._mockapi._settings import MockSettings
-from asyncingest._transform import (
+from asyncingest.examples import telemetry
+from asyncingest.mockapi.data import Dataset
+from asyncingest.mockapi.settings import MockSettings
+from asyncingest.transform.stage import (
     TransformError,
     TransformPool,
     TransformSpec,
     TransformStage,
     load_callable,
 )
-from asyncingest.examples import telemetry
 
 Record = dict[str, Any]
 HELPERS = "tests.transform_helpers"

@@ -12,8 +12,8 @@ import pytest
 
 import asyncingest
 from asyncingest import config_from_dict
-from asyncingest._mockapi import MockAPI, MockSettings
 from asyncingest.examples.telemetry import lap_stats
+from asyncingest.mockapi import MockAPI, MockSettings
 
 from .conftest import assert_same_records, read_records
 from .test_engine import F1_ENDPOINTS, F1_KEYS

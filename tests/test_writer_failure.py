@@ -10,8 +10,8 @@ import pytest
 
 import asyncingest
 from asyncingest import config_from_dict
-from asyncingest._mockapi import MockAPI, MockSettings
-from asyncingest._sink import ParquetSink
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.sink.parquet import ParquetSink
 
 from .test_resume import job_config, write_ids
 

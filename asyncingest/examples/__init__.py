@@ -1,4 +1,4 @@
-"""Example transforms for the CPU stage (see :mod:`asyncingest._transform`).
+"""Example transforms for the CPU stage (see :mod:`asyncingest.transform.stage`).
 
 Each is referenced from a pipeline by ``package.module:function`` and runs in a worker process.
 """

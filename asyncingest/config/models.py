@@ -1,0 +1,521 @@
+"""The pipeline config: typed, frozen pydantic models, parsed once at the edge.
+
+Everything inside the engine takes these objects, never a dict of settings. Loading
+(YAML/JSON files, ``--set`` overrides, error formatting) lives in ``_loading.py``.
+See docs/architecture.md for where the config enters the data flow.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    field_validator,
+    model_validator,
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+FieldType = Literal[
+    "string",
+    "int64",
+    "float64",
+    "bool",
+    "timestamp",
+    "timestamp_ms",
+    "timestamp_us",
+    "timestamp_ns",
+    "date",
+    "json",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def template_fields(template: str) -> set[str]:
+    """Names of the ``{placeholders}`` in a path or parameter template."""
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f}
+
+
+# --------------------------------------------------------------------------- API-level
+
+
+class AuthConfig(_Model):
+    """Credentials come from an environment variable, never from the file itself."""
+
+    type: Literal["bearer", "header", "query"]
+    env: str = Field(description="environment variable holding the secret")
+    name: str | None = Field(
+        default=None, description="header name (type header) or query parameter (type query)"
+    )
+
+    @model_validator(mode="after")
+    def _name_needed(self) -> AuthConfig:
+        if self.type in ("header", "query") and not self.name:
+            raise ValueError(f"auth type '{self.type}' needs 'name' (the header or parameter)")
+        return self
+
+
+class HttpConfig(_Model):
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(
+        30.0, gt=0, description="max gap between two chunks of a body of unknown length"
+    )
+    total_timeout: float = Field(
+        60.0, gt=0, description="deadline for a whole request, body included"
+    )
+    max_connections: int = Field(100, ge=1)
+    max_connections_per_host: int = Field(0, ge=0, description="0 = no per-host cap")
+    verify_tls: bool = True
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    user_agent: str = "asyncingest/0.1"
+
+
+class RateWindow(_Model):
+    requests: int = Field(ge=1)
+    per_seconds: float = Field(gt=0)
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.per_seconds:g}s"
+
+
+class RetryConfig(_Model):
+    max_attempts: int = Field(5, ge=1)
+    max_time: float = Field(300.0, gt=0, description="seconds from the first attempt")
+    backoff_base: float = Field(0.5, gt=0)
+    backoff_max: float = Field(30.0, gt=0)
+    jitter: bool = True
+    retry_statuses: frozenset[int] = Field(
+        default=frozenset({408, 429, 500, 502, 503, 504}),
+        description="statuses retried (plus every 5xx when retry_all_5xx)",
+    )
+    retry_all_5xx: bool = True
+    max_retry_after: float = Field(120.0, ge=0)
+
+    @field_validator("retry_statuses")
+    @classmethod
+    def _statuses(cls, v: frozenset[int]) -> frozenset[int]:
+        bad = sorted(s for s in v if not 100 <= s <= 599)
+        if bad:
+            raise ValueError(f"not HTTP statuses: {bad}")
+        return v
+
+
+class ConcurrencyConfig(_Model):
+    endpoints: int = Field(4, ge=1, description="endpoint trees running at once")
+    requests_per_endpoint: int = Field(16, ge=1, description="requests in flight per endpoint")
+    cpu_workers: int | None = Field(
+        None, ge=1, description="processes for transforms (default: the number of CPUs)"
+    )
+    adaptive: bool = Field(
+        False,
+        description="raise requests in flight slowly and cut them on 429s and rising latency, "
+        "never above the configured limits",
+    )
+
+
+class BreakerConfig(_Model):
+    failures: int = Field(20, ge=1, description="consecutive failures that open the breaker")
+    cooldown: float = Field(30.0, gt=0, description="seconds before one probe is let through")
+    max_cooldown: float = Field(300.0, gt=0, description="cap when the cool-down doubles")
+
+
+class ApiConfig(_Model):
+    base_url: HttpUrl
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: AuthConfig | None = None
+    http: HttpConfig = HttpConfig()
+    rate_limits: tuple[RateWindow, ...] = ()
+    retry: RetryConfig = RetryConfig()
+    concurrency: ConcurrencyConfig = ConcurrencyConfig()
+    circuit_breaker: BreakerConfig | None = BreakerConfig()
+    adaptive_rate: bool = Field(
+        True,
+        description="read the server's rate-limit headers and pause the shared budget before "
+        "it answers 429; a 429 pauses the whole budget for the time it asks",
+    )
+    on_budget_exhausted: Literal["wait", "stop"] = Field(
+        "wait",
+        description="when a rate window (e.g. a daily quota) has no room for longer than "
+        "budget_wait_threshold: keep waiting (and say when it returns) or save state and stop",
+    )
+    budget_wait_threshold: float = Field(60.0, gt=0)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower() in ("authorization", "proxy-authorization", "cookie"):
+                raise ValueError(
+                    f"header '{key}' would put a secret in the config file; "
+                    "use 'auth' with an environment variable instead"
+                )
+        return v
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        url = self.base_url
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return (url.scheme, (url.host or "").lower(), port)
+
+
+# --------------------------------------------------------------------------- pagination
+
+
+class NoPagination(_Model):
+    type: Literal["none"] = "none"
+
+
+class OffsetPagination(_Model):
+    """``?offset=0&limit=100``, then offset += records received."""
+
+    type: Literal["offset"]
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = Field(100, ge=1)
+    start: int = 0
+    total_path: str | None = Field(None, description="dotted path of the total count")
+
+
+class PagePagination(_Model):
+    """``?page=1&page_size=100``, then page += 1."""
+
+    type: Literal["page"]
+    page_param: str = "page"
+    size_param: str | None = "page_size"
+    size: int = Field(100, ge=1)
+    start: int = 1
+    total_pages_path: str | None = None
+    total_path: str | None = None
+
+
+class CursorPagination(_Model):
+    """A cursor taken from the body (``paging.next.after``) sent back as a parameter."""
+
+    type: Literal["cursor"]
+    cursor_path: str = Field(description="dotted path of the next cursor in the body")
+    cursor_param: str = "after"
+    limit_param: str | None = "limit"
+    limit: int | None = Field(100, ge=1)
+
+
+class NextUrlPagination(_Model):
+    """An absolute or relative URL of the next page in the body."""
+
+    type: Literal["next_url"]
+    next_path: str = "next"
+
+
+class LinkHeaderPagination(_Model):
+    """RFC 8288 ``Link: <url>; rel="next"``."""
+
+    type: Literal["link_header"]
+    rel: str = "next"
+
+
+Pagination = Annotated[
+    NoPagination
+    | OffsetPagination
+    | PagePagination
+    | CursorPagination
+    | NextUrlPagination
+    | LinkHeaderPagination,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+class ForEach(_Model):
+    """One request (or paginated walk) per record of a parent endpoint."""
+
+    endpoint: str
+    bind: dict[str, str] = Field(
+        description="template variable -> parent field (dotted path)", min_length=1
+    )
+    copy_fields: dict[str, str] = Field(
+        default_factory=dict,
+        alias="copy",
+        description="child record field -> parent field copied into every child record",
+    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @field_validator("bind", "copy_fields", mode="before")
+    @classmethod
+    def _list_shorthand(cls, v: Any) -> Any:
+        # `bind: [session_key]` means `bind: {session_key: session_key}`.
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return {x: x for x in v}
+        return v
+
+
+class FromFile(_Model):
+    """One request per id read from a CSV, JSONL or Parquet column."""
+
+    path: str
+    column: str
+    var: str | None = Field(None, description="template variable (default: the column name)")
+    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+        None, description="default: from the file extension"
+    )
+    copy_id: bool = Field(True, description="copy the id into each record when absent")
+
+    @property
+    def variable(self) -> str:
+        return self.var or self.column
+
+    @property
+    def file_format(self) -> Literal["csv", "jsonl", "parquet"]:
+        if self.format:
+            return self.format
+        lower = self.path.lower()
+        if lower.endswith(".parquet"):
+            return "parquet"
+        if lower.endswith((".jsonl", ".ndjson")):
+            return "jsonl"
+        return "csv"
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+class TransformConfig(_Model):
+    """A CPU-bound function over batches of an endpoint's records, run in a process pool."""
+
+    function: str = Field(description="'package.module:function'; fn(list[dict]) -> list[dict]")
+    initializer: str | None = Field(
+        None, description="'package.module:function' run once in each worker process"
+    )
+    batch_size: int = Field(500, ge=1, description="records per batch sent to the pool")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="batches out at once (default: 2 x pool workers)"
+    )
+    max_crash_retries: int = Field(2, ge=0, description="retries of a batch whose worker died")
+    output: str | None = Field(None, description="output folder (default: <endpoint>_out)")
+    keep_raw: bool = Field(True, description="also write the raw records")
+
+    @field_validator("function", "initializer")
+    @classmethod
+    def _importable(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from ..transform.pool import load_callable
+
+        load_callable(v)  # a clear ValueError when the module or function is missing
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _folder(cls, v: str | None) -> str | None:
+        if v is not None and (not _NAME_RE.match(v) or ".." in v):
+            raise ValueError("must be a plain folder name (letters, digits, '_', '-', '.')")
+        return v
+
+
+class EndpointConfig(_Model):
+    name: str
+    path: str
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    json_body: dict[str, Any] | None = Field(None, alias="body")
+    records: str = Field(
+        "$", description="dotted path of the list of records in the body; '$' is the body itself"
+    )
+    single_record: bool = Field(
+        False,
+        description="the value at 'records' is one object (e.g. the whole body), not a list; "
+        "anything else is a wrong-shaped response",
+    )
+    primary_key: tuple[str, ...] = ()
+    schema_: dict[str, FieldType] | None = Field(
+        None,
+        alias="schema",
+        description="types of some or all fields; fields not listed are inferred",
+    )
+    columns: Literal["all", "only_declared"] = Field(
+        "all",
+        description="all: every field is written (undeclared ones inferred); only_declared: "
+        "fields not in the schema are dropped and counted in the run report",
+    )
+    pagination: Pagination = NoPagination()
+    for_each: ForEach | None = None
+    from_file: FromFile | None = None
+    rate_limits: tuple[RateWindow, ...] = ()
+    concurrency: int | None = Field(None, ge=1, description="requests in flight (override)")
+    transform: TransformConfig | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def transform_folder(self) -> str | None:
+        if self.transform is None:
+            return None
+        return self.transform.output or f"{self.name}_out"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v) or v in (".", "..") or ".." in v:
+            raise ValueError(
+                "must be 1-100 characters of letters, digits, '_', '-', '.', starting with a "
+                "letter or digit (it names the output folder)"
+            )
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError("must be a path relative to api.base_url, not a full URL")
+        return v
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _pk(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> EndpointConfig:
+        if self.for_each and self.from_file:
+            raise ValueError("use either 'for_each' or 'from_file', not both")
+        if self.json_body is not None and self.method != "POST":
+            raise ValueError("'body' needs method: POST")
+        provided: set[str] = set()
+        if self.for_each:
+            provided = set(self.for_each.bind)
+        elif self.from_file:
+            provided = {self.from_file.variable}
+        used = template_fields(self.path)
+        for value in self.params.values():
+            if isinstance(value, str):
+                used |= template_fields(value)
+        if self.json_body is not None:
+            used |= _body_fields(self.json_body)
+        missing = sorted(used - provided)
+        if missing:
+            raise ValueError(
+                f"template variables {missing} are not bound "
+                "(bind them with for_each.bind or from_file.column)"
+            )
+        if self.columns == "only_declared":
+            if not self.schema_:
+                raise ValueError("columns: only_declared needs a schema (the columns to keep)")
+            absent = [k for k in self.primary_key if k not in self.schema_]
+            if absent:
+                raise ValueError(
+                    f"primary_key fields {absent} are not in the schema, and "
+                    "columns: only_declared would drop them"
+                )
+        return self
+
+    @property
+    def parent(self) -> str | None:
+        return self.for_each.endpoint if self.for_each else None
+
+
+def _body_fields(body: Any) -> set[str]:
+    if isinstance(body, str):
+        return template_fields(body)
+    if isinstance(body, dict):
+        return set().union(*(_body_fields(v) for v in body.values())) if body else set()
+    if isinstance(body, list):
+        return set().union(*(_body_fields(v) for v in body)) if body else set()
+    return set()
+
+
+class OutputConfig(_Model):
+    directory: str = "output"
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
+    row_group_rows: int = Field(10_000, ge=1)
+    max_rows_per_file: int = Field(1_000_000, ge=1)
+    min_rows_per_file: int | None = Field(
+        None,
+        ge=1,
+        description="a finished run merges committed files smaller than this into files of "
+        "up to max_rows_per_file rows, so at most one file per folder is smaller "
+        "(default: half of max_rows_per_file)",
+    )
+    checkpoint_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="how often progress is made durable (files committed, state saved); "
+        "a killed run redoes at most about this much work",
+    )
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> OutputConfig:
+        if self.row_group_rows > self.max_rows_per_file:
+            raise ValueError("row_group_rows cannot exceed max_rows_per_file")
+        if self.min_rows_per_file is not None and self.min_rows_per_file > self.max_rows_per_file:
+            raise ValueError("min_rows_per_file cannot exceed max_rows_per_file")
+        return self
+
+    @property
+    def min_rows(self) -> int:
+        """``min_rows_per_file``, or its default: half of ``max_rows_per_file`` (at least 1)."""
+        if self.min_rows_per_file is not None:
+            return self.min_rows_per_file
+        return max(1, self.max_rows_per_file // 2)
+
+
+class PipelineConfig(_Model):
+    api: ApiConfig
+    output: OutputConfig = OutputConfig()
+    endpoints: tuple[EndpointConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineConfig:
+        names = [e.name for e in self.endpoints]
+        folders = names + [e.transform_folder for e in self.endpoints if e.transform_folder]
+        seen: set[str] = set()
+        for n in folders:
+            if n.lower() in seen:
+                raise ValueError(f"output folder '{n}' is used twice (folder names must differ)")
+            seen.add(n.lower())
+        for e in self.endpoints:
+            if e.for_each and e.for_each.endpoint not in names:
+                raise ValueError(
+                    f"endpoint '{e.name}': for_each.endpoint '{e.for_each.endpoint}' "
+                    f"is not defined (endpoints: {', '.join(names)})"
+                )
+            if e.for_each and e.for_each.endpoint == e.name:
+                raise ValueError(f"endpoint '{e.name}' cannot iterate over itself")
+        self.order()  # raises on cycles
+        return self
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        for e in self.endpoints:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+    def children(self, name: str) -> list[EndpointConfig]:
+        return [e for e in self.endpoints if e.parent == name]
+
+    def order(self) -> list[EndpointConfig]:
+        """Endpoints in dependency order: parents first, then config order."""
+        from graphlib import CycleError, TopologicalSorter
+
+        ts: TopologicalSorter[str] = TopologicalSorter()
+        for e in self.endpoints:
+            ts.add(e.name, *([e.parent] if e.parent else []))
+        try:
+            ts.prepare()
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise ValueError(f"for_each dependencies form a cycle: {cycle}") from None
+        by_name = {e.name: e for e in self.endpoints}
+
+        def depth(e: EndpointConfig) -> int:
+            return 0 if e.parent is None else 1 + depth(by_name[e.parent])
+
+        index = {e.name: i for i, e in enumerate(self.endpoints)}
+        return sorted(self.endpoints, key=lambda e: (depth(e), index[e.name]))

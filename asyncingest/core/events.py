@@ -1,0 +1,231 @@
+"""Frozen events the engine emits; displays, logs and metrics subscribe to them.
+
+The engine never prints. A subscriber is any callable taking an :data:`Event`; it runs
+inline in the event loop, so it must be quick (count, store, schedule), never block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .result import EndpointSummary, RunResult
+
+log = logging.getLogger("asyncingest")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    endpoints: tuple[str, ...]
+    output: str
+    rate_limits: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStarted:
+    endpoint: str
+    parent: str | None
+    total_jobs: int | None  # known up front for file fan-out, else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobsQueued:
+    """More work for an endpoint: parent records or input ids arrived."""
+
+    endpoint: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    """One attempt got an answer (or failed); ``ok`` is a usable page."""
+
+    endpoint: str
+    method: str
+    url: str  # secrets redacted
+    status: int | None
+    attempt: int
+    ok: bool
+    duration: float
+    limiter_wait: float
+    nbytes: int
+    records: int
+    error: str | None = None  # why the attempt was not usable (secrets redacted)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRetried:
+    endpoint: str
+    url: str  # secrets redacted
+    reason: str
+    attempt: int
+    wait: float
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A request gave up after its retries; its work is recorded as a dead letter."""
+
+    endpoint: str
+    url: str  # secrets redacted
+    reason: str
+    attempts: int
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExhausted:
+    """A rate window has no room for longer than the configured threshold."""
+
+    endpoint: str
+    limiter: str
+    wait: float  # seconds until the next request can go
+    resume_at: float  # epoch seconds
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsRejected:
+    endpoint: str
+    count: int
+    reason: str  # the first reason of the batch
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsWritten:
+    endpoint: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileCommitted:
+    """A Parquet file is complete, fsynced and visible under its final name."""
+
+    endpoint: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFinished:
+    summary: EndpointSummary
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    result: RunResult
+
+
+BreakerStateName = Literal["closed", "open", "half-open"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStarted:
+    """An attempt got its permits and is about to be sent (pairs with ``RequestFinished``)."""
+
+    endpoint: str
+    method: str
+    url: str  # secrets redacted
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    """One walk (all pages for one root call, input id or parent record) is over."""
+
+    endpoint: str
+    ok: bool = True  # False: it ended in a dead letter
+    pages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsExpected:
+    """A walk's first page said how many records the walk holds (``total_path``)."""
+
+    endpoint: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChanged:
+    endpoint: str
+    state: BreakerStateName
+    previous: BreakerStateName
+    failures: int  # consecutive failures that led here
+    cooldown: float  # seconds before the next probe when ``state == "open"``, else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RatePaused:
+    """A shared budget grants nothing for ``seconds`` (a 429, or the server's headers said the
+    quota is spent)."""
+
+    limiter: str  # the budget paused: "api", or an endpoint's own limiter
+    endpoint: str  # whose response triggered it
+    seconds: float
+    reason: str
+    throttled: bool  # True: the server answered 429/503; False: we stopped before it did
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyChanged:
+    """Adaptive concurrency moved an endpoint's limit of requests in flight."""
+
+    endpoint: str
+    limit: int
+    reason: str
+
+
+Event = (
+    RunStarted
+    | EndpointStarted
+    | JobsQueued
+    | RequestFinished
+    | RequestRetried
+    | RequestFailed
+    | BudgetExhausted
+    | RequestStarted
+    | JobFinished
+    | RecordsExpected
+    | BreakerChanged
+    | RatePaused
+    | ConcurrencyChanged
+    | RecordsRejected
+    | RecordsWritten
+    | FileCommitted
+    | EndpointFinished
+    | RunFinished
+)
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    """Fan an event out to every subscriber; a failing subscriber never breaks the run."""
+
+    __slots__ = ("_subscribers", "listening")
+
+    def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
+        self._subscribers = list(subscribers)
+        # How many subscribers there are, as a C-level call: per-request events are built
+        # only when someone listens, and the check runs several times per request.
+        self.listening: Callable[[], int] = self._subscribers.__len__
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def emit(self, event: Event) -> None:
+        for sub in self._subscribers:
+            try:
+                sub(event)
+            except Exception:  # a display bug must not lose data
+                log.exception("event subscriber %r failed on %s", sub, type(event).__name__)
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def __repr__(self) -> str:
+        return f"EventBus({len(self._subscribers)} subscribers)"

@@ -1,0 +1,220 @@
+"""Paginators: from one page, the request for the next one, or ``None`` to stop.
+
+Each kind is a small pure object (no I/O), so every stop rule is tested without a server:
+
+===========  ==========================================  ===================================
+kind         next request                                stops when
+===========  ==========================================  ===================================
+none         -                                           always after the first page
+offset       offset += records received                  short or empty page, total reached
+page         page += 1                                   empty/short page, total(s) reached
+cursor       cursor from the body sent as a parameter    no cursor, or the same cursor again
+next_url     URL from the body (relative ones resolved)  no URL, or the same URL again
+link_header  RFC 8288 ``Link: <...>; rel="next"``        no such link, or the same URL again
+===========  ==========================================  ===================================
+
+A next-page URL may point at another origin; the HTTP layer then sends no credentials.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Protocol
+
+from yarl import URL
+
+from ..config.models import (
+    CursorPagination,
+    LinkHeaderPagination,
+    NextUrlPagination,
+    NoPagination,
+    OffsetPagination,
+    PagePagination,
+    Pagination,
+)
+from .request import Page, Request, lookup
+
+
+class Paginator(Protocol):
+    def first(self, request: Request) -> Request: ...
+
+    def next(self, page: Page) -> Request | None: ...
+
+
+class NoPaginator:
+    def first(self, request: Request) -> Request:
+        return request
+
+    def next(self, page: Page) -> Request | None:
+        return None
+
+
+class OffsetPaginator:
+    def __init__(self, cfg: OffsetPagination) -> None:
+        self.cfg = cfg
+
+    def first(self, request: Request) -> Request:
+        c = self.cfg
+        return replace(
+            request.with_params(**{c.offset_param: str(c.start), c.limit_param: str(c.limit)}),
+            state=c.start,
+        )
+
+    def next(self, page: Page) -> Request | None:
+        c, n = self.cfg, len(page.records)
+        if n == 0:
+            return None
+        offset = int(page.request.state) + n
+        total = _number(lookup(page.body, c.total_path)) if c.total_path else None
+        if total is not None:
+            # With a total, a page shorter than asked (an API that caps the limit) is not the end.
+            if offset >= total:
+                return None
+        elif n < c.limit:
+            return None
+        return replace(
+            page.request.with_params(**{c.offset_param: str(offset)}),
+            state=offset,
+            page=page.request.page + 1,
+        )
+
+
+class PagePaginator:
+    def __init__(self, cfg: PagePagination) -> None:
+        self.cfg = cfg
+
+    def first(self, request: Request) -> Request:
+        c = self.cfg
+        params = {c.page_param: str(c.start)}
+        if c.size_param:
+            params[c.size_param] = str(c.size)
+        return replace(request.with_params(**params), state=c.start)
+
+    def next(self, page: Page) -> Request | None:
+        c, n = self.cfg, len(page.records)
+        if n == 0:
+            return None
+        number = int(page.request.state)
+        pages_done = number - c.start + 1
+        total_pages = _number(lookup(page.body, c.total_pages_path)) if c.total_pages_path else None
+        total = _number(lookup(page.body, c.total_path)) if c.total_path else None
+        if total_pages is not None:
+            if pages_done >= total_pages:
+                return None
+        elif total is not None:
+            if pages_done * c.size >= total:
+                return None
+        elif c.size_param and n < c.size:
+            return None
+        return replace(
+            page.request.with_params(**{c.page_param: str(number + 1)}),
+            state=number + 1,
+            page=page.request.page + 1,
+        )
+
+
+class CursorPaginator:
+    def __init__(self, cfg: CursorPagination) -> None:
+        self.cfg = cfg
+
+    def first(self, request: Request) -> Request:
+        c = self.cfg
+        if c.limit_param and c.limit:
+            request = request.with_params(**{c.limit_param: str(c.limit)})
+        return replace(request, state=None)
+
+    def next(self, page: Page) -> Request | None:
+        cursor = lookup(page.body, self.cfg.cursor_path)
+        if cursor is None or cursor == "" or isinstance(cursor, dict | list):
+            return None
+        cursor = str(cursor)
+        if cursor == page.request.state:
+            raise PaginationLoop(f"the API returned the same cursor twice ({self.cfg.cursor_path})")
+        return replace(
+            page.request.with_params(**{self.cfg.cursor_param: cursor}),
+            state=cursor,
+            page=page.request.page + 1,
+        )
+
+
+class PaginationLoop(Exception):
+    """The API pointed back at the page it just served; following it would never end."""
+
+
+def _follow(page: Page, link: object) -> Request | None:
+    if not isinstance(link, str) or not link:
+        return None
+    url = page.request.full_url.join(URL(link))
+    if url == page.request.full_url:
+        raise PaginationLoop(f"the next-page link points at the current page ({url})")
+    # The link is the complete next URL: its query replaces ours.
+    return replace(page.request, url=url, params=(), state=str(url), page=page.request.page + 1)
+
+
+class NextUrlPaginator:
+    def __init__(self, cfg: NextUrlPagination) -> None:
+        self.cfg = cfg
+
+    def first(self, request: Request) -> Request:
+        return request
+
+    def next(self, page: Page) -> Request | None:
+        return _follow(page, lookup(page.body, self.cfg.next_path))
+
+
+_LINK_RE = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
+_REL_RE = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,]+))""", re.IGNORECASE)
+
+
+def parse_link_header(value: str) -> dict[str, str]:
+    """``<a>; rel="next", <b>; rel="prev last"`` -> ``{"next": "a", "prev": "b", "last": "b"}``."""
+    links: dict[str, str] = {}
+    for match in _LINK_RE.finditer(value):
+        target, params = match.group(1), match.group(2)
+        rel = _REL_RE.search(params)
+        if rel:
+            for name in (rel.group(1) or rel.group(2) or "").split():
+                links.setdefault(name.lower(), target)
+    return links
+
+
+class LinkHeaderPaginator:
+    def __init__(self, cfg: LinkHeaderPagination) -> None:
+        self.cfg = cfg
+
+    def first(self, request: Request) -> Request:
+        return request
+
+    def next(self, page: Page) -> Request | None:
+        header = page.headers.get("Link") or page.headers.get("link")
+        if not header:
+            return None
+        return _follow(page, parse_link_header(header).get(self.cfg.rel.lower()))
+
+
+def paginator_for(cfg: Pagination) -> Paginator:
+    match cfg:
+        case NoPagination():
+            return NoPaginator()
+        case OffsetPagination():
+            return OffsetPaginator(cfg)
+        case PagePagination():
+            return PagePaginator(cfg)
+        case CursorPagination():
+            return CursorPaginator(cfg)
+        case NextUrlPagination():
+            return NextUrlPaginator(cfg)
+        case LinkHeaderPagination():
+            return LinkHeaderPaginator(cfg)
+    raise TypeError(f"unknown pagination {cfg!r}")
+
+
+def _number(v: object) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return int(v)
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v)
+    return None

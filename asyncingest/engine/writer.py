@@ -1,0 +1,362 @@
+"""One endpoint's writer task: the single, ordered path from fetched pages to durable files.
+
+Workers never touch files. Each page becomes one :class:`PageDone` item on the writer's
+queue carrying the page's records, the child jobs it made (to journal), its dead letters and
+a progress token (which job, and the next request or "done"). The writer applies items in
+queue order: records to the Parquet sink, child jobs to the child's journal, dead letters to
+the dead-letter file, tokens to a pending list.
+
+A :class:`Barrier` on the queue makes everything before it durable: the sink commits its
+current file, journals and dead letters are fsynced, and the barrier answers with the
+pending tokens, the committed files and the committed lengths. Because a barrier is put on
+every writer's queue in one synchronous step, a checkpoint built from the answers names only
+durable work, and a child job can only be durable if the parent page that made it is
+(docs/architecture.md, "Checkpoints").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..core.request import Record, Request
+from ..errors import environment_failure
+from ..sink.deadletter import DeadLetters
+from ..sink.parquet import ParquetSink
+from ..state.checkpoint import Journal
+from ..state.ledger import EndpointLedger
+from ..state.rangeset import RangeSet
+from ..transform.pipe import PipeSpec, TransformPipe
+from ..transform.pool import TransformPool
+from .channel import Channel
+
+if TYPE_CHECKING:
+    from ..core.records import Job
+
+MAX_PAGES_QUEUED = 64
+R = TypeVar("R")
+
+
+# Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and
+# the engine makes one per request.
+@dataclass(slots=True)
+class Token:
+    """Job ``job`` got a page: its walk continues at ``next`` (``None``: the walk is over)."""
+
+    job: int
+    next: Request | None
+
+
+@dataclass(slots=True)
+class PageDone:
+    records: list[Record]
+    token: Token | None
+    children: Sequence[tuple[Journal, list[Job]]] = ()
+    dead: Sequence[Callable[[DeadLetters], None]] = ()
+
+
+@dataclass(slots=True)
+class Progress:
+    """Progress tokens folded as they arrive: done jobs as ranges, part-way walks by job."""
+
+    done: RangeSet = field(default_factory=RangeSet)
+    partial: dict[int, Request] = field(default_factory=dict)
+
+    def add(self, token: Token) -> None:
+        if token.next is None:
+            self.done.add(token.job)
+            self.partial.pop(token.job, None)
+        else:
+            self.partial[token.job] = token.next
+
+    def __bool__(self) -> bool:
+        return bool(self.partial) or bool(self.done)
+
+
+@dataclass(slots=True)
+class BarrierResult:
+    progress: Progress
+    files: list[str]  # every file this run's sink committed so far (names)
+    journals: dict[str, tuple[int, int]]  # child endpoint -> committed (lines, bytes)
+    dead_letter_bytes: int
+    finished: bool = False
+    extra_files: dict[str, list[str]] = field(default_factory=dict)  # transform folder -> names
+
+
+class Barrier:
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[BarrierResult] = asyncio.get_running_loop().create_future()
+
+
+class Writer:
+    def __init__(
+        self,
+        name: str,
+        sink: ParquetSink,
+        dead: DeadLetters,
+        child_journals: dict[str, Journal],
+        ledger: EndpointLedger,
+        row_group_rows: int,
+        *,
+        files: Executor | None = None,
+    ) -> None:
+        self.name = name
+        self.files = files  # where file work runs (None: asyncio's default executor)
+        self.sink = sink
+        self.dead = dead
+        self.child_journals = child_journals
+        self.ledger = ledger
+        self.row_group_rows = row_group_rows
+        # Pages wait for room (put, wait_for_room); a barrier or the end is enqueued at once
+        # and wakes the writer (flush). Otherwise the writer wakes for a quarter of the bound
+        # at a time, and producers waiting for room when it is down to half: one task switch
+        # per several pages, not one per page.
+        self.inbox: Channel[PageDone | Barrier | None] = Channel(
+            MAX_PAGES_QUEUED, batch=MAX_PAGES_QUEUED // 4, refill_at=MAX_PAGES_QUEUED // 2
+        )
+        self._buffer: list[Record] = []
+        self._progress = Progress()
+        self._committed = 0
+        self._final: BarrierResult | None = None
+        self._finishing = False
+        self._failed: BaseException | None = None  # why the writer task ended early
+        self._answering: Barrier | None = None  # the barrier being made durable
+        self.task: asyncio.Task[None] | None = None
+        # The CPU stage, when the endpoint has a transform (attach_transform).
+        self.pipe: TransformPipe | None = None
+        self.tsink: ParquetSink | None = None
+        self.keep_raw = True
+        self._tcommitted = 0
+
+    def attach_transform(
+        self, pool: TransformPool, spec: PipeSpec, sink: ParquetSink, keep_raw: bool
+    ) -> None:
+        self.pipe = TransformPipe(
+            pool, spec, self._write_transformed, self._set_aside, self._release
+        )
+        self.tsink = sink
+        self.keep_raw = keep_raw
+
+    def _release(self, token: object) -> None:
+        assert isinstance(token, Token)
+        self._progress.add(token)
+
+    def _set_aside(self, records: list[Record], reason: str) -> None:
+        for r in records:
+            self.dead.record_rejected(record=r, reason=f"transform: {reason}")
+            self.ledger.rejected(f"transform: {reason}")
+
+    async def _write_transformed(self, records: list[Record]) -> None:
+        assert self.tsink is not None
+        rejected = await self._in_files(self.tsink.write, records)
+        for rej in rejected:
+            self.dead.record_rejected(record=rej.record, reason=f"transform output: {rej.reason}")
+            self.ledger.rejected(rej.reason)
+        self.ledger.transformed(len(records) - len(rejected))
+
+    def __repr__(self) -> str:
+        return (
+            f"Writer({self.name}, queued={len(self.inbox)}, buffered={len(self._buffer)}, "
+            f"pending={len(self._progress.done)} done/{len(self._progress.partial)} partial, "
+            f"files={len(self.sink.files)})"
+        )
+
+    def _in_files(self, fn: Callable[..., R], *args: Any) -> asyncio.Future[R]:
+        return asyncio.get_running_loop().run_in_executor(self.files, fn, *args)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
+
+    async def put(self, item: PageDone) -> None:
+        """Enqueue a page; waits while ``MAX_PAGES_QUEUED`` items are waiting to be applied."""
+        await self.inbox.put(item)
+
+    def put_reserved(self, item: PageDone) -> None:
+        """Enqueue a page at once: the caller made room first, in the same synchronous step
+        (``if writer.inbox.full(): await writer.inbox.wait_for_room()``)."""
+        self.inbox.put_nowait(item)
+
+    def barrier(self) -> asyncio.Future[BarrierResult]:
+        """Synchronously enqueue a barrier; the future answers once all before it is durable.
+
+        The progress in an answer is handed out once: the caller must not lose it (the
+        engine shields its checkpoints from cancellation).
+        """
+        b = Barrier()
+        if self._failed is not None:  # a dead writer answers no barrier: say so at once
+            _fail(b, self._failed)
+        elif self.task is None:  # not started: nothing written, nothing pending
+            b.future.set_result(self._snapshot())
+        elif self._finishing:  # the final answer comes when the writer has closed the sink
+            self.task.add_done_callback(lambda _: self._answer_final(b))
+        else:
+            self.inbox.put_nowait(b)
+            self.inbox.flush()
+        return b.future
+
+    def _answer_final(self, b: Barrier) -> None:
+        if self._failed is not None:
+            _fail(b, self._failed)
+        elif not b.future.done():
+            b.future.set_result(self._take_final())
+
+    def finish(self) -> None:
+        self._finishing = True
+        self.inbox.put_nowait(None)
+        self.inbox.flush()
+
+    def _take_final(self) -> BarrierResult:
+        final = self._final or self._snapshot(finished=True)
+        self._final = self._snapshot(finished=True)  # tokens are handed out once
+        return final
+
+    async def _run(self) -> None:
+        try:
+            try:
+                await self._apply_until_done()
+            except OSError as exc:  # the disk, not the data: name the folder it was writing
+                raise environment_failure(exc, self.sink.directory) from exc
+        except BaseException as exc:
+            # Every barrier waiting on this writer fails with it: a checkpoint must not wait
+            # for an answer that will never come.
+            self._failed = exc
+            waiting = [self._answering] if self._answering is not None else []
+            while self.inbox:
+                item = self.inbox.pop()
+                if isinstance(item, Barrier):
+                    waiting.append(item)
+            for b in waiting:
+                _fail(b, exc)
+            if self.pipe is not None:  # a hard stop or a failure: no batch left running
+                await self.pipe.aclose()
+            raise
+
+    async def _apply_until_done(self) -> None:
+        inbox = self.inbox
+        while True:
+            item = inbox.pop() if inbox else await inbox.get()
+            if item is None:
+                if self.pipe is not None:
+                    await self.pipe.drain()
+                await self._write_buffer()
+                await self._in_files(self._close)
+                self._final = self._snapshot(self._take_progress(), finished=True)
+                return
+            if isinstance(item, Barrier):
+                self._answering = item
+                if self.pipe is not None:
+                    await self.pipe.drain()
+                await self._write_buffer()
+                await self._in_files(self._sync)
+                item.future.set_result(self._snapshot(self._take_progress()))
+                self._answering = None
+                continue
+            self._apply(item)
+            if self.pipe is not None:
+                await self.pipe.feed(item.records, item.token)
+            if len(self._buffer) >= self.row_group_rows:
+                await self._write_buffer()
+
+    def _apply(self, item: PageDone) -> None:
+        if item.records and self.keep_raw:
+            self._buffer.extend(item.records)
+        for journal, jobs in item.children:
+            for job in jobs:
+                line = journal.append(job.variables, job.copy)
+                assert line == job.number, f"journal line {line} != job {job.number}"
+        for write_dead in item.dead:
+            write_dead(self.dead)
+        if item.token is not None and self.pipe is None:
+            self._progress.add(item.token)  # else released when the transform output is
+
+    def _take_progress(self) -> Progress:
+        progress, self._progress = self._progress, Progress()
+        return progress
+
+    async def _write_buffer(self) -> None:
+        if not self._buffer:
+            return
+        records, self._buffer = self._buffer, []
+        rejected = await self._in_files(self.sink.write, records)
+        for rej in rejected:
+            self.dead.record_rejected(record=rej.record, reason=rej.reason)
+            self.ledger.rejected(rej.reason)
+        self.ledger.written(len(records) - len(rejected))
+        self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
+        self._announce_files()
+
+    def abandon(self) -> None:
+        """After a failure, once no file work runs: staging files go, committed files stay."""
+        self.sink.abort()
+        if self.tsink is not None:
+            self.tsink.abort()
+
+    def _sync(self) -> None:
+        self.sink.flush()
+        if self.tsink is not None:
+            self.tsink.flush()
+        for journal in self.child_journals.values():
+            journal.sync()
+        self.dead.sync()
+
+    def _close(self) -> None:
+        self.sink.close()
+        if self.tsink is not None:
+            self.tsink.close()
+        for journal in self.child_journals.values():
+            journal.sync()
+        self.dead.sync()
+
+    def _snapshot(self, progress: Progress | None = None, finished: bool = False) -> BarrierResult:
+        self._announce_files()
+        return BarrierResult(
+            progress=progress if progress is not None else Progress(),
+            files=[Path(p).name for p in self.sink.files],
+            journals={k: (j.lines, j.nbytes) for k, j in self.child_journals.items()},
+            dead_letter_bytes=self.dead.nbytes,
+            finished=finished,
+            extra_files=(
+                {self.tsink.directory.name: [Path(p).name for p in self.tsink.files]}
+                if self.tsink is not None
+                else {}
+            ),
+        )
+
+    def _announce_files(self) -> None:
+        files = self.sink.files
+        if len(files) > self._committed:
+            self.ledger.committed(files[self._committed :])
+        self._committed = len(files)
+        if self.tsink is not None:
+            tfiles = self.tsink.files
+            if len(tfiles) > self._tcommitted:
+                self.ledger.committed(tfiles[self._tcommitted :])
+            self._tcommitted = len(tfiles)
+
+
+def _fail(b: Barrier, cause: BaseException) -> None:
+    if b.future.done():
+        return
+    if isinstance(cause, asyncio.CancelledError):
+        b.future.cancel()
+        return
+    # The writer's own error: whichever task reports it first, the run ends with it.
+    b.future.set_exception(cause)
+
+
+def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.request_failed(**entry)
+
+
+def dead_job(**entry: Any) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.job_refused(**entry)
+
+
+def dead_record(record: Any, reason: str) -> Callable[[DeadLetters], None]:
+    return lambda dead: dead.record_rejected(record=record, reason=reason)

@@ -1,0 +1,254 @@
+"""The endpoints: pure functions from a :class:`Call` (query, path parameter, body) to a Reply.
+
+No I/O and no aiohttp types here, so each endpoint is cheap and testable on its own. Shapes are
+deliberately varied so every pagination and record-location kind gets exercised:
+
+- ``GET /v1/meetings?year=``: top-level list, no pagination
+- ``GET /v1/sessions?meeting_key=``: top-level list
+- ``GET /v1/{drivers,weather,pit,stints}?session_key=``: top-level list
+- ``GET /v1/laps?session_key=&offset=&limit=``: ``{"results", "total"}``, offset/limit
+- ``GET /v1/race_control?session_key=&page=&page_size=``: ``{"data": {"items"}, "meta"}``,
+  page numbers from 1
+- ``GET /v1/team_radio?session_key=&cursor=&limit=``: ``{"items", "next": url | null}``
+- ``GET /crm/v3/objects/{contacts,engagements}?limit=&after=``:
+  ``{"results", "paging": {"next": {"after", "link"}}}``, no ``paging`` on the last page
+- ``GET /crm/v4/objects/engagements/{id}/associations/contacts``: ``{"results"}``; 404 if unknown
+- ``GET /crm/v3/objects/companies?limit=&cursor=``: top-level list, ``Link: <url>; rel="next"``
+- ``GET /partner/users/{user_id}``, ``POST /partner/score {"user_id"}``: one object; 404 if
+  unknown
+
+Limits are clamped to 100. Filters (``session_key``, ``meeting_key``, ``year``) are optional:
+without one, all rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, NamedTuple
+from urllib.parse import urlencode
+
+import orjson
+
+from .data import Dataset, Record
+from .faults import Reply
+
+MAX_LIMIT = 100
+_ENGAGEMENT_PREFIX = "/crm/v4/objects/engagements/"
+_ASSOC_SUFFIX = "/associations/contacts"
+_USER_PREFIX = "/partner/users/"
+
+
+class Call(NamedTuple):
+    """The parts of a request an endpoint may read."""
+
+    query: Mapping[str, str]
+    param: str | None  # the {id} of a templated path
+    body: bytes  # read for POST only
+    origin: str  # "http://host:port", for absolute next links
+
+
+Endpoint = Callable[[Call], Reply]
+
+
+class Route(NamedTuple):
+    template: str
+    method: str
+    endpoint: Endpoint
+
+
+class BadRequest(Exception):
+    """An invalid parameter; answered 400 with the message."""
+
+
+def json_reply(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    return Reply(status, orjson.dumps(obj), headers)
+
+
+def error_reply(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> Reply:
+    return json_reply({"error": message, "status": status, **extra}, status, headers)
+
+
+def _int(query: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+    if value < low:
+        raise BadRequest(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _limit(query: Mapping[str, str], name: str = "limit", default: int = MAX_LIMIT) -> int:
+    return min(_int(query, name, default, low=1), MAX_LIMIT)
+
+
+def _cursor(query: Mapping[str, str], name: str) -> int:
+    """Cursors are opaque to clients; here they are just the next row index."""
+    raw = query.get(name)
+    if raw is None:
+        return 0
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadRequest(f"invalid {name} cursor {raw!r}")
+    return int(raw)
+
+
+class Routes:
+    """The route table over one dataset. ``resolve`` is one dict lookup for fixed paths."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        per_session = {
+            f"/v1/{table}": Route(f"/v1/{table}", "GET", partial(self._session_list, table))
+            for table in ("drivers", "weather", "pit", "stints")
+        }
+        contacts, engagements = "/crm/v3/objects/contacts", "/crm/v3/objects/engagements"
+        self.fixed: dict[str, Route] = {
+            "/v1/meetings": Route("/v1/meetings", "GET", self.meetings),
+            "/v1/sessions": Route("/v1/sessions", "GET", self.sessions),
+            **per_session,
+            "/v1/laps": Route("/v1/laps", "GET", self.laps),
+            "/v1/race_control": Route("/v1/race_control", "GET", self.race_control),
+            "/v1/team_radio": Route("/v1/team_radio", "GET", self.team_radio),
+            contacts: Route(
+                contacts, "GET", partial(self._cursor_page, contacts, dataset.contacts)
+            ),
+            engagements: Route(
+                engagements, "GET", partial(self._cursor_page, engagements, dataset.engagements)
+            ),
+            "/crm/v3/objects/companies": Route("/crm/v3/objects/companies", "GET", self.companies),
+            "/partner/score": Route("/partner/score", "POST", self.score),
+        }
+        self._associations = Route(
+            _ENGAGEMENT_PREFIX + "{id}" + _ASSOC_SUFFIX, "GET", self.associations
+        )
+        self._user = Route(_USER_PREFIX + "{user_id}", "GET", self.user)
+
+    def resolve(self, path: str) -> tuple[Route, str | None] | None:
+        route = self.fixed.get(path)
+        if route is not None:
+            return route, None
+        if path.startswith(_USER_PREFIX):
+            user_id = path[len(_USER_PREFIX) :]
+            return (self._user, user_id) if user_id and "/" not in user_id else None
+        if path.startswith(_ENGAGEMENT_PREFIX) and path.endswith(_ASSOC_SUFFIX):
+            eid = path[len(_ENGAGEMENT_PREFIX) : -len(_ASSOC_SUFFIX)]
+            return (self._associations, eid) if eid and "/" not in eid else None
+        return None
+
+    # -- F1 -------------------------------------------------------------------------------
+    def _filtered(self, rows: list[Record], query: Mapping[str, str], *names: str) -> list[Record]:
+        for name in names:
+            if name in query:
+                value = _int(query, name, 0)
+                rows = [r for r in rows if r[name] == value]
+        return rows
+
+    def meetings(self, call: Call) -> Reply:
+        return json_reply(self._filtered(self.dataset.meetings, call.query, "year", "meeting_key"))
+
+    def sessions(self, call: Call) -> Reply:
+        return json_reply(
+            self._filtered(self.dataset.sessions, call.query, "meeting_key", "session_key")
+        )
+
+    def _rows(self, table: str, query: Mapping[str, str]) -> list[Record]:
+        if "session_key" not in query:
+            rows: list[Record] = getattr(self.dataset, table)
+            return rows
+        return self.dataset.for_session(table, _int(query, "session_key", 0))
+
+    def _session_list(self, table: str, call: Call) -> Reply:
+        return json_reply(self._rows(table, call.query))
+
+    def laps(self, call: Call) -> Reply:
+        rows = self._rows("laps", call.query)
+        offset, limit = _int(call.query, "offset", 0), _limit(call.query)
+        return json_reply({"results": rows[offset : offset + limit], "total": len(rows)})
+
+    def race_control(self, call: Call) -> Reply:
+        rows = self._rows("race_control", call.query)
+        page = _int(call.query, "page", 1, low=1)
+        size = _limit(call.query, "page_size", default=20)
+        total_pages = max(1, -(-len(rows) // size))
+        items = rows[(page - 1) * size : page * size]
+        return json_reply(
+            {
+                "data": {"items": items},
+                "meta": {"page": page, "total_pages": total_pages, "total": len(rows)},
+            }
+        )
+
+    def team_radio(self, call: Call) -> Reply:
+        rows = self._rows("team_radio", call.query)
+        start, limit = _cursor(call.query, "cursor"), _limit(call.query, default=20)
+        end = start + limit
+        next_url = None
+        if end < len(rows):
+            params = {k: call.query[k] for k in ("session_key",) if k in call.query}
+            params |= {"cursor": str(end), "limit": str(limit)}
+            next_url = f"{call.origin}/v1/team_radio?{urlencode(params)}"
+        return json_reply({"items": rows[start:end], "next": next_url})
+
+    # -- CRM ------------------------------------------------------------------------------
+    def _cursor_page(self, path: str, rows: list[Record], call: Call) -> Reply:
+        start, limit = _cursor(call.query, "after"), _limit(call.query, default=10)
+        end = start + limit
+        body: dict[str, Any] = {"results": rows[start:end]}
+        if end < len(rows):
+            link = f"{call.origin}{path}?{urlencode({'after': end, 'limit': limit})}"
+            body["paging"] = {"next": {"after": str(end), "link": link}}
+        return json_reply(body)
+
+    def companies(self, call: Call) -> Reply:
+        rows = self.dataset.companies
+        start, limit = _cursor(call.query, "cursor"), _limit(call.query, default=10)
+        end = start + limit
+        headers = None
+        if end < len(rows):
+            query = urlencode({"limit": limit, "cursor": end})
+            headers = {"Link": f'<{call.origin}/crm/v3/objects/companies?{query}>; rel="next"'}
+        return json_reply(rows[start:end], headers=headers)
+
+    def associations(self, call: Call) -> Reply:
+        eid = call.param or ""
+        if eid not in self.dataset.associations:
+            return json_reply(
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": f"engagement {eid} not found",
+                },
+                404,
+            )
+        return json_reply({"results": self.dataset.association_records(eid)})
+
+    # -- partner --------------------------------------------------------------------------
+    def user(self, call: Call) -> Reply:
+        return self._user_reply(call.param or "")
+
+    def score(self, call: Call) -> Reply:
+        try:
+            payload = orjson.loads(call.body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("body must be JSON") from None
+        user_id = payload.get("user_id") if isinstance(payload, dict) else None
+        if isinstance(user_id, int) and not isinstance(user_id, bool):
+            user_id = str(user_id)
+        if not isinstance(user_id, str):
+            raise BadRequest('body must be {"user_id": "<digits>"}')
+        return self._user_reply(user_id)
+
+    def _user_reply(self, user_id: str) -> Reply:
+        record = self.dataset.user(user_id)
+        if record is None:
+            return error_reply(404, "user not found", user_id=user_id)
+        return json_reply(record)
+
+    def __repr__(self) -> str:
+        return f"Routes({len(self.fixed) + 2} routes over {self.dataset!r})"

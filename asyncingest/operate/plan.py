@@ -1,0 +1,102 @@
+"""The plan ``validate`` prints: endpoints in dependency order, how each pages and fans out,
+and the limits that apply. Secrets are never part of it (only the variable's name)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.text import Text
+
+from ..config.models import (
+    CursorPagination,
+    EndpointConfig,
+    LinkHeaderPagination,
+    NextUrlPagination,
+    NoPagination,
+    OffsetPagination,
+    PagePagination,
+    PipelineConfig,
+)
+
+
+def pagination_text(e: EndpointConfig) -> str:
+    p = e.pagination
+    match p:
+        case NoPagination():
+            return "none"
+        case OffsetPagination():
+            total = f", total at {p.total_path}" if p.total_path else ""
+            return f"offset ({p.offset_param}/{p.limit_param}={p.limit}{total})"
+        case PagePagination():
+            return f"page ({p.page_param} from {p.start}, {p.size_param}={p.size})"
+        case CursorPagination():
+            return f"cursor ({p.cursor_path} -> ?{p.cursor_param}=)"
+        case NextUrlPagination():
+            return f"next URL at {p.next_path}"
+        case LinkHeaderPagination():
+            return f'Link header rel="{p.rel}"'
+    return "?"
+
+
+def fan_out_text(e: EndpointConfig) -> str:
+    if e.for_each:
+        binds = ", ".join(f"{{{k}}}<-{v}" for k, v in e.for_each.bind.items())
+        copy = f"; copies {', '.join(e.for_each.copy_fields)}" if e.for_each.copy_fields else ""
+        return f"each {e.for_each.endpoint} record: {binds}{copy}"
+    if e.from_file:
+        f = e.from_file
+        return f"each {f.column} in {f.path} ({f.file_format}) -> {{{f.variable}}}"
+    return "one walk"
+
+
+def describe_plan(cfg: PipelineConfig, source: str = "") -> Group:
+    api = cfg.api
+    head = Text()
+    head.append(f"{source}: OK\n", style="bold green")
+    head.append(f"API {api.base_url}")
+    if api.auth:
+        where = {
+            "bearer": "Authorization: Bearer",
+            "header": f"header {api.auth.name}",
+            "query": f"query parameter {api.auth.name}",
+        }[api.auth.type]
+        head.append(f", auth {where} from ${api.auth.env}")
+    limits = ", ".join(str(w) for w in api.rate_limits) or "none"
+    head.append(f"\nrate limits (all enforced together): {limits}")
+    c, h, r = api.concurrency, api.http, api.retry
+    head.append(
+        f"\nconcurrency: {c.endpoints} endpoint trees at once, {c.requests_per_endpoint} "
+        f"requests in flight per endpoint; connections {h.max_connections}"
+        f"\ntimeouts: connect {h.connect_timeout:g}s, read {h.read_timeout:g}s, total "
+        f"{h.total_timeout:g}s; retries: {r.max_attempts} attempts within {r.max_time:g}s"
+        f"\noutput: {cfg.output.directory} ({cfg.output.compression}, row groups of "
+        f"{cfg.output.row_group_rows:,}, files of at most {cfg.output.max_rows_per_file:,} rows)"
+    )
+    body = Text("\nendpoints in dependency order:\n", style="bold")
+    for i, e in enumerate(cfg.order(), 1):
+        own = ", ".join(str(w) for w in e.rate_limits)
+        workers = e.concurrency or c.requests_per_endpoint
+        indent = "   " * _depth(cfg, e)
+        body.append(f"{i:>3}. {indent}{e.name}", style="cyan")
+        body.append(f"  {e.method} {e.path}\n")
+        body.append(
+            f"     {indent}records at {e.records}; pagination: {pagination_text(e)}; "
+            f"fan-out: {fan_out_text(e)}; {workers} in flight"
+            + (f"; limits {own}" if own else "")
+            + "\n"
+        )
+        body.append(f"     {indent}columns: {schema_text(e)}\n")
+    return Group(head, body)
+
+
+def schema_text(e: EndpointConfig) -> str:
+    """``lap_duration float64, is_pit_out_lap bool; the others inferred``."""
+    if not e.schema_:
+        return "all inferred"
+    declared = ", ".join(f"{name} {ftype}" for name, ftype in e.schema_.items())
+    if e.columns == "only_declared":
+        return f"only {declared} (other fields dropped, counted in the run report)"
+    return f"{declared}; the others inferred"
+
+
+def _depth(cfg: PipelineConfig, e: EndpointConfig) -> int:
+    return 0 if e.parent is None else 1 + _depth(cfg, cfg.endpoint(e.parent))
