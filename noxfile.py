@@ -14,8 +14,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.5")
+    """ruff (lint and format) and the layer contract (``[tool.importlinter]`` in pyproject)."""
+    session.install("-e", ".", "ruff>=0.5", "import-linter>=2.1")
     session.run("ruff", "check", "asyncingest", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "asyncingest", "tests", "benchmarks", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session(python="3.11")

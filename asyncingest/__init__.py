@@ -1,6 +1,8 @@
 """asyncingest: pull data out of rate-limited HTTP APIs into Parquet.
 
-Everything a user may import is re-exported here; the ``_modules`` are private.
+Everything a user may import is re-exported here; the sub-packages (``config``, ``core``,
+``limits``, ``http``, ``sink``, ``state``, ``transform``, ``engine``, ``sync``, ``operate``,
+``cli``) are private, whatever their names, and may change.
 See docs/architecture.md for the data flow.
 """
 

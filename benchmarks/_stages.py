@@ -34,7 +34,7 @@ from asyncingest.core.request import extract_records
 from asyncingest.sink.schema import ARROW_TYPES, BatchConverter
 
 _NONE = type(None)
-# The types BatchConverter passes straight to pa.array for each declared type (see _schema).
+# The types BatchConverter passes straight to pa.array for each declared type (see sink.schema).
 _FAST: dict[str, set[type]] = {
     "string": {str, _NONE},
     "int64": {int, _NONE},

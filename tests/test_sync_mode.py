@@ -340,7 +340,7 @@ def test_the_limiter_holds_every_window_under_heavy_thread_concurrency() -> None
     assert not any(t.is_alive() for t in threads)
     assert len(grants) == 120 and limiter.in_flight == 0 and limiter.granted == 120
     # A request reaches the server somewhere between its grant and its release; whichever
-    # instant that is, no window holds more than its limit (see _limiter.py for the proof).
+    # instant that is, no window holds more than its limit (see limits/limiter.py for the proof).
     for n, w in windows:
         assert most_in_any_window(grants, w) <= n
         assert most_in_any_window(releases, w) <= n

@@ -1,7 +1,7 @@
 """The pipeline config: typed, frozen pydantic models, parsed once at the edge.
 
 Everything inside the engine takes these objects, never a dict of settings. Loading
-(YAML/JSON files, ``--set`` overrides, error formatting) lives in ``_loading.py``.
+(YAML/JSON files, ``--set`` overrides, error formatting) lives in ``config/loading.py``.
 See docs/architecture.md for where the config enters the data flow.
 """
 
@@ -308,7 +308,7 @@ class TransformConfig(_Model):
     def _importable(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from ..transform.pool import load_callable
+        from .callables import load_callable
 
         load_callable(v)  # a clear ValueError when the module or function is missing
         return v

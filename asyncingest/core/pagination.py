@@ -66,7 +66,7 @@ class OffsetPaginator:
         if n == 0:
             return None
         offset = int(page.request.state) + n
-        total = _number(lookup(page.body, c.total_path)) if c.total_path else None
+        total = number_or_none(lookup(page.body, c.total_path)) if c.total_path else None
         if total is not None:
             # With a total, a page shorter than asked (an API that caps the limit) is not the end.
             if offset >= total:
@@ -97,8 +97,10 @@ class PagePaginator:
             return None
         number = int(page.request.state)
         pages_done = number - c.start + 1
-        total_pages = _number(lookup(page.body, c.total_pages_path)) if c.total_pages_path else None
-        total = _number(lookup(page.body, c.total_path)) if c.total_path else None
+        total_pages = (
+            number_or_none(lookup(page.body, c.total_pages_path)) if c.total_pages_path else None
+        )
+        total = number_or_none(lookup(page.body, c.total_path)) if c.total_path else None
         if total_pages is not None:
             if pages_done >= total_pages:
                 return None
@@ -210,7 +212,8 @@ def paginator_for(cfg: Pagination) -> Paginator:
     raise TypeError(f"unknown pagination {cfg!r}")
 
 
-def _number(v: object) -> int | None:
+def number_or_none(v: object) -> int | None:
+    """A count read from a body (an int, a float or a digit string), or None (``True`` is not 1)."""
     if isinstance(v, bool):
         return None
     if isinstance(v, int | float):

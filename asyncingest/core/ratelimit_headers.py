@@ -2,7 +2,7 @@
 
 Schemes understood (any mix may appear on one response):
 
-* ``Retry-After``: delta-seconds or an HTTP-date (``_retry.parse_retry_after``).
+* ``Retry-After``: delta-seconds or an HTTP-date (``core.retry.parse_retry_after``).
 * ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` (also ``X-Rate-Limit-*``, and Discord's
   ``X-RateLimit-Reset-After``). ``Reset`` is delta seconds, or epoch seconds when above 1e9
   (GitHub), or epoch milliseconds when above 1e12.
@@ -17,7 +17,7 @@ Schemes understood (any mix may appear on one response):
 
 A response may describe several quotas (HubSpot's interval and daily ones, several policies).
 The hint reports the *binding* one: the fewest requests remaining (ties: the longest wait).
-Parsing is pure; deciding what to do with a hint is ``_throttle.AdaptiveThrottle``.
+Parsing is pure; deciding what to do with a hint is ``limits.throttle.AdaptiveThrottle``.
 """
 
 from __future__ import annotations

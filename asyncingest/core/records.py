@@ -1,5 +1,5 @@
-"""What a page yields, as pure functions shared by both engines (async ``_endpoint.py`` and
-the thread-pool ``_sync`` package).
+"""What a page yields, as pure functions shared by both engines (async ``engine/endpoint.py`` and
+the thread-pool ``sync`` package).
 
 Sharing approach: *shared pure parts, small I/O parts* (not httpcore-style generation). The two
 engines differ in more than ``async``/``await``: aiohttp vs requests, futures and ``call_at``
@@ -24,10 +24,9 @@ from typing import Any
 import orjson
 
 from ..config.models import EndpointConfig, ForEach
-from ..http.client import Failure
 from .json import loads as json_loads
 from .request import Page, Record, Request, WrongShape, extract_records, lookup
-from .retry import FailureKind, Outcome, RetryDecision, RetryPolicy, parse_retry_after
+from .retry import Failure, FailureKind, Outcome, RetryDecision, RetryPolicy, parse_retry_after
 
 
 # Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and

@@ -15,12 +15,15 @@ from __future__ import annotations
 import enum
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from itertools import islice
 
 import backoff
+
+from ..config.models import RetryConfig
 
 __all__ = [
     "DEFAULT_RETRY_KINDS",
@@ -213,3 +216,29 @@ class RetryPolicy:
 
 def _give_up(reason: str) -> RetryDecision:
     return RetryDecision(False, 0.0, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request that got no usable answer (either client's): what kind, a detail for the
+    dead letter, and the status, ``Retry-After`` and headers when the server answered."""
+
+    kind: FailureKind
+    detail: str
+    status: int | None = None
+    retry_after: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+def retry_policy(c: RetryConfig) -> RetryPolicy:
+    """The retry policy a config's ``retry`` section describes (both engines, and ``plan``)."""
+    all_5xx = frozenset(range(500, 600)) if c.retry_all_5xx else frozenset()
+    return RetryPolicy(
+        max_attempts=c.max_attempts,
+        max_time=c.max_time,
+        backoff_base=c.backoff_base,
+        backoff_max=c.backoff_max,
+        jitter=c.jitter,
+        retry_statuses=c.retry_statuses | all_5xx,
+        max_retry_after=c.max_retry_after,
+    )

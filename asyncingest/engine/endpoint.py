@@ -33,8 +33,8 @@ from ..core.records import (
     split_by_key,
 )
 from ..core.request import Page, Request, RequestTemplate, UnsafePathValue, lookup
-from ..core.retry import FailureKind, RetryPolicy
-from ..http.client import STOPPED, Failure, HttpClient, Response, scrub_next
+from ..core.retry import Failure, FailureKind, RetryPolicy
+from ..http.client import STOPPED, HttpClient, Response, scrub_next
 from ..limits.breaker import CircuitOpen
 from ..limits.budget import BudgetWatch
 from ..limits.clock import Clock
@@ -43,9 +43,10 @@ from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
+from ..state.progress import Token
 from .channel import Channel
 from .guards import EndpointGuards
-from .writer import PageDone, Token, Writer, dead_job, dead_record, dead_request
+from .writer import PageDone, Writer, dead_job, dead_record, dead_request
 
 T = TypeVar("T")
 
@@ -74,7 +75,7 @@ class EndpointRunner:
         self.base_url = base_url
         self.client = client
         self.limits = limits
-        # The limits' synchronous fast path, looked up once (see _limiter.try_acquire).
+        # The limits' synchronous fast path, looked up once (see limits.limiter.try_acquire).
         self._try_acquire: Callable[[str], Permit | None] | None = getattr(
             limits, "try_acquire", None
         )
@@ -383,7 +384,7 @@ class EndpointRunner:
                     self.ledger.rejected(why)
         self.ledger.received(len(records))
         # Make room in the writer's inbox first: numbering the child jobs and enqueueing the
-        # page must be one synchronous step, so journal order equals job numbers (_writer.py).
+        # page must be one synchronous step, so journal order equals job numbers (engine/writer.py).
         inbox = self.writer.inbox
         if inbox.full():
             await inbox.wait_for_room()

@@ -24,7 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from ..config.models import EndpointConfig, PipelineConfig, RetryConfig
+from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import check_ids_file, count_ids, iter_ids
 from ..core.events import (
     EndpointFinished,
@@ -38,9 +38,9 @@ from ..core.events import (
 from ..core.records import Job
 from ..core.request import Request, base_url_of
 from ..core.result import Compaction, RunResult
-from ..core.retry import RetryPolicy
-from ..errors import ConfigError, Problem, environment_failure
-from ..http.client import Credentials, HttpClient
+from ..core.retry import RetryPolicy, retry_policy
+from ..errors import environment_failure
+from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
 from ..limits.budget import BudgetWatch
@@ -64,31 +64,6 @@ from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
 
 T = TypeVar("T")
-
-
-def credentials_from_env(cfg: PipelineConfig) -> Credentials | None:
-    auth = cfg.api.auth
-    if auth is None:
-        return None
-    secret = os.environ.get(auth.env)
-    if not secret:
-        raise ConfigError(
-            "environment", [Problem("api.auth.env", f"environment variable {auth.env} is not set")]
-        )
-    return Credentials(auth.type, auth.name, secret)
-
-
-def retry_policy(c: RetryConfig) -> RetryPolicy:
-    all_5xx = frozenset(range(500, 600)) if c.retry_all_5xx else frozenset()
-    return RetryPolicy(
-        max_attempts=c.max_attempts,
-        max_time=c.max_time,
-        backoff_base=c.backoff_base,
-        backoff_max=c.backoff_max,
-        jitter=c.jitter,
-        retry_statuses=c.retry_statuses | all_5xx,
-        max_retry_after=c.max_retry_after,
-    )
 
 
 class Engine:

@@ -5,8 +5,8 @@ breaker's verdict, the server's rate headers read by the throttle, adaptive conc
 feedback). Each part is optional; with none configured both calls do nothing.
 
 A pause the throttle decides is applied to the *shared* budget (the API's limiter, or a
-:class:`~asyncingest.limits.throttle.PauseGate` when the config declares no windows), so a 429 on one
-endpoint holds every endpoint of that API. See docs/architecture.md, "requests".
+:class:`~asyncingest.limits.throttle.PauseGate` when the config declares no windows), so a 429
+on one endpoint holds every endpoint of that API. See docs/architecture.md, "requests".
 """
 
 from __future__ import annotations

@@ -19,17 +19,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..core.request import Record, Request
+from ..core.request import Record
 from ..errors import environment_failure
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
-from ..state.rangeset import RangeSet
+from ..state.progress import BarrierResult, Progress, Token
 from ..transform.pipe import PipeSpec, TransformPipe
 from ..transform.pool import TransformPool
 from .channel import Channel
@@ -41,50 +41,12 @@ MAX_PAGES_QUEUED = 64
 R = TypeVar("R")
 
 
-# Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and
-# the engine makes one per request.
-@dataclass(slots=True)
-class Token:
-    """Job ``job`` got a page: its walk continues at ``next`` (``None``: the walk is over)."""
-
-    job: int
-    next: Request | None
-
-
 @dataclass(slots=True)
 class PageDone:
     records: list[Record]
     token: Token | None
     children: Sequence[tuple[Journal, list[Job]]] = ()
     dead: Sequence[Callable[[DeadLetters], None]] = ()
-
-
-@dataclass(slots=True)
-class Progress:
-    """Progress tokens folded as they arrive: done jobs as ranges, part-way walks by job."""
-
-    done: RangeSet = field(default_factory=RangeSet)
-    partial: dict[int, Request] = field(default_factory=dict)
-
-    def add(self, token: Token) -> None:
-        if token.next is None:
-            self.done.add(token.job)
-            self.partial.pop(token.job, None)
-        else:
-            self.partial[token.job] = token.next
-
-    def __bool__(self) -> bool:
-        return bool(self.partial) or bool(self.done)
-
-
-@dataclass(slots=True)
-class BarrierResult:
-    progress: Progress
-    files: list[str]  # every file this run's sink committed so far (names)
-    journals: dict[str, tuple[int, int]]  # child endpoint -> committed (lines, bytes)
-    dead_letter_bytes: int
-    finished: bool = False
-    extra_files: dict[str, list[str]] = field(default_factory=dict)  # transform folder -> names
 
 
 class Barrier:

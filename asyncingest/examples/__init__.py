@@ -1,4 +1,4 @@
-"""Example transforms for the CPU stage (see :mod:`asyncingest.transform.stage`).
+"""Example transforms for the CPU stage (see :mod:`asyncingest.transform`).
 
 Each is referenced from a pipeline by ``package.module:function`` and runs in a worker process.
 """

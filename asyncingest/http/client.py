@@ -28,8 +28,9 @@ It owns the things that keep secrets and the process safe:
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,15 +39,17 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from ..config.models import ApiConfig
+from ..config.models import ApiConfig, PipelineConfig
 from ..core.pagination import PaginationLoop
 from ..core.request import Page, Request
-from ..core.retry import FailureKind
+from ..core.retry import Failure, FailureKind
+from ..errors import ConfigError, Problem
 from ..limits.deadlines import Deadlines
 from ..limits.limiter import Permit
 
 MAX_REDIRECTS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+"""The statuses followed as redirects, hop by hop (both HTTP clients)."""
 _PLAIN: dict[str, Any] = {"allow_redirects": False}
 # What an attempt can fail with once sent; anything else is a bug and propagates.
 _ANSWERED_ERRORS = (
@@ -64,15 +67,6 @@ class Response:
     headers: CIMultiDictProxy[str]
     body: bytes
     url: URL
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    kind: FailureKind
-    detail: str
-    status: int | None = None
-    retry_after: str | None = None
-    headers: Mapping[str, str] | None = None
 
 
 # What ``fetch`` returns when a graceful stop came while a redirect hop waited for its slot:
@@ -272,7 +266,7 @@ class HttpClient:
                 try:
                     async with session.request(method, url, **kwargs) as resp:
                         status = resp.status
-                        if status in _REDIRECTS and "Location" in resp.headers:
+                        if status in REDIRECTS and "Location" in resp.headers:
                             url = resp.url.join(URL(resp.headers["Location"]))
                             if self.credentials is not None:
                                 url = self.credentials.scrub_url(url)
@@ -367,7 +361,7 @@ class HttpClient:
         if resp.status >= 300:
             return Failure(
                 FailureKind.HTTP_STATUS,
-                f"HTTP {resp.status}{_snippet(data)}",
+                f"HTTP {resp.status}{snippet(data)}",
                 status=resp.status,
                 retry_after=resp.headers.get("Retry-After"),
                 headers=resp.headers,
@@ -375,6 +369,21 @@ class HttpClient:
         return Response(resp.status, resp.headers, data, resp.url)
 
 
-def _snippet(body: bytes, limit: int = 200) -> str:
+def snippet(body: bytes, limit: int = 200) -> str:
+    """``": <start of the body>"`` on one line for a failure's detail, or ``""`` when empty."""
     text = body[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
     return f": {text}" if text else ""
+
+
+def credentials_from_env(cfg: PipelineConfig) -> Credentials | None:
+    """The credentials the config names, the secret read from its environment variable (or
+    None without ``api.auth``); a ``ConfigError`` when the variable is unset. Both engines."""
+    auth = cfg.api.auth
+    if auth is None:
+        return None
+    secret = os.environ.get(auth.env)
+    if not secret:
+        raise ConfigError(
+            "environment", [Problem("api.auth.env", f"environment variable {auth.env} is not set")]
+        )
+    return Credentials(auth.type, auth.name, secret)

@@ -159,7 +159,7 @@ class _FairQueue(Generic[P]):
         return f"{self._size} ({per_key})" if per_key else str(self._size)
 
 
-class _Window:
+class Window:
     """The releases still counting against one ``(limit, seconds)`` window, oldest first, as
     expiry instants with a count each. With ``bucket`` > 0, release times are rounded up to the
     end of their bucket, so at most ~seconds/bucket entries exist."""
@@ -210,7 +210,10 @@ class _Counter:
         self.waited = 0.0
 
 
-class _WindowPermit:
+class WindowPermit:
+    """A slot of a :class:`SlidingWindowLimiter`: ``release`` when the request is over (the slot
+    then counts for one window length), ``give_back`` when nothing was sent (freed at once)."""
+
     __slots__ = ("_done", "_key", "_limiter")
 
     def __init__(self, limiter: SlidingWindowLimiter, key: str) -> None:
@@ -223,7 +226,7 @@ class _WindowPermit:
             self._done = True
             self._limiter._release()
 
-    def _give_back(self) -> None:
+    def give_back(self) -> None:
         """The grant raced with cancellation: nothing was sent, so free the slot at once."""
         if not self._done:
             self._done = True
@@ -257,12 +260,12 @@ class SlidingWindowLimiter:
         self.name = name
         self._clock = clock
         self._windows = tuple(
-            _Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows
+            Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows
         )
         self._in_flight = 0
         self._granted = 0
         self._counters: dict[str, _Counter] = {}
-        self._queue: _FairQueue[_WindowPermit] = _FairQueue()
+        self._queue: _FairQueue[WindowPermit] = _FairQueue()
         self._paused_until = -math.inf
         self._timer: TimerHandle | None = None
         self._timer_at = math.inf
@@ -278,7 +281,7 @@ class SlidingWindowLimiter:
         now = self._clock.time()
         if not self._queue and now >= self._paused_until and self._room(now):
             return self._grant(key, 0.0)
-        waiter: _Waiter[_WindowPermit] = _Waiter(key, now)
+        waiter: _Waiter[WindowPermit] = _Waiter(key, now)
         self._queue.push(waiter)
         self._dispatch(now)
         try:
@@ -286,7 +289,7 @@ class SlidingWindowLimiter:
         except asyncio.CancelledError:
             raced = self._queue.withdraw(waiter)
             if raced is not None:
-                raced._give_back()
+                raced.give_back()
             elif not self._queue:
                 self._arm(self._clock.time())
             raise
@@ -362,7 +365,7 @@ class SlidingWindowLimiter:
                 at = max(at, expiry)
         return at
 
-    def _grant(self, key: str, waited: float) -> _WindowPermit:
+    def _grant(self, key: str, waited: float) -> WindowPermit:
         self._in_flight += 1
         self._granted += 1
         counter = self._counters.get(key)
@@ -370,7 +373,7 @@ class SlidingWindowLimiter:
             counter = self._counters[key] = _Counter()
         counter.granted += 1
         counter.waited += waited
-        return _WindowPermit(self, key)
+        return WindowPermit(self, key)
 
     def _dispatch(self, now: float) -> None:
         """Grant queued waiters while there is room, then arm the timer for the rest."""
@@ -487,7 +490,10 @@ def try_acquire(limit: Limit, key: str) -> Permit | None:
     return fast(key) if fast is not None else None
 
 
-class _Permits:
+class Permits:
+    """Several permits held as one (what :class:`Limits` grants); shared with the thread-pool
+    limiter."""
+
     __slots__ = ("_permits",)
 
     def __init__(self, permits: list[Permit]) -> None:
@@ -516,10 +522,10 @@ class Limits:
             permit = try_acquire(limit, key)
             if permit is None:
                 for p in reversed(held):  # nothing was sent: give back without expiry
-                    getattr(p, "_give_back", p.release)()
+                    p.give_back() if isinstance(p, WindowPermit) else p.release()
                 return None
             held.append(permit)
-        return _Permits(held)
+        return Permits(held)
 
     async def acquire(self, key: str = "") -> Permit:
         held: list[Permit] = []
@@ -527,9 +533,9 @@ class Limits:
             for limit in self.limits:
                 held.append(await limit.acquire(key))
         except BaseException:
-            _Permits(held).release()
+            Permits(held).release()
             raise
-        return _Permits(held)
+        return Permits(held)
 
     def __repr__(self) -> str:
         return f"Limits({list(self.limits)!r})"

@@ -138,8 +138,8 @@ _NO_PERMIT = _NoPermit()
 
 
 class PauseGate:
-    """A :class:`~asyncingest.limits.limiter.Limit` that only pauses: for an API whose config declares
-    no rate windows, so a 429 still has a shared budget to pause. Waits on one timer."""
+    """A :class:`~asyncingest.limits.limiter.Limit` that only pauses: for an API whose config
+    declares no rate windows, so a 429 still has a shared budget to pause. Waits on one timer."""
 
     def __init__(self, clock: Clock, name: str = "") -> None:
         self.name = name

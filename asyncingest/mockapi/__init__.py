@@ -2,9 +2,11 @@
 sliding-window limit that referees the client, and named faults.
 
 Used by the test suite, ``python -m asyncingest demo``, ``python -m asyncingest mock-api`` and
-the benchmarks. Modules: ``_settings`` (what to serve), ``_data`` (the dataset), ``_routes``
-(endpoints), ``_ratelimit`` (the referee), ``_faults`` (named faults), ``_stats`` (counters),
-``_app`` (the server and its request pipeline).
+the benchmarks. Modules: ``settings`` (what to serve), ``data`` (the dataset), ``routes``
+(endpoints), ``ratelimit`` (the referee), ``faults`` (named faults), ``stats`` (counters),
+``app`` (the server and its request pipeline). It stands alone: it imports nothing of the
+client (the import contract checks it), so it referees the client rather than trusting it.
+Private, like every sub-package: only the public API in :mod:`asyncingest` is stable.
 """
 
 from .app import MockAPI, serve

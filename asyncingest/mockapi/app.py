@@ -5,12 +5,12 @@ Every non-admin request goes through the same steps, in order:
 
 1. arrival: read the loop clock once (``now``), count the request, its route and credentials;
 2. referee: each sliding window counts the arrival; a violation is counted and, when enforcing,
-   answered 429 with ``Retry-After`` (see ``_ratelimit.py`` for which arrivals count);
+   answered 429 with ``Retry-After`` (see ``ratelimit.py`` for which arrivals count);
 3. auth: with ``settings.token`` set, a request without ``Authorization: Bearer <token>``,
    ``X-API-Key: <token>`` or ``?api_key=<token>`` gets 401;
-4. fault choice (``_faults.py``), per URL and attempt;
+4. fault choice (``faults.py``), per URL and attempt;
 5. latency: ``latency_ms`` plus seeded jitter (skipped entirely when both are 0);
-6. endpoint (``_routes.py``) -> reply, then sent as is or broken by the chosen fault;
+6. endpoint (``routes.py``) -> reply, then sent as is or broken by the chosen fault;
 7. the status is counted and ``(now, method, path, status)`` appended to the bounded log.
 
 ``GET /_stats`` and ``POST /_reset`` skip all of it. aiohttp's low-level ``web.Server`` is used

@@ -22,7 +22,7 @@ FaultKind = Literal[
     "reset_before_answer",
     "slow_body",
 ]
-"""The named faults (see ``_faults.py`` for what each one sends)."""
+"""The named faults (see ``faults.py`` for what each one sends)."""
 
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 

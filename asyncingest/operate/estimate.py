@@ -8,7 +8,7 @@ dependency order:
   :func:`count_inputs`); one per parent record for ``for_each``, so the parent's walks times
   its records per walk (grandchildren multiply through);
 - **pages per walk**: from the walks ``plan`` sampled (:class:`WalkSample`, made by
-  ``_sample.py`` through the engine's own request path). A walk followed to its end is
+  ``operate/sample.py`` through the engine's own request path). A walk followed to its end is
   measured; a walk stopped early because the API reported its size (``total_path``,
   ``total_pages_path``) is computed from that total; a walk cut at the sampling cap without a
   total is a lower bound;

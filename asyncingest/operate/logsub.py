@@ -330,7 +330,7 @@ def json_line(
     created: float | None = None,
 ) -> str:
     """One JSON log line (no newline): ts, level, logger, event, message, then ``fields``.
-    Log records and the CLI's own messages (``_reporter``) share it, so a log pipeline
+    Log records and the CLI's own messages (``operate.reporter``) share it, so a log pipeline
     sees one shape on stderr."""
     created = time.time() if created is None else created
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))

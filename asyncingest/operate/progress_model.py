@@ -8,7 +8,7 @@ per request), requests in flight, jobs
 done against the jobs known (ids in the input file, or parent records seen so far) with an
 ETA, and the breaker's state. Two optional sampling callbacks read live state when a display
 renders: ``in_flight(endpoint)`` and ``budget()`` (each limiter's ``usage()``). The displays
-are in ``_progress.py``.
+are in ``operate/progress.py``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Three voices, picked once from the command line:
 * text (default): rich text for people; the summary is a table;
 * ``--quiet``: errors, and one final summary line (with the resume command when stopped);
 * ``--log-format json``: every line on stderr is a JSON object shaped like the log lines
-  (``_logsub.json_line``: ts, level, logger, event, message, fields); the summary is one
+  (``operate.logsub.json_line``: ts, level, logger, event, message, fields); the summary is one
   ``run_summary`` object.
 
 A path or a command a user may paste (the resume command, the output folder) is written on

@@ -1,10 +1,10 @@
 """``plan``: sample walks against the API through the engine's own request path, then the
-estimate (``_estimate.py``).
+estimate (``operate/estimate.py``).
 
 A sampled request goes the way the engine sends it: the endpoint's :class:`RequestTemplate`,
-its paginator (``_pagination.py``), the :class:`HttpClient` with the config's credentials,
+its paginator (``core/pagination.py``), the :class:`HttpClient` with the config's credentials,
 the config's rate windows (the API's and the endpoint's own), ``parse_page`` and the retry
-policy (``_records.py``, ``_retry.py``); children are bound from the sampled records with
+policy (``core/records.py``, ``core/retry.py``); children are bound from the sampled records with
 ``bind_children``, parent fields copied as the engine copies them.
 
 What is sampled, per endpoint (endpoints run as soon as their parent's sample is in):
@@ -31,7 +31,7 @@ from typing import Any
 
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import iter_ids
-from ..core.pagination import PaginationLoop, Paginator, _number, paginator_for
+from ..core.pagination import PaginationLoop, Paginator, number_or_none, paginator_for
 from ..core.records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
 from ..core.request import (
     Page,
@@ -42,8 +42,8 @@ from ..core.request import (
     base_url_of,
     lookup,
 )
-from ..engine.engine import credentials_from_env, retry_policy
-from ..http.client import Failure, HttpClient, Response, scrub_next
+from ..core.retry import Failure, retry_policy
+from ..http.client import HttpClient, Response, credentials_from_env, scrub_next
 from ..limits.clock import Clock, LoopClock
 from ..limits.limiter import Limit, Limits, SlidingWindowLimiter
 from .estimate import EndpointSample, Estimate, WalkSample, count_inputs, estimate
@@ -200,9 +200,13 @@ class _Sampler:
             except PaginationLoop:
                 request = None
             if pages == 1:
-                total_records = _number(lookup(page.body, total_path)) if total_path else None
+                total_records = (
+                    number_or_none(lookup(page.body, total_path)) if total_path else None
+                )
                 total_pages = (
-                    _number(lookup(page.body, total_pages_path)) if total_pages_path else None
+                    number_or_none(lookup(page.body, total_pages_path))
+                    if total_pages_path
+                    else None
                 )
                 if request is not None and (total_records is not None or total_pages is not None):
                     break  # its size is known: no need to walk the rest

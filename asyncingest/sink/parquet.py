@@ -199,7 +199,7 @@ class ParquetSink:
 
     @property
     def field_types(self) -> Mapping[str, Any]:
-        """Current kinds (see ``_nested``); ``None`` marks a field seen only as null so far."""
+        """Current kinds (see ``core.nested``); ``None`` marks a field seen only as null so far."""
         return self._converter.types
 
     @property

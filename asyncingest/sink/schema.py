@@ -6,7 +6,7 @@ coerced to a declared type is in :mod:`asyncingest.core.values`.
 
 Declared fields (``schema: {field: type}``)
     Take their declared type and never change. Values are coerced where that is lossless and
-    unambiguous (see ``_values``); anything else rejects the record with a reason that names
+    unambiguous (see ``core.values``); anything else rejects the record with a reason that names
     the field, the expected type and the (truncated) value. A schema may list only some
     fields: every other field is inferred as below. With ``columns="only_declared"`` the
     other fields are dropped instead, and counted (:attr:`BatchConverter.dropped_fields`).

@@ -141,7 +141,7 @@ class RunState:
     runs: list[str] = field(default_factory=list)
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
     note: str = ""
-    # What the fingerprint hashes (_identity.py), so a refused resume names the changed
+    # What the fingerprint hashes (config/identity.py), so a refused resume names the changed
     # fields; None in a state written before it was stored.
     identity: dict[str, Any] | None = None
 

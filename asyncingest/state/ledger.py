@@ -33,8 +33,7 @@ from ..core.events import (
 from ..core.records import Job
 from ..core.request import Page, Request
 from ..core.result import EndpointStats, EndpointSummary
-from ..core.retry import FailureKind
-from ..http.client import Failure
+from ..core.retry import Failure, FailureKind
 from ..limits.breaker import Transition
 from .checkpoint import request_to_json
 

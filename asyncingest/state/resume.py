@@ -17,7 +17,6 @@ from ..config.identity import fingerprint, identity, refusal
 from ..config.models import PipelineConfig
 from ..core.json import loads as json_loads
 from ..core.request import Request
-from ..engine.writer import BarrierResult
 from ..errors import ConfigError, Problem, state_corrupt
 from ..sink.deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ..sink.deadletter import count_left
@@ -32,6 +31,7 @@ from .checkpoint import (
     wipe,
     write_atomic,
 )
+from .progress import BarrierResult
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """One endpoint at run time, for threads: walk a job's pages, retry, deliver records.
 
 The blocking twin of ``asyncingest.engine.endpoint``. What a page means (parse, keys, parent fields,
-child bindings, retry decisions) comes from ``_records``; counters, dead letters and events
-from ``_ledger``; paging from ``_pagination``. What is left here is how a thread waits: the
+child bindings, retry decisions) comes from ``core.records``; counters, dead letters and events
+from ``state.ledger``; paging from ``core.pagination``. What is left here is how a thread waits: the
 limiter blocks, backoff sleeps on the run's stop event (so a stopping run is not held up by a
 long Retry-After), and the Parquet sink is shared under a lock. See docs/architecture.md,
 steps 5-9.
@@ -32,8 +32,8 @@ from ..core.records import (
     split_by_key,
 )
 from ..core.request import Page, Record, Request, RequestTemplate, UnsafePathValue
-from ..core.retry import FailureKind, RetryPolicy
-from ..http.client import Failure, scrub_next
+from ..core.retry import Failure, FailureKind, RetryPolicy
+from ..http.client import scrub_next
 from ..limits.limiter import Permit
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink

@@ -39,8 +39,9 @@ from ..core.events import (
 from ..core.records import Job
 from ..core.request import base_url_of
 from ..core.result import RunResult
-from ..engine.engine import credentials_from_env, retry_policy
+from ..core.retry import retry_policy
 from ..errors import ConfigError, Problem, environment_failure
+from ..http.client import credentials_from_env
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink, SinkOptions
 from ..state.checkpoint import has_data, load_state, wipe

@@ -1,7 +1,7 @@
 """The HTTP layer for threads: one ``requests.Session`` per thread, one request at a time,
 every failure classified. The blocking twin of ``asyncingest.http.client`` with the same rules:
 
-* credentials (``_http.Credentials``, shared) only for URLs on the configured origin;
+* credentials (``http.client.Credentials``, shared) only for URLs on the configured origin;
 * redirects followed here, by hand (``allow_redirects=False``, at most 5), so that rule holds
   on every hop; ``trust_env=False``, so no ``.netrc`` credentials or proxies sneak in;
 * ``connect_timeout`` to connect, ``read_timeout`` as the longest silence between two reads,
@@ -30,8 +30,8 @@ from yarl import URL
 
 from ..config.models import ApiConfig
 from ..core.request import Request
-from ..core.retry import FailureKind
-from ..http.client import _REDIRECTS, MAX_REDIRECTS, Credentials, Failure, _snippet, origin, scrub
+from ..core.retry import Failure, FailureKind
+from ..http.client import MAX_REDIRECTS, REDIRECTS, Credentials, origin, scrub, snippet
 from ..limits.limiter import Permit
 
 _CHUNK = 256 * 1024
@@ -149,7 +149,7 @@ class SyncHttpClient:
                     return Failure(FailureKind.RESET, self.redact(f"server disconnected: {exc}"))
                 return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
             status = resp.status_code
-            if status in _REDIRECTS and "Location" in resp.headers:
+            if status in REDIRECTS and "Location" in resp.headers:
                 resp.close()
                 url = URL(resp.url).join(URL(resp.headers["Location"]))
                 if self.credentials is not None:
@@ -211,7 +211,7 @@ class SyncHttpClient:
         if status >= 300:
             return Failure(
                 FailureKind.HTTP_STATUS,
-                f"HTTP {status}{_snippet(data)}",
+                f"HTTP {status}{snippet(data)}",
                 status=status,
                 retry_after=resp.headers.get("Retry-After"),
                 headers=resp.headers,

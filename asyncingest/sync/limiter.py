@@ -4,7 +4,7 @@ algorithm and the proof of strictness).
 
 Same semantics, shared arithmetic
 ---------------------------------
-The window bookkeeping is the async limiter's own ``_Window`` (exact release times, or bucketed
+The window bookkeeping is the async limiter's own ``Window`` (exact release times, or bucketed
 for big windows): a slot is held from the grant until ``Permit.release()`` and for W seconds
 after it, so no server-side window (t-W, t] ever sees more than N arrivals, whatever the
 latency. Only the waiting differs.
@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ..limits.limiter import BUCKETS, EXACT_MAX, Permit, WindowUsage, _Permits, _Window
+from ..limits.limiter import BUCKETS, EXACT_MAX, Permit, Permits, Window, WindowUsage
 
 
 class LimiterClosed(Exception):
@@ -84,7 +84,7 @@ class ThreadSlidingWindowLimiter:
         # The clock must be the one Condition.wait measures timeouts with: time.monotonic.
         self._clock = clock
         self._windows = tuple(
-            _Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows
+            Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows
         )
         self._lock = threading.Lock()
         self._queue: deque[threading.Condition] = deque()  # waiters, FIFO; [0] is the head
@@ -231,9 +231,9 @@ class ThreadLimits:
             for limit in self.limits:
                 held.append(limit.acquire(key))
         except BaseException:
-            _Permits(held).release()
+            Permits(held).release()
             raise
-        return _Permits(held)
+        return Permits(held)
 
     def close(self) -> None:
         for limit in self.limits:

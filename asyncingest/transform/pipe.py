@@ -1,8 +1,8 @@
 """An endpoint's CPU stage inside its writer: ordered, bounded, crash-safe.
 
-The writer (``_writer.py``) hands each page's records here. They are cut into batches of
+The writer (``engine/writer.py``) hands each page's records here. They are cut into batches of
 ``batch_size``, encoded once with orjson and run in the run's shared process pool
-(``_transform_pool.TransformPool``, through ``loop.run_in_executor``); up to
+(``transform.pool.TransformPool``, through ``loop.run_in_executor``); up to
 ``max_in_flight`` batches run at once while the writer goes on taking pages. Results are
 taken *in batch order*: the oldest batch's output is written to the transform's own Parquet
 sink (or, when the transform raised or its worker kept dying, its input records are

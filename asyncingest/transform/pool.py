@@ -56,11 +56,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import multiprocessing
 import multiprocessing.forkserver as forkserver
 import os
-import re
 import signal
 import sys
 import time
@@ -73,6 +71,7 @@ from typing import Any
 
 import orjson
 
+from ..config.callables import REFERENCE, describe_error, load_callable
 from ..core.json import dumps as json_dumps
 from ..core.json import loads as json_loads
 from ..errors import AsyncIngestError
@@ -86,8 +85,6 @@ __all__ = [
     "load_callable",
 ]
 
-REFERENCE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_MAX_REASON = 500
 _CLOSED_UNDER_BATCH = "the transform pool was shut down with this batch in flight"
 _OUTPUT_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _WORKER_NICENESS = 10
@@ -119,31 +116,6 @@ class TransformOutcome:
             raise ValueError(f"no output: {self.error}")
         out: list[dict[str, Any]] = json_loads(self.output)  # integers beyond 64 bits exact
         return out
-
-
-def load_callable(ref: str) -> Callable[..., Any]:
-    """Import ``"package.module:function"`` and return the function; ``ValueError`` if unusable."""
-    if not isinstance(ref, str) or not REFERENCE.fullmatch(ref):
-        raise ValueError(f"{ref!r} is not a 'package.module:function' reference")
-    module_name, _, qualname = ref.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # an ImportError, or whatever the module raises at import
-        raise ValueError(f"{ref}: cannot import {module_name!r}: {describe_error(exc)}") from exc
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{ref}: {module_name!r} has no attribute {qualname!r}") from None
-    if not callable(obj):
-        raise ValueError(f"{ref}: {qualname!r} is a {type(obj).__name__}, not a function")
-    return obj  # type: ignore[no-any-return]  # callable() narrowed it; mypy cannot say to what
-
-
-def describe_error(exc: BaseException, limit: int = _MAX_REASON) -> str:
-    """``"Type: message"`` on one line, cut to ``limit`` characters."""
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ").strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------ inside a worker process
