@@ -1,4 +1,7 @@
-"""``python -m asyncingest demo``: the bundled demo config against the bundled mock API."""
+"""``python -m asyncingest demo``: the bundled demo config (``demo.yaml``, ``users.csv``) against
+the bundled mock API. It may import :mod:`asyncingest.config` and :mod:`asyncingest.mockapi`
+(it runs whatever runner the CLI passes in, so it needs no engine); only the CLI imports it.
+Private: everything below the public API in :mod:`asyncingest` may change."""
 
 from __future__ import annotations
 
