@@ -31,11 +31,11 @@ from ..core.events import Subscriber
 from ..core.result import RunResult
 from ..errors import ConfigError, EnvironmentFailure, OutputLocked, Problem
 from ..operate.logsub import LogFormat, json_line
-from ..operate.plan import describe_plan
 from ..operate.progress_model import ProgressModel
 from ..operate.reporter import Reporter
 from ..operate.run import Operator, run_operated
 from ..operate.tuning import tune_gc
+from ..operate.validate_report import describe_plan
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_ENVIRONMENT = 4

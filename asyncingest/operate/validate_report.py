@@ -1,5 +1,6 @@
-"""The plan ``validate`` prints: endpoints in dependency order, how each pages and fans out,
-and the limits that apply. Secrets are never part of it (only the variable's name)."""
+"""The report ``validate`` prints for a valid config: endpoints in dependency order, how each
+pages and fans out, and the limits that apply. Secrets are never part of it (only the
+variable's name)."""
 
 from __future__ import annotations
 
