@@ -33,6 +33,7 @@ class ConfigError(AsyncIngestError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """The message the CLI prints: the source, the number of problems, one line each."""
         n = len(self.problems)
         head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
         return "\n".join([head, *(f"  - {p}" for p in self.problems)])

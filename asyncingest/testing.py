@@ -83,12 +83,15 @@ class FakeClock:
     # -- the Clock protocol --------------------------------------------------------------------
 
     def time(self) -> float:
+        """Virtual monotonic seconds: moves only on ``advance`` or under ``auto_advance``."""
         return self._now
 
     def wall(self) -> float:
+        """Virtual seconds since the epoch, moving with ``time()``."""
         return self._now + self._wall_offset
 
     def call_at(self, when: float, callback: Callable[[], None]) -> _FakeTimer:
+        """Run ``callback`` once virtual time reaches ``when`` (next step if already past)."""
         timer = _FakeTimer(when, callback)
         heapq.heappush(self._heap, (when, next(self._seq), timer))
         if self._new_timer is not None:
@@ -96,6 +99,7 @@ class FakeClock:
         return timer
 
     async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` virtual seconds (a scheduling point only, for ``delay <= 0``)."""
         if delay <= 0:
             await asyncio.sleep(0)  # still a scheduling point, like asyncio.sleep(0)
             return
@@ -117,6 +121,7 @@ class FakeClock:
 
     @property
     def pending_timers(self) -> int:
+        """How many timers are registered and not cancelled."""
         return sum(1 for _, _, timer in self._heap if not timer.cancelled)
 
     def __repr__(self) -> str:

@@ -168,6 +168,9 @@ def safe_load_bounded(text: str) -> Any:
 
 
 def parse_text(text: str, source: str) -> Any:
+    """Parse a config file's text (JSON by the ``source`` file name, else bounded YAML) into plain
+    data; a file too large, an alias bomb or nesting too deep is a ``ConfigError``.
+    """
     try:
         if source.lower().endswith(".json"):
             return json.loads(text)
@@ -190,6 +193,10 @@ def parse_text(text: str, source: str) -> Any:
 def config_from_dict(
     raw: Any, source: str = "<config>", base_dir: Path | None = None
 ) -> PipelineConfig:
+    """Validate plain data (a parsed YAML/JSON document) into a frozen ``PipelineConfig``. Every
+    problem is reported at once with its path, as a ``ConfigError`` naming ``source``; relative
+    ``from_file`` paths are resolved against ``base_dir`` when given.
+    """
     if not isinstance(raw, Mapping):
         got = "an empty file" if raw is None else type(raw).__name__
         raise ConfigError(source, [Problem("", f"expected a mapping at the top level, got {got}")])

@@ -65,6 +65,10 @@ class AuthConfig(_Model):
 
 
 class HttpConfig(_Model):
+    """How each HTTP request is made: timeouts, connection pool, TLS and the body cap
+    (``api.http``).
+    """
+
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float = Field(
         30.0, gt=0, description="max gap between two chunks of a body of unknown length"
@@ -80,6 +84,8 @@ class HttpConfig(_Model):
 
 
 class RateWindow(_Model):
+    """One rate window: at most ``requests`` requests in any ``per_seconds`` seconds."""
+
     requests: int = Field(ge=1)
     per_seconds: float = Field(gt=0)
 
@@ -88,6 +94,8 @@ class RateWindow(_Model):
 
 
 class RetryConfig(_Model):
+    """When a failed request is tried again and how long to back off (``api.retry``)."""
+
     max_attempts: int = Field(5, ge=1)
     max_time: float = Field(300.0, gt=0, description="seconds from the first attempt")
     backoff_base: float = Field(0.5, gt=0)
@@ -110,6 +118,10 @@ class RetryConfig(_Model):
 
 
 class ConcurrencyConfig(_Model):
+    """How much runs at once: endpoint trees, requests per endpoint, transform processes and
+    adaptive concurrency (``api.concurrency``).
+    """
+
     endpoints: int = Field(4, ge=1, description="endpoint trees running at once")
     requests_per_endpoint: int = Field(16, ge=1, description="requests in flight per endpoint")
     cpu_workers: int | None = Field(
@@ -123,12 +135,20 @@ class ConcurrencyConfig(_Model):
 
 
 class BreakerConfig(_Model):
+    """The per-endpoint circuit breaker: open after ``failures`` consecutive failures, probe after
+    ``cooldown`` seconds (``api.circuit_breaker``).
+    """
+
     failures: int = Field(20, ge=1, description="consecutive failures that open the breaker")
     cooldown: float = Field(30.0, gt=0, description="seconds before one probe is let through")
     max_cooldown: float = Field(300.0, gt=0, description="cap when the cool-down doubles")
 
 
 class ApiConfig(_Model):
+    """The API being read: base URL, headers, credentials, HTTP settings, rate windows shared by
+    every endpoint, retries, concurrency and protection (``api``).
+    """
+
     base_url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
     auth: AuthConfig | None = None
@@ -162,6 +182,7 @@ class ApiConfig(_Model):
 
     @property
     def origin(self) -> tuple[str, str, int]:
+        """The ``(scheme, host, port)`` of ``base_url``: the only origin credentials are sent to."""
         url = self.base_url
         port = url.port or (443 if url.scheme == "https" else 80)
         return (url.scheme, (url.host or "").lower(), port)
@@ -171,6 +192,8 @@ class ApiConfig(_Model):
 
 
 class NoPagination(_Model):
+    """A single request per walk: no next page."""
+
     type: Literal["none"] = "none"
 
 
@@ -271,10 +294,14 @@ class FromFile(_Model):
 
     @property
     def variable(self) -> str:
+        """The template variable each id is bound to: ``var``, or the column name."""
         return self.var or self.column
 
     @property
     def file_format(self) -> Literal["csv", "jsonl", "parquet"]:
+        """The file's format: ``format``, or guessed from the file name (``.parquet``,
+        ``.jsonl``/``.ndjson``, else CSV).
+        """
         if self.format:
             return self.format
         lower = self.path.lower()
@@ -322,6 +349,11 @@ class TransformConfig(_Model):
 
 
 class EndpointConfig(_Model):
+    """One endpoint: its request template, where the records are in a body, keys, schema,
+    pagination, what it iterates over (``for_each`` or ``from_file``), limits and an optional
+    transform. Its name is also its output folder.
+    """
+
     name: str
     path: str
     method: Literal["GET", "POST"] = "GET"
@@ -356,6 +388,9 @@ class EndpointConfig(_Model):
 
     @property
     def transform_folder(self) -> str | None:
+        """The transform's output folder (``transform.output`` or ``<name>_out``), or None without a
+        transform.
+        """
         if self.transform is None:
             return None
         return self.transform.output or f"{self.name}_out"
@@ -418,6 +453,7 @@ class EndpointConfig(_Model):
 
     @property
     def parent(self) -> str | None:
+        """The endpoint this one iterates over (``for_each.endpoint``), or None for a root."""
         return self.for_each.endpoint if self.for_each else None
 
 
@@ -432,6 +468,10 @@ def _body_fields(body: Any) -> set[str]:
 
 
 class OutputConfig(_Model):
+    """Where and how the Parquet output is written: folder, compression, row groups, file sizes, and
+    how often progress is checkpointed (``output``).
+    """
+
     directory: str = "output"
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_rows: int = Field(10_000, ge=1)
@@ -467,6 +507,10 @@ class OutputConfig(_Model):
 
 
 class PipelineConfig(_Model):
+    """A whole pipeline, validated and frozen: the API, the output and the endpoints (their graph
+    checked: known parents, no cycles).
+    """
+
     api: ApiConfig
     output: OutputConfig = OutputConfig()
     endpoints: tuple[EndpointConfig, ...] = Field(min_length=1)
@@ -492,12 +536,16 @@ class PipelineConfig(_Model):
         return self
 
     def endpoint(self, name: str) -> EndpointConfig:
+        """The endpoint named ``name`` (KeyError if there is none)."""
         for e in self.endpoints:
             if e.name == name:
                 return e
         raise KeyError(name)
 
     def children(self, name: str) -> list[EndpointConfig]:
+        """The endpoints that iterate over ``name`` (``for_each.endpoint == name``), in config
+        order.
+        """
         return [e for e in self.endpoints if e.parent == name]
 
     def order(self) -> list[EndpointConfig]:

@@ -19,6 +19,8 @@ log = logging.getLogger("asyncingest")
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
+    """A run began: its id, its endpoints, the output folder and the API's rate windows."""
+
     run_id: str
     endpoints: tuple[str, ...]
     output: str
@@ -27,6 +29,10 @@ class RunStarted:
 
 @dataclass(frozen=True, slots=True)
 class EndpointStarted:
+    """An endpoint's workers started; ``total_jobs`` is known up front for a ``from_file``
+    endpoint.
+    """
+
     endpoint: str
     parent: str | None
     total_jobs: int | None  # known up front for file fan-out, else None
@@ -59,6 +65,8 @@ class RequestFinished:
 
 @dataclass(frozen=True, slots=True)
 class RequestRetried:
+    """An attempt failed and will be tried again after ``wait`` seconds (URL redacted)."""
+
     endpoint: str
     url: str  # secrets redacted
     reason: str
@@ -91,6 +99,8 @@ class BudgetExhausted:
 
 @dataclass(frozen=True, slots=True)
 class RecordsRejected:
+    """Records were set aside as dead letters (``reason``: the first of the batch)."""
+
     endpoint: str
     count: int
     reason: str  # the first reason of the batch
@@ -98,6 +108,8 @@ class RecordsRejected:
 
 @dataclass(frozen=True, slots=True)
 class RecordsWritten:
+    """Records were handed to the endpoint's Parquet file (visible once it is committed)."""
+
     endpoint: str
     count: int
 
@@ -112,11 +124,15 @@ class FileCommitted:
 
 @dataclass(frozen=True, slots=True)
 class EndpointFinished:
+    """An endpoint is done; its figures are in ``summary``."""
+
     summary: EndpointSummary
 
 
 @dataclass(frozen=True, slots=True)
 class RunFinished:
+    """The run is over (finished, stopped or failed); the last event of a run."""
+
     result: RunResult
 
 
@@ -152,6 +168,10 @@ class RecordsExpected:
 
 @dataclass(frozen=True, slots=True)
 class BreakerChanged:
+    """An endpoint's circuit breaker changed state (``cooldown``: seconds before the next probe when
+    it opened).
+    """
+
     endpoint: str
     state: BreakerStateName
     previous: BreakerStateName
@@ -215,9 +235,13 @@ class EventBus:
         self.listening: Callable[[], int] = self._subscribers.__len__
 
     def subscribe(self, subscriber: Subscriber) -> None:
+        """Add a subscriber; it receives every event emitted from now on."""
         self._subscribers.append(subscriber)
 
     def emit(self, event: Event) -> None:
+        """Call every subscriber with ``event``, in order; an exception in one is logged, not
+        raised.
+        """
         for sub in self._subscribers:
             try:
                 sub(event)

@@ -61,6 +61,10 @@ class EndpointStats:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSummary:
+    """One endpoint's figures at the end of a run: jobs, requests, statuses, failures, records
+    received, written and rejected, bytes, time waiting on the limits, files.
+    """
+
     name: str
     jobs: int
     requests: int
@@ -86,10 +90,12 @@ class EndpointSummary:
 
     @property
     def ok(self) -> bool:
+        """No failed request and no rejected record."""
         return self.failed_requests == 0 and self.records_rejected == 0
 
     @property
     def throttled(self) -> int:
+        """How many responses were 429."""
         return self.statuses.get(429, 0)
 
 
@@ -105,6 +111,10 @@ class Compaction:
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
+    """What a run returns (and ``RunFinished`` carries): the figures per endpoint, how it ended, and
+    the exit code the CLI would use.
+    """
+
     run_id: str
     output: str
     endpoints: tuple[EndpointSummary, ...]
@@ -120,6 +130,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """Finished, and nothing failed: no dead letter in the output and every endpoint ok."""
         if self.cancelled or self.stopped or self.dead_requests or self.dead_records:
             return False
         return all(e.ok for e in self.endpoints)
@@ -134,13 +145,16 @@ class RunResult:
 
     @property
     def records_written(self) -> int:
+        """Records written to Parquet by every endpoint."""
         return sum(e.records_written for e in self.endpoints)
 
     @property
     def requests(self) -> int:
+        """Requests sent by every endpoint (retries included)."""
         return sum(e.requests for e in self.endpoints)
 
     def endpoint(self, name: str) -> EndpointSummary:
+        """The summary of the endpoint named ``name`` (KeyError if there is none)."""
         for e in self.endpoints:
             if e.name == name:
                 return e

@@ -17,7 +17,11 @@ from typing import Protocol
 
 
 class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
+    """What ``call_at`` returns: a timer that can be cancelled before it fires."""
+
+    def cancel(self) -> None:
+        """Do not run the callback (no effect once it has run)."""
+        ...
 
 
 class Clock(Protocol):
@@ -35,22 +39,28 @@ class Clock(Protocol):
         """Run ``callback`` (in the event loop) once ``time() >= when``."""
         ...
 
-    async def sleep(self, delay: float) -> None: ...
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds of this clock's time (at once for ``delay <= 0``)."""
+        ...
 
 
 class LoopClock:
     """The running event loop's clock. Stateless, so one instance may serve any loop."""
 
     def time(self) -> float:
+        """The running loop's ``loop.time()``: monotonic seconds."""
         return asyncio.get_running_loop().time()
 
     def wall(self) -> float:
+        """``time.time()``: seconds since the epoch."""
         return time.time()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """``loop.call_at`` on the running loop."""
         return asyncio.get_running_loop().call_at(when, callback)
 
     async def sleep(self, delay: float) -> None:
+        """``asyncio.sleep`` (a negative delay is none)."""
         await asyncio.sleep(max(0.0, delay))
 
     def __repr__(self) -> str:
@@ -66,6 +76,7 @@ class BoundLoopClock(LoopClock):
         self.time = loop.time  # type: ignore[method-assign]  # the fast path, same value
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """``call_at`` on the bound loop."""
         return self._loop.call_at(when, callback)
 
     def __repr__(self) -> str:

@@ -51,12 +51,18 @@ BUCKETS = 1000  # larger windows round releases up to W/BUCKETS: at most ~BUCKET
 
 
 class Permit(Protocol):
+    """What a limit grants: hold it while the request is in flight, ``release`` it when over."""
+
     def release(self) -> None:
         """The request is over (response fully received, or failed). Idempotent."""
         ...
 
 
 class Limit(Protocol):
+    """The protocol every limit shares (windows, semaphores, budgets), so limits compose in
+    :class:`Limits`.
+    """
+
     async def acquire(self, key: str) -> Permit:
         """Wait until a request for ``key`` (an endpoint name) is allowed."""
         ...
@@ -64,6 +70,10 @@ class Limit(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class KeyStats:
+    """One key's (endpoint's) figures at a limiter: permits granted, seconds waited in all, waiting
+    now.
+    """
+
     granted: int
     waited: float  # total seconds this key's requests spent queued
     waiting: int  # queued right now
@@ -71,6 +81,10 @@ class KeyStats:
 
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
+    """One rate window's state: its limit and length, the slots occupied now, the entries stored and
+    the bucket width.
+    """
+
     limit: int
     seconds: float
     used: int  # occupied slots: in flight, or released less than `seconds` ago
@@ -278,6 +292,9 @@ class SlidingWindowLimiter:
         return None
 
     async def acquire(self, key: str = "") -> Permit:
+        """Wait for a slot in every window (round-robin between keys, FIFO within one) and return
+        its permit; a cancelled wait takes no slot.
+        """
         now = self._clock.time()
         if not self._queue and now >= self._paused_until and self._room(now):
             return self._grant(key, 0.0)
@@ -315,13 +332,16 @@ class SlidingWindowLimiter:
 
     @property
     def granted(self) -> int:
+        """Permits granted since the limiter was made."""
         return self._granted
 
     @property
     def in_flight(self) -> int:
+        """Permits granted and not yet released."""
         return self._in_flight
 
     def stats(self) -> dict[str, KeyStats]:
+        """Per key (endpoint), sorted by key: granted, seconds waited, waiting now."""
         waiting = self._queue.waiting()
         stats = {key: KeyStats(c.granted, c.waited, 0) for key, c in self._counters.items()}
         for key, n in waiting.items():
@@ -330,6 +350,7 @@ class SlidingWindowLimiter:
         return dict(sorted(stats.items()))
 
     def usage(self) -> tuple[WindowUsage, ...]:
+        """Each window's usage now, in the order the windows were given."""
         now = self._clock.time()
         return tuple(
             WindowUsage(w.limit, w.seconds, self._in_flight + w.pending(now), w.stored(), w.bucket)
@@ -448,15 +469,18 @@ class ConcurrencyLimit:
 
     @property
     def in_use(self) -> int:
+        """Permits out now."""
         return self._in_use
 
     def try_acquire(self, key: str = "") -> Permit | None:
+        """A permit at once if a slot is free and nobody waits, else None (no wait)."""
         if self._in_use < self.limit and not self._queue:
             self._in_use += 1
             return _SlotPermit(self)
         return None
 
     async def acquire(self, key: str = "") -> Permit:
+        """Wait for a free slot (round-robin between keys) and return its permit."""
         if self._in_use < self.limit and not self._queue:
             self._in_use += 1
             return _SlotPermit(self)
@@ -528,6 +552,9 @@ class Limits:
         return Permits(held)
 
     async def acquire(self, key: str = "") -> Permit:
+        """Acquire every limit in order and return their permits as one; if the wait is cancelled
+        midway, what was held is released.
+        """
         held: list[Permit] = []
         try:
             for limit in self.limits:
