@@ -271,6 +271,9 @@ def _console() -> Console:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return its exit code (see the
+    module docstring); expected errors become one message, never a traceback.
+    """
     args = _parse(argv)
     fmt: LogFormat = "json" if getattr(args, "log_format", "text") == "json" else "text"
     out = Reporter(_console(), fmt, quiet=getattr(args, "quiet", False))

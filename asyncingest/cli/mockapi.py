@@ -13,6 +13,7 @@ from ..mockapi import MockAPI, MockSettings, serve
 
 
 def settings_from_args(args: argparse.Namespace) -> MockSettings:
+    """The mock API's settings: the ``--preset`` with the command line's overrides applied."""
     preset = MockSettings.demo if args.preset == "demo" else MockSettings.small
     overrides: dict[str, object] = {}
     if args.seed is not None:
@@ -41,6 +42,7 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
 
 
 async def serve_from_args(args: argparse.Namespace, console: Console) -> None:
+    """Serve the mock API the command line describes until cancelled, saying where it listens."""
     settings = settings_from_args(args)
 
     def ready(api: MockAPI) -> None:

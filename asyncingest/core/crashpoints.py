@@ -21,6 +21,9 @@ _seen = 0
 
 
 def crash_point(name: str) -> None:
+    """SIGKILL this process if ``ASYNCINGEST_CRASH_AT`` names ``name`` and this is its n-th visit;
+    else nothing.
+    """
     global _seen
     if not _NAME or name != _NAME:
         return

@@ -101,6 +101,7 @@ def deeper_than(value: Any, limit: int) -> bool:
 
 
 def is_nested(kind: Kind) -> bool:
+    """Whether ``kind`` is a struct or list kind (a tuple), not a scalar's name."""
     return type(kind) is tuple
 
 
@@ -177,6 +178,7 @@ def widen(kind: Kind, value: Any, depth: int = 1) -> Kind:
 
 
 def describe(kind: Kind) -> str:
+    """``kind`` in words for messages: ``null``, ``an object``, ``a list`` or the scalar's name."""
     if kind is None:
         return "null"
     if type(kind) is tuple:

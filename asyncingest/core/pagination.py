@@ -37,12 +37,20 @@ from .request import Page, Request, lookup
 
 
 class Paginator(Protocol):
-    def first(self, request: Request) -> Request: ...
+    """How one walk pages: the first request, then each next one derived from a page."""
 
-    def next(self, page: Page) -> Request | None: ...
+    def first(self, request: Request) -> Request:
+        """The walk's first request: ``request`` with the paging parameters set."""
+        ...
+
+    def next(self, page: Page) -> Request | None:
+        """The request for the page after ``page``, or None when the walk is over."""
+        ...
 
 
 class NoPaginator:
+    """``type: none``: one request per walk."""
+
     def first(self, request: Request) -> Request:
         return request
 
@@ -51,6 +59,10 @@ class NoPaginator:
 
 
 class OffsetPaginator:
+    """``type: offset``: the offset moves by the records received; stops on an empty page, the total
+    reached, or (without a total) a short page.
+    """
+
     def __init__(self, cfg: OffsetPagination) -> None:
         self.cfg = cfg
 
@@ -81,6 +93,10 @@ class OffsetPaginator:
 
 
 class PagePaginator:
+    """``type: page``: the page number moves by one; stops on an empty page, the total pages or
+    records reached, or (without totals) a short page.
+    """
+
     def __init__(self, cfg: PagePagination) -> None:
         self.cfg = cfg
 
@@ -117,6 +133,10 @@ class PagePaginator:
 
 
 class CursorPaginator:
+    """``type: cursor``: the next cursor from the body sent back as a parameter; stops when there is
+    none, and raises :class:`PaginationLoop` on the same cursor twice.
+    """
+
     def __init__(self, cfg: CursorPagination) -> None:
         self.cfg = cfg
 
@@ -155,6 +175,8 @@ def _follow(page: Page, link: object) -> Request | None:
 
 
 class NextUrlPaginator:
+    """``type: next_url``: follows the next page's URL found in the body."""
+
     def __init__(self, cfg: NextUrlPagination) -> None:
         self.cfg = cfg
 
@@ -182,6 +204,8 @@ def parse_link_header(value: str) -> dict[str, str]:
 
 
 class LinkHeaderPaginator:
+    """``type: link_header``: follows the RFC 8288 ``Link`` header's ``rel`` target."""
+
     def __init__(self, cfg: LinkHeaderPagination) -> None:
         self.cfg = cfg
 
@@ -196,6 +220,7 @@ class LinkHeaderPaginator:
 
 
 def paginator_for(cfg: Pagination) -> Paginator:
+    """The paginator for an endpoint's ``pagination`` config."""
     match cfg:
         case NoPagination():
             return NoPaginator()

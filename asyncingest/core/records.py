@@ -74,6 +74,7 @@ def copy_parent_fields(records: list[Record], copy: Mapping[str, Any]) -> None:
 
 
 def missing_key_reason(primary_key: tuple[str, ...]) -> str:
+    """The dead-letter reason of a record without its primary key."""
     return f"primary key {list(primary_key)} missing or null"
 
 

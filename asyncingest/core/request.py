@@ -44,6 +44,10 @@ class UnsafePathValue(ValueError):
 # the engine makes one per request.
 @dataclass(slots=True)
 class Request:
+    """One HTTP request as the engine keeps it: method, absolute URL, parameters, JSON body, and its
+    page index and paginator state within a walk.
+    """
+
     method: str
     url: URL  # absolute; query parameters live in ``params`` unless the URL came from a link
     params: tuple[tuple[str, str], ...] = ()

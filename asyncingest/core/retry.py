@@ -111,6 +111,10 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class RetryDecision:
+    """What :class:`RetryPolicy` decided about a failed attempt: retry after ``wait`` seconds, or
+    give up, and why.
+    """
+
     retry: bool
     wait: float  # seconds to wait before the next attempt; 0.0 when giving up
     reason: str  # for logs and the final error: why we retry, or why we gave up

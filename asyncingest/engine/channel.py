@@ -38,6 +38,10 @@ T = TypeVar("T")
 
 
 class Channel(Generic[T]):
+    """A FIFO hand-off with an optional bound ``maxsize`` (see the module docstring for its
+    operations and why it is not ``asyncio.Queue``).
+    """
+
     __slots__ = ("_getters", "_items", "_putters", "batch", "maxsize", "refill_at")
 
     def __init__(self, maxsize: int = 0, *, batch: int = 1, refill_at: int | None = None) -> None:

@@ -52,6 +52,10 @@ T = TypeVar("T")
 
 
 class EndpointRunner:
+    """One endpoint at run time: its job channel, its worker coroutines (fetch, retry, page), its
+    writer, and the children its records feed.
+    """
+
     def __init__(
         self,
         endpoint: EndpointConfig,

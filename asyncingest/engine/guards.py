@@ -42,6 +42,10 @@ class Pausable(Protocol):
 
 @dataclass(slots=True)
 class EndpointGuards:
+    """The breaker, throttle and adaptive concurrency of one endpoint, called before and after each
+    attempt (see the module docstring).
+    """
+
     endpoint: str
     clock: Clock
     emit: Callable[[Event], None]

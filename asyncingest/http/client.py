@@ -63,6 +63,8 @@ _ANSWERED_ERRORS = (
 # the engine makes one per request.
 @dataclass(slots=True)
 class Response:
+    """A complete response: status, headers, the (decompressed) body and the final URL."""
+
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
@@ -105,6 +107,9 @@ def scrub_next(credentials: Credentials | None, page: Page, nxt: Request | None)
 
 
 def origin(url: URL) -> tuple[str, str, int]:
+    """A URL's ``(scheme, host, port)``, the port defaulted from the scheme: what credentials are
+    bound to.
+    """
     scheme = (url.scheme or "").lower()
     return (scheme, (url.host or "").lower(), url.port or (443 if scheme == "https" else 80))
 

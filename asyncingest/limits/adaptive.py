@@ -45,6 +45,10 @@ class _AdaptivePermit:
 
 
 class AdaptiveConcurrency:
+    """An AIMD limit on requests in flight, between ``min_limit`` and ``max_limit`` (see the module
+    docstring); a :class:`~asyncingest.limits.limiter.Limit`.
+    """
+
     def __init__(
         self,
         max_limit: int,

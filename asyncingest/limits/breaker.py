@@ -42,6 +42,8 @@ __all__ = [
 
 
 class BreakerState(enum.Enum):
+    """The three states of a circuit breaker."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half-open"
@@ -128,6 +130,10 @@ class _Waiter:
 
 
 class CircuitBreaker:
+    """A circuit breaker for one endpoint on the injected clock (see the module docstring for its
+    states).
+    """
+
     def __init__(
         self,
         failure_threshold: int,

@@ -17,6 +17,10 @@ from .limiter import SlidingWindowLimiter
 
 
 class BudgetWatch:
+    """Watches the limiters before each request and reports (or stops on) a budget used up for
+    longer than ``threshold`` seconds.
+    """
+
     def __init__(
         self,
         limiters: Sequence[SlidingWindowLimiter],

@@ -32,6 +32,10 @@ __all__ = ["AdaptiveThrottle", "Pause", "PauseGate"]
 
 @dataclass(frozen=True, slots=True)
 class Pause:
+    """A pause of the shared budget: until when, for how long, why, and whether the server
+    refused.
+    """
+
     until: float  # monotonic instant (Clock.time()) before which nothing is granted
     seconds: float
     reason: str
@@ -40,6 +44,10 @@ class Pause:
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveThrottle:
+    """Decides from a response's rate headers and status whether to pause the shared budget (see the
+    module docstring).
+    """
+
     reserve: int = 1
     default_retry_after: float = 1.0
     max_pause: float = 120.0

@@ -52,6 +52,8 @@ Endpoint = Callable[[Call], Reply]
 
 
 class Route(NamedTuple):
+    """One route of the mock API: path template, method and the handler."""
+
     template: str
     method: str
     endpoint: Endpoint
@@ -62,12 +64,14 @@ class BadRequest(Exception):
 
 
 def json_reply(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Reply:
+    """A JSON reply with ``status`` and optional headers."""
     return Reply(status, orjson.dumps(obj), headers)
 
 
 def error_reply(
     status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> Reply:
+    """A JSON error reply: ``{"error": message, "status": status, ...extra}``."""
     return json_reply({"error": message, "status": status, **extra}, status, headers)
 
 

@@ -115,6 +115,10 @@ class EndpointSample:
 
 @dataclass(frozen=True, slots=True)
 class EndpointEstimate:
+    """One endpoint's estimate: walks, pages per walk and requests (each a span), and where the walk
+    count and the page count come from.
+    """
+
     name: str
     parent: str | None
     jobs: Span | None  # walks; None when it depends on a count we do not have
@@ -131,6 +135,10 @@ class EndpointEstimate:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
+    """What ``plan`` prints: every endpoint's estimate, the total requests with a range, and the
+    time under the API's windows and the measured latency.
+    """
+
     endpoints: tuple[EndpointEstimate, ...]
     requests: int  # the requests of every endpoint whose count is known
     requests_low: int
@@ -449,6 +457,7 @@ def _span(s: Span) -> str:
 
 
 def human_duration(seconds: float) -> str:
+    """Seconds as a person reads them: ``4.2 s``, ``35 s``, ``12.5 min``, hours or days."""
     if seconds < 10:
         return f"{seconds:.1f} s"
     if seconds < 90:
@@ -461,6 +470,9 @@ def human_duration(seconds: float) -> str:
 
 
 def render_estimate(est: Estimate) -> Group:
+    """The estimate as rich renderables: a table with a row per endpoint (children under their
+    parents), failed sample walks, then the total requests with their range and the time.
+    """
     table = Table(title="estimate", title_justify="left")
     for col in ("endpoint", "walks", "pages/walk", "requests", "walks from", "pages from"):
         table.add_column(col, justify="left" if "from" in col or col == "endpoint" else "right")

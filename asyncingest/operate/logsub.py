@@ -298,6 +298,8 @@ def _size(nbytes: int) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    """The text log line: time with milliseconds, level, message."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
 

@@ -48,6 +48,8 @@ Sample = Callable[[], "float | Mapping[str, float]"]
 
 
 class MetricsUnavailable(ImportError):
+    """``--metrics-port`` without prometheus-client installed; the message says what to install."""
+
     def __init__(self) -> None:
         super().__init__(
             "Prometheus metrics need the prometheus-client package: "
@@ -56,6 +58,7 @@ class MetricsUnavailable(ImportError):
 
 
 def require_prometheus() -> None:
+    """Raise :class:`MetricsUnavailable` unless prometheus-client can be imported."""
     try:
         import prometheus_client  # noqa: F401  # only to say clearly that it is missing
     except ImportError:

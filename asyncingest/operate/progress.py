@@ -41,6 +41,7 @@ __all__ = [
 
 
 def duration_text(seconds: float) -> str:
+    """A duration for the display: ``42s``, ``3m05s``, ``2h07m``, then days."""
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.0f}s"
@@ -62,6 +63,7 @@ def _state(row: EndpointProgress) -> str:
 
 
 def pause_text(pause: tuple[str, float, str]) -> str:
+    """A limiter pause ``(limiter, seconds left, reason)`` as one line."""
     limiter, left, reason = pause
     return f"{limiter} paused {left:.0f}s more: {reason}"
 
@@ -85,6 +87,9 @@ _COLUMNS = (
 
 
 def render_progress(model: ProgressModel, title: str = "asyncingest") -> Group:
+    """The live display: a title with the limits, the budget lines, a pause or notice, then one
+    table row per endpoint.
+    """
     table = Table(title_justify="left", expand=False, box=None, pad_edge=False)
     for col in _COLUMNS.split("|"):
         left = col in ("endpoint", "progress", "state")
@@ -133,6 +138,7 @@ def wait_text(seconds: float) -> str:
 
 
 def plain_line(model: ProgressModel, row: EndpointProgress, suffix: str = "") -> str:
+    """One endpoint's progress as one plain line (for logs and non-terminals)."""
     line = (
         f"{row.name}: {row.received:,} records ({row.written:,} written), "
         f"{row.requests:,} req, {row.retries:,} retries, "

@@ -76,6 +76,8 @@ class RateMeter:
 
 @dataclass(slots=True)
 class EndpointProgress:
+    """One endpoint's figures as the display shows them, folded from the events."""
+
     name: str
     parent: str | None = None
     received: int = 0  # records on usable pages, as they arrive
@@ -102,6 +104,8 @@ class EndpointProgress:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
+    """How far an endpoint is: done of total, in jobs or records, and whether the total is final."""
+
     done: int
     total: int
     unit: str  # "jobs" or "records"

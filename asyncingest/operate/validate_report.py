@@ -20,6 +20,7 @@ from ..config.models import (
 
 
 def pagination_text(e: EndpointConfig) -> str:
+    """How an endpoint pages, in one phrase."""
     p = e.pagination
     match p:
         case NoPagination():
@@ -39,6 +40,9 @@ def pagination_text(e: EndpointConfig) -> str:
 
 
 def fan_out_text(e: EndpointConfig) -> str:
+    """What an endpoint iterates over (parent records or an input file) and how values are bound, in
+    one phrase.
+    """
     if e.for_each:
         binds = ", ".join(f"{{{k}}}<-{v}" for k, v in e.for_each.bind.items())
         copy = f"; copies {', '.join(e.for_each.copy_fields)}" if e.for_each.copy_fields else ""
@@ -50,6 +54,9 @@ def fan_out_text(e: EndpointConfig) -> str:
 
 
 def describe_plan(cfg: PipelineConfig, source: str = "") -> Group:
+    """The report ``validate`` prints for a valid config: the API, its auth and limits, then each
+    endpoint in dependency order.
+    """
     api = cfg.api
     head = Text()
     head.append(f"{source}: OK\n", style="bold green")

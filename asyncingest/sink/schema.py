@@ -345,6 +345,9 @@ def kinds_of(schema: pa.Schema) -> dict[str, Any] | None:
 
 
 def fallbacks_of(schema: pa.Schema) -> dict[str, str]:
+    """The columns stored as JSON text instead of a typed column, and why, from a schema's
+    metadata.
+    """
     raw = (schema.metadata or {}).get(FALLBACKS_KEY)
     return {} if raw is None else dict(orjson.loads(raw))
 

@@ -71,6 +71,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def request_to_json(r: Request) -> dict[str, Any]:
+    """A request as JSON data for the state (a part-way walk's next request)."""
     return {
         "method": r.method,
         "url": str(r.url),
@@ -82,6 +83,7 @@ def request_to_json(r: Request) -> dict[str, Any]:
 
 
 def request_from_json(d: dict[str, Any]) -> Request:
+    """The inverse of :func:`request_to_json`."""
     return Request(
         method=d["method"],
         url=URL(d["url"], encoded=True),
@@ -97,6 +99,11 @@ def request_from_json(d: dict[str, Any]) -> Request:
 
 @dataclass
 class EndpointState:
+    """One endpoint's checkpoint: committed files, done jobs as ranges, part-way walks' next
+    requests, committed journal and dead-letter lengths, finished or not, and a compaction
+    committed but not yet finished.
+    """
+
     files: list[str] = field(default_factory=list)
     done: RangeSet = field(default_factory=RangeSet)
     partial: dict[int, dict[str, Any]] = field(default_factory=dict)  # job -> next request
@@ -136,6 +143,10 @@ class EndpointState:
 
 @dataclass
 class RunState:
+    """The whole checkpoint (``_asyncingest/state.json``): fingerprint and what it hashes, status,
+    the runs that wrote it, and every endpoint's state.
+    """
+
     fingerprint: str
     status: str = "running"  # running | interrupted | complete
     runs: list[str] = field(default_factory=list)
@@ -185,6 +196,7 @@ class RunState:
 
 
 def state_path(output: Path) -> Path:
+    """Where an output folder's state is saved."""
     return output / STATE_FOLDER / "state.json"
 
 
@@ -206,6 +218,7 @@ def load_state(output: Path) -> RunState | None:
 
 
 def save_state(output: Path, state: RunState) -> None:
+    """Save ``state`` atomically (temporary file, fsync, rename, folder fsync)."""
     write_atomic(state_path(output), state.to_bytes())
 
 
@@ -302,6 +315,7 @@ def discard_uncommitted(output: Path, state: RunState, folder_of: dict[str, str]
 
 
 def has_data(output: Path, folders: list[str]) -> bool:
+    """Whether any of ``folders`` under ``output`` holds a committed Parquet file."""
     return any(any((output / f).glob("part-*.parquet")) for f in folders)
 
 

@@ -83,6 +83,8 @@ class CompactOptions:
 
 @dataclass(frozen=True)
 class CommittedFile:
+    """A committed Parquet file of a folder: its name, rows and schema."""
+
     name: str
     rows: int
     schema: pa.Schema

@@ -12,6 +12,10 @@ from collections.abc import Iterable, Iterator
 
 
 class RangeSet:
+    """A set of integers (done job numbers) kept as sorted half-open ranges, so a million done jobs
+    in a row take two numbers.
+    """
+
     __slots__ = ("_ends", "_starts")
 
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:

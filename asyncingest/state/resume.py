@@ -36,6 +36,10 @@ from .progress import BarrierResult
 
 @dataclass(frozen=True)
 class Start:
+    """How a run starts: the state to continue, whether it resumes, whether it was already complete,
+    how many dead-lettered requests were put back.
+    """
+
     state: RunState
     resumed: bool
     already_complete: bool = False
@@ -43,6 +47,10 @@ class Start:
 
 
 def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: bool) -> Start:
+    """Decide how a run on ``output`` starts: fresh (``--fresh`` deletes the old output), a new
+    state, or the saved one; refuses a changed config or data without state, and with
+    ``retry_failed`` puts dead-lettered requests back.
+    """
     folders = [e.name for e in cfg.endpoints]
     fp = fingerprint(cfg)
     if fresh:
@@ -130,6 +138,9 @@ class JobPlan:
 def apply(
     state: RunState, name: str, prior_files: list[str], res: BarrierResult, complete: bool
 ) -> None:
+    """Fold one endpoint's barrier answer into the state: committed files, done jobs, part-way
+    walks, committed lengths; ``complete`` marks it finished.
+    """
     es = state.endpoint(name)
     es.files = prior_files + [f for f in res.files if f not in prior_files]
     progress = res.progress
@@ -149,6 +160,7 @@ def apply(
 
 
 def report_json(status: str, result: Any) -> bytes:
+    """The run report (``_asyncingest/runs/<run-id>.json``) as JSON bytes."""
     from dataclasses import asdict
 
     return orjson.dumps(

@@ -39,6 +39,8 @@ _CHUNK = 256 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """A complete response from ``requests``: status, headers, body and final URL."""
+
     status: int
     headers: Mapping[str, str]
     body: bytes

@@ -37,6 +37,10 @@ class LimiterClosed(Exception):
 
 
 class ThreadLimit(Protocol):
+    """The thread-pool twin of :class:`~asyncingest.limits.limiter.Limit`: blocking acquire, and
+    close to wake every waiter.
+    """
+
     def acquire(self, key: str = "") -> Permit:
         """Block until a request for ``key`` is allowed."""
         ...
