@@ -14,40 +14,7 @@ import yaml
 from asyncingest.cli.main import main
 from asyncingest.mockapi import MockAPI, MockSettings
 
-from .conftest import assert_same_records, read_records
-from .test_engine import F1_ENDPOINTS, F1_KEYS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "asyncingest",
-        *args,
-        cwd=ROOT,
-        env={**os.environ},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def write_config(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "f1.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "api": {"base_url": url, "rate_limits": [{"requests": 50, "per_seconds": 1}]},
-                "output": {"directory": str(tmp_path / "out")},
-                "endpoints": F1_ENDPOINTS,
-            }
-        )
-    )
-    return path
+from .conftest import F1_KEYS, ROOT, assert_same_records, cli, read_records, write_config
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "plan", "demo", "mock-api"])

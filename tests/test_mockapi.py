@@ -4,7 +4,6 @@ faults, auth and the admin routes. Loopback only; nothing sleeps beyond configur
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from asyncingest.mockapi import (
     SlidingWindowReferee,
     serve,
 )
+
+from .conftest import dataset_digest
 
 SMALL = MockSettings.small()
 
@@ -49,12 +50,6 @@ async def get(client: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, 
 # -- the dataset ---------------------------------------------------------------------------
 
 
-def dataset_digest(settings: MockSettings) -> str:
-    d = Dataset.build(settings)
-    tables = {k: v for k, v in vars(d).items() if not k.startswith("_")}
-    return hashlib.sha256(orjson.dumps(tables, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 def test_same_seed_builds_an_equal_dataset() -> None:
     assert Dataset.build(SMALL) == Dataset.build(MockSettings.small())
 
@@ -74,7 +69,7 @@ def test_behaviour_settings_do_not_change_the_data() -> None:
 def test_dataset_is_identical_in_another_process() -> None:
     code = (
         "from asyncingest.mockapi import MockSettings;"
-        "from tests.test_mockapi import dataset_digest;"
+        "from tests.conftest import dataset_digest;"
         "print(dataset_digest(MockSettings.small()))"
     )
     env = {"PYTHONHASHSEED": "12345", "PATH": ""}

@@ -24,8 +24,7 @@ from asyncingest.engine.engine import Engine
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.operate.progress import schema_lines
 
-from .conftest import read_records
-from .test_cli import cli
+from .conftest import cli, read_records
 
 FAST_RETRY = {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}
 
