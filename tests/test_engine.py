@@ -49,10 +49,11 @@ async def test_f1_crawl_writes_every_record_exactly_once_under_faults(tmp_path: 
     assert stats.max_in_window == [15]  # the budget was used to the limit, never past it
 
 
-async def test_copied_parent_fields_land_in_child_records(tmp_path: Path) -> None:
-    async with MockAPI(MockSettings.small()) as api:
-        result = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS[:3], tmp_path))
-        sessions = {s["session_key"]: s["meeting_key"] for s in api.dataset.sessions}
+async def test_copied_parent_fields_land_in_child_records(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    result = await asyncingest.run(pipeline(mock_api.url, F1_ENDPOINTS[:3], tmp_path))
+    sessions = {s["session_key"]: s["meeting_key"] for s in mock_api.dataset.sessions}
     assert result.ok
     drivers = read_records(tmp_path, "drivers")
     assert drivers and all(d["meeting_key"] == sessions[d["session_key"]] for d in drivers)
@@ -83,8 +84,9 @@ async def test_crm_export_with_bearer_token(
     assert_same_records(got, expected, ["engagement_id", "toObjectId"])
 
 
+@pytest.mark.parametrize("mock_api", [{"fault_rate": 0.2}], indirect=True)
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-async def test_fan_out_over_an_input_file(tmp_path: Path, fmt: str) -> None:
+async def test_fan_out_over_an_input_file(mock_api: MockAPI, tmp_path: Path, fmt: str) -> None:
     ids = [str(1000 + 3 * i) for i in range(60)]
     path = tmp_path / f"ids.{fmt}"
     if fmt == "csv":
@@ -104,15 +106,14 @@ async def test_fan_out_over_an_input_file(tmp_path: Path, fmt: str) -> None:
         "from_file": {"path": str(path), "column": "user_id"},
         "concurrency": 8,
     }
-    async with MockAPI(MockSettings.small(fault_rate=0.2)) as api:
-        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path / "out"))
-        expected = [api.dataset.user(u) for u in ids]
+    result = await asyncingest.run(pipeline(mock_api.url, [endpoint], tmp_path / "out"))
+    expected = [mock_api.dataset.user(u) for u in ids]
     assert result.ok
     assert result.endpoint("users").requests >= len(ids)
     assert_same_records(read_records(tmp_path / "out", "users"), expected, ["user_id"])  # type: ignore[arg-type]
 
 
-async def test_post_with_a_json_body(tmp_path: Path) -> None:
+async def test_post_with_a_json_body(mock_api: MockAPI, tmp_path: Path) -> None:
     ids = tmp_path / "ids.csv"
     ids.write_text("user_id\n11\n12\n13\n")
     endpoint = {
@@ -124,9 +125,8 @@ async def test_post_with_a_json_body(tmp_path: Path) -> None:
         "single_record": True,
         "from_file": {"path": str(ids), "column": "user_id"},
     }
-    async with MockAPI(MockSettings.small()) as api:
-        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path / "out"))
-        expected = [api.dataset.user(u) for u in ("11", "12", "13")]
+    result = await asyncingest.run(pipeline(mock_api.url, [endpoint], tmp_path / "out"))
+    expected = [mock_api.dataset.user(u) for u in ("11", "12", "13")]
     assert result.ok
     assert_same_records(read_records(tmp_path / "out", "scores"), expected, ["user_id"])  # type: ignore[arg-type]
 
@@ -182,11 +182,12 @@ async def test_a_failing_endpoint_is_dead_lettered_and_does_not_stop_the_others(
     assert "404" in entry["reason"] and entry["url"].endswith("/v1/no-such-thing")
 
 
-async def test_records_that_do_not_fit_the_schema_are_dead_lettered(tmp_path: Path) -> None:
+async def test_records_that_do_not_fit_the_schema_are_dead_lettered(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
     endpoint = {**F1_ENDPOINTS[0], "schema": {"meeting_key": "int64", "meeting_name": "int64"}}
-    async with MockAPI(MockSettings.small()) as api:
-        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path))
-        n = len(api.dataset.meetings)
+    result = await asyncingest.run(pipeline(mock_api.url, [endpoint], tmp_path))
+    n = len(mock_api.dataset.meetings)
     m = result.endpoint("meetings")
     assert m.records_rejected == n and m.records_written == 0 and result.exit_code == 1
     text = (tmp_path / "_dead_letter" / "meetings" / "dead-letters.jsonl").read_text()

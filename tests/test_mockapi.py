@@ -25,7 +25,7 @@ from asyncingest.mockapi import (
     serve,
 )
 
-from .conftest import dataset_digest
+from .conftest import MockAPIFactory, dataset_digest
 
 SMALL = MockSettings.small()
 
@@ -563,3 +563,29 @@ async def test_url_only_exists_while_running() -> None:
         assert api.url.startswith("http://127.0.0.1:")
     with pytest.raises(RuntimeError):
         _ = api.url
+
+
+# -- the shared fixtures (tests/conftest.py) -----------------------------------------------------
+
+
+async def test_the_mock_api_fixture_serves_the_small_data_set(mock_api: MockAPI) -> None:
+    assert mock_api.settings == MockSettings.small()
+    async with aiohttp.ClientSession() as client:
+        status, body = await get(client, f"{mock_api.url}/v1/meetings?year=2024")
+    assert status == 200 and body == mock_api.dataset.meetings
+
+
+@pytest.mark.parametrize(
+    ("mock_api", "seed", "token"),
+    [({"token": "t"}, SMALL.seed, "t"), (MockSettings.small(seed=8), 8, None)],
+    indirect=["mock_api"],
+)
+async def test_the_mock_api_fixture_takes_settings_by_indirect_parametrisation(
+    mock_api: MockAPI, seed: int, token: str | None
+) -> None:
+    assert (mock_api.settings.seed, mock_api.settings.token) == (seed, token)
+
+
+async def test_start_mock_api_starts_separate_servers(start_mock_api: MockAPIFactory) -> None:
+    one, two = await start_mock_api(), await start_mock_api(fault_rate=0.5)
+    assert one.url != two.url and two.settings.fault_rate == 0.5

@@ -28,6 +28,7 @@ from .conftest import (
     CRM_ENDPOINTS,
     F1_ENDPOINTS,
     F1_KEYS,
+    MockAPIFactory,
     assert_same_records,
     by_key,
     expected_f1,
@@ -62,14 +63,15 @@ def assert_same_output(sync_out: Path, async_out: Path, keys: dict[str, list[str
 # -- same records as the async engine -----------------------------------------------------------
 
 
-async def test_f1_crawl_under_faults_writes_what_the_async_engine_writes(tmp_path: Path) -> None:
-    settings = MockSettings.small(**FAULTY)
-    async with MockAPI(settings) as api:
-        result_a = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS, tmp_path / "a"))
-    async with MockAPI(settings) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS, tmp_path / "s")
-        result_s = await asyncio.to_thread(run_sync, cfg, max_workers=8)
-        faults, expected = sum(api.stats.faults.values()), expected_f1(api)
+async def test_f1_crawl_under_faults_writes_what_the_async_engine_writes(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    # Two servers with the same settings: each engine meets the same faults, counted apart.
+    first, second = await start_mock_api(**FAULTY), await start_mock_api(**FAULTY)
+    result_a = await asyncingest.run(pipeline(first.url, F1_ENDPOINTS, tmp_path / "a"))
+    cfg = pipeline(second.url, F1_ENDPOINTS, tmp_path / "s")
+    result_s = await asyncio.to_thread(run_sync, cfg, max_workers=8)
+    faults, expected = sum(second.stats.faults.values()), expected_f1(second)
     assert result_a.ok and result_s.ok, [e.first_errors for e in result_s.endpoints]
     assert faults > 10 and sum(e.retries for e in result_s.endpoints) >= faults
     assert_same_output(tmp_path / "s", tmp_path / "a", F1_KEYS)
@@ -182,14 +184,15 @@ async def test_requests_that_give_up_are_dead_lettered_as_the_async_engine_does(
     assert entry(tmp_path / "s") == entry(tmp_path / "a")
 
 
-async def test_an_output_holding_an_earlier_run_is_refused_unless_fresh(tmp_path: Path) -> None:
-    async with MockAPI(MockSettings.small()) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
+async def test_an_output_holding_an_earlier_run_is_refused_unless_fresh(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    cfg = pipeline(mock_api.url, F1_ENDPOINTS[:1], tmp_path)
+    await asyncio.to_thread(run_sync, cfg)
+    with pytest.raises(ConfigError, match="does not resume"):
         await asyncio.to_thread(run_sync, cfg)
-        with pytest.raises(ConfigError, match="does not resume"):
-            await asyncio.to_thread(run_sync, cfg)
-        result = await asyncio.to_thread(run_sync, cfg, fresh=True)
-        n = len(api.dataset.meetings)
+    result = await asyncio.to_thread(run_sync, cfg, fresh=True)
+    n = len(mock_api.dataset.meetings)
     assert result.ok and len(read_records(tmp_path, "meetings")) == n
 
 
@@ -305,10 +308,9 @@ async def test_progress_lines_count_each_event_once(tmp_path: Path) -> None:
     assert sum(requests for _, requests in done.values()) == served
 
 
-async def test_a_sync_run_writes_its_run_report(tmp_path: Path) -> None:
-    async with MockAPI(MockSettings.small()) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS, tmp_path)
-        result = await asyncio.to_thread(run_sync, cfg)
+async def test_a_sync_run_writes_its_run_report(mock_api: MockAPI, tmp_path: Path) -> None:
+    cfg = pipeline(mock_api.url, F1_ENDPOINTS, tmp_path)
+    result = await asyncio.to_thread(run_sync, cfg)
     report = orjson.loads(
         (tmp_path / "_asyncingest" / "runs" / f"{result.run_id}.json").read_bytes()
     )
