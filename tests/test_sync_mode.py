@@ -287,6 +287,7 @@ def test_closing_the_limiter_wakes_its_waiters() -> None:
 # -- what sync mode reports, and what it refuses --------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_progress_lines_count_each_event_once(tmp_path: Path) -> None:
     """The plain progress lines of a sync run show the real figures (they were doubled:
     the display fed the model a second time)."""
