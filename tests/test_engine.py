@@ -273,7 +273,7 @@ async def test_a_failing_endpoint_trips_its_breaker_and_the_report_says_so(tmp_p
             [endpoint],
             tmp_path,
             retry={**FAST_RETRY, "max_attempts": 2},
-            circuit_breaker={"failures": 3, "cooldown": 0.1, "max_cooldown": 0.2},
+            circuit_breaker={"failures": 3, "cooldown": 0.01, "max_cooldown": 0.02},
         )
         result = await asyncingest.run(cfg, subscribers=[events.append])
     users = result.endpoint("users")
