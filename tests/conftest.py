@@ -8,6 +8,7 @@ another.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import signal
@@ -283,6 +284,30 @@ def _norm(v: Any) -> Any:
         except orjson.JSONDecodeError:
             return v
     return v
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fail_once_at(calls: int) -> Any:
+    """A stand-in for the sink's ``crash_point`` that fills the disk on the ``calls``-th file
+    commit (after the staging file is written, before its rename)."""
+    seen = 0
+
+    def full_disk(name: str) -> None:
+        nonlocal seen
+        seen += name == "commit"
+        if seen == calls and name == "commit":
+            raise ENOSPC
+
+    return full_disk
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Staging and temporary files anywhere under the output."""
+    return [p for p in out.rglob(".*") if p.name.endswith((".inprogress", ".tmp"))]
 
 
 # -- whole jobs and the CLI in a subprocess --------------------------------------------------------

@@ -27,16 +27,17 @@ from asyncingest.state import checkpoint, lock
 from asyncingest.state.checkpoint import load_state, save_state, state_path
 from asyncingest.state.rangeset import RangeSet
 
-from .conftest import ROOT, check_complete, job_config, run_cli, write_ids
+from .conftest import (
+    ROOT,
+    check_complete,
+    fail_once_at,
+    job_config,
+    leftovers,
+    run_cli,
+    write_ids,
+)
 
 pytestmark = pytest.mark.slow
-
-ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def leftovers(out: Path) -> list[Path]:
-    """Staging and temporary files anywhere under the output."""
-    return [p for p in out.rglob(".*") if p.name.endswith((".inprogress", ".tmp"))]
 
 
 def assert_committed_files_intact(out: Path) -> None:
@@ -45,20 +46,6 @@ def assert_committed_files_intact(out: Path) -> None:
     for name, es in state.endpoints.items():
         for f in es.files:
             pq.read_table(out / name / f)  # present and readable
-
-
-def fail_once_at(calls: int) -> Any:
-    """A stand-in for the sink's ``crash_point`` that fills the disk on the ``calls``-th file
-    commit (after the staging file is written, before its rename)."""
-    seen = 0
-
-    def full_disk(name: str) -> None:
-        nonlocal seen
-        seen += name == "commit"
-        if seen == calls and name == "commit":
-            raise ENOSPC
-
-    return full_disk
 
 
 async def test_disk_full_while_committing_then_the_run_resumes_exactly(
