@@ -17,12 +17,15 @@ durable work, and a child job can only be durable if the parent page that made i
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..config.models import ForEach
+from ..core.records import bind_children
 from ..core.request import Record
 from ..errors import environment_failure
 from ..sink.deadletter import DeadLetters
@@ -42,10 +45,21 @@ R = TypeVar("R")
 
 
 @dataclass(slots=True)
+class ChildLink:
+    """A child endpoint fed by this writer's pages: how records bind to its jobs, the journal
+    its jobs go to, and the number the next one gets (its journal line)."""
+
+    name: str
+    spec: ForEach
+    journal: Journal
+    next_number: int
+
+
+@dataclass(slots=True)
 class PageDone:
     records: list[Record]
     token: Token | None
-    children: Sequence[tuple[Journal, list[Job]]] = ()
+    children: Sequence[tuple[ChildLink, list[Job]]] = ()
     dead: Sequence[Callable[[DeadLetters], None]] = ()
 
 
@@ -79,9 +93,10 @@ class Writer:
         # and wakes the writer (flush). Otherwise the writer wakes for a quarter of the bound
         # at a time, and producers waiting for room when it is down to half: one task switch
         # per several pages, not one per page.
-        self.inbox: Channel[PageDone | Barrier | None] = Channel(
+        self._inbox: Channel[PageDone | Barrier | None] = Channel(
             MAX_PAGES_QUEUED, batch=MAX_PAGES_QUEUED // 4, refill_at=MAX_PAGES_QUEUED // 2
         )
+        self._links: list[ChildLink] = []
         self._buffer: list[Record] = []
         self._progress = Progress()
         self._committed = 0
@@ -124,7 +139,7 @@ class Writer:
 
     def __repr__(self) -> str:
         return (
-            f"Writer({self.name}, queued={len(self.inbox)}, buffered={len(self._buffer)}, "
+            f"Writer({self.name}, queued={len(self._inbox)}, buffered={len(self._buffer)}, "
             f"pending={len(self._progress.done)} done/{len(self._progress.partial)} partial, "
             f"files={len(self.sink.files)})"
         )
@@ -135,14 +150,46 @@ class Writer:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
 
-    async def put(self, item: PageDone) -> None:
-        """Enqueue a page; waits while ``MAX_PAGES_QUEUED`` items are waiting to be applied."""
-        await self.inbox.put(item)
+    def link_child(self, name: str, spec: ForEach, journal: Journal) -> None:
+        """Feed child endpoint ``name``: each page's records bind to its jobs (``spec``),
+        numbered by ``journal`` line from the journal's current end."""
+        self.child_journals[name] = journal
+        self._links.append(ChildLink(name, spec, journal, journal.lines))
 
-    def put_reserved(self, item: PageDone) -> None:
-        """Enqueue a page at once: the caller made room first, in the same synchronous step
-        (``if writer.inbox.full(): await writer.inbox.wait_for_room()``)."""
-        self.inbox.put_nowait(item)
+    async def put(self, item: PageDone) -> None:
+        """Enqueue an item that makes no child jobs (a dead letter and a token); waits while
+        ``MAX_PAGES_QUEUED`` items are waiting to be applied."""
+        await self._inbox.put(item)
+
+    async def put_page(
+        self,
+        records: list[Record],
+        token: Token,
+        dead: list[Callable[[DeadLetters], None]],
+    ) -> Sequence[tuple[ChildLink, list[Job]]]:
+        """Hand over one page: wait for room, bind the records to each child's jobs, number
+        them and enqueue the page, and return the jobs per child for the caller to queue.
+
+        Binding, numbering and enqueueing are one synchronous step after the wait, so the
+        order pages reach the journals (and so each job's journal line) is the order of
+        their numbers. Records that bind to no job are added to ``dead``.
+        """
+        inbox = self._inbox
+        if inbox.full():
+            await inbox.wait_for_room()
+        children: list[tuple[ChildLink, list[Job]]] = []
+        for link in self._links:
+            jobs, unbound = bind_children(
+                records, link.spec, link.name, itertools.count(link.next_number)
+            )
+            link.next_number += len(jobs)
+            for r, why in unbound:
+                dead.append(dead_record(r, why))
+                self.ledger.rejected(why)
+            if jobs:
+                children.append((link, jobs))
+        inbox.put_nowait(PageDone(records, token, children, dead))
+        return children
 
     def barrier(self) -> asyncio.Future[BarrierResult]:
         """Synchronously enqueue a barrier; the future answers once all before it is durable.
@@ -158,8 +205,8 @@ class Writer:
         elif self._finishing:  # the final answer comes when the writer has closed the sink
             self.task.add_done_callback(lambda _: self._answer_final(b))
         else:
-            self.inbox.put_nowait(b)
-            self.inbox.flush()
+            self._inbox.put_nowait(b)
+            self._inbox.flush()
         return b.future
 
     def _answer_final(self, b: Barrier) -> None:
@@ -170,8 +217,8 @@ class Writer:
 
     def finish(self) -> None:
         self._finishing = True
-        self.inbox.put_nowait(None)
-        self.inbox.flush()
+        self._inbox.put_nowait(None)
+        self._inbox.flush()
 
     def _take_final(self) -> BarrierResult:
         final = self._final or self._snapshot(finished=True)
@@ -189,8 +236,8 @@ class Writer:
             # for an answer that will never come.
             self._failed = exc
             waiting = [self._answering] if self._answering is not None else []
-            while self.inbox:
-                item = self.inbox.pop()
+            while self._inbox:
+                item = self._inbox.pop()
                 if isinstance(item, Barrier):
                     waiting.append(item)
             for b in waiting:
@@ -200,7 +247,7 @@ class Writer:
             raise
 
     async def _apply_until_done(self) -> None:
-        inbox = self.inbox
+        inbox = self._inbox
         while True:
             item = inbox.pop() if inbox else await inbox.get()
             if item is None:
@@ -228,7 +275,8 @@ class Writer:
     def _apply(self, item: PageDone) -> None:
         if item.records and self.keep_raw:
             self._buffer.extend(item.records)
-        for journal, jobs in item.children:
+        for link, jobs in item.children:
+            journal = link.journal
             for job in jobs:
                 line = journal.append(job.variables, job.copy)
                 assert line == job.number, f"journal line {line} != job {job.number}"
