@@ -37,14 +37,14 @@ from ..limits.breaker import CircuitOpen
 from ..limits.budget import BudgetWatch
 from ..limits.clock import Clock
 from ..limits.limiter import Limit, Permit
-from ..sink.deadletter import DeadLetters
+from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
 from ..state.progress import Token
 from .channel import Channel
 from .guards import EndpointGuards
-from .writer import PageDone, Writer, dead_job, dead_record, dead_request
+from .writer import PageDone, Writer
 
 T = TypeVar("T")
 
@@ -222,7 +222,7 @@ class EndpointRunner:
             try:
                 request = self.paginator.first(self.template.build(job.variables))
             except UnsafePathValue as exc:
-                dead = dead_job(**self.ledger.refused(job, str(exc)))
+                dead = self.ledger.refused(job, str(exc))
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
                 self.events.emit(JobFinished(self.name, False, 0))
                 return
@@ -359,8 +359,8 @@ class EndpointRunner:
 
     def _give_up(
         self, request: Request, job: Job, failure: Failure, attempts: int, reason: str | None = None
-    ) -> Callable[[DeadLetters], None]:
-        return dead_request(**self.ledger.gave_up(request, job, failure, attempts, reason))
+    ) -> DeadLetter:
+        return self.ledger.gave_up(request, job, failure, attempts, reason)
 
     # ------------------------------------------------------------------ records
 
@@ -370,13 +370,13 @@ class EndpointRunner:
         records = page.records
         if job.copy:
             copy_parent_fields(records, job.copy)
-        dead: list[Callable[[DeadLetters], None]] = []
+        dead: list[DeadLetter] = []
         if self._pk:
             records, unkeyed = split_by_key(records, self._pk)
             if unkeyed:
                 why = missing_key_reason(self._pk)
                 for r in unkeyed:
-                    dead.append(dead_record(r, why))
+                    dead.append(DeadLetter.rejected_record(r, why))
                     self.ledger.rejected(why)
         self.ledger.received(len(records))
         children = await self.writer.put_page(records, Token(job.number, next_request), dead)

@@ -28,7 +28,7 @@ from ..config.models import ForEach
 from ..core.records import bind_children
 from ..core.request import Record
 from ..errors import environment_failure
-from ..sink.deadletter import DeadLetters
+from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
@@ -60,7 +60,7 @@ class PageDone:
     records: list[Record]
     token: Token | None
     children: Sequence[tuple[ChildLink, list[Job]]] = ()
-    dead: Sequence[Callable[[DeadLetters], None]] = ()
+    dead: Sequence[DeadLetter] = ()
 
 
 class Barrier:
@@ -126,14 +126,14 @@ class Writer:
 
     def _set_aside(self, records: list[Record], reason: str) -> None:
         for r in records:
-            self.dead.record_rejected(record=r, reason=f"transform: {reason}")
+            self.dead.add(DeadLetter.rejected_record(r, f"transform: {reason}"))
             self.ledger.rejected(f"transform: {reason}")
 
     async def _write_transformed(self, records: list[Record]) -> None:
         assert self.tsink is not None
         rejected = await self._in_files(self.tsink.write, records)
         for rej in rejected:
-            self.dead.record_rejected(record=rej.record, reason=f"transform output: {rej.reason}")
+            self.dead.add(DeadLetter.rejected_record(rej.record, f"transform output: {rej.reason}"))
             self.ledger.rejected(rej.reason)
         self.ledger.transformed(len(records) - len(rejected))
 
@@ -165,7 +165,7 @@ class Writer:
         self,
         records: list[Record],
         token: Token,
-        dead: list[Callable[[DeadLetters], None]],
+        dead: list[DeadLetter],
     ) -> Sequence[tuple[ChildLink, list[Job]]]:
         """Hand over one page: wait for room, bind the records to each child's jobs, number
         them and enqueue the page, and return the jobs per child for the caller to queue.
@@ -184,7 +184,7 @@ class Writer:
             )
             link.next_number += len(jobs)
             for r, why in unbound:
-                dead.append(dead_record(r, why))
+                dead.append(DeadLetter.rejected_record(r, why))
                 self.ledger.rejected(why)
             if jobs:
                 children.append((link, jobs))
@@ -280,8 +280,8 @@ class Writer:
             for job in jobs:
                 line = journal.append(job.variables, job.copy)
                 assert line == job.number, f"journal line {line} != job {job.number}"
-        for write_dead in item.dead:
-            write_dead(self.dead)
+        for letter in item.dead:
+            self.dead.add(letter)
         if item.token is not None and self.pipe is None:
             self._progress.add(item.token)  # else released when the transform output is
 
@@ -295,7 +295,7 @@ class Writer:
         records, self._buffer = self._buffer, []
         rejected = await self._in_files(self.sink.write, records)
         for rej in rejected:
-            self.dead.record_rejected(record=rej.record, reason=rej.reason)
+            self.dead.add(DeadLetter.rejected_record(rej.record, rej.reason))
             self.ledger.rejected(rej.reason)
         self.ledger.written(len(records) - len(rejected))
         self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
@@ -358,15 +358,3 @@ def _fail(b: Barrier, cause: BaseException) -> None:
         return
     # The writer's own error: whichever task reports it first, the run ends with it.
     b.future.set_exception(cause)
-
-
-def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:
-    return lambda dead: dead.request_failed(**entry)
-
-
-def dead_job(**entry: Any) -> Callable[[DeadLetters], None]:
-    return lambda dead: dead.job_refused(**entry)
-
-
-def dead_record(record: Any, reason: str) -> Callable[[DeadLetters], None]:
-    return lambda dead: dead.record_rejected(record=record, reason=reason)
