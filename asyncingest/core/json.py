@@ -49,20 +49,28 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         ) from None
 
 
-def dumps(value: Any, default: Callable[[Any], Any] | None = None) -> bytes:
-    """Compact JSON bytes; integers beyond 64 bits are written exactly (by :mod:`json`).
+def dumps(
+    value: Any, default: Callable[[Any], Any] | None = None, *, indent: bool = False
+) -> bytes:
+    """Compact JSON bytes (``indent``: two spaces, for files people read); integers beyond
+    64 bits are written exactly (by :mod:`json`).
 
     Raises ``TypeError`` (``orjson.JSONEncodeError``) for what cannot be JSON: a value nested
     255 levels or more, an unsupported type without ``default``.
     """
     try:
-        return orjson.dumps(value, default=default)
+        return orjson.dumps(value, default=default, option=orjson.OPT_INDENT_2 if indent else None)
     except orjson.JSONEncodeError as exc:
         if str(exc) != _BIG_INT:
             raise
         try:
             text = json.dumps(
-                value, default=default, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+                value,
+                default=default,
+                separators=(",", ": ") if indent else (",", ":"),
+                indent=2 if indent else None,
+                ensure_ascii=False,
+                allow_nan=False,
             )
             return text.encode("utf-8", "backslashreplace")
         except (RecursionError, ValueError) as again:

@@ -40,6 +40,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ..config.models import ApiConfig, PipelineConfig
+from ..core.json import dumps as json_dumps
 from ..core.pagination import PaginationLoop
 from ..core.request import Page, Request
 from ..core.retry import Failure, FailureKind
@@ -305,7 +306,7 @@ class HttpClient:
         if send_params:
             kwargs["params"] = send_params
         if body is not None:
-            kwargs["data"] = orjson.dumps(body)
+            kwargs["data"] = json_dumps(body)  # integers beyond 64 bits exact
             kwargs["headers"] = {**kwargs.get("headers", {}), "Content-Type": "application/json"}
         return kwargs
 

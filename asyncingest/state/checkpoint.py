@@ -142,7 +142,9 @@ class RunState:
         return self.endpoints.setdefault(name, EndpointState())
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
+        """The state as JSON; an integer beyond 64 bits (a cursor, a body value of a walk part
+        way through) is written exactly, and :meth:`from_bytes` reads it back exactly."""
+        return json_dumps(
             {
                 "version": STATE_VERSION,
                 "fingerprint": self.fingerprint,
@@ -152,12 +154,12 @@ class RunState:
                 "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
                 "identity": self.identity,
             },
-            option=orjson.OPT_INDENT_2,
+            indent=True,
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RunState:
-        d = orjson.loads(data)
+        d = json_loads(data)
         if d.get("version") != STATE_VERSION:
             raise ValueError(f"state version {d.get('version')} is not {STATE_VERSION}")
         return cls(

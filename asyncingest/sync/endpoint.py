@@ -255,5 +255,11 @@ class _Writer:
             committed = self._committed_since(before)
         self.ledger.committed(committed)
 
+    def abandon(self) -> None:
+        """After a failure, once no thread writes: staging files go, committed files stay
+        (the sink's own clean-up, as the async engine's writer does)."""
+        with self._sink_lock:
+            self.sink.abort()
+
     def _committed_since(self, before: int) -> list[Path]:
         return self.sink.files[before:]

@@ -177,6 +177,12 @@ class SyncEngine:
             if errors:
                 causes = [e for e in errors if not isinstance(e, _STOPPING)]
                 raise (causes or errors)[0]
+        except BaseException:
+            # Every thread has finished (the pools are shut down): as the async engine after
+            # a failure (a full disk), staging files go and committed files stay.
+            for ep in self.endpoints.values():
+                ep.writer.abandon()
+            raise
         finally:
             client.close()
             for ep in self.endpoints.values():

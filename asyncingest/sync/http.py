@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
-import orjson
 import requests
 import urllib3
 from yarl import URL
 
 from ..config.models import ApiConfig
+from ..core.json import dumps as json_dumps
 from ..core.request import Request
 from ..core.retry import Failure, FailureKind
 from ..http.client import MAX_REDIRECTS, REDIRECTS, Credentials, origin, scrub, snippet
@@ -125,7 +125,7 @@ class SyncHttpClient:
                 self.credentials.apply(headers, send_params)
             data = None
             if body is not None:
-                data = orjson.dumps(body)
+                data = json_dumps(body)  # integers beyond 64 bits exact
                 headers["Content-Type"] = "application/json"
             full = url.extend_query(send_params) if send_params else url
             remaining = deadline - time.monotonic()
