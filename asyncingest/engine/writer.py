@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config.models import ForEach
+from ..config.models import ForEach, TransformConfig
 from ..core.records import bind_children
 from ..core.request import Record
 from ..errors import environment_failure
@@ -33,7 +33,7 @@ from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
 from ..state.progress import BarrierResult, Progress, Token
-from ..transform.pipe import PipeSpec, TransformPipe
+from ..transform.pipe import TransformPipe
 from ..transform.pool import TransformPool
 from .channel import Channel
 
@@ -112,22 +112,23 @@ class Writer:
         self._tcommitted = 0
 
     def attach_transform(
-        self, pool: TransformPool, spec: PipeSpec, sink: ParquetSink, keep_raw: bool
+        self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink
     ) -> None:
         self.pipe = TransformPipe(
             pool, spec, self._write_transformed, self._set_aside, self._release
         )
         self.tsink = sink
-        self.keep_raw = keep_raw
+        self.keep_raw = spec.keep_raw
 
     def _release(self, token: object) -> None:
         assert isinstance(token, Token)
         self._progress.add(token)
 
     def _set_aside(self, records: list[Record], reason: str) -> None:
+        why = f"transform: {reason}"
         for r in records:
-            self.dead.add(DeadLetter.rejected_record(r, f"transform: {reason}"))
-            self.ledger.rejected(f"transform: {reason}")
+            self.dead.add(DeadLetter.rejected_record(r, why))
+        self.ledger.rejected(why, len(records))  # one event and one lock for the batch
 
     async def _write_transformed(self, records: list[Record]) -> None:
         assert self.tsink is not None
