@@ -102,6 +102,10 @@ class Compaction:
     compacted_from: int  # committed files before
     rows: int  # rows rewritten
 
+    def __str__(self) -> str:
+        """``laps: 48 files merged into 3``, as the end-of-run summary and log say it."""
+        return f"{self.folder}: {self.compacted_from} files merged into {self.files}"
+
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
@@ -139,6 +143,14 @@ class RunResult:
     @property
     def requests(self) -> int:
         return sum(e.requests for e in self.endpoints)
+
+    def files_after(self, name: str) -> int:
+        """The committed files folder ``name`` holds after the run: what compaction left where
+        it merged files, else the files this run committed (``EndpointSummary.files``)."""
+        for c in self.compacted:
+            if c.folder == name:
+                return c.files
+        return len(self.endpoint(name).files)
 
     def endpoint(self, name: str) -> EndpointSummary:
         for e in self.endpoints:
