@@ -1,15 +1,17 @@
-"""Benchmark the CPU stage (asyncingest.transform.stage): scaling, round-trip cost, event-loop lag.
+"""Benchmark the CPU stage the engine runs (transform.pipe): scaling, round trip, event-loop lag.
 
     python benchmarks/bench_cpu_stage.py [--quick]
 
 Measured side by side in one run, with batches of 500 lap records (~105 KB of JSON) fed
-through a real ``TransformStage`` and ``TransformPool``:
+through the engine's own ``TransformPipe`` (``asyncingest/transform/pipe.py``, the ordered pipe
+each endpoint's writer feeds, built from a parsed ``TransformConfig``) on a real
+``TransformPool``, fed one page per batch with a progress token as the writer feeds it:
 
 1. throughput with 1, 2 and all workers for a calibrated CPU-burning transform of ~20 ms and
    of ~2 ms per batch (a loop of integer arithmetic, not a sleep) and for the telemetry example,
    with the speedup against 1 worker;
 2. the per-batch cost of the pool round trip (a transform that does nothing);
-3. what crosses the process boundary: JSON bytes (the stage's choice) against pickled dicts and
+3. what crosses the process boundary: JSON bytes (the pipe's choice) against pickled dicts and
    Arrow IPC, 500 records in and out, with the parent's CPU time per batch (the share that
    competes with the event loop for the GIL);
 4. the event loop's lag while the pool is busy: a timer every 5 ms records how late it fires.
@@ -49,11 +51,13 @@ import orjson  # noqa: E402  (after the path set-up above)
 import pyarrow as pa  # noqa: E402
 import pyarrow.ipc as ipc  # noqa: E402
 
+from asyncingest.config.models import TransformConfig  # noqa: E402
 from asyncingest.examples import telemetry  # noqa: E402
 from asyncingest.mockapi.data import Dataset  # noqa: E402
 from asyncingest.mockapi.settings import MockSettings  # noqa: E402
 from asyncingest.operate.tuning import tune_gc  # noqa: E402
-from asyncingest.transform.stage import TransformPool, TransformSpec, TransformStage  # noqa: E402
+from asyncingest.transform.pipe import TransformPipe  # noqa: E402
+from asyncingest.transform.pool import TransformPool  # noqa: E402
 
 Record = dict[str, Any]
 HERE = Path(__file__).stem  # workers import this file by name (its folder is on their sys.path)
@@ -194,27 +198,28 @@ class Run:
         return max(self.busy, default=0.0) * 1e3
 
 
-async def stage_run(pool: TransformPool, spec: TransformSpec, batch: list[Record], n: int) -> Run:
-    """``n`` batches through a fresh stage on ``pool``, with the lag monitor running."""
+async def pipe_run(pool: TransformPool, spec: TransformConfig, batch: list[Record], n: int) -> Run:
+    """``n`` batches through a fresh pipe on ``pool``, with the lag monitor running."""
 
-    async def on_output(records: list[Record]) -> None:
+    async def write_output(records: list[Record]) -> None:
         pass
 
-    def on_failed(_: list[Record], reason: str) -> None:
+    def set_aside(_: list[Record], reason: str) -> None:
         raise RuntimeError(reason)
 
-    stage = TransformStage(pool, spec, on_output, on_failed)
-    for _ in range(pool.workers):  # warm: import the function, run the initializer
-        await stage.submit(batch)
-    await stage.flush()
-    in_workers = stage.worker_seconds
+    released: list[object] = []
+    pipe = TransformPipe(pool, spec, write_output, set_aside, released.append)
+    for page in range(pool.workers):  # warm: import the function, run the initializer
+        await pipe.feed(batch, page)
+    await pipe.drain()
+    in_workers = pipe.worker_seconds
     async with LagMonitor() as lag:
         started = time.perf_counter()
-        for _ in range(n):
-            await stage.submit(batch)
-        await stage.flush()
+        for page in range(n):
+            await pipe.feed(batch, page)
+        await pipe.drain()
         seconds = time.perf_counter() - started
-    worker_ms = (stage.worker_seconds - in_workers) / n * 1e3
+    worker_ms = (pipe.worker_seconds - in_workers) / n * 1e3
     name = spec.function.rpartition(":")[2]
     return Run(name, pool.workers, n, seconds, worker_ms, lag.lags, lag.busy)
 
@@ -230,9 +235,14 @@ def best_of(rounds: list[Run]) -> Run:
 async def scaling(batch: list[Record], counts: list[int], rounds: int, quick: bool) -> list[Run]:
     """Every (transform, workers) pair, interleaved over rounds so background load hits all."""
     plan = [
-        (TransformSpec(f"{HERE}:burn_20ms", batch_size=BATCH), 10 if quick else 60),
-        (TransformSpec(f"{HERE}:burn_2ms", batch_size=BATCH), 60 if quick else 400),
-        (TransformSpec(_TELEMETRY + "lap_stats", _TELEMETRY + "init", BATCH), 10 if quick else 60),
+        (TransformConfig(function=f"{HERE}:burn_20ms", batch_size=BATCH), 10 if quick else 60),
+        (TransformConfig(function=f"{HERE}:burn_2ms", batch_size=BATCH), 60 if quick else 400),
+        (
+            TransformConfig(
+                function=_TELEMETRY + "lap_stats", initializer=_TELEMETRY + "init", batch_size=BATCH
+            ),
+            10 if quick else 60,
+        ),
     ]
     results: dict[tuple[str, int], list[Run]] = {}
     async with contextlib.AsyncExitStack() as stack:
@@ -240,7 +250,7 @@ async def scaling(batch: list[Record], counts: list[int], rounds: int, quick: bo
         for _ in range(rounds):
             for spec, n in plan:
                 for pool in pools:
-                    run = await stage_run(pool, spec, batch, n * pool.workers)
+                    run = await pipe_run(pool, spec, batch, n * pool.workers)
                     results.setdefault((spec.function, pool.workers), []).append(run)
     return [best_of(rs) for rs in results.values()]
 
@@ -456,8 +466,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
         [b.name, f"{b.in_kb:.0f}", f"{b.round_trip_ms:.2f}", f"{b.parent_cpu_ms:.2f}"]
         for b in crossing
     ]
-    stage_lags = [r for r in runs if r.workers != "inline"]
-    worst = max(stage_lags, key=lambda r: r.lag_max_ms)
+    pipe_lags = [r for r in runs if r.workers != "inline"]
+    worst = max(pipe_lags, key=lambda r: r.lag_max_ms)
 
     for markdown in (False, True):
         if markdown:
@@ -497,7 +507,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         )
         print(table(cross_heads, cross_rows, markdown))
         print(
-            f"\nWorst event-loop lag over all stage runs: max {worst.lag_max_ms:.1f} ms "
+            f"\nWorst event-loop lag over all pipe runs: max {worst.lag_max_ms:.1f} ms "
             f"({worst.transform}, {worst.workers} workers); target < 10 ms\n"
         )
 

@@ -1,7 +1,10 @@
-"""The CPU stage, as a specification: batching, output, failures, crashes, backpressure, shutdown.
+"""The CPU stage the engine runs (``transform.pipe.TransformPipe`` on a ``TransformPool``), as a
+specification: batching, order, output, failures, crashes, backpressure, shutdown.
 
 Pools are small (2 workers) and real: the transforms in ``tests.transform_helpers`` run in
-worker processes. Nothing here asserts on wall time.
+worker processes. The pipe is driven as the engine's writer drives it: each page's records
+with a progress token, ``drain`` at the end, ``aclose`` on a failure. Nothing here asserts on
+wall time.
 """
 
 from __future__ import annotations
@@ -18,16 +21,12 @@ from typing import Any
 
 import pytest
 
+from asyncingest.config.models import ConcurrencyConfig, TransformConfig
 from asyncingest.examples import telemetry
 from asyncingest.mockapi.data import Dataset
 from asyncingest.mockapi.settings import MockSettings
-from asyncingest.transform.stage import (
-    TransformError,
-    TransformPool,
-    TransformSpec,
-    TransformStage,
-    load_callable,
-)
+from asyncingest.transform.pipe import TransformPipe
+from asyncingest.transform.pool import TransformError, TransformPool, load_callable
 
 Record = dict[str, Any]
 HELPERS = "tests.transform_helpers"
@@ -35,17 +34,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Collector:
-    """The stage's two callbacks, recording what they were given."""
+    """The pipe's three callbacks, recording what they were given, in order."""
 
     def __init__(self) -> None:
         self.output: list[Record] = []
         self.failed: list[tuple[list[Record], str]] = []
+        self.released: list[object] = []
+        self.events: list[tuple[str, object]] = []  # what happened, in order
 
-    async def on_output(self, records: list[Record]) -> None:
+    async def write_output(self, records: list[Record]) -> None:
         self.output.extend(records)
+        self.events.append(("written", len(records)))
 
-    def on_failed(self, records: list[Record], reason: str) -> None:
+    def set_aside(self, records: list[Record], reason: str) -> None:
         self.failed.append((records, reason))
+        self.events.append(("set aside", len(records)))
+
+    def release(self, token: object) -> None:
+        self.released.append(token)
+        self.events.append(("released", token))
 
 
 @pytest.fixture
@@ -54,9 +61,13 @@ async def pool() -> AsyncIterator[TransformPool]:
         yield p
 
 
-def stage_for(pool: TransformPool, function: str, sink: Collector, **spec: Any) -> TransformStage:
-    return TransformStage(
-        pool, TransformSpec(f"{HELPERS}:{function}", **spec), sink.on_output, sink.on_failed
+def spec(function: str, **fields: Any) -> TransformConfig:
+    return TransformConfig(function=f"{HELPERS}:{function}", **fields)
+
+
+def pipe_for(pool: TransformPool, function: str, sink: Collector, **fields: Any) -> TransformPipe:
+    return TransformPipe(
+        pool, spec(function, **fields), sink.write_output, sink.set_aside, sink.release
     )
 
 
@@ -65,10 +76,16 @@ def records(n: int, **markers: dict[str, Any]) -> list[Record]:
     return [{"id": i, **markers.get(str(i), {})} for i in range(n)]
 
 
-async def feed(stage: TransformStage, rows: list[Record], page: int = 7) -> None:
-    async with stage:
+async def feed(pipe: TransformPipe, rows: list[Record], page: int = 7) -> None:
+    """As the writer does: pages of ``page`` records, each with a token (its first id), then
+    ``drain``; on any error or cancellation, ``aclose``."""
+    try:
         for i in range(0, len(rows), page):
-            await stage.submit(rows[i : i + page])
+            await pipe.feed(rows[i : i + page], f"page@{i}")
+        await pipe.drain()
+    except BaseException:
+        await pipe.aclose()
+        raise
 
 
 def alive(pid: int) -> bool:
@@ -101,64 +118,97 @@ def test_load_callable_explains_a_bad_reference(ref: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec",
+    ("fields", "field"),
     [
-        {"function": "nocolon"},
-        {"function": "m:f", "initializer": "bad ref"},
-        {"function": "m:f", "batch_size": 0},
-        {"function": "m:f", "workers": 0},
-        {"function": "m:f", "max_in_flight": 0},
-        {"function": "m:f", "max_crash_retries": -1},
+        ({"function": "nocolon"}, "function"),
+        ({"initializer": "bad ref"}, "initializer"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"max_crash_retries": -1}, "max_crash_retries"),
     ],
 )
-def test_spec_rejects_bad_values(spec: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        TransformSpec(**spec)
+def test_the_transform_spec_rejects_bad_values(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):  # pydantic's ValidationError is a ValueError
+        TransformConfig(**{"function": f"{HELPERS}:identity", **fields})
 
 
-# ------------------------------------------------------------------ output and batching
+def test_the_pool_size_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="cpu_workers"):
+        ConcurrencyConfig(cpu_workers=0)
 
 
-async def test_batches_are_cut_at_batch_size_across_submits(pool: TransformPool) -> None:
+# ------------------------------------------------------------------ output, batching, order
+
+
+async def test_batches_are_cut_at_batch_size_across_pages(pool: TransformPool) -> None:
     sink = Collector()
-    stage = stage_for(pool, "sizes", sink, batch_size=10)
-    await feed(stage, records(43), page=7)
-    assert sorted(row["size"] for row in sink.output) == [3, 10, 10, 10, 10]
-    batches = sorted(row["ids"] for row in sink.output)
-    assert batches[:4] == [list(range(i, i + 10)) for i in range(0, 40, 10)]
-    assert batches[4] == [40, 41, 42]  # the partial batch goes at flush
-    assert (stage.batches_done, stage.records_in) == (5, 43)
+    pipe = pipe_for(pool, "sizes", sink, batch_size=10)
+    await feed(pipe, records(43), page=7)
+    assert [row["size"] for row in sink.output] == [10, 10, 10, 10, 3]
+    assert [row["ids"] for row in sink.output[:4]] == [
+        list(range(i, i + 10)) for i in (0, 10, 20, 30)
+    ]
+    assert sink.output[4]["ids"] == [40, 41, 42]  # the partial batch goes at drain
+    assert (pipe.batches, pipe.failed_batches) == (5, 0)
 
 
-async def test_identity_transform_returns_every_record_once(pool: TransformPool) -> None:
+async def test_output_is_written_in_batch_order_even_when_a_later_batch_finishes_first(
+    pool: TransformPool,
+) -> None:
+    sink = Collector()
+    pipe = pipe_for(pool, "slow", sink, batch_size=2, max_in_flight=2)
+    # batch 0 sleeps in its worker; batch 1 runs at once on the other worker
+    rows = [{"id": 0, "sleep": 0.3}, {"id": 1}, {"id": 2}, {"id": 3}]
+    await feed(pipe, rows, page=4)
+    assert [r["id"] for r in sink.output] == [0, 1, 2, 3]
+
+
+async def test_identity_transform_returns_every_record_once_in_order(pool: TransformPool) -> None:
     sink = Collector()
     rows = [
         {"id": i, "name": f"n{i}", "x": i / 3, "tags": ["a"], "nested": {"k": i}}
         for i in range(250)
     ]
-    await feed(stage_for(pool, "identity", sink, batch_size=64), rows, page=100)
-    assert sorted(sink.output, key=lambda r: r["id"]) == rows
+    await feed(pipe_for(pool, "identity", sink, batch_size=64), rows, page=100)
+    assert sink.output == rows
     assert sink.failed == []
+
+
+async def test_a_page_token_is_released_only_once_its_last_record_is_written(
+    pool: TransformPool,
+) -> None:
+    sink = Collector()
+    pipe = pipe_for(pool, "identity", sink, batch_size=10)
+    await feed(pipe, records(25), page=7)  # pages end at 7, 14, 21, 25; batches at 10, 20, 25
+    assert sink.events == [
+        ("written", 10),
+        ("released", "page@0"),
+        ("written", 10),
+        ("released", "page@7"),
+        ("written", 5),
+        ("released", "page@14"),
+        ("released", "page@21"),
+    ]
 
 
 async def test_telemetry_lap_stats_match_an_inline_computation() -> None:
     laps = Dataset.build(MockSettings(n_meetings=1)).laps  # 2 sessions x 10 drivers x 20 laps
     sink = Collector()
-    spec = TransformSpec(
-        "asyncingest.examples.telemetry:lap_stats",
+    config = TransformConfig(
+        function="asyncingest.examples.telemetry:lap_stats",
         initializer="asyncingest.examples.telemetry:init",
         batch_size=150,  # not a multiple of 20: some drivers' laps span two batches
     )
-    async with TransformPool(2, spec.initializer) as p:
-        await feed(TransformStage(p, spec, sink.on_output, sink.on_failed), laps, page=100)
+    async with TransformPool(2, config.initializer) as p:
+        pipe = TransformPipe(p, config, sink.write_output, sink.set_aside, sink.release)
+        await feed(pipe, laps, page=100)
     assert sink.failed == []
 
-    key = "session_key", "driver_number", "lap_first"
     expected = [
         row for i in range(0, len(laps), 150) for row in telemetry.lap_stats(laps[i : i + 150])
     ]
-    got = sorted(sink.output, key=lambda r: tuple(r[k] for k in key))
-    assert got == sorted(expected, key=lambda r: tuple(r[k] for k in key))
+    got = sink.output
+    assert got == expected  # the same rows, in the same order
     assert sum(row["laps"] for row in got) == len(laps)
 
     for row in got:  # the core statistics, recomputed here from the laps they cover
@@ -198,13 +248,23 @@ def test_t_table_matches_known_critical_values() -> None:
     assert math.isclose(telemetry.t_critical(401), telemetry.t_critical(400), abs_tol=1e-4)
 
 
+async def test_integers_beyond_64_bits_cross_the_process_boundary_exactly(
+    pool: TransformPool,
+) -> None:
+    sink = Collector()
+    rows = [{"id": 18446744073709551617}, {"id": 18446744073709551619}, {"id": 1}]
+    await feed(pipe_for(pool, "identity", sink, batch_size=64), rows)
+    assert [r["id"] for r in sink.output] == [18446744073709551617, 18446744073709551619, 1]
+    assert sink.failed == []
+
+
 # ------------------------------------------------------------------ initializers
 
 
 async def test_pool_initializer_runs_once_per_worker_process() -> None:
     sink = Collector()
     async with TransformPool(2, f"{HELPERS}:count_init") as p:
-        await feed(stage_for(p, "pid", sink, batch_size=5), records(60))
+        await feed(pipe_for(p, "pid", sink, batch_size=5), records(60))
     assert len(sink.output) == 12
     assert {row["init_calls"] for row in sink.output} == {1}
 
@@ -213,8 +273,9 @@ async def test_spec_initializer_runs_once_per_process_before_the_first_batch(
     pool: TransformPool,
 ) -> None:
     sink = Collector()
-    stage = stage_for(pool, "pid", sink, batch_size=5, initializer=f"{HELPERS}:count_init")
-    await feed(stage, records(60))
+    pipe = pipe_for(pool, "pid", sink, batch_size=5, initializer=f"{HELPERS}:count_init")
+    await feed(pipe, records(60))
+    assert len(sink.output) == 12
     assert {row["init_calls"] for row in sink.output} == {1}
 
 
@@ -226,10 +287,11 @@ async def test_failing_pool_initializer_stops_the_start() -> None:
 
 async def test_failing_spec_initializer_sets_batches_aside(pool: TransformPool) -> None:
     sink = Collector()
-    stage = stage_for(pool, "identity", sink, batch_size=5, initializer=f"{HELPERS}:failing_init")
-    await feed(stage, records(10))
+    pipe = pipe_for(pool, "identity", sink, batch_size=5, initializer=f"{HELPERS}:failing_init")
+    await feed(pipe, records(10))
     assert len(sink.failed) == 2 and sink.output == []
     assert all("RuntimeError: no lookup table today" in why for _, why in sink.failed)
+    assert len(sink.released) == 2  # set aside is final: those pages are done
 
 
 # ------------------------------------------------------------------ failures
@@ -239,44 +301,53 @@ async def test_raising_transform_sets_its_batch_aside_and_the_run_goes_on(
     pool: TransformPool,
 ) -> None:
     sink = Collector()
-    stage = stage_for(pool, "raise_on_marker", sink, batch_size=10)
-    await feed(stage, records(50, **{"23": {"boom": "negative lap"}}))
+    pipe = pipe_for(pool, "raise_on_marker", sink, batch_size=10)
+    await feed(pipe, records(50, **{"23": {"boom": "negative lap"}}))
     [(bad, why)] = sink.failed
     assert [r["id"] for r in bad] == list(range(20, 30))
     assert why == "ValueError: bad record id=23: negative lap"
-    assert sorted(r["id"] for r in sink.output) == [i for i in range(50) if not 20 <= i < 30]
-    assert (stage.batches_done, stage.batches_failed) == (4, 1)
+    assert [r["id"] for r in sink.output] == [i for i in range(50) if not 20 <= i < 30]
+    assert (pipe.batches, pipe.failed_batches) == (5, 1)
+    assert sink.events[4] == ("set aside", 10)  # in its place among the batches
 
 
 async def test_failure_reason_is_cut_to_a_readable_length(pool: TransformPool) -> None:
     sink = Collector()
-    await feed(
-        stage_for(pool, "raise_on_marker", sink), records(3, **{"1": {"boom": "x" * 10_000}})
-    )
+    await feed(pipe_for(pool, "raise_on_marker", sink), records(3, **{"1": {"boom": "x" * 10_000}}))
     [(_, why)] = sink.failed
     assert why.startswith("ValueError: bad record id=1: xxx") and len(why) <= 500
 
 
 async def test_transform_must_return_a_list_of_dicts(pool: TransformPool) -> None:
     sink = Collector()
-    await feed(stage_for(pool, "not_a_list", sink), records(3))
+    await feed(pipe_for(pool, "not_a_list", sink), records(3))
     [(_, why)] = sink.failed
     assert why == f"TypeError: {HELPERS}:not_a_list must return a list of dicts, not a dict"
 
 
+async def test_records_that_cannot_be_encoded_are_set_aside_without_a_batch(
+    pool: TransformPool,
+) -> None:
+    sink = Collector()
+    await feed(pipe_for(pool, "identity", sink, batch_size=2), [{"id": 0}, {"id": {1, 2}}])
+    [(bad, why)] = sink.failed
+    assert bad == [{"id": 0}, {"id": {1, 2}}] and why.startswith("records cannot be sent:")
+    assert sink.released == ["page@0"]
+
+
 async def test_dying_worker_rebuilds_the_pool_and_loses_nothing_else(pool: TransformPool) -> None:
     sink = Collector()
-    stage = stage_for(pool, "exit_on_marker", sink, batch_size=10, max_in_flight=4)
-    await feed(stage, records(100, **{"25": {"die": True}}))
+    pipe = pipe_for(pool, "exit_on_marker", sink, batch_size=10, max_in_flight=4)
+    await feed(pipe, records(100, **{"25": {"die": True}}))
     [(bad, why)] = sink.failed
     assert [r["id"] for r in bad] == list(range(20, 30))
     assert why.startswith("worker process died on each of 3 attempts")
-    assert sorted(r["id"] for r in sink.output) == [i for i in range(100) if not 20 <= i < 30]
-    assert (stage.batches_done, stage.batches_failed) == (9, 1)
+    assert [r["id"] for r in sink.output] == [i for i in range(100) if not 20 <= i < 30]
+    assert (pipe.batches, pipe.failed_batches) == (10, 1)
     assert pool.rebuilds == 3  # the crash among 4 batches in flight, then 2 isolated retries
 
     after = Collector()  # and the rebuilt pool works, at full size
-    await feed(stage_for(pool, "identity", after, batch_size=2), records(4))
+    await feed(pipe_for(pool, "identity", after, batch_size=2), records(4))
     assert len(after.output) == 4 and len(pool.pids) == 2
 
 
@@ -284,51 +355,73 @@ async def test_without_crash_retries_a_dying_batch_is_set_aside_at_once(
     pool: TransformPool,
 ) -> None:
     sink = Collector()
-    stage = stage_for(pool, "exit_on_marker", sink, max_crash_retries=0, max_in_flight=1)
-    await feed(stage, records(3, **{"0": {"die": True}}))
+    pipe = pipe_for(pool, "exit_on_marker", sink, max_crash_retries=0, max_in_flight=1)
+    await feed(pipe, records(3, **{"0": {"die": True}}))
     [(_, why)] = sink.failed
     assert why.startswith("worker process died while transforming this batch")
     assert pool.rebuilds == 1
 
 
-async def test_an_error_in_on_output_surfaces_from_flush(pool: TransformPool) -> None:
+async def test_an_error_in_write_output_surfaces_from_drain_and_releases_nothing(
+    pool: TransformPool,
+) -> None:
     async def broken_sink(_: list[Record]) -> None:
         raise OSError("disk full")
 
-    stage = TransformStage(pool, TransformSpec(f"{HELPERS}:identity"), broken_sink, print)
-    await stage.submit(records(3))
+    released: list[object] = []
+    pipe = TransformPipe(pool, spec("identity"), broken_sink, print, released.append)
+    await pipe.feed(records(3), "page@0")
     with pytest.raises(OSError, match="disk full"):
-        await stage.flush()
+        await pipe.drain()
+    assert released == []
 
 
 # ------------------------------------------------------------------ backpressure
 
 
-async def test_submit_waits_while_max_in_flight_batches_are_out(pool: TransformPool) -> None:
+async def test_feed_waits_while_max_in_flight_batches_are_out(pool: TransformPool) -> None:
     sink = Collector()
-    stage = stage_for(pool, "slow", sink, batch_size=1, max_in_flight=2)
+    pipe = pipe_for(pool, "slow", sink, batch_size=1, max_in_flight=2)
     for i in range(8):
-        await stage.submit([{"id": i, "sleep": 0.02}])
-        assert stage.in_flight <= 2
-        assert stage.batches_done >= i + 1 - 2  # submit returned only once a slot was free
+        await pipe.feed([{"id": i, "sleep": 0.02}], i)
+        assert pipe.in_flight <= 2
+        assert pipe.batches >= i + 1 - 2  # feed returned only once a slot was free
         assert "running=" in repr(pool) and pool.pids
-    await stage.flush()
-    assert (stage.in_flight, stage.batches_done) == (0, 8)
-    assert repr(stage).startswith(f"TransformStage({HELPERS}:slow, batch_size=1, in_flight=0/2")
+    await pipe.drain()
+    assert (pipe.in_flight, pipe.batches) == (0, 8)
+    assert sink.released == list(range(8))
+    assert repr(pipe) == (
+        f"TransformPipe({HELPERS}:slow, buffered=0, in_flight=0/2, batches=8, failed=0, crashes=0)"
+    )
 
 
 async def test_max_in_flight_defaults_to_twice_the_workers(pool: TransformPool) -> None:
-    stage = stage_for(pool, "identity", Collector())
-    assert stage.max_in_flight == 4
+    pipe = pipe_for(pool, "identity", Collector())
+    assert pipe.max_in_flight == 4
 
 
 # ------------------------------------------------------------------ shutdown
 
 
+async def test_aclose_cancels_the_batches_in_flight_and_releases_nothing(
+    pool: TransformPool,
+) -> None:
+    sink = Collector()
+    pipe = pipe_for(pool, "slow", sink, batch_size=1, max_in_flight=4)
+    for i in range(3):
+        await pipe.feed([{"id": i, "sleep": 60}], i)  # would block for a minute
+    assert pipe.in_flight == 3
+    tasks = [b.task for b in pipe._in_flight]  # what aclose must cancel
+    await pipe.aclose()
+    assert pipe.in_flight == 0
+    assert all(t is not None and t.cancelled() for t in tasks)
+    assert sink.released == [] and sink.output == [] and sink.failed == []
+
+
 async def test_no_worker_process_outlives_the_pool() -> None:
     sink = Collector()
     async with TransformPool(2) as p:
-        await feed(stage_for(p, "identity", sink, batch_size=5), records(20))
+        await feed(pipe_for(p, "identity", sink, batch_size=5), records(20))
         pids = p.pids
         assert len(pids) == 2 and all(alive(pid) for pid in pids)
     assert not any(alive(pid) for pid in pids)
@@ -341,12 +434,17 @@ async def test_cancelling_mid_run_kills_the_workers_and_leaves_no_process() -> N
     seen: dict[str, Any] = {}
 
     async def run() -> None:
-        async with TransformPool(2) as p, stage_for(p, "slow", Collector(), batch_size=1) as stage:
-            seen["pool"], seen["stage"] = p, stage
-            for i in range(3):
-                await stage.submit([{"id": i, "sleep": 60}])  # would block for a minute
-            started.set()
-            await stage.flush()
+        async with TransformPool(2) as p:
+            pipe = pipe_for(p, "slow", Collector(), batch_size=1)
+            seen["pool"], seen["pipe"] = p, pipe
+            try:
+                for i in range(3):
+                    await pipe.feed([{"id": i, "sleep": 60}], i)  # would block for a minute
+                started.set()
+                await pipe.drain()
+            except BaseException:
+                await pipe.aclose()  # as the writer does on a hard stop
+                raise
 
     task = asyncio.create_task(run())
     await started.wait()
@@ -356,17 +454,18 @@ async def test_cancelling_mid_run_kills_the_workers_and_leaves_no_process() -> N
         await task
     assert len(pids) == 2 and not any(alive(pid) for pid in pids)
     assert not {c.pid for c in multiprocessing.active_children()} & pids
-    assert seen["stage"].in_flight == 0
+    assert seen["pipe"].in_flight == 0
 
 
 async def test_closing_the_pool_under_batches_in_flight_fails_loudly() -> None:
     sink = Collector()
     async with TransformPool(2) as p:
-        stage = stage_for(p, "slow", sink, batch_size=1, max_in_flight=8)
+        pipe = pipe_for(p, "slow", sink, batch_size=1, max_in_flight=8)
         for i in range(8):  # 2 run, 1 waits in the call queue, 5 are still pending
-            await stage.submit([{"id": i, "sleep": 0.1}])
+            await pipe.feed([{"id": i, "sleep": 0.1}], i)
     with pytest.raises(RuntimeError, match="transform pool was shut down"):
-        await stage.flush()
+        await pipe.drain()
+    await pipe.aclose()  # as the writer does when its pipe fails
 
 
 # ------------------------------------------------------------------ the benchmark runs
@@ -383,13 +482,3 @@ def test_benchmark_quick_mode_prints_its_tables() -> None:
     )
     for heading in ("speedup", "round trip", "event-loop lag", "| workers |"):
         assert heading in done.stdout
-
-
-async def test_integers_beyond_64_bits_cross_the_process_boundary_exactly(
-    pool: TransformPool,
-) -> None:
-    sink = Collector()
-    rows = [{"id": 18446744073709551617}, {"id": 18446744073709551619}, {"id": 1}]
-    await feed(stage_for(pool, "identity", sink, batch_size=64), rows)
-    assert sorted(r["id"] for r in sink.output) == [1, 18446744073709551617, 18446744073709551619]
-    assert sink.failed == []

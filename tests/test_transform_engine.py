@@ -112,6 +112,22 @@ async def test_a_dying_worker_is_replaced_and_only_its_batch_is_set_aside(
     assert not alive_children()
 
 
+async def test_a_batch_set_aside_is_one_rejection_event_for_all_its_records(
+    tmp_path: Path,
+) -> None:
+    transform = {"function": "tests.transform_helpers:raise_on_lap_7", "batch_size": 6}
+    seen: list[Any] = []
+    async with MockAPI(MockSettings.small()) as api:
+        result = await asyncingest.run(
+            config(api.url, tmp_path, transform), subscribers=[seen.append]
+        )
+    laps = result.endpoint("laps")
+    events = [e for e in seen if isinstance(e, asyncingest.RecordsRejected)]
+    assert events and all(e.endpoint == "laps" and "lap 7 is unlucky" in e.reason for e in events)
+    assert sum(e.count for e in events) == laps.records_rejected
+    assert len(events) < laps.records_rejected  # one event per batch, not one per record
+
+
 def test_an_unimportable_transform_is_a_config_error() -> None:
     with pytest.raises(asyncingest.ConfigError) as info:
         config("http://x", Path("."), {"function": "no_such_module:f"})

@@ -58,7 +58,6 @@ from ..state.checkpoint import (
 from ..state.compact import CommittedFile, CompactOptions, compact_folders, compact_running, recover
 from ..state.lock import OutputLock
 from ..state.resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
-from ..transform.pipe import PipeSpec
 from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
@@ -386,18 +385,7 @@ class Engine:
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
                 assert folder is not None
-                runner.writer.attach_transform(
-                    pool,
-                    PipeSpec(
-                        t.function,
-                        t.initializer,
-                        t.batch_size,
-                        t.max_in_flight or 2 * pool.workers,
-                        t.max_crash_retries,
-                    ),
-                    ParquetSink(self.output, folder, options),
-                    t.keep_raw,
-                )
+                runner.writer.attach_transform(pool, t, ParquetSink(self.output, folder, options))
             runner.budget = self._budget_watch(runner.endpoint)
             runner.guards = self._guards_for(runner.endpoint)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..config.models import TransformConfig
 from ..core.request import Record
 from ..errors import environment_failure
 from ..sink.deadletter import DeadLetters
@@ -30,7 +31,7 @@ from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
 from ..state.progress import BarrierResult, Progress, Token
-from ..transform.pipe import PipeSpec, TransformPipe
+from ..transform.pipe import TransformPipe
 from ..transform.pool import TransformPool
 from .channel import Channel
 
@@ -97,22 +98,23 @@ class Writer:
         self._tcommitted = 0
 
     def attach_transform(
-        self, pool: TransformPool, spec: PipeSpec, sink: ParquetSink, keep_raw: bool
+        self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink
     ) -> None:
         self.pipe = TransformPipe(
             pool, spec, self._write_transformed, self._set_aside, self._release
         )
         self.tsink = sink
-        self.keep_raw = keep_raw
+        self.keep_raw = spec.keep_raw
 
     def _release(self, token: object) -> None:
         assert isinstance(token, Token)
         self._progress.add(token)
 
     def _set_aside(self, records: list[Record], reason: str) -> None:
+        why = f"transform: {reason}"
         for r in records:
-            self.dead.record_rejected(record=r, reason=f"transform: {reason}")
-            self.ledger.rejected(f"transform: {reason}")
+            self.dead.record_rejected(record=r, reason=why)
+        self.ledger.rejected(why, len(records))  # one event and one lock for the batch
 
     async def _write_transformed(self, records: list[Record]) -> None:
         assert self.tsink is not None

@@ -180,12 +180,13 @@ class EndpointLedger:
         with self._lock:
             self.stats.records_received += n
 
-    def rejected(self, reason: str) -> None:
-        """A record was refused (its dead letter is the engine's to write)."""
+    def rejected(self, reason: str, n: int = 1) -> None:
+        """``n`` records were refused for one ``reason`` (their dead letters are the engine's
+        to write): one event, one lock, however many records."""
         with self._lock:
-            self.stats.records_rejected += 1
+            self.stats.records_rejected += n
             self.stats.note_error(reason)
-            self._emit(RecordsRejected(self.name, 1, reason))
+            self._emit(RecordsRejected(self.name, n, reason))
 
     def written(self, accepted: int) -> None:
         """``accepted`` records went into the sink."""

@@ -12,6 +12,10 @@ page whose transformed records are not durable, and a killed run redoes exactly 
 
 When ``max_in_flight`` batches are out, ``feed`` waits for the oldest: the writer stops
 taking pages, workers stop fetching (backpressure), memory stays flat.
+
+The pipe takes the endpoint's parsed :class:`~asyncingest.config.models.TransformConfig`
+itself: one spec type for the transform, validated once at the edge. ``max_in_flight``
+defaults to twice the pool's workers. Measured in ``benchmarks/bench_cpu_stage.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..config.models import TransformConfig
 from ..core.json import dumps as json_dumps
 from ..core.request import Record
 from .pool import (
@@ -29,15 +34,6 @@ from .pool import (
     describe_error,
     run_with_crash_retries,
 )
-
-
-@dataclass(frozen=True)
-class PipeSpec:
-    function: str
-    initializer: str | None
-    batch_size: int
-    max_in_flight: int
-    max_crash_retries: int
 
 
 @dataclass
@@ -53,16 +49,24 @@ Release = Callable[[object], None]
 
 
 class TransformPipe:
+    """One endpoint's records through ``pool`` in batches, output taken in batch order.
+
+    ``write_output`` gets each successful batch's output records, ``set_aside`` a failed
+    batch's input records and the reason, ``release`` each page's progress token once every
+    record of that page is written or set aside.
+    """
+
     def __init__(
         self,
         pool: TransformPool,
-        spec: PipeSpec,
+        spec: TransformConfig,
         write_output: WriteOutput,
         set_aside: SetAside,
         release: Release,
     ) -> None:
         self.pool = pool
         self.spec = spec
+        self.max_in_flight = spec.max_in_flight or 2 * pool.workers
         self._write_output = write_output
         self._set_aside = set_aside
         self._release = release
@@ -73,11 +77,17 @@ class TransformPipe:
         self.batches = 0
         self.failed_batches = 0
         self.crashes = 0
+        self.worker_seconds = 0.0  # time the batches spent in worker processes
+
+    @property
+    def in_flight(self) -> int:
+        """Batches cut and not yet finished (at most ``max_in_flight``)."""
+        return len(self._in_flight)
 
     def __repr__(self) -> str:
         return (
             f"TransformPipe({self.spec.function}, buffered={len(self._buffer)}, "
-            f"in_flight={len(self._in_flight)}, batches={self.batches}, "
+            f"in_flight={len(self._in_flight)}/{self.max_in_flight}, batches={self.batches}, "
             f"failed={self.failed_batches}, crashes={self.crashes})"
         )
 
@@ -98,7 +108,7 @@ class TransformPipe:
             await self._finish_oldest()
 
     async def _cut(self, n: int) -> None:
-        while len(self._in_flight) >= self.spec.max_in_flight:
+        while len(self._in_flight) >= self.max_in_flight:
             await self._finish_oldest()
         records, self._buffer = self._buffer[:n], self._buffer[n:]
         # Tokens of pages whose last record is in this batch ride with it.
@@ -136,6 +146,7 @@ class TransformPipe:
             self.pool, spec.function, payload, spec.initializer, spec.max_crash_retries
         )
         self.crashes += crashes
+        self.worker_seconds += outcome.seconds
         return outcome
 
     async def aclose(self) -> None:

@@ -2,11 +2,12 @@
 
 :class:`TransformPool` owns one ``ProcessPoolExecutor`` for a whole run (every endpoint with a
 transform shares it) and runs one batch per call of :meth:`TransformPool.run` through
-``loop.run_in_executor``. :mod:`asyncingest.transform.stage` (the stage) decides what to send; this
-module decides how it crosses the process boundary and what happens when a process dies.
+``loop.run_in_executor``. :mod:`asyncingest.transform.pipe` (the ordered pipe inside each
+endpoint's writer) decides what to send; this module decides how it crosses the process boundary
+and what happens when a process dies.
 
 What crosses the boundary
-    The payload is the batch already encoded by the stage with orjson (bytes), and the answer is
+    The payload is the batch already encoded by the pipe with orjson (bytes), and the answer is
     the transform's output encoded with orjson in the worker (bytes) inside a small
     :class:`TransformOutcome`. Pickling ``bytes`` is a copy, so the executor's feeder and result
     threads (which share the GIL with the loop) only copy; the encode is one measured step on the
@@ -41,7 +42,7 @@ Crashes
     batch in flight fails with ``BrokenProcessPool``. The first batch to see it swaps in a new
     executor at once (one loop step, so several failing batches never race: the others see that
     the generation changed), admissions pause while the new workers start in a thread, and each
-    affected batch gets a *crashed* outcome; the stage retries it. Retries run *isolated* (an
+    affected batch gets a *crashed* outcome; the pipe retries it. Retries run *isolated* (an
     exclusive admission through :class:`_Gate`: nothing else runs in the pool meanwhile), so a
     crash during a retry is that batch's own fault and innocent batches that happened to be in
     flight are never set aside.
@@ -109,7 +110,6 @@ class TransformOutcome:
     """The worker process died; the pool has been rebuilt and the batch may be retried."""
     seconds: float = 0.0
     """Time spent in the worker: decode, transform, encode."""
-    pid: int = 0
 
     def records(self) -> list[dict[str, Any]]:
         if self.output is None:
@@ -169,9 +169,8 @@ def _ping(initializer: str | None) -> tuple[int, str | None]:
 def _run_batch(function: str, payload: bytes, initializer: str | None) -> TransformOutcome:
     """Decode, transform, encode; never raises (errors come back as data)."""
     started = time.perf_counter()
-    pid = os.getpid()
     if initializer and (failed := _initialize(initializer)):
-        return TransformOutcome(None, failed, pid=pid)
+        return TransformOutcome(None, failed)
     try:
         fn = _FUNCTIONS.get(function)
         if fn is None:
@@ -185,7 +184,7 @@ def _run_batch(function: str, payload: bytes, initializer: str | None) -> Transf
             output = json_dumps(result)  # integers beyond 64 bits, exactly (or the real error)
     except (Exception, SystemExit) as exc:  # SystemExit too: sys.exit() in a transform is a bug
         return TransformOutcome(None, describe_error(exc), seconds=time.perf_counter() - started)
-    return TransformOutcome(output, seconds=time.perf_counter() - started, pid=pid)
+    return TransformOutcome(output, seconds=time.perf_counter() - started)
 
 
 def _shape(value: object) -> str:
