@@ -1,4 +1,4 @@
-"""Sessions: tests (the README's test command), lint, typecheck; bench (not by default)."""
+"""Sessions: tests (the README's test command), lint, typecheck; quick, bench (not by default)."""
 
 import nox
 
@@ -10,6 +10,13 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def quick(session: nox.Session) -> None:
+    """The fast tests only (``-m "not slow"``) for the inner loop; ``tests`` runs them all."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "not slow", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -1,14 +1,242 @@
-"""Shared helpers: read an endpoint's Parquet back, compare with what the server holds."""
+"""What the tests share: the mock API and engine fixtures, the F1 and CRM endpoint sets, the
+job and CLI helpers, and reading an endpoint's Parquet back to compare with the server.
+
+Test modules import shared names from here (``from .conftest import ...``) and never from one
+another.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import hashlib
 import os
-from collections.abc import Iterable, Sequence
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.dataset as ds
 import pytest
+import yaml
+
+import asyncingest
+from asyncingest import RunResult, config_from_dict
+from asyncingest.mockapi import Dataset, MockAPI, MockSettings
+from asyncingest.sync import run_sync
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- the mock API and the two engines -----------------------------------------------------------
+
+
+def _settings(param: MockSettings | dict[str, Any] | None) -> MockSettings:
+    return param if isinstance(param, MockSettings) else MockSettings.small(**(param or {}))
+
+
+@pytest.fixture
+async def mock_api(request: pytest.FixtureRequest) -> AsyncIterator[MockAPI]:
+    """The bundled mock API on a free loopback port for one test (``MockSettings.small()``).
+
+    Choose other settings or faults by indirect parametrisation with a ``MockSettings`` or a
+    dict of ``MockSettings.small`` overrides::
+
+        @pytest.mark.parametrize("mock_api", [{"fault_rate": 0.2}], indirect=True)
+    """
+    async with MockAPI(_settings(getattr(request, "param", None))) as api:
+        yield api
+
+
+MockAPIFactory = Callable[..., Awaitable[MockAPI]]
+
+
+@pytest.fixture
+async def start_mock_api() -> AsyncIterator[MockAPIFactory]:
+    """Start mock APIs inside a test (``await start_mock_api(fault_rate=0.2)``, or pass a
+    ``MockSettings``): for several servers, or settings the test computes. All stop at
+    teardown."""
+    async with AsyncExitStack() as stack:
+
+        async def start(settings: MockSettings | None = None, **small: Any) -> MockAPI:
+            return await stack.enter_async_context(MockAPI(settings or _settings(small)))
+
+        yield start
+
+
+Runner = Callable[..., Awaitable[RunResult]]
+
+
+@pytest.fixture(params=["async", "sync"])
+def engine(request: pytest.FixtureRequest) -> Runner:
+    """Runs a config on each engine in turn: ``async`` is ``asyncingest.run``, ``sync`` is
+    ``asyncingest.sync.run_sync`` on a worker thread (so the mock API on this loop answers).
+    Call it as ``await engine(cfg, subscribers=[...])``."""
+    if request.param == "async":
+
+        async def run_async(config: Any, **kwargs: Any) -> RunResult:
+            return await asyncingest.run(config, **kwargs)
+
+        return run_async
+
+    async def run_in_thread(config: Any, **kwargs: Any) -> RunResult:
+        return await asyncio.to_thread(run_sync, config, **kwargs)
+
+    return run_in_thread
+
+
+def dataset_digest(settings: MockSettings) -> str:
+    """A hash of the mock data set ``settings`` build (the same in every process)."""
+    d = Dataset.build(settings)
+    tables = {k: v for k, v in vars(d).items() if not k.startswith("_")}
+    return hashlib.sha256(orjson.dumps(tables, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+# -- the F1 and CRM endpoint sets of the mock API -----------------------------------------------
+
+FAST_RETRY = {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05, "max_retry_after": 5}
+
+F1_ENDPOINTS: list[dict[str, Any]] = [
+    {
+        "name": "meetings",
+        "path": "/v1/meetings",
+        "params": {"year": 2024},
+        "primary_key": "meeting_key",
+    },
+    {
+        "name": "sessions",
+        "path": "/v1/sessions",
+        "params": {"meeting_key": "{meeting_key}"},
+        "for_each": {"endpoint": "meetings", "bind": ["meeting_key"]},
+        "primary_key": "session_key",
+    },
+    {
+        "name": "drivers",
+        "path": "/v1/drivers",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"], "copy": ["meeting_key"]},
+    },
+    {
+        "name": "laps",
+        "path": "/v1/laps",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+        "records": "results",
+        "pagination": {"type": "offset", "limit": 10, "total_path": "total"},
+        "primary_key": ["session_key", "driver_number", "lap_number"],
+        "schema": {
+            "session_key": "int64",
+            "driver_number": "int64",
+            "lap_number": "int64",
+            "lap_duration": "float64",
+            "duration_sector_1": "float64",
+            "duration_sector_2": "float64",
+            "duration_sector_3": "float64",
+            "is_pit_out_lap": "bool",
+            "st_speed": "int64",
+        },
+    },
+    {
+        "name": "weather",
+        "path": "/v1/weather",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+    },
+    {
+        "name": "pit",
+        "path": "/v1/pit",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+    },
+    {
+        "name": "stints",
+        "path": "/v1/stints",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+    },
+    {
+        "name": "race_control",
+        "path": "/v1/race_control",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+        "records": "data.items",
+        "pagination": {"type": "page", "size": 3, "total_pages_path": "meta.total_pages"},
+    },
+    {
+        "name": "team_radio",
+        "path": "/v1/team_radio",
+        "params": {"session_key": "{session_key}"},
+        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
+        "records": "items",
+        "pagination": {"type": "next_url", "next_path": "next"},
+    },
+]
+
+F1_KEYS = {
+    "meetings": ["meeting_key"],
+    "sessions": ["session_key"],
+    "drivers": ["session_key", "driver_number"],
+    "laps": ["session_key", "driver_number", "lap_number"],
+    "weather": ["session_key", "date"],
+    "pit": ["session_key", "driver_number", "lap_number"],
+    "stints": ["session_key", "driver_number", "stint_number"],
+    "race_control": ["session_key", "date"],
+    "team_radio": ["session_key", "driver_number", "date"],
+}
+
+CRM_ENDPOINTS: list[dict[str, Any]] = [
+    {
+        "name": "contacts",
+        "path": "/crm/v3/objects/contacts",
+        "records": "results",
+        "pagination": {"type": "cursor", "cursor_path": "paging.next.after", "limit": 7},
+        "primary_key": "id",
+    },
+    {
+        "name": "engagements",
+        "path": "/crm/v3/objects/engagements",
+        "records": "results",
+        "pagination": {"type": "cursor", "cursor_path": "paging.next.after", "limit": 4},
+        "primary_key": "id",
+    },
+    {
+        "name": "engagement_contacts",
+        "path": "/crm/v4/objects/engagements/{engagement_id}/associations/contacts",
+        "for_each": {
+            "endpoint": "engagements",
+            "bind": {"engagement_id": "id"},
+            "copy": {"engagement_id": "id"},
+        },
+        "records": "results",
+        "concurrency": 5,
+    },
+    {
+        "name": "companies",
+        "path": "/crm/v3/objects/companies",
+        "params": {"limit": 5},
+        "pagination": {"type": "link_header"},
+        "primary_key": "id",
+    },
+]
+
+
+def pipeline(url: str, endpoints: list[dict[str, Any]], out: Path, **api: Any) -> Any:
+    raw = {
+        "api": {"base_url": url, "retry": FAST_RETRY, **api},
+        "output": {"directory": str(out), "row_group_rows": 50, "max_rows_per_file": 120},
+        "endpoints": endpoints,
+    }
+    return config_from_dict(raw)
+
+
+def expected_f1(api: MockAPI) -> dict[str, list[dict[str, Any]]]:
+    d = api.dataset
+    return {name: getattr(d, name) for name in F1_KEYS}
+
+
+# -- reading the output back --------------------------------------------------------------------
 
 
 def read_records(output: Path, endpoint: str) -> list[dict[str, Any]]:
@@ -56,6 +284,168 @@ def _norm(v: Any) -> Any:
         except orjson.JSONDecodeError:
             return v
     return v
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fail_once_at(calls: int) -> Any:
+    """A stand-in for the sink's ``crash_point`` that fills the disk on the ``calls``-th file
+    commit (after the staging file is written, before its rename)."""
+    seen = 0
+
+    def full_disk(name: str) -> None:
+        nonlocal seen
+        seen += name == "commit"
+        if seen == calls and name == "commit":
+            raise ENOSPC
+
+    return full_disk
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Staging and temporary files anywhere under the output."""
+    return [p for p in out.rglob(".*") if p.name.endswith((".inprogress", ".tmp"))]
+
+
+# -- whole jobs and the CLI in a subprocess --------------------------------------------------------
+
+
+def job_config(url: str, out: Path, ids: Path, **output: Any) -> dict[str, Any]:
+    users = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(ids), "column": "user_id"},
+        "concurrency": 4,
+    }
+    return {
+        "api": {
+            "base_url": url,
+            "retry": {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05},
+            "concurrency": {"endpoints": 3, "requests_per_endpoint": 3},
+            # Injected 429s would pause the whole budget for a second each; not what these
+            # tests are about.
+            "adaptive_rate": False,
+        },
+        "output": {
+            "directory": str(out),
+            "row_group_rows": 20,
+            "max_rows_per_file": 50,
+            "checkpoint_seconds": 0.15,
+            **output,
+        },
+        "endpoints": [*F1_ENDPOINTS, *CRM_ENDPOINTS, users],
+    }
+
+
+def write_ids(tmp_path: Path, n: int = 120) -> tuple[Path, list[str]]:
+    ids = [str(5000 + 7 * i) for i in range(n)]
+    path = tmp_path / "ids.csv"
+    path.write_text("user_id\n" + "\n".join(ids) + "\n")
+    return path, ids
+
+
+def check_complete(api: MockAPI, out: Path, ids: list[str]) -> None:
+    d = api.dataset
+    for name, keys in F1_KEYS.items():
+        assert_same_records(read_records(out, name), getattr(d, name), keys)
+    assert_same_records(read_records(out, "contacts"), d.contacts, ["id"])
+    assert_same_records(read_records(out, "engagements"), d.engagements, ["id"])
+    assert_same_records(read_records(out, "companies"), d.companies, ["id"])
+    assoc = [
+        {"engagement_id": e["id"], **a}
+        for e in d.engagements
+        for a in d.association_records(e["id"])
+    ]
+    assert_same_records(
+        read_records(out, "engagement_contacts"), assoc, ["engagement_id", "toObjectId"]
+    )
+    users = [d.user(u) for u in ids]
+    assert_same_records(read_records(out, "users"), users, ["user_id"])  # type: ignore[arg-type]
+    # Every visible file is complete and readable by a dataset scan of the whole output.
+    for folder in out.iterdir():
+        if folder.is_dir() and not folder.name.startswith("_"):
+            ds.dataset(folder, format="parquet").to_table()
+
+
+async def wait_for_file(path: Path, proc: asyncio.subprocess.Process) -> None:
+    """Until ``path`` exists or ``proc`` has exited (at most 30 s): a file another process
+    writes gives nothing to await on, so look every 50 ms."""
+    for _ in range(600):
+        if proc.returncode is not None or await asyncio.to_thread(path.exists):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def run_cli(
+    cfg_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    kill_after: float | None = None,
+    sig: int = signal.SIGKILL,
+    started: Path | None = None,
+) -> tuple[int, str]:
+    """Run the CLI; with ``kill_after``, send ``sig`` that many seconds later (counted from
+    when ``started`` appears, if given: a loaded machine may take a while to import)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncingest",
+        "run",
+        str(cfg_path),
+        "--quiet",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    if started is not None:
+        await wait_for_file(started, proc)
+    if kill_after is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), kill_after)
+        except TimeoutError:
+            proc.send_signal(sig)
+    out, _ = await proc.communicate()
+    return await proc.wait(), out.decode()
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncingest",
+        *args,
+        cwd=ROOT,
+        env={**os.environ},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "f1.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "api": {"base_url": url, "rate_limits": [{"requests": 50, "per_seconds": 1}]},
+                "output": {"directory": str(tmp_path / "out")},
+                "endpoints": F1_ENDPOINTS,
+            }
+        )
+    )
+    return path
+
+
+# -- environment -----------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -224,6 +224,7 @@ def test_header_commands_are_complete(name: str) -> None:
         assert mock.token == header.env[cfg.api.auth.env], "the mock must require that key"
 
 
+@pytest.mark.slow  # whole jobs; the CRM export is held to 170 requests per 10 s
 @pytest.mark.parametrize("name", CONFIGS)
 def test_runs_cleanly_against_the_mock_its_header_starts(name: str) -> None:
     got = outcome(name)
@@ -234,6 +235,7 @@ def test_runs_cleanly_against_the_mock_its_header_starts(name: str) -> None:
     assert got.retries == got.injected_faults  # each injected fault: one retry; nothing else
 
 
+@pytest.mark.slow  # needs the whole jobs above
 @pytest.mark.parametrize("name", CONFIGS)
 def test_plan_estimates_the_requests_within_25_percent(name: str) -> None:
     """``plan`` against the mock, then the run against the same mock (same seed): the estimate

@@ -14,40 +14,7 @@ import yaml
 from asyncingest.cli.main import main
 from asyncingest.mockapi import MockAPI, MockSettings
 
-from .conftest import assert_same_records, read_records
-from .test_engine import F1_ENDPOINTS, F1_KEYS
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "asyncingest",
-        *args,
-        cwd=ROOT,
-        env={**os.environ},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def write_config(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "f1.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "api": {"base_url": url, "rate_limits": [{"requests": 50, "per_seconds": 1}]},
-                "output": {"directory": str(tmp_path / "out")},
-                "endpoints": F1_ENDPOINTS,
-            }
-        )
-    )
-    return path
+from .conftest import F1_KEYS, ROOT, assert_same_records, cli, read_records, write_config
 
 
 @pytest.mark.parametrize("command", ["run", "validate", "plan", "demo", "mock-api"])
@@ -64,6 +31,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_run_with_json_logs_then_already_complete(tmp_path: Path) -> None:
     async with MockAPI(MockSettings.small()) as api:
         cfg = write_config(tmp_path, api.url)
@@ -80,6 +48,7 @@ async def test_run_with_json_logs_then_already_complete(tmp_path: Path) -> None:
         assert code == 0 and "already complete" in err
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_sync_mode_writes_the_same_records(tmp_path: Path) -> None:
     async with MockAPI(MockSettings.small(fault_rate=0.2)) as api:
         cfg = write_config(tmp_path, api.url)
@@ -91,6 +60,7 @@ async def test_sync_mode_writes_the_same_records(tmp_path: Path) -> None:
             )
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_plan_samples_parents_and_names_the_bottleneck(tmp_path: Path) -> None:
     async with MockAPI(MockSettings.small()) as api:
         cfg = write_config(tmp_path, api.url)
@@ -100,6 +70,7 @@ async def test_plan_samples_parents_and_names_the_bottleneck(tmp_path: Path) -> 
         assert "50/1s" in out
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_plan_json_gives_the_run_s_request_count_when_every_walk_is_sampled(
     tmp_path: Path,
 ) -> None:
@@ -236,6 +207,7 @@ def test_every_user_mistake_exits_2_naming_it_without_a_traceback(
     assert named.format(**mistakes) in err
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 def test_metrics_port_without_the_metrics_extra_exits_2_with_the_hint(tmp_path: Path) -> None:
     import subprocess
 
@@ -267,6 +239,7 @@ def write_budget_config(tmp_path: Path, url: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_json_log_format_puts_only_json_lines_on_stderr(tmp_path: Path) -> None:
     async with MockAPI(MockSettings.small(fault_rate=0.2)) as api:
         cfg = write_budget_config(tmp_path, api.url)
@@ -283,6 +256,7 @@ async def test_json_log_format_puts_only_json_lines_on_stderr(tmp_path: Path) ->
     assert summary["requests"] == 3 == sum(e["requests"] for e in summary["endpoints"])
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_json_log_format_turns_a_config_error_into_one_json_line(tmp_path: Path) -> None:
     code, out, err = await cli("run", str(tmp_path / "nope.yaml"), "--log-format", "json")
     assert code == 2
@@ -294,6 +268,7 @@ async def test_json_log_format_turns_a_config_error_into_one_json_line(tmp_path:
     assert "--workers" in line["message"]
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_quiet_prints_one_summary_line_even_with_failures_and_a_stop(
     tmp_path: Path,
 ) -> None:
@@ -314,6 +289,7 @@ async def test_quiet_prints_one_summary_line_even_with_failures_and_a_stop(
     assert "finished with failures" in err and "(exit 1)" in err
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_the_resume_command_is_one_line_however_narrow_the_terminal(tmp_path: Path) -> None:
     deep = tmp_path / ("a-rather-long-folder-name-" * 6) / ("and-another-one-" * 6) / "out"
     async with MockAPI(MockSettings.small()) as api:

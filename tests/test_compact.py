@@ -22,9 +22,7 @@ from asyncingest.sink.schema import TYPES_KEY
 from asyncingest.state.checkpoint import RunState, load_state
 from asyncingest.state.compact import CompactOptions, compact_folders, compact_running, recover
 
-from .conftest import assert_same_records, read_records
-from .test_engine import F1_ENDPOINTS, F1_KEYS
-from .test_resume import run_cli
+from .conftest import F1_ENDPOINTS, F1_KEYS, assert_same_records, read_records, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from asyncingest import ConfigError, Engine, config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.state.checkpoint import state_path
 
-from .test_resume import job_config, write_ids
+from .conftest import job_config, write_ids
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from asyncingest import Engine, config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.state.checkpoint import load_state, save_state
 
-from .test_resume import job_config, run_cli, write_ids
+from .conftest import job_config, run_cli, write_ids
 
 pytestmark = pytest.mark.slow
 

@@ -1,158 +1,30 @@
 """End to end against the bundled mock API on loopback: every record exactly once, the
-server's window never exceeded, faults retried to completion, failures accounted for."""
+server's window never exceeded, faults retried to completion, failures accounted for.
+
+Tests taking the ``engine`` fixture run once on the async engine and once in sync mode."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 import asyncingest
-from asyncingest import Event, RequestRetried, RunFinished, config_from_dict
+from asyncingest import Event, RequestRetried, RunFinished
 from asyncingest.mockapi import FAULT_KINDS, MockAPI, MockSettings
 
-from .conftest import assert_same_records, read_records
-
-FAST_RETRY = {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05, "max_retry_after": 5}
-
-F1_ENDPOINTS: list[dict[str, Any]] = [
-    {
-        "name": "meetings",
-        "path": "/v1/meetings",
-        "params": {"year": 2024},
-        "primary_key": "meeting_key",
-    },
-    {
-        "name": "sessions",
-        "path": "/v1/sessions",
-        "params": {"meeting_key": "{meeting_key}"},
-        "for_each": {"endpoint": "meetings", "bind": ["meeting_key"]},
-        "primary_key": "session_key",
-    },
-    {
-        "name": "drivers",
-        "path": "/v1/drivers",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"], "copy": ["meeting_key"]},
-    },
-    {
-        "name": "laps",
-        "path": "/v1/laps",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-        "records": "results",
-        "pagination": {"type": "offset", "limit": 10, "total_path": "total"},
-        "primary_key": ["session_key", "driver_number", "lap_number"],
-        "schema": {
-            "session_key": "int64",
-            "driver_number": "int64",
-            "lap_number": "int64",
-            "lap_duration": "float64",
-            "duration_sector_1": "float64",
-            "duration_sector_2": "float64",
-            "duration_sector_3": "float64",
-            "is_pit_out_lap": "bool",
-            "st_speed": "int64",
-        },
-    },
-    {
-        "name": "weather",
-        "path": "/v1/weather",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-    },
-    {
-        "name": "pit",
-        "path": "/v1/pit",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-    },
-    {
-        "name": "stints",
-        "path": "/v1/stints",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-    },
-    {
-        "name": "race_control",
-        "path": "/v1/race_control",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-        "records": "data.items",
-        "pagination": {"type": "page", "size": 3, "total_pages_path": "meta.total_pages"},
-    },
-    {
-        "name": "team_radio",
-        "path": "/v1/team_radio",
-        "params": {"session_key": "{session_key}"},
-        "for_each": {"endpoint": "sessions", "bind": ["session_key"]},
-        "records": "items",
-        "pagination": {"type": "next_url", "next_path": "next"},
-    },
-]
-
-F1_KEYS = {
-    "meetings": ["meeting_key"],
-    "sessions": ["session_key"],
-    "drivers": ["session_key", "driver_number"],
-    "laps": ["session_key", "driver_number", "lap_number"],
-    "weather": ["session_key", "date"],
-    "pit": ["session_key", "driver_number", "lap_number"],
-    "stints": ["session_key", "driver_number", "stint_number"],
-    "race_control": ["session_key", "date"],
-    "team_radio": ["session_key", "driver_number", "date"],
-}
-
-CRM_ENDPOINTS: list[dict[str, Any]] = [
-    {
-        "name": "contacts",
-        "path": "/crm/v3/objects/contacts",
-        "records": "results",
-        "pagination": {"type": "cursor", "cursor_path": "paging.next.after", "limit": 7},
-        "primary_key": "id",
-    },
-    {
-        "name": "engagements",
-        "path": "/crm/v3/objects/engagements",
-        "records": "results",
-        "pagination": {"type": "cursor", "cursor_path": "paging.next.after", "limit": 4},
-        "primary_key": "id",
-    },
-    {
-        "name": "engagement_contacts",
-        "path": "/crm/v4/objects/engagements/{engagement_id}/associations/contacts",
-        "for_each": {
-            "endpoint": "engagements",
-            "bind": {"engagement_id": "id"},
-            "copy": {"engagement_id": "id"},
-        },
-        "records": "results",
-        "concurrency": 5,
-    },
-    {
-        "name": "companies",
-        "path": "/crm/v3/objects/companies",
-        "params": {"limit": 5},
-        "pagination": {"type": "link_header"},
-        "primary_key": "id",
-    },
-]
-
-
-def pipeline(url: str, endpoints: list[dict[str, Any]], out: Path, **api: Any) -> Any:
-    raw = {
-        "api": {"base_url": url, "retry": FAST_RETRY, **api},
-        "output": {"directory": str(out), "row_group_rows": 50, "max_rows_per_file": 120},
-        "endpoints": endpoints,
-    }
-    return config_from_dict(raw)
-
-
-def expected_f1(api: MockAPI) -> dict[str, list[dict[str, Any]]]:
-    d = api.dataset
-    return {name: getattr(d, name) for name in F1_KEYS}
+from .conftest import (
+    CRM_ENDPOINTS,
+    F1_ENDPOINTS,
+    F1_KEYS,
+    FAST_RETRY,
+    Runner,
+    assert_same_records,
+    expected_f1,
+    pipeline,
+    read_records,
+)
 
 
 async def test_f1_crawl_writes_every_record_exactly_once_under_faults(tmp_path: Path) -> None:
@@ -177,10 +49,11 @@ async def test_f1_crawl_writes_every_record_exactly_once_under_faults(tmp_path: 
     assert stats.max_in_window == [15]  # the budget was used to the limit, never past it
 
 
-async def test_copied_parent_fields_land_in_child_records(tmp_path: Path) -> None:
-    async with MockAPI(MockSettings.small()) as api:
-        result = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS[:3], tmp_path))
-        sessions = {s["session_key"]: s["meeting_key"] for s in api.dataset.sessions}
+async def test_copied_parent_fields_land_in_child_records(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    result = await asyncingest.run(pipeline(mock_api.url, F1_ENDPOINTS[:3], tmp_path))
+    sessions = {s["session_key"]: s["meeting_key"] for s in mock_api.dataset.sessions}
     assert result.ok
     drivers = read_records(tmp_path, "drivers")
     assert drivers and all(d["meeting_key"] == sessions[d["session_key"]] for d in drivers)
@@ -211,8 +84,9 @@ async def test_crm_export_with_bearer_token(
     assert_same_records(got, expected, ["engagement_id", "toObjectId"])
 
 
+@pytest.mark.parametrize("mock_api", [{"fault_rate": 0.2}], indirect=True)
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-async def test_fan_out_over_an_input_file(tmp_path: Path, fmt: str) -> None:
+async def test_fan_out_over_an_input_file(mock_api: MockAPI, tmp_path: Path, fmt: str) -> None:
     ids = [str(1000 + 3 * i) for i in range(60)]
     path = tmp_path / f"ids.{fmt}"
     if fmt == "csv":
@@ -232,15 +106,14 @@ async def test_fan_out_over_an_input_file(tmp_path: Path, fmt: str) -> None:
         "from_file": {"path": str(path), "column": "user_id"},
         "concurrency": 8,
     }
-    async with MockAPI(MockSettings.small(fault_rate=0.2)) as api:
-        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path / "out"))
-        expected = [api.dataset.user(u) for u in ids]
+    result = await asyncingest.run(pipeline(mock_api.url, [endpoint], tmp_path / "out"))
+    expected = [mock_api.dataset.user(u) for u in ids]
     assert result.ok
     assert result.endpoint("users").requests >= len(ids)
     assert_same_records(read_records(tmp_path / "out", "users"), expected, ["user_id"])  # type: ignore[arg-type]
 
 
-async def test_post_with_a_json_body(tmp_path: Path) -> None:
+async def test_post_with_a_json_body(mock_api: MockAPI, tmp_path: Path) -> None:
     ids = tmp_path / "ids.csv"
     ids.write_text("user_id\n11\n12\n13\n")
     endpoint = {
@@ -252,24 +125,30 @@ async def test_post_with_a_json_body(tmp_path: Path) -> None:
         "single_record": True,
         "from_file": {"path": str(ids), "column": "user_id"},
     }
-    async with MockAPI(MockSettings.small()) as api:
-        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path / "out"))
-        expected = [api.dataset.user(u) for u in ("11", "12", "13")]
+    result = await asyncingest.run(pipeline(mock_api.url, [endpoint], tmp_path / "out"))
+    expected = [mock_api.dataset.user(u) for u in ("11", "12", "13")]
     assert result.ok
     assert_same_records(read_records(tmp_path / "out", "scores"), expected, ["user_id"])  # type: ignore[arg-type]
 
 
-async def test_retry_after_is_honoured(tmp_path: Path) -> None:
+async def test_retry_after_is_honoured(engine: Runner, tmp_path: Path) -> None:
     settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
+    events: list[Event] = []
     async with MockAPI(settings) as api:
-        result = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS[:1], tmp_path))
+        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
+        result = await engine(cfg, subscribers=[events.append])
         arrivals = [e.time for e in api.stats.log if e.path.startswith("/v1/meetings")]
     assert result.ok and result.endpoint("meetings").retries == 1
+    retried = [e for e in events if isinstance(e, RequestRetried)]
+    assert len(retried) == 1 and retried[0].wait >= 1.0 and retried[0].status == 429
     assert len(arrivals) == 2
     assert arrivals[1] - arrivals[0] >= 1.0  # the mock's Retry-After: 1
+    assert isinstance(events[-1], RunFinished) and events[-1].result is result
 
 
-async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(tmp_path: Path) -> None:
+async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(
+    engine: Runner, tmp_path: Path
+) -> None:
     settings = MockSettings.small(
         forced_faults={"/v1/meetings": ("slow_body",)}, slow_body_seconds=5.0
     )
@@ -278,7 +157,7 @@ async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(tmp_path:
         cfg = pipeline(
             api.url, F1_ENDPOINTS[:1], tmp_path, http={"total_timeout": 0.3, "read_timeout": 10}
         )
-        result = await asyncingest.run(cfg, subscribers=[events.append])
+        result = await engine(cfg, subscribers=[events.append])
         expected = api.dataset.meetings
     assert result.ok
     retries = [e for e in events if isinstance(e, RequestRetried)]
@@ -303,11 +182,12 @@ async def test_a_failing_endpoint_is_dead_lettered_and_does_not_stop_the_others(
     assert "404" in entry["reason"] and entry["url"].endswith("/v1/no-such-thing")
 
 
-async def test_records_that_do_not_fit_the_schema_are_dead_lettered(tmp_path: Path) -> None:
+async def test_records_that_do_not_fit_the_schema_are_dead_lettered(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
     endpoint = {**F1_ENDPOINTS[0], "schema": {"meeting_key": "int64", "meeting_name": "int64"}}
-    async with MockAPI(MockSettings.small()) as api:
-        result = await asyncingest.run(pipeline(api.url, [endpoint], tmp_path))
-        n = len(api.dataset.meetings)
+    result = await asyncingest.run(pipeline(mock_api.url, [endpoint], tmp_path))
+    n = len(mock_api.dataset.meetings)
     m = result.endpoint("meetings")
     assert m.records_rejected == n and m.records_written == 0 and result.exit_code == 1
     text = (tmp_path / "_dead_letter" / "meetings" / "dead-letters.jsonl").read_text()
@@ -393,7 +273,7 @@ async def test_a_failing_endpoint_trips_its_breaker_and_the_report_says_so(tmp_p
             [endpoint],
             tmp_path,
             retry={**FAST_RETRY, "max_attempts": 2},
-            circuit_breaker={"failures": 3, "cooldown": 0.1, "max_cooldown": 0.2},
+            circuit_breaker={"failures": 3, "cooldown": 0.01, "max_cooldown": 0.02},
         )
         result = await asyncingest.run(cfg, subscribers=[events.append])
     users = result.endpoint("users")

@@ -23,23 +23,23 @@ from asyncingest import (
     config_from_dict,
 )
 from asyncingest.mockapi import MockAPI, MockSettings
-from asyncingest.sink import parquet as _sink
-from asyncingest.state import checkpoint as _checkpoint
-from asyncingest.state import lock as _lock
+from asyncingest.sink import parquet
+from asyncingest.state import checkpoint, lock
 from asyncingest.state.checkpoint import load_state, save_state, state_path
 from asyncingest.state.rangeset import RangeSet
 
 from . import unprivileged
-from .test_resume import ROOT, check_complete, job_config, run_cli, write_ids
+from .conftest import (
+    ROOT,
+    check_complete,
+    fail_once_at,
+    job_config,
+    leftovers,
+    run_cli,
+    write_ids,
+)
 
 pytestmark = pytest.mark.slow
-
-ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def leftovers(out: Path) -> list[Path]:
-    """Staging and temporary files anywhere under the output."""
-    return [p for p in out.rglob(".*") if p.name.endswith((".inprogress", ".tmp"))]
 
 
 def assert_committed_files_intact(out: Path) -> None:
@@ -50,21 +50,6 @@ def assert_committed_files_intact(out: Path) -> None:
             pq.read_table(out / name / f)  # present and readable
 
 
-def fail_once_at(calls: int) -> Any:
-    """A stand-in for ``_sink._publish`` that fills the disk on its ``calls``-th use."""
-    real = _sink._publish
-    seen = 0
-
-    def publish(staging: Path, final: Path) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == calls:
-            raise ENOSPC
-        real(staging, final)
-
-    return publish
-
-
 async def test_disk_full_while_committing_then_the_run_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -72,7 +57,7 @@ async def test_disk_full_while_committing_then_the_run_resumes_exactly(
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small(fault_rate=0.05, latency_ms=2)) as api:
         cfg = config_from_dict(job_config(api.url, out, ids_path))
-        monkeypatch.setattr(_sink, "_publish", fail_once_at(12))
+        monkeypatch.setattr(parquet, "crash_point", fail_once_at(12))
         with pytest.raises(EnvironmentFailure) as info:
             await asyncingest.run(cfg)
         assert "no space left on the device" in str(info.value)
@@ -100,7 +85,7 @@ async def test_disk_full_while_saving_the_state_leaves_no_temporary_file(
 
     async with MockAPI(MockSettings.small(latency_ms=2)) as api:
         cfg = config_from_dict(job_config(api.url, out, ids_path))
-        monkeypatch.setattr(_checkpoint, "crash_point", state_written)
+        monkeypatch.setattr(checkpoint, "crash_point", state_written)
         with pytest.raises(EnvironmentFailure, match="no space left") as info:
             await asyncingest.run(cfg)
         assert info.value.path == str(state_path(out))
@@ -113,14 +98,13 @@ async def test_disk_full_while_saving_the_state_leaves_no_temporary_file(
 
 INJECT = """
 import errno, os, sys
-from asyncingest.sink import parquet as _sink
-real, seen = _sink._publish, [0]
-def publish(staging, final):
-    seen[0] += 1
-    if seen[0] == 6:
+from asyncingest.sink import parquet
+seen = [0]
+def full_disk(name):  # the sixth file commit finds the disk full
+    seen[0] += name == "commit"
+    if seen[0] == 6 and name == "commit":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    real(staging, final)
-_sink._publish = publish
+parquet.crash_point = full_disk
 from asyncingest.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -200,7 +184,7 @@ async def test_a_read_only_output_raises_environment_failure(
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(_lock.os, "open", read_only)
+    monkeypatch.setattr(lock.os, "open", read_only)
     async with MockAPI(MockSettings.small()) as api:
         with pytest.raises(EnvironmentFailure, match="read-only file system") as info:
             await asyncingest.run(config_from_dict(job_config(api.url, out, ids_path)))
@@ -305,7 +289,7 @@ async def test_a_periodic_checkpoint_that_cannot_be_saved_stops_the_run(
         raw["output"]["checkpoint_seconds"] = 0.05
         # A tight budget keeps the run going for seconds: the failing save is a periodic one.
         slow = {**raw, "api": {**raw["api"], "rate_limits": [{"requests": 20, "per_seconds": 1}]}}
-        monkeypatch.setattr(_checkpoint, "crash_point", state_written)
+        monkeypatch.setattr(checkpoint, "crash_point", state_written)
         with pytest.raises(EnvironmentFailure, match="no space left"):
             await asyncingest.run(config_from_dict(slow))
         assert not leftovers(out)
@@ -342,7 +326,7 @@ async def test_sync_mode_reports_a_full_disk_as_an_environment_failure(
     ids_path, _ = write_ids(tmp_path, 60)
     async with MockAPI(MockSettings.small()) as api:
         cfg = config_from_dict(job_config(api.url, tmp_path / "out", ids_path))
-        monkeypatch.setattr(_sink, "_publish", fail_once_at(2))
+        monkeypatch.setattr(parquet, "crash_point", fail_once_at(2))
         with pytest.raises(EnvironmentFailure, match="no space left") as info:
             await asyncio.to_thread(run_sync, cfg)
         assert "--fresh" in info.value.hint  # sync mode does not resume

@@ -24,9 +24,8 @@ from asyncingest import ConfigError, RunResult, config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.sync import run_sync
 
-from .conftest import read_records
+from .conftest import F1_ENDPOINTS, pipeline, read_records
 from .hostile_server import HostileServer
-from .test_engine import F1_ENDPOINTS, pipeline
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_time": 5}
 

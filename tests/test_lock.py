@@ -21,7 +21,7 @@ from asyncingest.state.checkpoint import load_state
 from asyncingest.state.lock import OutputLock
 from asyncingest.sync import run_sync
 
-from .test_resume import ROOT, check_complete, job_config, run_cli, wait_for_file, write_ids
+from .conftest import ROOT, check_complete, job_config, run_cli, wait_for_file, write_ids
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ faults, auth and the admin routes. Loopback only; nothing sleeps beyond configur
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from asyncingest.mockapi import (
     SlidingWindowReferee,
     serve,
 )
+
+from .conftest import MockAPIFactory, dataset_digest
 
 SMALL = MockSettings.small()
 
@@ -49,12 +50,6 @@ async def get(client: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, 
 # -- the dataset ---------------------------------------------------------------------------
 
 
-def dataset_digest(settings: MockSettings) -> str:
-    d = Dataset.build(settings)
-    tables = {k: v for k, v in vars(d).items() if not k.startswith("_")}
-    return hashlib.sha256(orjson.dumps(tables, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
 def test_same_seed_builds_an_equal_dataset() -> None:
     assert Dataset.build(SMALL) == Dataset.build(MockSettings.small())
 
@@ -74,7 +69,7 @@ def test_behaviour_settings_do_not_change_the_data() -> None:
 def test_dataset_is_identical_in_another_process() -> None:
     code = (
         "from asyncingest.mockapi import MockSettings;"
-        "from tests.test_mockapi import dataset_digest;"
+        "from tests.conftest import dataset_digest;"
         "print(dataset_digest(MockSettings.small()))"
     )
     env = {"PYTHONHASHSEED": "12345", "PATH": ""}
@@ -568,3 +563,29 @@ async def test_url_only_exists_while_running() -> None:
         assert api.url.startswith("http://127.0.0.1:")
     with pytest.raises(RuntimeError):
         _ = api.url
+
+
+# -- the shared fixtures (tests/conftest.py) -----------------------------------------------------
+
+
+async def test_the_mock_api_fixture_serves_the_small_data_set(mock_api: MockAPI) -> None:
+    assert mock_api.settings == MockSettings.small()
+    async with aiohttp.ClientSession() as client:
+        status, body = await get(client, f"{mock_api.url}/v1/meetings?year=2024")
+    assert status == 200 and body == mock_api.dataset.meetings
+
+
+@pytest.mark.parametrize(
+    ("mock_api", "seed", "token"),
+    [({"token": "t"}, SMALL.seed, "t"), (MockSettings.small(seed=8), 8, None)],
+    indirect=["mock_api"],
+)
+async def test_the_mock_api_fixture_takes_settings_by_indirect_parametrisation(
+    mock_api: MockAPI, seed: int, token: str | None
+) -> None:
+    assert (mock_api.settings.seed, mock_api.settings.token) == (seed, token)
+
+
+async def test_start_mock_api_starts_separate_servers(start_mock_api: MockAPIFactory) -> None:
+    one, two = await start_mock_api(), await start_mock_api(fault_rate=0.5)
+    assert one.url != two.url and two.settings.fault_rate == 0.5

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from asyncingest.operate.metrics import Metrics, start_metrics_server
 
-from .test_engine import F1_ENDPOINTS
+from .conftest import F1_ENDPOINTS
 
 # meetings -> sessions -> laps (offset pagination), as in the engine tests.
 ENDPOINTS: list[dict[str, Any]] = [*F1_ENDPOINTS[:2], F1_ENDPOINTS[3]]

@@ -14,7 +14,7 @@ from asyncingest.core.events import Event, FileCommitted
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.state.checkpoint import load_state
 
-from .test_resume import check_complete, job_config, run_cli, write_ids
+from .conftest import check_complete, job_config, run_cli, write_ids
 
 pytestmark = pytest.mark.slow
 

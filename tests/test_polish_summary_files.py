@@ -20,8 +20,8 @@ from asyncingest.core.result import Compaction, RunResult
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.operate.logsub import configure_logging
 
+from .conftest import ROOT
 from .test_compact import AT_THE_END, SETTINGS, pipeline
-from .test_resume import ROOT
 
 pytestmark = pytest.mark.slow
 

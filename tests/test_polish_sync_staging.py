@@ -10,11 +10,10 @@ import pytest
 
 from asyncingest import EnvironmentFailure, config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
-from asyncingest.sink import parquet as _sink
+from asyncingest.sink import parquet
 from asyncingest.sync import run_sync
 
-from .test_env_failures import fail_once_at, leftovers
-from .test_resume import job_config, write_ids
+from .conftest import fail_once_at, job_config, leftovers, write_ids
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,7 @@ async def test_sync_mode_deletes_its_staging_files_on_a_full_disk(
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small()) as api:
         cfg = config_from_dict(job_config(api.url, out, ids_path))
-        monkeypatch.setattr(_sink, "_publish", fail_once_at(2))
+        monkeypatch.setattr(parquet, "crash_point", fail_once_at(2))
         with pytest.raises(EnvironmentFailure, match="no space left"):
             await asyncio.to_thread(run_sync, cfg)
     assert not leftovers(out)

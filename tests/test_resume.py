@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,114 +19,19 @@ from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.state.checkpoint import EndpointState, RunState, load_state
 from asyncingest.state.rangeset import RangeSet
 
-from .conftest import assert_same_records, read_records
-from .test_engine import CRM_ENDPOINTS, F1_ENDPOINTS, F1_KEYS
+from .conftest import (
+    F1_KEYS,
+    ROOT,
+    assert_same_records,
+    check_complete,
+    job_config,
+    read_records,
+    run_cli,
+    wait_for_file,
+    write_ids,
+)
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def job_config(url: str, out: Path, ids: Path, **output: Any) -> dict[str, Any]:
-    users = {
-        "name": "users",
-        "path": "/partner/users/{user_id}",
-        "primary_key": "user_id",
-        "single_record": True,
-        "from_file": {"path": str(ids), "column": "user_id"},
-        "concurrency": 4,
-    }
-    return {
-        "api": {
-            "base_url": url,
-            "retry": {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05},
-            "concurrency": {"endpoints": 3, "requests_per_endpoint": 3},
-            # Injected 429s would pause the whole budget for a second each; not what these
-            # tests are about.
-            "adaptive_rate": False,
-        },
-        "output": {
-            "directory": str(out),
-            "row_group_rows": 20,
-            "max_rows_per_file": 50,
-            "checkpoint_seconds": 0.15,
-            **output,
-        },
-        "endpoints": [*F1_ENDPOINTS, *CRM_ENDPOINTS, users],
-    }
-
-
-def write_ids(tmp_path: Path, n: int = 120) -> tuple[Path, list[str]]:
-    ids = [str(5000 + 7 * i) for i in range(n)]
-    path = tmp_path / "ids.csv"
-    path.write_text("user_id\n" + "\n".join(ids) + "\n")
-    return path, ids
-
-
-def check_complete(api: MockAPI, out: Path, ids: list[str]) -> None:
-    d = api.dataset
-    for name, keys in F1_KEYS.items():
-        assert_same_records(read_records(out, name), getattr(d, name), keys)
-    assert_same_records(read_records(out, "contacts"), d.contacts, ["id"])
-    assert_same_records(read_records(out, "engagements"), d.engagements, ["id"])
-    assert_same_records(read_records(out, "companies"), d.companies, ["id"])
-    assoc = [
-        {"engagement_id": e["id"], **a}
-        for e in d.engagements
-        for a in d.association_records(e["id"])
-    ]
-    assert_same_records(
-        read_records(out, "engagement_contacts"), assoc, ["engagement_id", "toObjectId"]
-    )
-    users = [d.user(u) for u in ids]
-    assert_same_records(read_records(out, "users"), users, ["user_id"])  # type: ignore[arg-type]
-    # Every visible file is complete and readable by a dataset scan of the whole output.
-    for folder in out.iterdir():
-        if folder.is_dir() and not folder.name.startswith("_"):
-            ds.dataset(folder, format="parquet").to_table()
-
-
-async def wait_for_file(path: Path, proc: asyncio.subprocess.Process) -> None:
-    """Until ``path`` exists or ``proc`` has exited (at most 30 s): a file another process
-    writes gives nothing to await on, so look every 50 ms."""
-    for _ in range(600):
-        if proc.returncode is not None or await asyncio.to_thread(path.exists):
-            return
-        await asyncio.sleep(0.05)
-
-
-async def run_cli(
-    cfg_path: Path,
-    *args: str,
-    env: dict[str, str] | None = None,
-    kill_after: float | None = None,
-    sig: int = signal.SIGKILL,
-    started: Path | None = None,
-) -> tuple[int, str]:
-    """Run the CLI; with ``kill_after``, send ``sig`` that many seconds later (counted from
-    when ``started`` appears, if given: a loaded machine may take a while to import)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "asyncingest",
-        "run",
-        str(cfg_path),
-        "--quiet",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    if started is not None:
-        await wait_for_file(started, proc)
-    if kill_after is not None:
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), kill_after)
-        except TimeoutError:
-            proc.send_signal(sig)
-    out, _ = await proc.communicate()
-    return await proc.wait(), out.decode()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from asyncingest.config.models import PipelineConfig
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.operate.sample import plan, sample, spread
 
-from .test_engine import F1_ENDPOINTS
+from .conftest import F1_ENDPOINTS
 
 
 def f1(url: str, **api: Any) -> PipelineConfig:

@@ -24,8 +24,7 @@ from asyncingest.engine.engine import Engine
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.operate.progress import schema_lines
 
-from .conftest import read_records
-from .test_cli import cli
+from .conftest import cli, read_records
 
 FAST_RETRY = {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}
 
@@ -333,6 +332,7 @@ async def test_json_nested_100000_levels_is_a_dead_lettered_request_not_a_crash(
 # -- what the user sees -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_validate_and_the_end_of_run_summary_name_what_the_schema_did(
     tmp_path: Path, pages: tuple[Pages, str]
 ) -> None:

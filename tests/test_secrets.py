@@ -1,4 +1,6 @@
-"""Credentials go to the configured origin only, and never show up in output or errors."""
+"""Credentials go to the configured origin only, and never show up in output or errors.
+
+Tests taking the ``engine`` fixture run once on the async engine and once in sync mode."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from aiohttp.test_utils import TestServer
 import asyncingest
 from asyncingest import config_from_dict
 
-from .conftest import read_records
+from .conftest import Runner, read_records
 
 SECRET = "tok-7f3a9c-very-secret"
 
@@ -130,7 +132,11 @@ def config(url: str, auth: dict[str, Any], out: Path, endpoints: list[dict[str, 
 
 @pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
 async def test_next_page_link_to_another_host_gets_no_credentials(
-    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Runner,
+    servers: Any,
+    auth: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home, url, other = servers
     monkeypatch.setenv("API_TOKEN", SECRET)
@@ -140,7 +146,7 @@ async def test_next_page_link_to_another_host_gets_no_credentials(
         "records": "items",
         "pagination": {"type": "next_url"},
     }
-    result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    result = await engine(config(url, auth, tmp_path, [endpoint]))
     assert result.ok
     assert [creds(e) for e in home.seen] == [[SECRET]]
     assert other.seen and all(creds(e) == [] for e in other.seen)
@@ -149,12 +155,16 @@ async def test_next_page_link_to_another_host_gets_no_credentials(
 
 @pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
 async def test_redirect_to_another_host_gets_no_credentials(
-    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Runner,
+    servers: Any,
+    auth: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home, url, other = servers
     monkeypatch.setenv("API_TOKEN", SECRET)
     endpoint = {"name": "r", "path": "/redirect", "records": "items"}
-    result = await asyncingest.run(config(url, auth, tmp_path, [endpoint]))
+    result = await engine(config(url, auth, tmp_path, [endpoint]))
     assert result.ok
     assert [creds(e) for e in home.seen] == [[SECRET]]
     assert [e[0] for e in other.seen] == ["/more"] and creds(other.seen[0]) == []
@@ -206,12 +216,12 @@ async def test_a_link_back_to_the_same_page_but_for_the_echoed_key_is_a_loop(
 
 
 async def test_same_origin_redirect_keeps_credentials(
-    servers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Runner, servers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home, url, _ = servers
     monkeypatch.setenv("API_TOKEN", SECRET)
     endpoint = {"name": "r", "path": "/same-origin-redirect", "records": "items"}
-    result = await asyncingest.run(config(url, AUTHS[0], tmp_path, [endpoint]))
+    result = await engine(config(url, AUTHS[0], tmp_path, [endpoint]))
     assert result.ok
     assert [e[0] for e in home.seen] == ["/same-origin-redirect", "/more"]
     assert all(creds(e) for e in home.seen)
@@ -219,15 +229,17 @@ async def test_same_origin_redirect_keeps_credentials(
 
 @pytest.mark.parametrize("auth", AUTHS[::2], ids=lambda a: a["type"])
 async def test_secret_never_reaches_dead_letters_results_or_events(
-    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Runner,
+    servers: Any,
+    auth: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, url, _ = servers
     monkeypatch.setenv("API_TOKEN", SECRET)
     events: list[Any] = []
     endpoint = {"name": "e", "path": "/echo-error"}
-    result = await asyncingest.run(
-        config(url, auth, tmp_path, [endpoint]), subscribers=[events.append]
-    )
+    result = await engine(config(url, auth, tmp_path, [endpoint]), subscribers=[events.append])
     assert result.exit_code == 1
     dead = (tmp_path / "_dead_letter" / "e" / "dead-letters.jsonl").read_text()
     assert "bad credentials" in dead and "***" in dead

@@ -1,6 +1,10 @@
 """Sync mode (thread pool + requests) against the same mock API and configs as the async
 engine: the same records, the server's windows never exceeded, Retry-After honoured,
-credentials kept on their origin; and the thread-safe sliding-window limiter on its own."""
+credentials kept on their origin; and the thread-safe sliding-window limiter on its own.
+
+Tests asserting the same behaviour of both engines are one test over the ``engine`` fixture
+(Retry-After and the total deadline in test_engine.py, credentials in test_secrets.py); this
+module keeps what only sync mode does and the runs comparing the two engines' output."""
 
 from __future__ import annotations
 
@@ -14,17 +18,23 @@ from typing import Any
 import orjson
 import pyarrow.dataset as ds
 import pytest
-from aiohttp.test_utils import TestServer
 
 import asyncingest
-from asyncingest import Event, RequestRetried, RunFinished
 from asyncingest.errors import ConfigError
 from asyncingest.mockapi import FAULT_KINDS, MockAPI, MockSettings
 from asyncingest.sync import LimiterClosed, SyncEngine, ThreadSlidingWindowLimiter, run_sync
 
-from .conftest import assert_same_records, by_key, read_records
-from .test_engine import CRM_ENDPOINTS, F1_ENDPOINTS, F1_KEYS, expected_f1, pipeline
-from .test_secrets import AUTHS, SECRET, Recorder, config, creds
+from .conftest import (
+    CRM_ENDPOINTS,
+    F1_ENDPOINTS,
+    F1_KEYS,
+    MockAPIFactory,
+    assert_same_records,
+    by_key,
+    expected_f1,
+    pipeline,
+    read_records,
+)
 
 CRM_KEYS = {
     "contacts": ["id"],
@@ -53,14 +63,15 @@ def assert_same_output(sync_out: Path, async_out: Path, keys: dict[str, list[str
 # -- same records as the async engine -----------------------------------------------------------
 
 
-async def test_f1_crawl_under_faults_writes_what_the_async_engine_writes(tmp_path: Path) -> None:
-    settings = MockSettings.small(**FAULTY)
-    async with MockAPI(settings) as api:
-        result_a = await asyncingest.run(pipeline(api.url, F1_ENDPOINTS, tmp_path / "a"))
-    async with MockAPI(settings) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS, tmp_path / "s")
-        result_s = await asyncio.to_thread(run_sync, cfg, max_workers=8)
-        faults, expected = sum(api.stats.faults.values()), expected_f1(api)
+async def test_f1_crawl_under_faults_writes_what_the_async_engine_writes(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    # Two servers with the same settings: each engine meets the same faults, counted apart.
+    first, second = await start_mock_api(**FAULTY), await start_mock_api(**FAULTY)
+    result_a = await asyncingest.run(pipeline(first.url, F1_ENDPOINTS, tmp_path / "a"))
+    cfg = pipeline(second.url, F1_ENDPOINTS, tmp_path / "s")
+    result_s = await asyncio.to_thread(run_sync, cfg, max_workers=8)
+    faults, expected = sum(second.stats.faults.values()), expected_f1(second)
     assert result_a.ok and result_s.ok, [e.first_errors for e in result_s.endpoints]
     assert faults > 10 and sum(e.retries for e in result_s.endpoints) >= faults
     assert_same_output(tmp_path / "s", tmp_path / "a", F1_KEYS)
@@ -157,37 +168,6 @@ async def test_fifty_threads_never_exceed_the_servers_windows(tmp_path: Path) ->
     assert stats.max_in_window == [10, 30]  # used to the limit, never past it
 
 
-async def test_retry_after_is_honoured(tmp_path: Path) -> None:
-    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)})
-    events: list[Event] = []
-    async with MockAPI(settings) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
-        result = await asyncio.to_thread(run_sync, cfg, subscribers=[events.append])
-        arrivals = [e.time for e in api.stats.log if e.path.startswith("/v1/meetings")]
-    assert result.ok and result.endpoint("meetings").retries == 1
-    retried = [e for e in events if isinstance(e, RequestRetried)]
-    assert len(retried) == 1 and retried[0].wait >= 1.0 and retried[0].status == 429
-    assert len(arrivals) == 2 and arrivals[1] - arrivals[0] >= 1.0  # the mock's Retry-After: 1
-    assert isinstance(events[-1], RunFinished) and events[-1].result is result
-
-
-async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(tmp_path: Path) -> None:
-    settings = MockSettings.small(
-        forced_faults={"/v1/meetings": ("slow_body",)}, slow_body_seconds=5.0
-    )
-    events: list[Event] = []
-    async with MockAPI(settings) as api:
-        cfg = pipeline(
-            api.url, F1_ENDPOINTS[:1], tmp_path, http={"total_timeout": 0.3, "read_timeout": 10}
-        )
-        result = await asyncio.to_thread(run_sync, cfg, subscribers=[events.append])
-        expected = api.dataset.meetings
-    assert result.ok
-    retries = [e for e in events if isinstance(e, RequestRetried)]
-    assert len(retries) == 1 and "0.3s" in retries[0].reason
-    assert_same_records(read_records(tmp_path, "meetings"), expected, ["meeting_key"])
-
-
 async def test_requests_that_give_up_are_dead_lettered_as_the_async_engine_does(
     tmp_path: Path,
 ) -> None:
@@ -204,14 +184,15 @@ async def test_requests_that_give_up_are_dead_lettered_as_the_async_engine_does(
     assert entry(tmp_path / "s") == entry(tmp_path / "a")
 
 
-async def test_an_output_holding_an_earlier_run_is_refused_unless_fresh(tmp_path: Path) -> None:
-    async with MockAPI(MockSettings.small()) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
+async def test_an_output_holding_an_earlier_run_is_refused_unless_fresh(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    cfg = pipeline(mock_api.url, F1_ENDPOINTS[:1], tmp_path)
+    await asyncio.to_thread(run_sync, cfg)
+    with pytest.raises(ConfigError, match="does not resume"):
         await asyncio.to_thread(run_sync, cfg)
-        with pytest.raises(ConfigError, match="does not resume"):
-            await asyncio.to_thread(run_sync, cfg)
-        result = await asyncio.to_thread(run_sync, cfg, fresh=True)
-        n = len(api.dataset.meetings)
+    result = await asyncio.to_thread(run_sync, cfg, fresh=True)
+    n = len(mock_api.dataset.meetings)
     assert result.ok and len(read_records(tmp_path, "meetings")) == n
 
 
@@ -222,81 +203,6 @@ async def test_a_config_with_a_transform_is_refused_not_run_without_it(tmp_path:
         with pytest.raises(ConfigError, match="not run in sync mode"):
             await asyncio.to_thread(run_sync, cfg)
         assert api.stats.requests == 0
-
-
-# -- credentials stay on their origin -------------------------------------------------------------
-
-
-@pytest.fixture
-async def servers() -> Any:
-    home, other = Recorder(), Recorder()
-    async with (
-        TestServer(home.app(), host="127.0.0.1") as hs,
-        TestServer(other.app(), host="127.0.0.1") as os_,
-    ):
-        home.other_url = str(os_.make_url("")).rstrip("/")
-        other.other_url = home.other_url
-        yield home, str(hs.make_url("")).rstrip("/"), other
-
-
-@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
-async def test_next_page_link_to_another_host_gets_no_credentials(
-    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home, url, other = servers
-    monkeypatch.setenv("API_TOKEN", SECRET)
-    endpoint = {
-        "name": "items",
-        "path": "/items",
-        "records": "items",
-        "pagination": {"type": "next_url"},
-    }
-    result = await asyncio.to_thread(run_sync, config(url, auth, tmp_path, [endpoint]))
-    assert result.ok
-    assert [creds(e) for e in home.seen] == [[SECRET]]
-    assert other.seen and all(creds(e) == [] for e in other.seen)
-    assert sorted(r["id"] for r in read_records(tmp_path, "items")) == [1, 2]
-
-
-@pytest.mark.parametrize("auth", AUTHS, ids=lambda a: a["type"])
-async def test_redirect_to_another_host_gets_no_credentials(
-    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home, url, other = servers
-    monkeypatch.setenv("API_TOKEN", SECRET)
-    endpoint = {"name": "r", "path": "/redirect", "records": "items"}
-    result = await asyncio.to_thread(run_sync, config(url, auth, tmp_path, [endpoint]))
-    assert result.ok
-    assert [creds(e) for e in home.seen] == [[SECRET]]
-    assert [e[0] for e in other.seen] == ["/more"] and creds(other.seen[0]) == []
-
-
-async def test_same_origin_redirect_keeps_credentials(
-    servers: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    home, url, _ = servers
-    monkeypatch.setenv("API_TOKEN", SECRET)
-    endpoint = {"name": "r", "path": "/same-origin-redirect", "records": "items"}
-    result = await asyncio.to_thread(run_sync, config(url, AUTHS[0], tmp_path, [endpoint]))
-    assert result.ok
-    assert [e[0] for e in home.seen] == ["/same-origin-redirect", "/more"]
-    assert all(creds(e) for e in home.seen)
-
-
-@pytest.mark.parametrize("auth", AUTHS[::2], ids=lambda a: a["type"])
-async def test_secret_never_reaches_dead_letters_results_or_events(
-    servers: Any, auth: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, url, _ = servers
-    monkeypatch.setenv("API_TOKEN", SECRET)
-    events: list[Any] = []
-    endpoint = {"name": "e", "path": "/echo-error"}
-    cfg = config(url, auth, tmp_path, [endpoint])
-    result = await asyncio.to_thread(run_sync, cfg, subscribers=[events.append])
-    assert result.exit_code == 1
-    dead = (tmp_path / "_dead_letter" / "e" / "dead-letters.jsonl").read_text()
-    assert "bad credentials" in dead and "***" in dead
-    assert SECRET not in dead + repr(result) + repr(events)
 
 
 # -- the limiter on its own ---------------------------------------------------------------------
@@ -381,10 +287,11 @@ def test_closing_the_limiter_wakes_its_waiters() -> None:
 # -- what sync mode reports, and what it refuses --------------------------------------------------
 
 
+@pytest.mark.slow  # runs the CLI in a subprocess
 async def test_progress_lines_count_each_event_once(tmp_path: Path) -> None:
     """The plain progress lines of a sync run show the real figures (they were doubled:
     the display fed the model a second time)."""
-    from .test_cli import cli, write_config
+    from .conftest import cli, write_config
 
     async with MockAPI(MockSettings.small()) as api:
         cfg = write_config(tmp_path, api.url)
@@ -402,10 +309,9 @@ async def test_progress_lines_count_each_event_once(tmp_path: Path) -> None:
     assert sum(requests for _, requests in done.values()) == served
 
 
-async def test_a_sync_run_writes_its_run_report(tmp_path: Path) -> None:
-    async with MockAPI(MockSettings.small()) as api:
-        cfg = pipeline(api.url, F1_ENDPOINTS, tmp_path)
-        result = await asyncio.to_thread(run_sync, cfg)
+async def test_a_sync_run_writes_its_run_report(mock_api: MockAPI, tmp_path: Path) -> None:
+    cfg = pipeline(mock_api.url, F1_ENDPOINTS, tmp_path)
+    result = await asyncio.to_thread(run_sync, cfg)
     report = orjson.loads(
         (tmp_path / "_asyncingest" / "runs" / f"{result.run_id}.json").read_bytes()
     )

@@ -15,8 +15,7 @@ from asyncingest import config_from_dict
 from asyncingest.examples.telemetry import lap_stats
 from asyncingest.mockapi import MockAPI, MockSettings
 
-from .conftest import assert_same_records, read_records
-from .test_engine import F1_ENDPOINTS, F1_KEYS
+from .conftest import F1_ENDPOINTS, F1_KEYS, assert_same_records, read_records
 
 LAPS = F1_ENDPOINTS[3]
 

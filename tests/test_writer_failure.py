@@ -13,7 +13,7 @@ from asyncingest import config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.sink.parquet import ParquetSink
 
-from .test_resume import job_config, write_ids
+from .conftest import job_config, write_ids
 
 # Only a guard against the hang this file is about: a run that ends ends in well under it.
 HANG_GUARD = 20
