@@ -27,6 +27,7 @@ from .conftest import (
 )
 
 
+@pytest.mark.slow  # the whole F1 crawl under faults and a server limit
 async def test_f1_crawl_writes_every_record_exactly_once_under_faults(tmp_path: Path) -> None:
     settings = MockSettings.small(
         fault_rate=0.35,

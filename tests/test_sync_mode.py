@@ -63,6 +63,7 @@ def assert_same_output(sync_out: Path, async_out: Path, keys: dict[str, list[str
 # -- same records as the async engine -----------------------------------------------------------
 
 
+@pytest.mark.slow  # the whole F1 crawl under faults and a server limit
 async def test_f1_crawl_under_faults_writes_what_the_async_engine_writes(
     start_mock_api: MockAPIFactory, tmp_path: Path
 ) -> None:
