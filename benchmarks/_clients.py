@@ -66,7 +66,37 @@ def run_engine(spec: dict[str, Any]) -> Outcome:
 
     config = asyncingest.config_from_dict(spec["config"])
     run = _loop_runner(spec)
-    return _result_outcome(run(asyncingest.run(config, output=spec["output"])))
+    tick = spec.get("lag_tick")
+    if not tick:
+        return _result_outcome(run(asyncingest.run(config, output=spec["output"])))
+    lags: list[float] = []
+
+    async def with_ticker() -> Any:
+        ticker = asyncio.create_task(_tick(float(tick), lags))
+        try:
+            return await asyncingest.run(config, output=spec["output"])
+        finally:
+            ticker.cancel()
+
+    outcome = _result_outcome(run(with_ticker()))
+    lags.sort()
+    outcome["extra"]["lag_ms"] = {
+        "ticks": len(lags),
+        "p99": lags[int(0.99 * (len(lags) - 1))] * 1e3 if lags else 0.0,
+        "max": lags[-1] * 1e3 if lags else 0.0,
+    }
+    return outcome
+
+
+async def _tick(period: float, lags: list[float]) -> None:
+    """Event-loop lag: how late a ``period`` timer fires, every period, while the run runs."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + period
+    while True:
+        await asyncio.sleep(due - loop.time())
+        now = loop.time()
+        lags.append(max(0.0, now - due))
+        due = max(due + period, now)  # a late tick does not make the next ones look late
 
 
 def run_null(spec: dict[str, Any]) -> Outcome:

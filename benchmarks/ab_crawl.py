@@ -8,6 +8,10 @@ process (``_harness.run_client`` with that checkout first on ``sys.path``), in t
 before/after, after/before, ... so load from other work on the machine falls on both alike.
 Prints every run, then best and median records/s and client CPU per record for each, and the
 ratios. Nothing is written.
+
+``--lag MS`` also runs a timer every MS milliseconds on each client's event loop during the
+crawl and prints how late it fired (p99 and max over the run): the loop lag the engine's work
+on the loop (parsing, journal and dead-letter appends, scheduling) causes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--after", type=Path, required=True, help="checkout compared with it")
     p.add_argument("--rounds", type=int, default=6, help="runs of each (default 6)")
     p.add_argument("--size", choices=sorted(SIZES), default="full")
+    p.add_argument("--lag", type=float, default=0.0, help="loop-lag timer period in ms")
     args = p.parse_args(argv)
     size = SIZES[args.size]
     meetings, sessions, drivers, laps = size.crawl
@@ -47,19 +52,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     rates: dict[str, list[float]] = {k: [] for k in trees}
     cpus: dict[str, list[float]] = {k: [] for k in trees}
+    lag_p99: dict[str, list[float]] = {k: [] for k in trees}
+    lag_max: dict[str, list[float]] = {k: [] for k in trees}
+    more = {"lag_tick": args.lag / 1e3} if args.lag else {}
     print(f"case 3, {size.crawl_records:,} laps; before {trees['before']}, after {trees['after']}")
     with tempfile.TemporaryDirectory(prefix="ab-crawl-") as tmp, _harness.MockServer(settings) as s:
         for i in range(args.rounds):
             for name in ("before", "after") if i % 2 == 0 else ("after", "before"):
                 _harness.REPO = trees[name]  # run_client starts the client in this checkout
                 out = Path(tmp) / f"{name}-{i}"
-                m = _harness.run_client(_engine(crawl_config(s.url, out, size), out, opts), s)
+                spec = _engine(crawl_config(s.url, out, size), out, opts, **more)
+                m = _harness.run_client(spec, s)
                 laps_done = m.records - meetings * sessions  # records also counts the sessions
                 rates[name].append(laps_done / m.wall)
                 cpus[name].append(m.cpu / m.records * 1e6)
+                lag = ""
+                if args.lag:
+                    lags = m.extra["lag_ms"]
+                    lag_p99[name].append(lags["p99"])
+                    lag_max[name].append(lags["max"])
+                    lag = f"  loop lag p99 {lags['p99']:.1f} ms, max {lags['max']:.1f} ms"
                 print(
                     f"  {i} {name:<6} {rates[name][-1]:>9,.0f} records/s  "
-                    f"{cpus[name][-1]:.2f} us CPU/record  other load {m.other_load:.1f} cores",
+                    f"{cpus[name][-1]:.2f} us CPU/record  other load {m.other_load:.1f} cores"
+                    + lag,
                     flush=True,
                 )
     for name in trees:
@@ -68,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{statistics.median(rates[name]):,.0f}; median CPU {statistics.median(cpus[name]):.2f}"
             " us/record"
         )
+        if args.lag:
+            print(
+                f"{name:<6} loop lag ({args.lag:g} ms timer): median p99 "
+                f"{statistics.median(lag_p99[name]):.1f} ms, median max "
+                f"{statistics.median(lag_max[name]):.1f} ms, worst max {max(lag_max[name]):.1f} ms"
+            )
     best = max(rates["after"]) / max(rates["before"])
     median = statistics.median(rates["after"]) / statistics.median(rates["before"])
     cpu = statistics.median(cpus["after"]) / statistics.median(cpus["before"])

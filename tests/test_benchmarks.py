@@ -87,3 +87,17 @@ def test_bench_instructions_subtracts_start_up_per_variant(
     with MockServer(MockSettings.small(latency_ms=0)) as server:
         for kind in ("bare", "engine", "null"):
             assert bench_instructions.per_request(kind, server.url, 5, tmp_path) == 10.0
+
+
+def test_ab_crawl_with_lag_reports_the_loop_lag_of_both_checkouts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import ab_crawl
+
+    repo = Path(__file__).resolve().parent.parent
+    argv = ["--before", str(repo), "--after", str(repo), "--rounds", "1", "--size", "tiny"]
+    assert ab_crawl.main([*argv, "--lag", "10"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("loop lag p99") == 2
+    assert "before loop lag (10 ms timer): median p99" in out
+    assert "after  loop lag (10 ms timer): median p99" in out

@@ -163,11 +163,11 @@ def test_lookup_dotted_paths() -> None:
         {"name": "a", "path": "/p", "method": "POST", "body": {"id": "{id}", "n": [1, "{id}"]}},
     ],
 )
-def test_compiled_request_template_builds_what_build_request_builds(
+def test_compiled_request_template_builds_what_the_general_rendering_builds(
     base: str, endpoint: dict[str, Any]
 ) -> None:
     from asyncingest.config.models import EndpointConfig
-    from asyncingest.core.request import RequestTemplate, base_url_of, build_request
+    from asyncingest.core.request import RequestTemplate, base_url_of
 
     e = EndpointConfig.model_validate(
         {**endpoint, "from_file": {"path": "x.csv", "column": "id"}}
@@ -176,7 +176,8 @@ def test_compiled_request_template_builds_what_build_request_builds(
     )
     b = base_url_of(base)
     for value in ("7", "a b/c", "ü", "a-b_c.d~e", "x%2F", 42, True):
-        want = build_request(b, e, {"id": value})
-        got = RequestTemplate(b, e).build({"id": value})
+        template = RequestTemplate(b, e)
+        want = template.build_general({"id": value})
+        got = template.build({"id": value})
         assert str(got.full_url) == str(want.full_url)
         assert (got.method, got.params, got.json_body) == (want.method, want.params, want.json_body)

@@ -188,22 +188,13 @@ def _compile_path(template: str) -> list[tuple[str, str | None]] | None:
     return pieces
 
 
-def build_request(base_url: URL, endpoint: EndpointConfig, variables: Mapping[str, Any]) -> Request:
-    """The first request of one walk of ``endpoint`` with ``variables`` bound."""
-    path = render(endpoint.path, variables, in_path=True)
-    url = base_url.join(URL(path.lstrip("/"), encoded=True)) if path else base_url
-    params = tuple(
-        (k, render(v, variables, in_path=False) if isinstance(v, str) else _text(v))
-        for k, v in endpoint.params.items()
-    )
-    body = _render_body(endpoint.json_body, variables) if endpoint.json_body is not None else None
-    return Request(method=endpoint.method, url=url, params=params, json_body=body)
-
-
 class RequestTemplate:
-    """``build_request`` compiled once per endpoint: the per-job work is filling placeholders.
+    """The one way a walk's first request is built (engine, sync mode, ``plan``'s sampler):
+    compiled once per endpoint, so the per-job work is filling placeholders.
 
-    Equivalent to :func:`build_request` (tested), about three times cheaper per job.
+    :meth:`build` takes the compiled path; :meth:`build_general` renders everything each time
+    (what ``build`` falls back to for a path with its own query or fragment) and is the
+    reference the compiled path is tested against. ``build`` is about three times cheaper.
     """
 
     def __init__(self, base_url: URL, endpoint: EndpointConfig) -> None:
@@ -231,7 +222,7 @@ class RequestTemplate:
     def build(self, variables: Mapping[str, Any]) -> Request:
         e = self.endpoint
         if not self._simple:
-            return build_request(self.base_url, e, variables)
+            return self.build_general(variables)
         if self._static_url is not None:
             url = self._static_url
         else:
@@ -253,6 +244,20 @@ class RequestTemplate:
             params = tuple((k, render(v, variables, in_path=False)) for k, v in self._params)
         body = _render_body(e.json_body, variables) if e.json_body is not None else None
         return Request(method=e.method, url=url, params=params, json_body=body)
+
+    def build_general(self, variables: Mapping[str, Any]) -> Request:
+        """The first request of one walk with ``variables`` bound, rendered in full."""
+        endpoint, base_url = self.endpoint, self.base_url
+        path = render(endpoint.path, variables, in_path=True)
+        url = base_url.join(URL(path.lstrip("/"), encoded=True)) if path else base_url
+        params = tuple(
+            (k, render(v, variables, in_path=False) if isinstance(v, str) else _text(v))
+            for k, v in endpoint.params.items()
+        )
+        body = (
+            _render_body(endpoint.json_body, variables) if endpoint.json_body is not None else None
+        )
+        return Request(method=endpoint.method, url=url, params=params, json_body=body)
 
 
 def base_url_of(raw: str) -> URL:

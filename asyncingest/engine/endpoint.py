@@ -11,7 +11,6 @@ asks the paginator for the next page. See docs/architecture.md, steps 4-8.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
@@ -19,13 +18,12 @@ from typing import Any, TypeVar
 
 from yarl import URL
 
-from ..config.models import EndpointConfig, ForEach
+from ..config.models import EndpointConfig
 from ..core.crashpoints import crash_point
 from ..core.events import EventBus, JobFinished, RecordsExpected, RequestStarted
 from ..core.pagination import PaginationLoop, paginator_for
 from ..core.records import (
     Job,
-    bind_children,
     copy_parent_fields,
     decide_retry,
     missing_key_reason,
@@ -39,14 +37,14 @@ from ..limits.breaker import CircuitOpen
 from ..limits.budget import BudgetWatch
 from ..limits.clock import Clock
 from ..limits.limiter import Limit, Permit
-from ..sink.deadletter import DeadLetters
+from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
 from ..state.progress import Token
 from .channel import Channel
 from .guards import EndpointGuards
-from .writer import PageDone, Writer, dead_job, dead_record, dead_request
+from .writer import PageDone, Writer
 
 T = TypeVar("T")
 
@@ -105,9 +103,8 @@ class EndpointRunner:
         self.in_flight = 0
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new
         self.producers = 1  # who may still submit jobs; input closes when they are all done
-        self.next_job = journal.lines if journal is not None else 0  # for_each numbering
         self._pk = endpoint.primary_key
-        self._children_bindings: list[tuple[EndpointRunner, ForEach, Journal]] = []
+        self._children_by_name: dict[str, EndpointRunner] = {}
         self._waiting: set[asyncio.Task[Any]] = set()  # workers waiting on limits or back-off
         self.budget: BudgetWatch | None = None
         self.guards: EndpointGuards | None = None
@@ -140,11 +137,10 @@ class EndpointRunner:
 
     def link(self, children: Sequence[EndpointRunner]) -> None:
         self.children = list(children)
-        self._children_bindings = []
+        self._children_by_name = {c.name: c for c in self.children}
         for c in self.children:
             assert c.endpoint.for_each is not None and c.journal is not None
-            self._children_bindings.append((c, c.endpoint.for_each, c.journal))
-            self.writer.child_journals[c.name] = c.journal
+            self.writer.link_child(c.name, c.endpoint.for_each, c.journal)
 
     def __repr__(self) -> str:
         s = self.stats
@@ -226,7 +222,7 @@ class EndpointRunner:
             try:
                 request = self.paginator.first(self.template.build(job.variables))
             except UnsafePathValue as exc:
-                dead = dead_job(**self.ledger.refused(job, str(exc)))
+                dead = self.ledger.refused(job, str(exc))
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
                 self.events.emit(JobFinished(self.name, False, 0))
                 return
@@ -363,8 +359,8 @@ class EndpointRunner:
 
     def _give_up(
         self, request: Request, job: Job, failure: Failure, attempts: int, reason: str | None = None
-    ) -> Callable[[DeadLetters], None]:
-        return dead_request(**self.ledger.gave_up(request, job, failure, attempts, reason))
+    ) -> DeadLetter:
+        return self.ledger.gave_up(request, job, failure, attempts, reason)
 
     # ------------------------------------------------------------------ records
 
@@ -374,39 +370,17 @@ class EndpointRunner:
         records = page.records
         if job.copy:
             copy_parent_fields(records, job.copy)
-        dead: list[Callable[[DeadLetters], None]] = []
+        dead: list[DeadLetter] = []
         if self._pk:
             records, unkeyed = split_by_key(records, self._pk)
             if unkeyed:
                 why = missing_key_reason(self._pk)
                 for r in unkeyed:
-                    dead.append(dead_record(r, why))
+                    dead.append(DeadLetter.rejected_record(r, why))
                     self.ledger.rejected(why)
         self.ledger.received(len(records))
-        # Make room in the writer's inbox first: numbering the child jobs and enqueueing the
-        # page must be one synchronous step, so journal order equals job numbers (engine/writer.py).
-        inbox = self.writer.inbox
-        if inbox.full():
-            await inbox.wait_for_room()
-        children: list[tuple[EndpointRunner, Journal, list[Job]]] = []
-        for child, spec, journal in self._children_bindings:
-            jobs, unbound = bind_children(
-                records, spec, child.name, itertools.count(child.next_job)
-            )
-            child.next_job += len(jobs)
-            for r, why in unbound:
-                dead.append(dead_record(r, why))
-                self.ledger.rejected(why)
-            if jobs:
-                children.append((child, journal, jobs))
-        self.writer.put_reserved(
-            PageDone(
-                records,
-                Token(job.number, next_request),
-                children=[(journal, jobs) for _, journal, jobs in children] if children else (),
-                dead=dead,
-            )
-        )
-        for child, _, jobs in children:
+        children = await self.writer.put_page(records, Token(job.number, next_request), dead)
+        for link, jobs in children:
+            child = self._children_by_name[link.name]
             await child.submit_many(jobs)
             child.ledger.jobs_queued(len(jobs))

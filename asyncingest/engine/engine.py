@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import check_ids_file, count_ids, iter_ids
@@ -61,8 +61,6 @@ from ..state.resume import JobPlan, apply, dead_letters_left, prepare, write_run
 from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
-
-T = TypeVar("T")
 
 
 class Engine:
@@ -571,7 +569,7 @@ class Engine:
         entries = iter(runner.journal.replay(lines))
         queued = 0
         while not self.stopping:
-            batch = await asyncio.to_thread(_take, entries, 2_000)
+            batch = await asyncio.to_thread(list, itertools.islice(entries, 2_000))
             if not batch:
                 break
             jobs = [Job(n, variables, copy) for n, variables, copy in batch]
@@ -588,15 +586,6 @@ def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
             return first_cause(exc)
         return exc
     return group
-
-
-def _take(it: Iterator[T], n: int) -> list[T]:
-    out = []
-    for item in it:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
 
 
 async def run(

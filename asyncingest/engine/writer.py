@@ -17,16 +17,18 @@ durable work, and a child job can only be durable if the parent page that made i
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config.models import TransformConfig
+from ..config.models import ForEach, TransformConfig
+from ..core.records import bind_children
 from ..core.request import Record
 from ..errors import environment_failure
-from ..sink.deadletter import DeadLetters
+from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
 from ..state.ledger import EndpointLedger
@@ -43,11 +45,22 @@ R = TypeVar("R")
 
 
 @dataclass(slots=True)
+class ChildLink:
+    """A child endpoint fed by this writer's pages: how records bind to its jobs, the journal
+    its jobs go to, and the number the next one gets (its journal line)."""
+
+    name: str
+    spec: ForEach
+    journal: Journal
+    next_number: int
+
+
+@dataclass(slots=True)
 class PageDone:
     records: list[Record]
     token: Token | None
-    children: Sequence[tuple[Journal, list[Job]]] = ()
-    dead: Sequence[Callable[[DeadLetters], None]] = ()
+    children: Sequence[tuple[ChildLink, list[Job]]] = ()
+    dead: Sequence[DeadLetter] = ()
 
 
 class Barrier:
@@ -80,9 +93,10 @@ class Writer:
         # and wakes the writer (flush). Otherwise the writer wakes for a quarter of the bound
         # at a time, and producers waiting for room when it is down to half: one task switch
         # per several pages, not one per page.
-        self.inbox: Channel[PageDone | Barrier | None] = Channel(
+        self._inbox: Channel[PageDone | Barrier | None] = Channel(
             MAX_PAGES_QUEUED, batch=MAX_PAGES_QUEUED // 4, refill_at=MAX_PAGES_QUEUED // 2
         )
+        self._links: list[ChildLink] = []
         self._buffer: list[Record] = []
         self._progress = Progress()
         self._committed = 0
@@ -113,20 +127,20 @@ class Writer:
     def _set_aside(self, records: list[Record], reason: str) -> None:
         why = f"transform: {reason}"
         for r in records:
-            self.dead.record_rejected(record=r, reason=why)
+            self.dead.add(DeadLetter.rejected_record(r, why))
         self.ledger.rejected(why, len(records))  # one event and one lock for the batch
 
     async def _write_transformed(self, records: list[Record]) -> None:
         assert self.tsink is not None
         rejected = await self._in_files(self.tsink.write, records)
         for rej in rejected:
-            self.dead.record_rejected(record=rej.record, reason=f"transform output: {rej.reason}")
+            self.dead.add(DeadLetter.rejected_record(rej.record, f"transform output: {rej.reason}"))
             self.ledger.rejected(rej.reason)
         self.ledger.transformed(len(records) - len(rejected))
 
     def __repr__(self) -> str:
         return (
-            f"Writer({self.name}, queued={len(self.inbox)}, buffered={len(self._buffer)}, "
+            f"Writer({self.name}, queued={len(self._inbox)}, buffered={len(self._buffer)}, "
             f"pending={len(self._progress.done)} done/{len(self._progress.partial)} partial, "
             f"files={len(self.sink.files)})"
         )
@@ -137,14 +151,46 @@ class Writer:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
 
-    async def put(self, item: PageDone) -> None:
-        """Enqueue a page; waits while ``MAX_PAGES_QUEUED`` items are waiting to be applied."""
-        await self.inbox.put(item)
+    def link_child(self, name: str, spec: ForEach, journal: Journal) -> None:
+        """Feed child endpoint ``name``: each page's records bind to its jobs (``spec``),
+        numbered by ``journal`` line from the journal's current end."""
+        self.child_journals[name] = journal
+        self._links.append(ChildLink(name, spec, journal, journal.lines))
 
-    def put_reserved(self, item: PageDone) -> None:
-        """Enqueue a page at once: the caller made room first, in the same synchronous step
-        (``if writer.inbox.full(): await writer.inbox.wait_for_room()``)."""
-        self.inbox.put_nowait(item)
+    async def put(self, item: PageDone) -> None:
+        """Enqueue an item that makes no child jobs (a dead letter and a token); waits while
+        ``MAX_PAGES_QUEUED`` items are waiting to be applied."""
+        await self._inbox.put(item)
+
+    async def put_page(
+        self,
+        records: list[Record],
+        token: Token,
+        dead: list[DeadLetter],
+    ) -> Sequence[tuple[ChildLink, list[Job]]]:
+        """Hand over one page: wait for room, bind the records to each child's jobs, number
+        them and enqueue the page, and return the jobs per child for the caller to queue.
+
+        Binding, numbering and enqueueing are one synchronous step after the wait, so the
+        order pages reach the journals (and so each job's journal line) is the order of
+        their numbers. Records that bind to no job are added to ``dead``.
+        """
+        inbox = self._inbox
+        if inbox.full():
+            await inbox.wait_for_room()
+        children: list[tuple[ChildLink, list[Job]]] = []
+        for link in self._links:
+            jobs, unbound = bind_children(
+                records, link.spec, link.name, itertools.count(link.next_number)
+            )
+            link.next_number += len(jobs)
+            for r, why in unbound:
+                dead.append(DeadLetter.rejected_record(r, why))
+                self.ledger.rejected(why)
+            if jobs:
+                children.append((link, jobs))
+        inbox.put_nowait(PageDone(records, token, children, dead))
+        return children
 
     def barrier(self) -> asyncio.Future[BarrierResult]:
         """Synchronously enqueue a barrier; the future answers once all before it is durable.
@@ -160,8 +206,8 @@ class Writer:
         elif self._finishing:  # the final answer comes when the writer has closed the sink
             self.task.add_done_callback(lambda _: self._answer_final(b))
         else:
-            self.inbox.put_nowait(b)
-            self.inbox.flush()
+            self._inbox.put_nowait(b)
+            self._inbox.flush()
         return b.future
 
     def _answer_final(self, b: Barrier) -> None:
@@ -172,8 +218,8 @@ class Writer:
 
     def finish(self) -> None:
         self._finishing = True
-        self.inbox.put_nowait(None)
-        self.inbox.flush()
+        self._inbox.put_nowait(None)
+        self._inbox.flush()
 
     def _take_final(self) -> BarrierResult:
         final = self._final or self._snapshot(finished=True)
@@ -191,8 +237,8 @@ class Writer:
             # for an answer that will never come.
             self._failed = exc
             waiting = [self._answering] if self._answering is not None else []
-            while self.inbox:
-                item = self.inbox.pop()
+            while self._inbox:
+                item = self._inbox.pop()
                 if isinstance(item, Barrier):
                     waiting.append(item)
             for b in waiting:
@@ -202,7 +248,7 @@ class Writer:
             raise
 
     async def _apply_until_done(self) -> None:
-        inbox = self.inbox
+        inbox = self._inbox
         while True:
             item = inbox.pop() if inbox else await inbox.get()
             if item is None:
@@ -230,12 +276,13 @@ class Writer:
     def _apply(self, item: PageDone) -> None:
         if item.records and self.keep_raw:
             self._buffer.extend(item.records)
-        for journal, jobs in item.children:
+        for link, jobs in item.children:
+            journal = link.journal
             for job in jobs:
                 line = journal.append(job.variables, job.copy)
                 assert line == job.number, f"journal line {line} != job {job.number}"
-        for write_dead in item.dead:
-            write_dead(self.dead)
+        for letter in item.dead:
+            self.dead.add(letter)
         if item.token is not None and self.pipe is None:
             self._progress.add(item.token)  # else released when the transform output is
 
@@ -249,7 +296,7 @@ class Writer:
         records, self._buffer = self._buffer, []
         rejected = await self._in_files(self.sink.write, records)
         for rej in rejected:
-            self.dead.record_rejected(record=rej.record, reason=rej.reason)
+            self.dead.add(DeadLetter.rejected_record(rej.record, rej.reason))
             self.ledger.rejected(rej.reason)
         self.ledger.written(len(records) - len(rejected))
         self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
@@ -312,15 +359,3 @@ def _fail(b: Barrier, cause: BaseException) -> None:
         return
     # The writer's own error: whichever task reports it first, the run ends with it.
     b.future.set_exception(cause)
-
-
-def dead_request(**entry: Any) -> Callable[[DeadLetters], None]:
-    return lambda dead: dead.request_failed(**entry)
-
-
-def dead_job(**entry: Any) -> Callable[[DeadLetters], None]:
-    return lambda dead: dead.job_refused(**entry)
-
-
-def dead_record(record: Any, reason: str) -> Callable[[DeadLetters], None]:
-    return lambda dead: dead.record_rejected(record=record, reason=reason)

@@ -4,6 +4,10 @@ One JSON-lines file per endpoint under ``OUTPUT/_dead_letter/<endpoint>/``. The 
 underscore keeps the folder out of ``pyarrow.dataset`` discovery of the output. URLs arrive
 here already redacted by the HTTP layer.
 
+A dead letter has one shape from where it is made to where it is written: the frozen
+:class:`DeadLetter` (the ledger makes the request and job ones, already redacted; the
+engine's writer task and the sync mode's threads write them with :meth:`DeadLetters.add`).
+
 Writing a dead letter never fails on what it carries: integers beyond 64 bits are written
 exactly; a record that cannot be JSON at all (nested 255 levels or more, which orjson reads
 but will not write) is kept as truncated text (``"record"`` a string, ``"record_truncated":
@@ -15,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from ..core.json import dumps, truncated_text
 
@@ -25,25 +30,31 @@ FOLDER = "_dead_letter"
 TRUNCATED_CHARS = 10_000
 
 
-class DeadLetters:
-    def __init__(self, root: Path, endpoint: str) -> None:
-        self.path = root / FOLDER / endpoint / "dead-letters.jsonl"
-        self._fh: IO[bytes] | None = None
-        self.count = 0
-        self.nbytes = self.path.stat().st_size if self.path.exists() else 0
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter, as written: a request that gave up (``kind="request"``), a job that
+    was never sent (``"job"``), or a record that was refused (``"record"``).
 
-    def _write(self, entry: dict[str, Any]) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("ab")
-        entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        line = _encode(entry) + b"\n"
-        self._fh.write(line)
-        self.nbytes += len(line)
-        self.count += 1
+    Make one with :meth:`failed_request`, :meth:`refused_job` or :meth:`rejected_record`;
+    ``url`` and ``reason`` must already be redacted (the ledger does it).
+    """
 
-    def request_failed(
-        self,
+    kind: Literal["request", "job", "record"]
+    reason: str
+    job: int = -1
+    method: str = ""
+    url: str = ""
+    attempts: int = 0
+    status: int | None = None
+    variables: dict[str, Any] | None = None
+    copy: dict[str, Any] | None = None
+    #: The serialized request a walk stopped at (``--retry-failed`` asks it again).
+    request: dict[str, Any] | None = None
+    record: Any = None
+
+    @classmethod
+    def failed_request(
+        cls,
         *,
         job: int,
         url: str,
@@ -54,34 +65,69 @@ class DeadLetters:
         variables: dict[str, Any],
         copy: dict[str, Any],
         request: dict[str, Any],
-    ) -> None:
-        """``request`` is the serialized request the walk stopped at (``--retry-failed``)."""
-        self._write(
-            {
-                "kind": "request",
-                "job": job,
-                "method": method,
-                "url": url,
-                "reason": reason,
-                "attempts": attempts,
-                "status": status,
-                "variables": variables,
-                "copy": copy,
-                "request": request,
-            }
-        )
+    ) -> DeadLetter:
+        """A request that gave up; ``request`` is where its walk stopped."""
+        return cls("request", reason, job, method, url, attempts, status, variables, copy, request)
 
-    def job_refused(
-        self, *, job: int, reason: str, variables: dict[str, Any], copy: dict[str, Any]
-    ) -> None:
+    @classmethod
+    def refused_job(
+        cls, *, job: int, reason: str, variables: dict[str, Any], copy: dict[str, Any]
+    ) -> DeadLetter:
         """A job that was never sent (a value that cannot be bound safely); not re-queued by
         ``--retry-failed``, which would refuse it again."""
-        self._write(
-            {"kind": "job", "job": job, "reason": reason, "variables": variables, "copy": copy}
-        )
+        return cls("job", reason, job, variables=variables, copy=copy)
 
-    def record_rejected(self, *, record: Any, reason: str) -> None:
-        self._write({"kind": "record", "reason": reason, "record": record})
+    @classmethod
+    def rejected_record(cls, record: Any, reason: str) -> DeadLetter:
+        """A record that was refused (no key, no value to bind, does not fit the schema)."""
+        return cls("record", reason, record=record)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written (the keys and their order of every earlier version)."""
+        if self.kind == "request":
+            return {
+                "kind": "request",
+                "job": self.job,
+                "method": self.method,
+                "url": self.url,
+                "reason": self.reason,
+                "attempts": self.attempts,
+                "status": self.status,
+                "variables": self.variables,
+                "copy": self.copy,
+                "request": self.request,
+            }
+        if self.kind == "job":
+            return {
+                "kind": "job",
+                "job": self.job,
+                "reason": self.reason,
+                "variables": self.variables,
+                "copy": self.copy,
+            }
+        return {"kind": "record", "reason": self.reason, "record": self.record}
+
+
+class DeadLetters:
+    """One endpoint's dead-letter file: appended to, synced at barriers."""
+
+    def __init__(self, root: Path, endpoint: str) -> None:
+        self.path = root / FOLDER / endpoint / "dead-letters.jsonl"
+        self._fh: IO[bytes] | None = None
+        self.count = 0
+        self.nbytes = self.path.stat().st_size if self.path.exists() else 0
+
+    def add(self, letter: DeadLetter) -> None:
+        """Append ``letter`` (with the time it was written)."""
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("ab")
+        entry = letter.to_json()
+        entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        line = _encode(entry) + b"\n"
+        self._fh.write(line)
+        self.nbytes += len(line)
+        self.count += 1
 
     def sync(self) -> int:
         """Make every entry so far durable; returns the file's committed size."""

@@ -61,6 +61,7 @@ from asyncingest.sink.schema import (
 
 from ..core.crashpoints import crash_point
 from . import committed
+from .durable import fsync_dir, fsync_file
 
 __all__ = ["FieldType", "ParquetSink", "RejectedRecord", "SinkOptions", "safe_dir_name"]
 
@@ -362,28 +363,14 @@ def _staging_path(final: Path) -> Path:
 
 def _publish(staging: Path, final: Path) -> None:
     """Make a finished staging file visible under its final name, durably."""
-    fd = os.open(staging, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(staging)
     crash_point("commit")
     os.replace(staging, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name == "nt":  # pragma: no cover - Windows cannot open a directory to fsync it
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(final.parent)
 
 
 def _make_dir(directory: Path) -> None:
     if directory.is_dir():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    _fsync_dir(directory.parent)  # make the new folder's entry durable too
+    fsync_dir(directory.parent)  # make the new folder's entry durable too

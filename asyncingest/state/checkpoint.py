@@ -35,18 +35,11 @@ from ..core.json import loads as json_loads
 from ..core.request import Request
 from ..errors import state_corrupt
 from ..sink.deadletter import FOLDER as DEAD_LETTER_FOLDER
+from ..sink.durable import fsync_dir
 from .rangeset import RangeSet
 
 STATE_FOLDER = "_asyncingest"
 STATE_VERSION = 1
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

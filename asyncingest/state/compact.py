@@ -54,8 +54,9 @@ from ..core.crashpoints import crash_point
 from ..core.result import Compaction
 from ..errors import StateCorrupt
 from ..sink import committed
+from ..sink.durable import fsync_dir, fsync_file
 from ..sink.parquet import ParquetSink
-from .checkpoint import EndpointState, RunState, fsync_dir, save_state
+from .checkpoint import EndpointState, RunState, save_state
 
 __all__ = ["CommittedFile", "CompactOptions", "compact_folders", "compact_running", "recover"]
 
@@ -373,8 +374,4 @@ class _MergedFiles:
         self._writer.close()
         self._writer, self._rows = None, 0
         staging = self.made[-1][0]
-        fd = os.open(staging, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(staging)

@@ -35,6 +35,7 @@ from ..core.request import Page, Request
 from ..core.result import EndpointStats, EndpointSummary
 from ..core.retry import Failure, FailureKind
 from ..limits.breaker import Transition
+from ..sink.deadletter import DeadLetter
 from .checkpoint import request_to_json
 
 
@@ -128,9 +129,9 @@ class EndpointLedger:
         failure: Failure,
         attempts: int,
         reason: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> DeadLetter:
         """The request failed for good: count it, tell the subscribers, and return its dead
-        letter (the keyword arguments of ``DeadLetters.request_failed``)."""
+        letter (URL and reason redacted)."""
         why = self._redact(reason or failure.detail)
         url = self.url(request)
         with self._lock:
@@ -139,22 +140,22 @@ class EndpointLedger:
             st.failures[failure.kind.value] += 1
             st.note_error(f"{url}: {why}")
             self._emit(RequestFailed(self.name, url, why, attempts, failure.status))
-        return {
-            "job": job.number,
-            "url": url,
-            "method": request.method,
-            "reason": why,
-            "attempts": attempts,
-            "status": failure.status,
-            "variables": job.variables,
-            "copy": job.copy,
-            "request": request_to_json(request),
-        }
+        return DeadLetter.failed_request(
+            job=job.number,
+            url=url,
+            method=request.method,
+            reason=why,
+            attempts=attempts,
+            status=failure.status,
+            variables=job.variables,
+            copy=job.copy,
+            request=request_to_json(request),
+        )
 
-    def refused(self, job: Job, reason: str) -> dict[str, Any]:
+    def refused(self, job: Job, reason: str) -> DeadLetter:
         """A job was refused before any request (an unsafe value for its path): count it as a
-        failed request of its own kind, tell the subscribers, and return its dead letter (the
-        keyword arguments of ``DeadLetters.job_refused``)."""
+        failed request of its own kind, tell the subscribers, and return its dead letter
+        (reason redacted)."""
         why = self._redact(reason)
         kind = FailureKind.UNSAFE_PATH_VALUE.value
         with self._lock:
@@ -163,7 +164,9 @@ class EndpointLedger:
             st.failures[kind] += 1
             st.note_error(f"job {job.number}: {why}")
             self._emit(RequestFailed(self.name, f"job {job.number}", why, 0, None))
-        return {"job": job.number, "reason": why, "variables": job.variables, "copy": job.copy}
+        return DeadLetter.refused_job(
+            job=job.number, reason=why, variables=job.variables, copy=job.copy
+        )
 
     # -- jobs and records ----------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from yarl import URL
 
@@ -35,7 +34,7 @@ from ..core.request import Page, Record, Request, RequestTemplate, UnsafePathVal
 from ..core.retry import Failure, FailureKind, RetryPolicy
 from ..http.client import scrub_next
 from ..limits.limiter import Permit
-from ..sink.deadletter import DeadLetters
+from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.ledger import EndpointLedger
 from .http import SyncHttpClient
@@ -100,7 +99,7 @@ class SyncEndpoint:
             try:
                 request = self.paginator.first(self.template.build(job.variables))
             except UnsafePathValue as exc:
-                self.dead.job_refused(self.ledger.refused(job, str(exc)))
+                self.dead.add(self.ledger.refused(job, str(exc)))
                 return
         while request is not None:
             page = self._fetch_page(request, job)
@@ -111,7 +110,7 @@ class SyncEndpoint:
             except PaginationLoop as exc:
                 self._deliver(page.records, job)  # the page itself is good
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))
-                self.dead.request_failed(self.ledger.gave_up(page.request, job, failure, 1))
+                self.dead.add(self.ledger.gave_up(page.request, job, failure, 1))
                 return
             self._deliver(page.records, job)
             request = next_request
@@ -146,8 +145,7 @@ class SyncEndpoint:
             elapsed = time.monotonic() - started
             decision = decide_retry(self.policy, outcome, attempt, elapsed, time.time(), self.rng)
             if not decision.retry:
-                entry = self.ledger.gave_up(request, job, outcome, attempt, decision.reason)
-                self.dead.request_failed(entry)
+                self.dead.add(self.ledger.gave_up(request, job, outcome, attempt, decision.reason))
                 return None
             self.ledger.retrying(request, outcome, attempt, decision.wait)
             if self.stop.wait(decision.wait):  # time.sleep that a stopping run interrupts
@@ -178,7 +176,7 @@ class SyncEndpoint:
 
     def _reject(self, record: Record, reason: str) -> None:
         self.ledger.rejected(reason)
-        self.dead.record_rejected(record, reason)
+        self.dead.add(DeadLetter.rejected_record(record, reason))
 
     def finish(self) -> None:
         """All jobs are done: write what is buffered, commit the last file, close the books."""
@@ -194,17 +192,9 @@ class LockedDeadLetters:
         self._dead = dead
         self._lock = threading.Lock()
 
-    def request_failed(self, entry: dict[str, Any]) -> None:
+    def add(self, letter: DeadLetter) -> None:
         with self._lock:
-            self._dead.request_failed(**entry)
-
-    def record_rejected(self, record: Any, reason: str) -> None:
-        with self._lock:
-            self._dead.record_rejected(record=record, reason=reason)
-
-    def job_refused(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self._dead.job_refused(**entry)
+            self._dead.add(letter)
 
     def close(self) -> None:
         with self._lock:
@@ -249,7 +239,7 @@ class _Writer:
             committed = self._committed_since(before)
         for rej in rejected:
             self.ledger.rejected(rej.reason)
-            self.dead.record_rejected(rej.record, rej.reason)
+            self.dead.add(DeadLetter.rejected_record(rej.record, rej.reason))
         self.ledger.written(len(batch) - len(rejected))
         self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self.ledger.committed(committed)
