@@ -109,3 +109,14 @@ def state_corrupt(path: str | os.PathLike[str], cause: str) -> StateCorrupt:
         "run with --fresh to start over (this deletes the output's data), or restore the "
         "file from a backup",
     )
+
+
+def damaged_data_file(path: str | os.PathLike[str], cause: str) -> StateCorrupt:
+    """A committed Parquet file that cannot be read back (truncated, overwritten), with the
+    way out: the checkpoint counts its records as written, so deleting it loses them."""
+    return StateCorrupt(
+        str(path),
+        f"this committed Parquet file is damaged: {cause}",
+        "restore the file from a backup, or run with --fresh to start over (this deletes "
+        "the output's data); deleting only this file loses its records for good",
+    )

@@ -114,12 +114,15 @@ def assert_compacted(out: Path, max_rows: int = MAX_ROWS, min_rows: int = MIN_RO
 
 
 async def test_a_finished_run_leaves_at_most_one_small_file_per_folder(tmp_path: Path) -> None:
+    # Files only come from checkpoints here (no folder reaches max_rows_per_file), and the
+    # slower pages make the crawl span many checkpoints however loaded the machine is: laps
+    # always ends the run with several small files to merge.
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
-        result = await asyncingest.run(config_from_dict(pipeline(api.url, out)))
+    async with MockAPI(MockSettings.small(**SLOW)) as api:
+        result = await asyncingest.run(config_from_dict(pipeline(api.url, out, **AT_THE_END)))
         assert result.ok
         assert_every_record_once(api, out)
-    assert_compacted(out)
+    assert_compacted(out, 500, 500)
     assert_state_names_what_is_on_disk(out)
     # The run did checkpoint often: compaction had many files to merge.
     (c,) = [c for c in result.compacted if c.folder == "laps"]
@@ -149,8 +152,8 @@ async def test_compacted_files_keep_types_metadata_compression_and_row_groups(
 
 async def test_the_run_report_counts_files_before_and_after_compaction(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
-        result = await asyncingest.run(config_from_dict(pipeline(api.url, out)))
+    async with MockAPI(MockSettings.small(**SLOW)) as api:  # see the test above: many files
+        result = await asyncingest.run(config_from_dict(pipeline(api.url, out, **AT_THE_END)))
     report = orjson.loads((out / "_asyncingest" / "runs" / f"{result.run_id}.json").read_bytes())
     (laps,) = [c for c in report["result"]["compacted"] if c["folder"] == "laps"]
     assert set(laps) == {"folder", "files", "compacted_from", "rows"}
@@ -324,7 +327,7 @@ def test_a_compaction_that_fails_before_its_commit_leaves_only_the_old_files(
         fh.write(b"\xff" * 16)  # its first page header: the data cannot be read
     before = sorted(p.name for p in folder.iterdir())
     options = CompactOptions("zstd", row_group_rows=5, max_rows_per_file=50, min_rows_per_file=25)
-    with pytest.raises((OSError, pa.ArrowException)):
+    with pytest.raises(StateCorrupt, match=r"part-00003\.parquet: this committed Parquet file"):
         compact_folders(tmp_path, state, ["items"], options)
     assert sorted(p.name for p in folder.iterdir()) == before  # no staging file left
     assert state.endpoints["items"].files == before and state.endpoints["items"].compaction is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from asyncingest.state import checkpoint, lock
 from asyncingest.state.checkpoint import load_state, save_state, state_path
 from asyncingest.state.rangeset import RangeSet
 
+from . import unprivileged
 from .conftest import (
     ROOT,
     check_complete,
@@ -140,22 +142,32 @@ async def test_the_cli_exits_4_on_a_full_disk_with_one_message_and_resumes(
         check_complete(api, out, ids)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod; see the EROFS test")
 async def test_an_unwritable_output_exits_4(tmp_path: Path) -> None:
-    ids_path, _ = write_ids(tmp_path, 5)
-    parent = tmp_path / "locked"
+    # Root writes through chmod: as root, the CLI runs as user nobody (tests/unprivileged.py).
+    as_root = os.geteuid() == 0
+    if as_root and (why := unprivileged.why_not()) is not None:
+        pytest.skip(f"running as root, and {why}; see the EROFS test")
+    base = unprivileged.shared_dir() if as_root else tmp_path
+    ids_path, _ = write_ids(base, 5)
+    parent = base / "locked"
     parent.mkdir()
     parent.chmod(0o555)
     try:
         async with MockAPI(MockSettings.small()) as api:
-            cfg = tmp_path / "job.yaml"
+            cfg = base / "job.yaml"
             cfg.write_text(yaml.safe_dump(job_config(api.url, parent / "out", ids_path)))
-            code, text = await run_cli(cfg)
+            if as_root:
+                code, text = await unprivileged.run_cli_as_nobody(cfg, base)
+            else:
+                code, text = await run_cli(cfg)
             assert code == 4, text
             assert "permission denied" in text and str(parent / "out") in text
             assert "Traceback" not in text
+            assert not (parent / "out").exists()
     finally:
         parent.chmod(0o755)
+        if as_root:
+            shutil.rmtree(base)
 
 
 async def test_a_read_only_output_raises_environment_failure(

@@ -108,6 +108,10 @@ class Compaction:
     compacted_from: int  # committed files before
     rows: int  # rows rewritten
 
+    def __str__(self) -> str:
+        """``laps: 48 files merged into 3``, as the end-of-run summary and log say it."""
+        return f"{self.folder}: {self.compacted_from} files merged into {self.files}"
+
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
@@ -152,6 +156,14 @@ class RunResult:
     def requests(self) -> int:
         """Requests sent by every endpoint (retries included)."""
         return sum(e.requests for e in self.endpoints)
+
+    def files_after(self, name: str) -> int:
+        """The committed files folder ``name`` holds after the run: what compaction left where
+        it merged files, else the files this run committed (``EndpointSummary.files``)."""
+        for c in self.compacted:
+            if c.folder == name:
+                return c.files
+        return len(self.endpoint(name).files)
 
     def endpoint(self, name: str) -> EndpointSummary:
         """The summary of the endpoint named ``name`` (KeyError if there is none)."""

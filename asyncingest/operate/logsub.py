@@ -208,6 +208,10 @@ def _run_finished(e: RunFinished) -> Entry:
         "note": r.note,
         "ok": r.ok,
         "exit_code": r.exit_code,
+        "compacted": [
+            {"folder": c.folder, "files": c.files, "compacted_from": c.compacted_from}
+            for c in r.compacted
+        ],
     }
     how = "finished" if r.ok else "finished with failures"
     if r.cancelled or r.stopped:
@@ -218,6 +222,8 @@ def _run_finished(e: RunFinished) -> Entry:
         f"run {r.run_id} {how} in {r.duration:.1f}s: {r.records_written:,} records, "
         f"{r.requests:,} requests"
     )
+    if r.compacted:  # the endpoints' "N files" counted the small files committed on the way
+        msg += "; " + ", ".join(map(str, r.compacted))
     return logging.INFO if r.ok else logging.WARNING, "run_finished", msg, f
 
 

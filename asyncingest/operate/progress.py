@@ -203,6 +203,12 @@ def schema_lines(result: RunResult) -> list[str]:
     return out
 
 
+def compaction_lines(result: RunResult) -> list[str]:
+    """``laps: 48 files merged into 3``: what each compacted folder holds after the run
+    (the small files committed on the way are gone)."""
+    return [str(c) for c in result.compacted]
+
+
 def status_lines(result: RunResult) -> list[str]:
     """``users: 429 x2, 500 x2, 503 x1`` for endpoints that saw responses >= 300."""
     out = []

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from ..core.result import RunResult
 from .logsub import LogFormat, json_line
-from .progress import schema_lines, status_lines, summary_table
+from .progress import compaction_lines, schema_lines, status_lines, summary_table
 from .progress_model import ProgressModel
 
 __all__ = ["Reporter"]
@@ -100,7 +100,8 @@ class Reporter:
                 "report": str(report) if report.exists() else None,
                 "dead_letters": str(dead) if failed else None,
                 "resume": resume,
-                "endpoints": [_endpoint_fields(asdict(e)) for e in result.endpoints],
+                "endpoints": [_endpoint_fields(result, asdict(e)) for e in result.endpoints],
+                "compacted": [asdict(c) for c in result.compacted],
             }
             self._json("info" if code == 0 else "warning", "run_summary", line, fields)
             return
@@ -114,7 +115,7 @@ class Reporter:
             print_("responses by status (retried where retryable):", highlight=False)
             for status in statuses:
                 print_(f"  {status}", highlight=False, markup=False)
-        for note in schema_lines(result):
+        for note in [*schema_lines(result), *compaction_lines(result)]:
             print_(note, highlight=False, markup=False, soft_wrap=True)
         for e in result.endpoints:
             if not e.ok:
@@ -158,8 +159,10 @@ def one_line(result: RunResult, code: int, output: Path, resume: str | None) -> 
     return line + (f"; to resume: {resume}" if resume is not None else "")
 
 
-def _endpoint_fields(e: dict[str, Any]) -> dict[str, Any]:
-    e["files"] = len(e["files"])
+def _endpoint_fields(result: RunResult, e: dict[str, Any]) -> dict[str, Any]:
+    # files: what the folder holds after compaction; files_committed: this run's commits.
+    e["files_committed"] = len(e["files"])
+    e["files"] = result.files_after(e["name"])
     e["statuses"] = {str(k): v for k, v in e["statuses"].items()}
     requests = e["requests"]
     e["limiter_wait_per_request_s"] = round(e["limiter_wait"] / requests, 4) if requests else 0.0

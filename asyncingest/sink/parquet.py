@@ -60,6 +60,7 @@ from asyncingest.sink.schema import (
 )
 
 from ..core.crashpoints import crash_point
+from . import committed
 from .durable import fsync_dir, fsync_file
 
 __all__ = ["FieldType", "ParquetSink", "RejectedRecord", "SinkOptions", "safe_dir_name"]
@@ -160,7 +161,7 @@ class ParquetSink:
             key=lambda p: int(_PART.fullmatch(p.name)[1]),  # type: ignore[index]
         )
         for path in parts:
-            file_schema = pq.read_schema(path)
+            file_schema = committed.read_schema(path)  # a damaged file: StateCorrupt
             if kinds_of(file_schema) is None:
                 continue  # not written by asyncingest: leave it alone
             self._earlier.append(path)
@@ -322,12 +323,9 @@ class ParquetSink:
             if same_schema(self._file_schemas[path], target):
                 continue
             staging = _staging_path(path)
-            with (
-                pq.ParquetFile(path) as source,
-                pq.ParquetWriter(staging, target, compression=self.options.compression) as out,
-            ):
-                for i in range(source.num_row_groups):
-                    group = conform(source.read_row_group(i), target)
+            with pq.ParquetWriter(staging, target, compression=self.options.compression) as out:
+                for read in committed.row_groups(path):
+                    group = conform(read, target)
                     out.write_table(group, row_group_size=max(1, group.num_rows))
             _publish(staging, path)
             self._file_schemas[path] = target

@@ -53,6 +53,7 @@ from ..config.models import OutputConfig
 from ..core.crashpoints import crash_point
 from ..core.result import Compaction
 from ..errors import StateCorrupt
+from ..sink import committed
 from ..sink.durable import fsync_dir, fsync_file
 from ..sink.parquet import ParquetSink
 from .checkpoint import EndpointState, RunState, save_state
@@ -286,8 +287,8 @@ def _small_files(
 
 
 def _describe(directory: Path, name: str) -> CommittedFile:
-    with pq.ParquetFile(directory / name) as pf:
-        return CommittedFile(name, pf.metadata.num_rows, pf.schema_arrow)
+    rows, schema = committed.describe(directory / name)  # a damaged file: StateCorrupt
+    return CommittedFile(name, rows, schema)
 
 
 def _names(directory: Path, committed: list[str]) -> Iterator[Path]:
@@ -307,9 +308,8 @@ def _merge(
     out = _MergedFiles(group[0].schema, options, names)
     try:
         for f in group:
-            with pq.ParquetFile(directory / f.name) as source:
-                for batch in source.iter_batches(batch_size=options.row_group_rows):
-                    out.add(pa.Table.from_batches([batch]))
+            for table in committed.batches(directory / f.name, options.row_group_rows):
+                out.add(table)
         return out.close()
     except BaseException:
         out.abort()
