@@ -57,6 +57,9 @@ class ChildLink:
 
 @dataclass(slots=True)
 class PageDone:
+    """One page for the writer, as one item: its records, the child jobs it made (per
+    child), its dead letters and its progress token."""
+
     records: list[Record]
     token: Token | None
     children: Sequence[tuple[ChildLink, list[Job]]] = ()
@@ -64,6 +67,9 @@ class PageDone:
 
 
 class Barrier:
+    """A checkpoint marker on a writer's queue: the writer makes everything before it
+    durable and answers ``future`` with what it committed."""
+
     __slots__ = ("future",)
 
     def __init__(self) -> None:
@@ -71,6 +77,9 @@ class Barrier:
 
 
 class Writer:
+    """One endpoint's writer task (see the module docstring): applies pages in queue order
+    and answers barriers; ``put_page`` is the one hand-off."""
+
     def __init__(
         self,
         name: str,
