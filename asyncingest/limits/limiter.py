@@ -250,6 +250,19 @@ class WindowPermit:
         return f"<permit {self._key!r} of {self._limiter.name!r}{' released' * self._done}>"
 
 
+def make_windows(
+    windows: Sequence[tuple[int, float]], exact_max: int = EXACT_MAX, buckets: int = BUCKETS
+) -> tuple[Window, ...]:
+    """Checked ``(limit, seconds)`` pairs as windows: exact up to ``exact_max`` slots, else
+    counted in ``buckets`` time buckets. Shared by the async and the thread-safe limiter."""
+    if not windows:
+        raise ValueError("a sliding-window limiter needs at least one (limit, seconds) window")
+    for limit, seconds in windows:
+        if limit < 1 or not 0 < seconds < math.inf:
+            raise ValueError(f"bad window ({limit}, {seconds}): need limit >= 1, seconds > 0")
+    return tuple(Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows)
+
+
 class SlidingWindowLimiter:
     """At most N requests per W seconds, for every ``(N, W)`` in ``windows``, all at once.
 
@@ -266,16 +279,9 @@ class SlidingWindowLimiter:
         exact_max: int = EXACT_MAX,
         buckets: int = BUCKETS,
     ) -> None:
-        if not windows:
-            raise ValueError("a SlidingWindowLimiter needs at least one (limit, seconds) window")
-        for limit, seconds in windows:
-            if limit < 1 or not 0 < seconds < math.inf:
-                raise ValueError(f"bad window ({limit}, {seconds}): need limit >= 1, seconds > 0")
         self.name = name
         self._clock = clock
-        self._windows = tuple(
-            Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows
-        )
+        self._windows = make_windows(windows, exact_max, buckets)
         self._in_flight = 0
         self._granted = 0
         self._counters: dict[str, _Counter] = {}

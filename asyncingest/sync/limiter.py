@@ -22,14 +22,13 @@ window.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ..limits.limiter import BUCKETS, EXACT_MAX, Permit, Permits, Window, WindowUsage
+from ..limits.limiter import BUCKETS, EXACT_MAX, Permit, Permits, WindowUsage, make_windows
 
 
 class LimiterClosed(Exception):
@@ -79,17 +78,10 @@ class ThreadSlidingWindowLimiter:
         buckets: int = BUCKETS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not windows:
-            raise ValueError("a sliding-window limiter needs at least one (limit, seconds) window")
-        for limit, seconds in windows:
-            if limit < 1 or not 0 < seconds < math.inf:
-                raise ValueError(f"bad window ({limit}, {seconds}): need limit >= 1, seconds > 0")
         self.name = name
         # The clock must be the one Condition.wait measures timeouts with: time.monotonic.
         self._clock = clock
-        self._windows = tuple(
-            Window(n, w, 0.0 if n <= exact_max else w / buckets) for n, w in windows
-        )
+        self._windows = make_windows(windows, exact_max, buckets)
         self._lock = threading.Lock()
         self._queue: deque[threading.Condition] = deque()  # waiters, FIFO; [0] is the head
         self._in_flight = 0
