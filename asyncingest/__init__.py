@@ -12,6 +12,7 @@ from .config.models import (
     AuthConfig,
     ConcurrencyConfig,
     CursorPagination,
+    CustomPagination,
     EndpointConfig,
     ForEach,
     FromFile,
@@ -49,6 +50,8 @@ from .core.events import (
     RunStarted,
     Subscriber,
 )
+from .core.pagination import Paginator
+from .core.request import Page, Request
 from .core.result import EndpointSummary, RunResult
 from .engine.engine import Engine, run
 from .errors import (
@@ -86,6 +89,10 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "CursorPagination",
     "NextUrlPagination",
     "LinkHeaderPagination",
+    "CustomPagination",
+    "Paginator",  # what a custom paginator implements, and the two types it handles
+    "Request",
+    "Page",
     "load_config",
     "config_from_dict",
     # running a pipeline

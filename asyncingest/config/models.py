@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -244,13 +245,42 @@ class LinkHeaderPagination(_Model):
     rel: str = "next"
 
 
+class CustomPagination(_Model):
+    """Your own paginator, for APIs the six kinds above do not fit: ``function`` names a class
+    (or any callable) that ``options`` are passed to as keyword arguments, and what it returns
+    has the stateless ``first(request)`` / ``next(page)`` methods of the built-in ones (see
+    ``asyncingest.Paginator``). Checked when the config is loaded: importable, constructible,
+    and with both methods.
+    """
+
+    type: Literal["custom"]
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the class (JSON-like values)"
+    )
+    function: str = Field(
+        description="'package.module:Class'; Class(**options) has first(request) and next(page)"
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _paginator(cls, v: str, info: ValidationInfo) -> str:
+        from .callables import load_paginator
+
+        options = info.data.get("options")
+        if options is None:  # options were invalid: that error is reported on its own
+            return v
+        load_paginator(v, options)  # a clear ValueError when it is missing or unfit
+        return v
+
+
 Pagination = Annotated[
     NoPagination
     | OffsetPagination
     | PagePagination
     | CursorPagination
     | NextUrlPagination
-    | LinkHeaderPagination,
+    | LinkHeaderPagination
+    | CustomPagination,
     Field(discriminator="type"),
 ]
 

@@ -21,7 +21,7 @@ from yarl import URL
 from ..config.models import EndpointConfig
 from ..core.crashpoints import crash_point
 from ..core.events import EventBus, JobFinished, RecordsExpected, RequestStarted
-from ..core.pagination import PaginationLoop, paginator_for
+from ..core.pagination import PaginationLoop, PaginatorFailed, paginator_for
 from ..core.records import (
     Job,
     copy_parent_fields,
@@ -225,7 +225,7 @@ class EndpointRunner:
         if request is None:
             try:
                 request = self.paginator.first(self.template.build(job.variables))
-            except UnsafePathValue as exc:
+            except (UnsafePathValue, PaginatorFailed) as exc:  # the job cannot start
                 dead = self.ledger.refused(job, str(exc))
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
                 self.events.emit(JobFinished(self.name, False, 0))

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from ..config.models import (
     CursorPagination,
+    CustomPagination,
     EndpointConfig,
     LinkHeaderPagination,
     NextUrlPagination,
@@ -36,6 +37,8 @@ def pagination_text(e: EndpointConfig) -> str:
             return f"next URL at {p.next_path}"
         case LinkHeaderPagination():
             return f'Link header rel="{p.rel}"'
+        case CustomPagination():
+            return f"custom ({p.function})"
     return "?"
 
 
