@@ -288,6 +288,8 @@ def _location(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
 _DISCRIMINATED = {
     # pagination
     *("none", "offset", "page", "cursor", "next_url", "link_header", "custom"),
+    # auth
+    *("bearer", "header", "query", "oauth2_client_credentials"),
 }
 
 

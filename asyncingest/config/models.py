@@ -65,6 +65,39 @@ class AuthConfig(_Model):
         return self
 
 
+class OAuth2Config(_Model):
+    """OAuth 2.0 client credentials (RFC 6749, section 4.4): the client id and secret come from
+    environment variables, never from the file; the access token they buy is sent as
+    ``Authorization: Bearer``, to the API's origin only. See asyncingest/http/oauth.py for when the
+    token is fetched and refreshed.
+    """
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: HttpUrl = Field(description="the token endpoint (often another host than the API)")
+    client_id_env: str = Field(description="environment variable holding the client id")
+    client_secret_env: str = Field(description="environment variable holding the client secret")
+    scope: str | None = Field(None, description="sent as 'scope' when set")
+    audience: str | None = Field(None, description="sent as 'audience' when set (Auth0, Okta)")
+    client_auth: Literal["basic", "body"] = Field(
+        "basic",
+        description="basic: HTTP Basic with the id and secret (RFC 6749 2.3.1, what servers must "
+        "support); body: client_id and client_secret in the form",
+    )
+    refresh_margin: float = Field(
+        60.0,
+        ge=0,
+        description="seconds before the token's expiry it is replaced (at most half its life)",
+    )
+
+    @property
+    def env_names(self) -> str:
+        """``ID_VAR and SECRET_VAR``: what a message about bad credentials points at."""
+        return f"{self.client_id_env} and {self.client_secret_env}"
+
+
+Auth = Annotated[AuthConfig | OAuth2Config, Field(discriminator="type")]
+
+
 class HttpConfig(_Model):
     """How each HTTP request is made: timeouts, connection pool, TLS and the body cap
     (``api.http``).
@@ -152,7 +185,7 @@ class ApiConfig(_Model):
 
     base_url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
-    auth: AuthConfig | None = None
+    auth: Auth | None = None
     http: HttpConfig = HttpConfig()
     rate_limits: tuple[RateWindow, ...] = ()
     retry: RetryConfig = RetryConfig()
