@@ -104,12 +104,12 @@ async def test_every_request_in_flight_shares_one_token_request(
     nothing_secret(repr(events) + repr(result) + files_text(tmp_path), mock_api)
 
 
-@pytest.mark.parametrize("mock_api", [oauth_api(expires_in=1.0)], indirect=True)
+@pytest.mark.parametrize("mock_api", [oauth_api(expires_in=1.5)], indirect=True)
 async def test_a_token_expiring_mid_run_is_replaced_before_it_expires(
     engine: Runner, mock_api: MockAPI, tmp_path: Path
 ) -> None:
-    """Tokens live 1 s, the run about 2 s (25 requests/s): replaced at half life, no 401."""
-    cfg = f1(mock_api, tmp_path, rate_limits=[{"requests": 25, "per_seconds": 1}])
+    """Tokens live 1.5 s, the run about 2.5 s (20 requests/s): replaced at half life, no 401."""
+    cfg = f1(mock_api, tmp_path, rate_limits=[{"requests": 20, "per_seconds": 1}])
     result = await engine(cfg)
     assert result.ok
     assert mock_api.issuer is not None and mock_api.issuer.stats.issued >= 2
