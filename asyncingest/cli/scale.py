@@ -58,6 +58,23 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
     )
     _broker_options(worker)
     worker.add_argument(
+        "--config",
+        default=None,
+        help="a config whose endpoint has from_queue: consume that queue (each message one id) "
+        "instead of submitted shards",
+    )
+    worker.add_argument(
+        "--output", "-o", default=None, help="with --config: output folder (default: the config's)"
+    )
+    worker.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="with --config: override a config value (repeatable)",
+    )
+    worker.add_argument(
         "--budget",
         default=None,
         metavar="redis://HOST:PORT/DB",
@@ -163,10 +180,19 @@ def _budget_note(url: str | None) -> str:
 
 def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     from ..operate.logsub import configure_logging
-    from ..scale.worker import Worker
+    from ..scale.worker import QueueSource, Worker
 
     if args.budget is not None and not args.budget.startswith(("redis://", "rediss://")):
         raise ConfigError("command line", [Problem("--budget", "expected redis://HOST:PORT/DB")])
+    source = None
+    if args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+        output = Path(args.output if args.output is not None else cfg.output.directory)
+        source = QueueSource.from_config(cfg, str(output.resolve()))
+    elif args.output is not None or args.overrides:
+        raise ConfigError(
+            "command line", [Problem("--output/--set", "only with --config (a from_queue job)")]
+        )
     configure_logging(args.log_level, "text", everything=True)
     out.say("budget", _budget_note(args.budget), "warning")
 
@@ -183,6 +209,7 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
                 shards_at_once=args.shards_at_once,
                 delivery_limit=args.delivery_limit,
                 observer=observer,
+                source=source,
             )
             return await worker.run()
 

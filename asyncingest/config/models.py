@@ -312,6 +312,21 @@ class FromFile(_Model):
         return "csv"
 
 
+class FromQueue(_Model):
+    """One request per message of a RabbitMQ queue the user already has (``{"match_id": 7}``):
+    the ``worker --config`` command consumes it (docs/scale-out.md); ``run`` refuses it."""
+
+    queue: str = Field(min_length=1, max_length=255)
+    field: str = Field(min_length=1, description="the JSON field of each message holding the id")
+    var: str | None = Field(None, description="template variable (default: the field name)")
+    copy_id: bool = Field(True, description="copy the id into each record when absent")
+
+    @property
+    def variable(self) -> str:
+        """The template variable each id is bound to: ``var``, or the field name."""
+        return self.var or self.field
+
+
 # --------------------------------------------------------------------------- endpoints
 
 
@@ -381,6 +396,7 @@ class EndpointConfig(_Model):
     pagination: Pagination = NoPagination()
     for_each: ForEach | None = None
     from_file: FromFile | None = None
+    from_queue: FromQueue | None = None
     rate_limits: tuple[RateWindow, ...] = ()
     concurrency: int | None = Field(None, ge=1, description="requests in flight (override)")
     transform: TransformConfig | None = None
@@ -419,8 +435,8 @@ class EndpointConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> EndpointConfig:
-        if self.for_each and self.from_file:
-            raise ValueError("use either 'for_each' or 'from_file', not both")
+        if sum(x is not None for x in (self.for_each, self.from_file, self.from_queue)) > 1:
+            raise ValueError("use one of 'for_each', 'from_file' and 'from_queue'")
         if self.json_body is not None and self.method != "POST":
             raise ValueError("'body' needs method: POST")
         provided: set[str] = set()
@@ -428,6 +444,8 @@ class EndpointConfig(_Model):
             provided = set(self.for_each.bind)
         elif self.from_file:
             provided = {self.from_file.variable}
+        elif self.from_queue:
+            provided = {self.from_queue.variable}
         used = template_fields(self.path)
         for value in self.params.values():
             if isinstance(value, str):

@@ -230,6 +230,22 @@ class RunFolder:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
+    def failed_attempts(self, shard_id: str) -> int:
+        """Failures counted so far (for queues without ``x-delivery-count``)."""
+        try:
+            return int((self.root / "attempts" / shard_id).read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def count_failure(self, shard_id: str) -> int:
+        path = self.root / "attempts" / shard_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = self.failed_attempts(shard_id) + 1
+        tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(str(n))
+        os.replace(tmp, path)
+        return n
+
     def touch_inflight(self, shard_id: str) -> None:
         path = self.inflight(shard_id)
         path.parent.mkdir(parents=True, exist_ok=True)

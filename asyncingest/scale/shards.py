@@ -16,7 +16,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config.models import PipelineConfig
+from ..config.models import FromFile, PipelineConfig
 from ..config.sources import iter_ids
 
 DEFAULT_SHARD_SIZE = 2_000
@@ -105,13 +105,41 @@ def shard_config(shard: Shard, staging: Path) -> PipelineConfig:
     for e in cfg.endpoints:
         if e.name not in keep:
             continue
-        if e.name == shard.endpoint and e.from_file is not None and shard.kind == "ids":
+        source = e.from_file or e.from_queue
+        if e.name == shard.endpoint and source is not None and shard.kind == "ids":
             ids_path = staging / "_ids.jsonl"
             staging.mkdir(parents=True, exist_ok=True)
-            column = e.from_file.column
+            column = source.column if isinstance(source, FromFile) else source.field
             ids_path.write_bytes(b"".join(orjson.dumps({column: v}) + b"\n" for v in shard.ids))
-            spec = e.from_file.model_copy(update={"path": str(ids_path), "format": "jsonl"})
-            e = e.model_copy(update={"from_file": spec})
+            spec = FromFile(
+                path=str(ids_path),
+                column=column,
+                var=source.variable,
+                format="jsonl",
+                copy_id=source.copy_id,
+            )
+            e = e.model_copy(update={"from_file": spec, "from_queue": None})
         endpoints.append(e)
     output = cfg.output.model_copy(update={"directory": str(staging)})
     return cfg.model_copy(update={"endpoints": tuple(endpoints), "output": output})
+
+
+def queue_run_id(queue: str) -> str:
+    """The run id a ``from_queue`` worker keeps its commit records under: ``queue-<name>``."""
+    return "queue-" + re.sub(r"[^A-Za-z0-9_.-]", "_", queue)[:90]
+
+
+def message_shard(
+    cfg_json: dict[str, Any], endpoint: str, output: str, queue: str, key: str, value: Any
+) -> Shard:
+    """One message of a ``from_queue`` endpoint as a shard of one id, named by the message's key
+    (its ``message_id``, or a hash of its body): a redelivered message finds its commit record."""
+    return Shard(
+        run_id=queue_run_id(queue),
+        shard_id=f"msg-{key}",
+        endpoint=endpoint,
+        kind="ids",
+        ids=(value,),
+        output=output,
+        config=cfg_json,
+    )
