@@ -226,7 +226,8 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     doomed = await start_worker(names, crash_at="page:3")
     await doomed.wait_for("consuming")
     survivor = await start_worker(names)
-    await all_committed(out, "r1", 7, [doomed, survivor])
+    # ... and as the walk finishes, one shard of sessions, then one of laps
+    await all_committed(out, "r1", 9, [doomed, survivor])
     assert await doomed.exited() == -signal.SIGKILL
     assert await survivor.stop() == 0, survivor.text
     check_output(api, out, ids)
@@ -237,9 +238,39 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     rc, text, err = await cli("status", "r1", "--broker", BROKER, "--queue", names.shards, "--json")
     assert rc == 0, err
     status = orjson.loads(text)
-    assert (status["total"], status["done"], status["failed"]) == (7, 7, 0), status
+    assert (status["total"], status["done"], status["failed"]) == (9, 9, 0), status
     again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     assert (again.published, again.skipped) == (0, 7)
+
+
+async def test_children_become_shards_published_once_through_kills(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 6: meetings -> sessions -> laps, one binding per child shard. A worker dies after
+    publishing a parent's children but before recording that (they are published again by the
+    rerun: duplicates), another after recording them but before the commit (the rerun does not
+    publish them again); a last worker finishes. Every shard is committed once, every record is
+    there once, and every lap page was fetched once."""
+    api = await start_mock_api()
+    out = tmp_path / "out"
+    (tmp_path / "ids.csv").write_text("user_id\n")
+    cfg = job(api.url, out, tmp_path / "ids.csv")
+    done = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=1, names=names)
+    assert (done.shards, done.published) == (1, 1)  # the walk; users has no ids
+    for point in ("scale-children-published:1", "scale-children-recorded:1"):
+        crashed = await start_worker(names, crash_at=point)
+        assert await crashed.exited() == -signal.SIGKILL, crashed.text
+    last = await start_worker(names)
+    expected = {"meetings-walk", "meetings-walk~sessions-00000", "meetings-walk~sessions-00001"}
+    await all_committed(out, "r1", 1 + 2 + 4, [last])
+    assert await last.stop() == 0, last.text
+    folder = RunFolder(out, "r1")
+    ids = folder.committed_ids()
+    assert len(ids) == 7 and expected <= ids, ids
+    assert sum(1 for i in ids if "~laps-" in i) == 4
+    check_output(api, out, [], crawl=True)
+    laps = [(folder.committed(i) or {})["requests"] for i in ids if "~laps-" in i]
+    assert api.stats.by_path["/v1/laps"] == sum(laps)  # each lap page once
 
 
 @pytest.mark.parametrize("point", ["scale-committed", "scale-published"])

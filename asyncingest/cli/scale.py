@@ -41,6 +41,12 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
         help=f"ids per shard of an input file (default {DEFAULT_SHARD_SIZE:,})",
     )
     submit.add_argument(
+        "--inline-children",
+        action="store_true",
+        help="run each shard's children in the same shard (default: a child endpoint that "
+        "binds one variable becomes shards of its own, published as its parents finish)",
+    )
+    submit.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -148,7 +154,13 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     output = Path(args.output if args.output is not None else cfg.output.directory).resolve()
     done = asyncio.run(
         submit(
-            cfg, args.broker, run_id=run_id, output=output, shard_size=args.shard_size, names=names
+            cfg,
+            args.broker,
+            run_id=run_id,
+            output=output,
+            shard_size=args.shard_size,
+            names=names,
+            split_children=not args.inline_children,
         )
     )
     out.say(

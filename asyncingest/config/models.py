@@ -291,6 +291,19 @@ class FromFile(_Model):
         None, description="default: from the file extension"
     )
     copy_id: bool = Field(True, description="copy the id into each record when absent")
+    copy_fields: tuple[str, ...] = Field(
+        (),
+        alias="copy",
+        description="JSONL only: fields of each line copied into that id's records (how the "
+        "scale-out worker carries a parent's copied fields into a child shard)",
+    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _copy_needs_jsonl(self) -> FromFile:
+        if self.copy_fields and self.file_format != "jsonl":
+            raise ValueError("'copy' needs a JSONL input file (format: jsonl)")
+        return self
 
     @property
     def variable(self) -> str:

@@ -230,6 +230,25 @@ class RunFolder:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
+    def children_marker(self, shard_id: str) -> Path:
+        return self.root / "children" / f"{shard_id}.json"
+
+    def children_published(self, shard_id: str) -> list[str] | None:
+        """The child shards ``shard_id`` published (confirmed), or None if not recorded."""
+        try:
+            out: list[str] = orjson.loads(self.children_marker(shard_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        return out
+
+    def record_children(self, shard_id: str, children: list[str]) -> None:
+        path = self.children_marker(shard_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
+        _write_durably(tmp, orjson.dumps(children))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
     def failed_attempts(self, shard_id: str) -> int:
         """Failures counted so far (for queues without ``x-delivery-count``)."""
         try:

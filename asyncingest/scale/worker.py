@@ -31,7 +31,7 @@ from ..engine.pipeline import Pipeline
 from ..errors import ConfigError, EnvironmentFailure, Problem
 from .broker import DELIVERY_LIMIT, QueueNames, connect, declare, redact
 from .commit import RunFolder
-from .shards import Shard, config_json, message_shard, shard_config
+from .shards import Shard, child_shards, config_json, message_shard, shard_config
 
 if TYPE_CHECKING:
     import aio_pika.abc
@@ -346,7 +346,9 @@ class Worker:
                 reason = await asyncio.to_thread(_dead_letter_reason, staging)
                 raise MessageFailed(reason)
             crash_point("scale-written")
+            children = await self._publish_children(folder, shard, staging)
             summary = {
+                "children": children,
                 "requests": result.requests,
                 "records": result.records_written,
                 "dead_requests": result.dead_requests,
@@ -373,6 +375,43 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(folder.clear_inflight, shard.shard_id)
+
+    async def _publish_children(self, folder: RunFolder, shard: Shard, staging: Path) -> list[str]:
+        """Publish (confirmed) the child shards of ``shard``'s records, once: before the commit,
+        so a crash cannot lose them; a marker keeps a rerun from publishing them again (but for
+        the instant between the confirms and the marker; a duplicate then finds its commit)."""
+        if self.source is not None or not shard.split:
+            return []
+        done = await asyncio.to_thread(folder.children_published, shard.shard_id)
+        if done is not None:
+            return done
+        import aio_pika
+
+        kids = await asyncio.to_thread(child_shards, shard, staging)
+        if not kids:
+            return []
+        assert self._channel is not None
+        exchange = self._channel.default_exchange
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        kid.to_bytes(),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        content_type="application/json",
+                        message_id=kid.message_id,
+                        headers={"run_id": kid.run_id, "shard_id": kid.shard_id},
+                    ),
+                    routing_key=self.names.shards,
+                )
+                for kid in kids
+            )
+        )
+        crash_point("scale-children-published")
+        ids = [kid.shard_id for kid in kids]
+        await asyncio.to_thread(folder.record_children, shard.shard_id, ids)
+        crash_point("scale-children-recorded")
+        return ids
 
     def _stop_soon(self, pipeline: Pipeline) -> None:
         task = asyncio.get_running_loop().create_task(pipeline.stop())
