@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from asyncingest import config_from_dict
+from asyncingest.errors import ConfigError
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.scale.broker import QueueNames
 from asyncingest.scale.commit import RunFolder
@@ -240,6 +241,11 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     assert (status["total"], status["done"], status["failed"]) == (9, 9, 0), status
     again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     assert (again.published, again.skipped) == (0, 7)
+    with pytest.raises(ConfigError, match="--shard-size"):  # other shards under the same ids
+        await submit(cfg, BROKER, run_id="r1", output=out, shard_size=10, names=names)
+    (tmp_path / "ids.csv").write_text("user_id\n1\n")
+    with pytest.raises(ConfigError, match=r"from_file .*size 608 -> 10 bytes"):
+        await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
 
 
 async def test_children_become_shards_published_once_through_kills(
