@@ -60,7 +60,8 @@ from .errors import (
     StateCorrupt,
 )
 from .limits.clock import Clock, LoopClock
-from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
+from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter, WindowUsage
+from .limits.rate_budget import Budget, BudgetPermit, RateBudget
 from .operate.tuning import tune_gc
 from .testing import FakeClock
 
@@ -91,6 +92,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     # running a pipeline
     "run",
     "Engine",
+    "Budget",
     "tune_gc",
     # results
     "RunResult",
@@ -125,6 +127,9 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "EnvironmentFailure",
     "StateCorrupt",
     # limits and time
+    "RateBudget",
+    "BudgetPermit",
+    "WindowUsage",
     "SlidingWindowLimiter",
     "ConcurrencyLimit",
     "Limits",

@@ -43,10 +43,11 @@ from ..errors import environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
-from ..limits.budget import BudgetWatch
+from ..limits.budget import BudgetWatch, Watched
 from ..limits.clock import BoundLoopClock, Clock, LoopClock
-from ..limits.limiter import Limit, Limits, SlidingWindowLimiter
-from ..limits.throttle import AdaptiveThrottle, PauseGate
+from ..limits.limiter import Limit, Limits, SlidingWindowLimiter, WindowUsage
+from ..limits.rate_budget import Budget, BudgetShare, RateBudget
+from ..limits.throttle import AdaptiveThrottle
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink, SinkOptions
 from ..state.checkpoint import (
@@ -70,6 +71,9 @@ class Engine:
     config), ``fresh=True`` starts over, ``retry_failed=True`` re-requests dead-lettered
     requests. ``stop()`` asks for a graceful stop: no new work, in-flight requests finish,
     files and state are committed; ``result.stopped`` is then true.
+
+    ``budget``: the API's rate budget, shared with other pipelines given the same one (it then
+    replaces ``config.api.rate_limits``); without it the engine makes its own from the config.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Engine:
         seed: int | None = None,
         fresh: bool = False,
         retry_failed: bool = False,
+        budget: RateBudget | None = None,
     ) -> None:
         self.config = config
         self.output = Path(output if output is not None else config.output.directory)
@@ -105,8 +110,8 @@ class Engine:
         self._known_files: dict[str, dict[str, CommittedFile]] = {}
         self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
-        self.global_limiter: SlidingWindowLimiter | None = None
-        self.pause_gate: PauseGate | None = None
+        self._budget_given = budget
+        self._budget: RateBudget | None = budget
         self._adaptive: dict[str, AdaptiveConcurrency] = {}
 
     def __repr__(self) -> str:
@@ -122,12 +127,17 @@ class Engine:
         for r in self.runners.values():
             r.stop()
 
-    def limiters(self) -> dict[str, SlidingWindowLimiter]:
-        """The rate limiters by name: ``api`` (shared) and any endpoint's own."""
-        out = dict(self._own_limiters)
-        if self.global_limiter is not None:
-            out["api"] = self.global_limiter
+    def limiters(self) -> dict[str, SlidingWindowLimiter | RateBudget]:
+        """The rate limiters by name: ``api`` (the budget, maybe shared) and any endpoint's own.
+        The budget is listed once the run has started and only when it has windows."""
+        out: dict[str, SlidingWindowLimiter | RateBudget] = dict(self._own_limiters)
+        if self._budget is not None and self._budget.usage():
+            out["api"] = self._budget
         return out
+
+    def window_usage(self) -> dict[str, tuple[WindowUsage, ...]]:
+        """Each rate limiter's windows now (see :meth:`limiters`)."""
+        return {name: limiter.usage() for name, limiter in self.limiters().items()}
 
     def _limits_for(self, e: EndpointConfig, workers: int) -> Limit:
         parts: list[Limit] = []
@@ -143,10 +153,8 @@ class Engine:
             )
             self._own_limiters[e.name] = own
             parts.append(own)
-        if self.global_limiter is not None:
-            parts.append(self.global_limiter)
-        if self.pause_gate is not None:
-            parts.append(self.pause_gate)
+        assert self._budget is not None
+        parts.append(BudgetShare(self._budget, self.run_id))  # last: taken closest to sending
         return parts[0] if len(parts) == 1 else Limits(parts)
 
     def _guards_for(self, e: EndpointConfig) -> EndpointGuards:
@@ -162,8 +170,6 @@ class Engine:
                 name=e.name,
                 on_change=self.runners[e.name].ledger.breaker_changed,
             )
-        budget: SlidingWindowLimiter | PauseGate | None = self.global_limiter or self.pause_gate
-        in_flight = self._budget_in_flight if self.global_limiter is not None else None
         return EndpointGuards(
             e.name,
             self.clock,
@@ -172,13 +178,16 @@ class Engine:
             throttle=AdaptiveThrottle(max_pause=api.retry.max_retry_after)
             if api.adaptive_rate
             else None,
-            budget=budget,
-            in_flight=in_flight,
+            budget=self._budget,
             adaptive=self._adaptive.get(e.name),
         )
 
     def _budget_watch(self, e: EndpointConfig) -> BudgetWatch | None:
-        limiters = [x for x in (self._own_limiters.get(e.name), self.global_limiter) if x]
+        limiters: list[Watched] = (
+            [self._own_limiters[e.name]] if e.name in self._own_limiters else []
+        )
+        if self._budget is not None and self._budget.usage():  # a pause alone is no used-up budget
+            limiters.append(self._budget)
         if not limiters:
             return None
         api = self.config.api
@@ -187,25 +196,19 @@ class Engine:
             limiters, self.clock, self.events, threshold=api.budget_wait_threshold, stop=stop
         )
 
-    def _budget_in_flight(self) -> int:
-        return self.global_limiter.in_flight if self.global_limiter is not None else 0
-
     def _stop_for_budget(self, reason: str) -> None:
         if not self.stopping:
             self.stop_reason = reason
             self.stop()
 
     def _make_limits(self) -> None:
-        """The shared budget, on the run's clock (made when the run's loop is known)."""
+        """The run's clock and, unless one was given, the API's budget on it (made when the
+        run's loop is known). With no windows configured the budget only pauses: a 429 still
+        needs a shared budget to pause."""
         if not self._clock_given:
             self.clock = BoundLoopClock(asyncio.get_running_loop())
-        api = self.config.api
-        if api.rate_limits:
-            windows = [(w.requests, w.per_seconds) for w in api.rate_limits]
-            self.global_limiter = SlidingWindowLimiter(windows, self.clock, name="api")
-        else:
-            # With no windows configured, a 429 still needs a shared budget to pause.
-            self.pause_gate = PauseGate(self.clock, "api")
+        if self._budget_given is None:
+            self._budget = Budget(self.config.api.rate_limits, clock=self.clock, name="api")
 
     async def run(self) -> RunResult:
         """Run to the end (or a stop) holding the output folder; see the class docstring.
@@ -595,7 +598,20 @@ async def run(
     subscribers: Iterable[Subscriber] = (),
     clock: Clock | None = None,
     fresh: bool = False,
+    retry_failed: bool = False,
+    budget: RateBudget | None = None,
 ) -> RunResult:
-    """Run a pipeline to completion in the current event loop and return what it did."""
-    engine = Engine(config, output=output, subscribers=subscribers, clock=clock, fresh=fresh)
+    """Run a pipeline to completion in the current event loop and return what it did.
+
+    ``budget``: share one :class:`~asyncingest.limits.rate_budget.Budget` between the pipelines
+    of a process (see :class:`Engine`); ``retry_failed`` re-requests dead-lettered requests."""
+    engine = Engine(
+        config,
+        output=output,
+        subscribers=subscribers,
+        clock=clock,
+        fresh=fresh,
+        retry_failed=retry_failed,
+        budget=budget,
+    )
     return await engine.run()
