@@ -50,7 +50,9 @@ from .core.events import (
     Subscriber,
 )
 from .core.result import EndpointSummary, RunResult
-from .engine.engine import Engine, run
+from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
+from .engine.engine import Engine
+from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
 from .errors import (
     AsyncIngestError,
     ConfigError,
@@ -60,7 +62,7 @@ from .errors import (
     StateCorrupt,
 )
 from .limits.clock import Clock, LoopClock
-from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter, WindowUsage
+from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
 from .limits.rate_budget import Budget, BudgetPermit, RateBudget
 from .operate.tuning import tune_gc
 from .testing import FakeClock
@@ -90,11 +92,17 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "load_config",
     "config_from_dict",
     # running a pipeline
+    "Pipeline",
     "run",
+    "run_sync",
     "Engine",
+    "PipelineStateError",
     "Budget",
     "tune_gc",
-    # results
+    # results and snapshots
+    "Snapshot",
+    "EndpointSnapshot",
+    "WindowUsage",
     "RunResult",
     "EndpointSummary",
     # events
@@ -129,7 +137,6 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     # limits and time
     "RateBudget",
     "BudgetPermit",
-    "WindowUsage",
     "SlidingWindowLimiter",
     "ConcurrencyLimit",
     "Limits",

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from ..config.models import RateWindow
+from ..core.snapshot import WindowUsage
 from .clock import BoundLoopClock, Clock
 from .limiter import (
     BUCKETS,
@@ -35,7 +36,6 @@ from .limiter import (
     KeyStats,
     Permit,
     SlidingWindowLimiter,
-    WindowUsage,
     make_windows,
 )
 
