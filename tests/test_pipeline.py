@@ -13,6 +13,7 @@ import pytest
 import asyncingest
 from asyncingest import Pipeline, PipelineStateError, RequestFinished
 from asyncingest.mockapi import MockAPI
+from asyncingest.sink import parquet
 from asyncingest.state.checkpoint import load_state
 
 from .conftest import (
@@ -21,6 +22,7 @@ from .conftest import (
     MockAPIFactory,
     assert_same_records,
     expected_f1,
+    fail_once_at,
     leftovers,
     pipeline,
     read_records,
@@ -285,3 +287,32 @@ async def test_a_loop_shutting_down_mid_run_leaves_a_resumable_output(
     cfg = config(api, tmp_path)
     assert (await asyncingest.run(cfg)).ok
     assert_complete(api, tmp_path)
+
+
+async def test_an_error_in_the_block_cancels_the_run_and_propagates(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    cfg = slow_config(api, tmp_path)
+    laps = LapsAnswered(3)
+    with pytest.raises(LookupError, match="the service's own"):
+        async with Pipeline(cfg, subscribers=[laps]) as p:
+            await laps.wait()
+            raise LookupError("the service's own error")
+    assert p.result.cancelled and p.snapshot().phase == "cancelled"
+    assert_readable_and_clean(tmp_path)
+    assert (await asyncingest.run(cfg)).ok
+    assert_complete(api, tmp_path)
+
+
+async def test_the_run_s_error_mid_run_is_raised_on_leaving_the_block(
+    mock_api: MockAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parquet, "crash_point", fail_once_at(2))  # the disk fills up
+    with pytest.raises(asyncingest.EnvironmentFailure, match="no space left"):
+        async with Pipeline(config(mock_api, tmp_path)) as p:
+            pass
+    assert p.snapshot().phase == "failed"
+    with pytest.raises(asyncingest.EnvironmentFailure):
+        _ = p.result
+    assert_readable_and_clean(tmp_path)
