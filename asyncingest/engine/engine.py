@@ -374,7 +374,7 @@ class Engine:
                 raise
             except BaseException as exc:
                 failed = True
-                await asyncio.shield(asyncio.to_thread(self._abandon_files, files))
+                await asyncio.shield(self._quiet_files(files))
                 if isinstance(exc, BaseExceptionGroup):  # an endpoint failed: its own error
                     raise first_cause(exc) from None
                 raise
@@ -442,7 +442,7 @@ class Engine:
             if r.writer.task is not None:
                 r.writer.task.cancel()
         await _bounded(asyncio.wait((work,)), None)
-        await _bounded(asyncio.to_thread(self._abandon_files, files), None)
+        await _bounded(self._quiet_files(files), None)
 
     async def _save_halted(self) -> None:
         """Once no worker is left, barrier every writer: what they were handed is committed."""
@@ -503,8 +503,20 @@ class Engine:
         while True:
             await self._clock.sleep(seconds)
             # Shielded: a checkpoint holds tokens handed out once; cancelling it half way
-            # would lose them. The final checkpoint waits for it on the lock.
-            await asyncio.shield(self._checkpoint())
+            # would lose them. The final checkpoint waits for it on the lock, and so does
+            # the clean-up after a failure or a cancel (_quiet_files) before it shuts the file
+            # thread down. Left alone by a cancel, its own error (if any) is not the run's: the
+            # run ends with the error that cancelled it.
+            checkpoint = asyncio.ensure_future(self._checkpoint())
+            checkpoint.add_done_callback(_retrieve)
+            await asyncio.shield(checkpoint)
+
+    async def _quiet_files(self, files: ThreadPoolExecutor) -> None:
+        """After a failure or a cancel: let a checkpoint under way finish with the file thread
+        (it is shielded), then shut it down and delete every staging file."""
+        async with self._checkpoint_lock:
+            pass
+        await asyncio.to_thread(self._abandon_files, files)
 
     async def _checkpoint(self, final: bool = False) -> None:
         """Barrier every writer at once, then save a state naming only durable work."""
@@ -714,6 +726,11 @@ async def _bounded(aw: Awaitable[object], seconds: float | None) -> bool:
         log.warning("while stopping at once: %r", error)
         return False
     return True
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
