@@ -11,12 +11,17 @@ machine falls on both alike. The CPU is the child's user + system time (``getrus
 children). Each round runs every checkout on ``--ids`` ids and on ``--base-ids`` ids: CPU per
 request is the difference over the difference in ids, so start-up and imports drop out. Prints
 every run, then the median per checkout and the ratio. Nothing is kept.
+
+``--instructions`` counts instructions under ``valgrind --tool=callgrind`` instead of CPU
+seconds (the same for the same code and inputs whatever else the machine does; one round is
+enough; slow, so use a few thousand ids).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -54,12 +59,24 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_cli(tree: Path, config: Path, out: Path) -> tuple[float, float]:
-    """One CLI run of ``tree``'s asyncingest: (CPU seconds, wall seconds)."""
+def run_cli(tree: Path, config: Path, out: Path, callgrind: bool = False) -> tuple[float, float]:
+    """One CLI run of ``tree``'s asyncingest: (CPU seconds, or instructions under callgrind,
+    wall seconds)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     cpu0, t0 = children_cpu(), time.perf_counter()
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.cg"]
     proc = subprocess.run(
-        [sys.executable, "-m", "asyncingest", "run", str(config), "--output", str(out), "--fresh"],
+        [
+            *(valgrind if callgrind else []),
+            sys.executable,
+            "-m",
+            "asyncingest",
+            "run",
+            str(config),
+            "--output",
+            str(out),
+            "--fresh",
+        ],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -68,6 +85,10 @@ def run_cli(tree: Path, config: Path, out: Path) -> tuple[float, float]:
     wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: exit {proc.returncode}\n{proc.stderr.decode()[-2000:]}")
+    if callgrind:
+        found = re.search(rb"Collected : (\d+)", proc.stderr)
+        assert found is not None, proc.stderr[-2000:]
+        return float(found.group(1)), wall
     return cpu, wall
 
 
@@ -78,10 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="runs of each (default 5)")
     p.add_argument("--ids", type=int, default=20_000, help="ids, one request each")
     p.add_argument("--base-ids", type=int, default=1_000, help="ids of the start-up run")
+    p.add_argument("--instructions", action="store_true", help="count under callgrind")
     args = p.parse_args(argv)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     per_request: dict[str, list[float]] = {k: [] for k in trees}
     extra = args.ids - args.base_ids
+    unit = "k instructions/request" if args.instructions else "us CPU/request"
+    what = "instructions" if args.instructions else "CPU"
     settings = MockSettings.small(latency_ms=0.0, fault_rate=0.0)
     with tempfile.TemporaryDirectory(prefix="ab-cli-") as tmp, _harness.MockServer(settings) as s:
         root = Path(tmp)
@@ -95,19 +119,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i in range(args.rounds):
             order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
             for name in order:
-                cpu, wall = run_cli(trees[name], configs[0], root / f"out-{name}")
-                base, _ = run_cli(trees[name], configs[1], root / f"out-{name}-base")
-                per_request[name].append((cpu - base) / extra * 1e6)
+                cg = args.instructions
+                cpu, wall = run_cli(trees[name], configs[0], root / f"out-{name}", cg)
+                base, _ = run_cli(trees[name], configs[1], root / f"out-{name}-base", cg)
+                # us of CPU per request, or thousands of instructions per request
+                per_request[name].append((cpu - base) / extra * (1e-3 if cg else 1e6))
+                measured = (
+                    f"{cpu / 1e9:6.2f} G instructions ({base / 1e9:.2f} G for "
+                    if cg
+                    else f"{cpu:6.2f} s CPU ({base:.2f} s for "
+                )
                 print(
-                    f"  round {i + 1} {name:6}: {cpu:6.2f} s CPU ({base:.2f} s for "
-                    f"{args.base_ids:,} ids), {wall:6.2f} s wall, "
-                    f"{per_request[name][-1]:6.1f} us CPU/request",
+                    f"  round {i + 1} {name:6}: {measured}{args.base_ids:,} ids), "
+                    f"{wall:6.2f} s wall, {per_request[name][-1]:6.1f} {unit}",
                     flush=True,
                 )
     med = {k: statistics.median(v) for k, v in per_request.items()}
     for name in trees:
-        print(f"{name:6}: median {med[name]:.1f} us CPU/request")
-    print(f"after/before CPU per request: {med['after'] / med['before']:.2f}x")
+        print(f"{name:6}: median {med[name]:.1f} {unit}")
+    print(f"after/before {what} per request: {med['after'] / med['before']:.2f}x")
     return 0
 
 
