@@ -55,6 +55,7 @@ class _Pipeline:
         self.token = s.token
         self.bearer = f"Bearer {s.token}"
         self.slow_body_seconds = s.slow_body_seconds
+        self.fault_retry_after = s.fault_retry_after
         self.latency = s.latency_ms / 1000 if s.has_latency else None
         self.jitter = s.latency_jitter_ms / 1000
         self.rng = random.Random(f"latency:{s.seed}")
@@ -95,7 +96,11 @@ class _Pipeline:
         if fault is not None:
             stats.faults[fault] += 1
             response = await send_fault(
-                fault, request, reply or Reply(200, b"{}"), self.slow_body_seconds
+                fault,
+                request,
+                reply or Reply(200, b"{}"),
+                self.slow_body_seconds,
+                self.fault_retry_after,
             )
         else:
             assert reply is not None

@@ -81,6 +81,10 @@ class MockSettings(BaseModel):
     (``/v1/laps?offset=0&session_key=1``) -> the faults for attempts 0, 1, ... of each URL."""
     token: str | None = None
     slow_body_seconds: float = Field(default=2.0, gt=0.0)
+    fault_retry_after: float = Field(default=1.0, gt=0.0)
+    """The ``Retry-After`` (seconds) the ``status_429`` fault sends. Whole seconds are what HTTP
+    allows; a fraction (which asyncingest reads, as many clients do) keeps test runs short:
+    :meth:`small` uses 0.2."""
 
     @model_validator(mode="after")
     def _faults_need_kinds(self) -> Self:
@@ -108,6 +112,7 @@ class MockSettings(BaseModel):
             "n_engagements": 15,
             "n_companies": 12,
             "n_users": 10,
+            "fault_retry_after": 0.2,  # not 1 s: every injected 429 would cost a second
         }
         return cls.model_validate(base | overrides)
 
