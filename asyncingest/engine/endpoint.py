@@ -25,7 +25,6 @@ from ..core.pagination import PaginationLoop, paginator_for
 from ..core.records import (
     Job,
     copy_parent_fields,
-    decide_retry,
     missing_key_reason,
     parse_page,
     split_by_key,
@@ -337,14 +336,7 @@ class EndpointRunner:
             if isinstance(outcome, Page):
                 return outcome
             failure = outcome
-            decision = decide_retry(
-                self.policy,
-                failure,
-                attempt,
-                now - started,
-                self.clock.wall(),
-                self.rng,
-            )
+            decision = self.policy.decide(attempt, now - started, failure, self.rng)
             if not decision.retry:
                 dead = self._give_up(request, job, failure, attempt, decision.reason)
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))

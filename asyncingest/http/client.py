@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -157,9 +158,15 @@ class Credentials:
 class HttpClient:
     """An aiohttp session configured from ``ApiConfig``. Use as an async context manager."""
 
-    def __init__(self, api: ApiConfig, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        api: ApiConfig,
+        credentials: Credentials | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.api = api
         self.credentials = credentials
+        self._wall = wall  # Clock.wall of the run: reads HTTP-date Retry-After headers
         self._origin = origin(URL(str(api.base_url)))
         self._session: aiohttp.ClientSession | None = None
         h = api.http
@@ -365,13 +372,8 @@ class HttpClient:
                 chunks.append(chunk)
             data = b"".join(chunks)
         if resp.status >= 300:
-            return Failure(
-                FailureKind.HTTP_STATUS,
-                f"HTTP {resp.status}{snippet(data)}",
-                status=resp.status,
-                retry_after=resp.headers.get("Retry-After"),
-                headers=resp.headers,
-            )
+            detail = f"HTTP {resp.status}{snippet(data)}"
+            return Failure.answered(resp.status, detail, resp.headers, self._wall())
         return Response(resp.status, resp.headers, data, resp.url)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import iter_ids
 from ..core.pagination import PaginationLoop, Paginator, number_or_none, paginator_for
-from ..core.records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
+from ..core.records import Job, bind_children, copy_parent_fields, parse_page
 from ..core.request import (
     Page,
     Record,
@@ -91,7 +91,7 @@ async def sample(
 ) -> Sampled:
     """Sample every endpoint of ``cfg`` (see the module docstring)."""
     clock = clock or LoopClock()
-    async with HttpClient(cfg.api, credentials_from_env(cfg)) as client:
+    async with HttpClient(cfg.api, credentials_from_env(cfg), clock.wall) as client:
         sampler = _Sampler(cfg, client, clock, walks, max_pages)
         tasks: dict[str, asyncio.Task[list[Record]]] = {}
         for e in cfg.order():
@@ -235,9 +235,7 @@ class _Sampler:
                 outcome = result
             if isinstance(outcome, Page):
                 return outcome
-            decision = decide_retry(
-                self.policy, outcome, attempt, clock.time() - started, clock.wall(), self.rng
-            )
+            decision = self.policy.decide(attempt, clock.time() - started, outcome, self.rng)
             if not decision.retry:
                 return Failure(outcome.kind, self.client.redact(decision.reason), outcome.status)
             await clock.sleep(decision.wait)

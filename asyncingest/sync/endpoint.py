@@ -25,7 +25,6 @@ from ..core.records import (
     Job,
     bind_children,
     copy_parent_fields,
-    decide_retry,
     missing_key_reason,
     parse_page,
     split_by_key,
@@ -143,7 +142,7 @@ class SyncEndpoint:
             if isinstance(outcome, Page):
                 return outcome
             elapsed = time.monotonic() - started
-            decision = decide_retry(self.policy, outcome, attempt, elapsed, time.time(), self.rng)
+            decision = self.policy.decide(attempt, elapsed, outcome, self.rng)
             if not decision.retry:
                 self.dead.add(self.ledger.gave_up(request, job, outcome, attempt, decision.reason))
                 return None
