@@ -56,12 +56,15 @@ class Request:
     state: Any = None  # paginator state (offset, page number, cursor)
 
     def with_params(self, **updates: str) -> Request:
+        """A copy with these query parameters set (replacing any of the same name, keeping the order
+        of the others)."""
         merged = dict(self.params)
         merged.update(updates)
         return replace(self, params=tuple(merged.items()))
 
     @property
     def full_url(self) -> URL:
+        """The URL with the query parameters applied (what is sent, before any credentials)."""
         return self.url.update_query(self.params) if self.params else self.url
 
 
@@ -224,6 +227,9 @@ class RequestTemplate:
         )
 
     def build(self, variables: Mapping[str, Any]) -> Request:
+        """The request for one binding of the template's variables, each path value encoded as
+        exactly one segment; raises :class:`UnsafePathValue` for a path value that is a dot segment
+        or empty."""
         e = self.endpoint
         if not self._simple:
             return self.build_general(variables)

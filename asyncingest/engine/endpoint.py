@@ -139,6 +139,8 @@ class EndpointRunner:
             self._waiting.discard(task)
 
     def link(self, children: Sequence[EndpointRunner]) -> None:
+        """Make ``children`` the endpoints this one's records bind (``for_each``): the writer then
+        numbers their jobs into each child's journal as it writes a page."""
         self.children = list(children)
         self._children_by_name = {c.name: c for c in self.children}
         for c in self.children:

@@ -34,10 +34,14 @@ class Pausable(Protocol):
 
     name: str
 
-    def pause_until(self, when: float) -> None: ...
+    def pause_until(self, when: float) -> None:
+        """Grant nothing before clock time ``when``. Only ever extends the pause."""
+        ...
 
     @property
-    def paused_until(self) -> float | None: ...
+    def paused_until(self) -> float | None:
+        """The clock time the current pause ends, or None when not paused."""
+        ...
 
 
 @dataclass(slots=True)

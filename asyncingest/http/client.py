@@ -125,6 +125,8 @@ class Credentials:
         self._kind, self._name, self._secret = kind, name, secret
 
     def apply(self, headers: dict[str, str], params: list[tuple[str, str]]) -> None:
+        """Add the secret to ``headers`` (bearer, API-key header) or ``params`` (query); only for
+        requests to the configured origin."""
         if self._kind == "bearer":
             headers["Authorization"] = f"Bearer {self._secret}"
         elif self._kind == "header":
@@ -133,6 +135,7 @@ class Credentials:
             params.append((self._name or "api_key", self._secret))
 
     def redact(self, text: str) -> str:
+        """``text`` with every occurrence of the secret replaced by ``***``."""
         return text.replace(self._secret, "***") if self._secret else text
 
     def scrub_url(self, url: URL) -> URL:
@@ -147,6 +150,7 @@ class Credentials:
 
     @property
     def query_param(self) -> str | None:
+        """The query parameter that carries the secret (``query`` auth), else None."""
         return self._name if self._kind == "query" else None
 
     def __repr__(self) -> str:
@@ -231,6 +235,7 @@ class HttpClient:
         return self.credentials.redact(text) if self.credentials else text
 
     def display_url(self, request: Request) -> str:
+        """The request's URL as logs and events may show it (the secret redacted)."""
         return self.redact(str(request.full_url))
 
     def scrub(self, request: Request) -> Request:

@@ -169,12 +169,15 @@ class PauseGate:
 
     @property
     def paused_until(self) -> float | None:
+        """The clock time the pause ends, or None when not paused."""
         return self._paused_until if self._paused_until > self._clock.time() else None
 
     def try_acquire(self, key: str = "") -> Permit | None:
+        """A (no-op) permit at once when not paused, else None."""
         return _NO_PERMIT if self._clock.time() >= self._paused_until else None
 
     async def acquire(self, key: str = "") -> Permit:
+        """A (no-op) permit once no pause is on, waiting on a timer (not a poll) while one is."""
         while self._clock.time() < self._paused_until:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)

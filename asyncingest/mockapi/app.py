@@ -184,6 +184,8 @@ class MockAPI:
         return self._url
 
     async def start(self) -> None:
+        """Bind the port (0: any free one) and serve; :attr:`url` is then set. Raises if already
+        running."""
         if self._runner is not None:
             raise RuntimeError("MockAPI is already running")
         server = web.Server(_Pipeline(self), access_log=None)
@@ -201,6 +203,7 @@ class MockAPI:
         self._runner, self._url = runner, f"http://{host}:{port}"
 
     async def close(self) -> None:
+        """Stop serving (connections closed, at most 0.5 s of grace). Idempotent."""
         runner, self._runner, self._url = self._runner, None, None
         if runner is not None:
             await runner.cleanup()

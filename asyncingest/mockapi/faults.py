@@ -113,6 +113,7 @@ class FaultPlan:
         return self._attempts.get(url_key(path, query_string), 0)
 
     def reset(self) -> None:
+        """Forget how often each URL was requested: every URL starts again at attempt 0."""
         self._attempts.clear()
 
     def __repr__(self) -> str:

@@ -94,6 +94,7 @@ class MockSettings(BaseModel):
 
     @property
     def has_latency(self) -> bool:
+        """True when answers are delayed (a latency or a jitter is set)."""
         return self.latency_ms > 0 or self.latency_jitter_ms > 0
 
     @classmethod

@@ -64,10 +64,12 @@ class Sampled:
 
     @property
     def requests(self) -> int:
+        """How many requests the sample sent (one latency each)."""
         return len(self.latencies)
 
     @property
     def mean_latency(self) -> float | None:
+        """Mean seconds per request, or None when nothing was sent."""
         return statistics.fmean(self.latencies) if self.latencies else None
 
 

@@ -83,6 +83,7 @@ class SyncEndpoint:
         self._pk = endpoint.primary_key
 
     def link(self, children: list[SyncEndpoint], submit: Submit) -> None:
+        """Make ``children`` the endpoints this one's records bind; ``submit`` queues their jobs."""
         self.children = [(c, c.endpoint.for_each) for c in children if c.endpoint.for_each]
         self._submit = submit
 
@@ -192,10 +193,12 @@ class LockedDeadLetters:
         self._lock = threading.Lock()
 
     def add(self, letter: DeadLetter) -> None:
+        """Write one dead letter (one thread at a time)."""
         with self._lock:
             self._dead.add(letter)
 
     def close(self) -> None:
+        """Close the dead-letter file (one thread at a time)."""
         with self._lock:
             self._dead.close()
 

@@ -64,6 +64,7 @@ class SyncHttpClient:
         self._sessions_lock = threading.Lock()
 
     def close(self) -> None:
+        """Close every thread's session (their pooled connections)."""
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, []
         for s in sessions:
