@@ -325,7 +325,7 @@ class Engine:
             if pool is not None:
                 await stack.enter_async_context(pool)
             client = await stack.enter_async_context(
-                HttpClient(cfg.api, credentials, self.clock.wall)
+                HttpClient(cfg.api, credentials, self._clock.wall)
             )
             # Every writer's file work (Arrow conversion, Parquet, fsync) on one thread: the
             # memory a conversion frees stays in one thread's heap instead of growing a heap
