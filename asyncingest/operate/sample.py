@@ -31,7 +31,13 @@ from typing import Any
 
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import iter_ids
-from ..core.pagination import PaginationLoop, Paginator, number_or_none, paginator_for
+from ..core.pagination import (
+    PaginationLoop,
+    Paginator,
+    PaginatorFailed,
+    number_or_none,
+    paginator_for,
+)
 from ..core.records import Job, bind_children, copy_parent_fields, parse_page
 from ..core.request import (
     Page,
@@ -93,7 +99,7 @@ async def sample(
 ) -> Sampled:
     """Sample every endpoint of ``cfg`` (see the module docstring)."""
     clock = clock or LoopClock()
-    async with HttpClient(cfg.api, credentials_from_env(cfg), clock.wall) as client:
+    async with HttpClient(cfg.api, credentials_from_env(cfg), clock=clock) as client:
         sampler = _Sampler(cfg, client, clock, walks, max_pages)
         tasks: dict[str, asyncio.Task[list[Record]]] = {}
         for e in cfg.order():
@@ -180,7 +186,7 @@ class _Sampler:
         """One walk, as the engine walks it; or why it failed."""
         try:
             request: Request | None = paginator.first(template.build(job.variables))
-        except UnsafePathValue as exc:
+        except (UnsafePathValue, PaginatorFailed) as exc:  # the job cannot start
             return str(exc)  # the run refuses this job too
         pages = records = 0
         total_records = total_pages = None
