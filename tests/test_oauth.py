@@ -302,9 +302,9 @@ class FakeTokenEndpoint:
         self.clock = clock
         self.delay = delay
         self.calls = 0
-        self.answers: list[tuple[int, bytes, str | None] | Failure] = []
+        self.answers: list[tuple[int, bytes, float | None] | Failure] = []
 
-    async def __call__(self) -> tuple[int, bytes, str | None] | Failure:
+    async def __call__(self) -> tuple[int, bytes, float | None] | Failure:
         self.calls += 1
         await self.clock.sleep(self.delay)
         if self.answers:
@@ -374,7 +374,7 @@ async def test_retryable_token_failures_back_off_then_give_up() -> None:
     clock = FakeClock()
     tokens, endpoint = keeper(clock)
     endpoint.answers = [
-        (503, b"busy", "2"),
+        (503, b"busy", 2.0),
         Failure(FailureKind.CONNECTION, "refused"),
         (500, b"", None),
     ]

@@ -272,6 +272,9 @@ class CustomPaginator:
         self.inner: Paginator = load_paginator(cfg.function, cfg.options)
 
     def first(self, request: Request) -> Request:
+        """The custom paginator's first request, checked (a :class:`Request` whose state is JSON
+        data, numbered as ``request``'s page); anything it raises becomes :class:`PaginatorFailed`
+        naming the class."""
         try:
             out = self.inner.first(request)
         except Exception as exc:
@@ -279,6 +282,9 @@ class CustomPaginator:
         return self._checked(out, "first", request.page)
 
     def next(self, page: Page) -> Request | None:
+        """The custom paginator's next request, checked as :meth:`first`'s, or None at the end;
+        :class:`PaginationLoop` passes through, anything else it raises becomes
+        :class:`PaginatorFailed`."""
         try:
             out = self.inner.next(page)
         except PaginationLoop:

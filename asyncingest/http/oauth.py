@@ -109,6 +109,7 @@ class OAuthCredentials(Credentials):
             self._hidden.append(token)
 
     def secrets(self) -> tuple[str, ...]:
+        """Every value never to show: the client secret and each token used so far."""
         return tuple(self._hidden)
 
     def token_request(self) -> tuple[dict[str, str], dict[str, str]]:

@@ -79,6 +79,7 @@ class SyncTokenKeeper:
             self.dropped += 1
 
     def refused_again(self, token: str) -> None:
+        """``token``, fetched after a 401, was refused too: a 401 will not drop it again."""
         self._stuck = token
 
     def _obtain(self) -> str:
