@@ -68,6 +68,7 @@ from .errors import (
 from .limits.clock import Clock, LoopClock
 from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
 from .limits.rate_budget import Budget, BudgetPermit, RateBudget
+from .limits.redis_budget import RedisBudget
 from .operate.tuning import tune_gc
 from .testing import FakeClock
 
@@ -107,6 +108,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "Engine",
     "PipelineStateError",
     "Budget",
+    "RedisBudget",
     "tune_gc",
     # results and snapshots
     "Snapshot",

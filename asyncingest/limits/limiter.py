@@ -544,19 +544,20 @@ class ConcurrencyLimit:
         """Permits out now."""
         return self._in_use
 
-    def try_acquire(self, key: str = "") -> Permit | None:
+    def try_acquire(self, key: str = "", *, group: str = "") -> Permit | None:
         """A permit at once if a slot is free and nobody waits, else None (no wait)."""
         if self._in_use < self.limit and not self._queue:
             self._in_use += 1
             return _SlotPermit(self)
         return None
 
-    async def acquire(self, key: str = "") -> Permit:
-        """Wait for a free slot (round-robin between keys) and return its permit."""
+    async def acquire(self, key: str = "", *, group: str = "") -> Permit:
+        """Wait for a free slot (round-robin between groups, then keys) and return its permit;
+        ``group`` as for :class:`SlidingWindowLimiter`."""
         if self._in_use < self.limit and not self._queue:
             self._in_use += 1
             return _SlotPermit(self)
-        waiter: _Waiter[_SlotPermit] = _Waiter(key, 0.0)
+        waiter: _Waiter[_SlotPermit] = _Waiter(key, 0.0, group)
         self._queue.push(waiter)
         try:
             return await waiter.future
