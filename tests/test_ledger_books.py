@@ -12,10 +12,19 @@ from typing import Any
 import orjson
 from yarl import URL
 
-from asyncingest.core.events import RecordsRejected, RecordsWritten, RequestFailed
+from asyncingest.core.events import (
+    BreakerChanged,
+    JobsQueued,
+    RecordsRejected,
+    RecordsWritten,
+    RequestFailed,
+    RequestFinished,
+    RequestRetried,
+)
 from asyncingest.core.records import Job
-from asyncingest.core.request import Request
+from asyncingest.core.request import Page, Request
 from asyncingest.core.retry import Failure, FailureKind
+from asyncingest.limits.breaker import BreakerState, Transition
 from asyncingest.sink.deadletter import DeadLetter, DeadLetters
 from asyncingest.state.ledger import EndpointLedger
 
@@ -127,3 +136,77 @@ def test_a_record_too_deep_for_json_is_kept_as_truncated_text(tmp_path: Path) ->
         "time": second["time"],
     }
     assert dead.count == 2 and dead.nbytes == dead.path.stat().st_size
+
+
+def test_each_attempt_is_counted_and_reported_with_its_outcome() -> None:
+
+    books, events = ledger()
+    request = Request("GET", URL(f"https://api.test/u?k={SECRET}"))
+    failure = Failure(FailureKind.HTTP_STATUS, f"503 {SECRET}", 503)
+    page = Page(request, 200, {}, [], [{"id": 1}, {"id": 2}])
+    books.attempted(request, 1, 503, 10, failure, 0.25, 0.5)
+    books.attempted(request, 2, 200, 30, page, 0.125, 0.0)
+    books.attempted(request, 3, None, 0, Failure(FailureKind.RESET, "reset"), 0.0, 1.0)
+    s = books.summary()
+    assert (s.requests, s.nbytes, s.limiter_wait) == (3, 40, 1.5)
+    assert s.statuses == {503: 1, 200: 1}  # no status: not counted
+    url = "https://api.test/u?k=***"
+    assert events == [
+        RequestFinished("users", "GET", url, 503, 1, False, 0.25, 0.5, 10, 0, "503 ***"),
+        RequestFinished("users", "GET", url, 200, 2, True, 0.125, 0.0, 30, 2, None),
+        RequestFinished("users", "GET", url, None, 3, False, 0.0, 1.0, 0, 0, "reset"),
+    ]
+
+
+def test_attempts_are_counted_even_when_nobody_listens() -> None:
+    events: list[Any] = []
+    books = EndpointLedger("users", events.append, str, listening=lambda: False)
+    books.attempted(
+        Request("GET", URL("https://api.test/u")),
+        1,
+        200,
+        5,
+        Failure(FailureKind.RESET, "x"),
+        0.1,
+        0.2,
+    )
+    assert events == [] and books.summary().requests == 1
+
+
+def test_a_retry_is_counted_and_reported_redacted() -> None:
+
+    books, events = ledger()
+    request = Request("GET", URL("https://api.test/u"))
+    books.retrying(request, Failure(FailureKind.HTTP_STATUS, f"echo {SECRET}", 500), 2, 0.75)
+    assert books.summary().retries == 1
+    assert events == [RequestRetried("users", "https://api.test/u", "echo ***", 2, 0.75, 500)]
+
+
+def test_breaker_moves_are_reported_and_openings_counted() -> None:
+
+    books, events = ledger()
+    books.breaker_changed(Transition(BreakerState.CLOSED, BreakerState.OPEN, 5, 30.0))
+    books.breaker_changed(Transition(BreakerState.OPEN, BreakerState.HALF_OPEN, 5, 0.0))
+    assert books.summary().breaker_opens == 1
+    assert events == [
+        BreakerChanged("users", "open", "closed", 5, 30.0),
+        BreakerChanged("users", "half-open", "open", 5, 0.0),
+    ]
+
+
+def test_jobs_records_and_times_are_counted() -> None:
+
+    books, events = ledger()
+    books.jobs_submitted(4)
+    books.jobs_submitted(2)
+    books.jobs_queued(3)
+    books.jobs_queued(0)  # nothing queued: no event
+    books.received(7)
+    books.received(1)
+    books.transformed(6)
+    books.started(100.0)
+    books.finished(112.5)
+    s = books.summary()
+    assert (s.jobs, s.records_received, s.records_transformed, s.duration) == (6, 8, 6, 12.5)
+    assert events == [JobsQueued("users", 3)]
+    assert repr(books) == "EndpointLedger(users, jobs=6, requests=0, records=0, failed=0)"
