@@ -53,10 +53,12 @@ from .core.result import EndpointSummary, RunResult
 from .engine.engine import Engine, run
 from .errors import (
     AsyncIngestError,
+    BatchesClosed,
     ConfigError,
     EnvironmentFailure,
     OutputLocked,
     Problem,
+    RunCancelled,
     StateCorrupt,
 )
 from .limits.clock import Clock, LoopClock
@@ -124,6 +126,8 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "OutputLocked",
     "EnvironmentFailure",
     "StateCorrupt",
+    "BatchesClosed",
+    "RunCancelled",
     # limits and time
     "SlidingWindowLimiter",
     "ConcurrencyLimit",

@@ -14,14 +14,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 import asyncingest
-from asyncingest import Engine, config_from_dict
-from asyncingest.engine.tap import MAX_BATCHES_QUEUED, BatchesClosed, BatchStream, RunCancelled
+from asyncingest import BatchesClosed, Engine, RunCancelled, config_from_dict
+from asyncingest.engine.tap import MAX_BATCHES_QUEUED, BatchStream
 from asyncingest.engine.writer import MAX_PAGES_QUEUED
 from asyncingest.mockapi import MockAPI
+from asyncingest.sync import run_sync
 
-from .conftest import F1_ENDPOINTS, F1_KEYS, FAST_RETRY, assert_same_records, read_records
+from .conftest import (
+    F1_ENDPOINTS,
+    F1_KEYS,
+    FAST_RETRY,
+    assert_same_records,
+    cli,
+    read_records,
+)
 
 F1 = {e["name"]: e for e in F1_ENDPOINTS}
 LAPS_TREE = [F1["meetings"], F1["sessions"], F1["laps"], F1["weather"]]
@@ -309,3 +318,17 @@ def test_output_none_config_is_validated() -> None:
         config_from_dict({**base, "output": {"state_dir": "s"}})
     with pytest.raises(asyncingest.ConfigError, match=r"'none' .* or 'parquet'"):
         config_from_dict({**base, "output": "csv"})
+
+
+async def test_the_cli_and_sync_mode_refuse_output_none(tmp_path: Path) -> None:
+    raw = {
+        "api": {"base_url": "http://127.0.0.1:9"},
+        "output": "none",
+        "endpoints": [{"name": "a", "path": "/a"}],
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code, _, err = await cli("run", str(path))
+    assert code == 2 and "output.format: none delivers records only" in err
+    with pytest.raises(asyncingest.ConfigError, match=r"output\.format: none"):
+        await asyncio.to_thread(run_sync, config_from_dict(raw))

@@ -28,7 +28,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ..errors import AsyncIngestError
+from ..errors import BatchesClosed, RunCancelled
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -36,29 +36,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 MAX_BATCHES_QUEUED = 2
-
-
-class BatchesClosed(AsyncIngestError):
-    """The consumer closed ``batches(endpoint)`` before the endpoint finished."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        super().__init__(
-            f"batches({endpoint!r}) was closed before the endpoint finished; the checkpoint "
-            "keeps what was delivered. Read the batches to the end (after stop() they end "
-            "soon), or cancel the pipeline"
-        )
-
-
-class RunCancelled(AsyncIngestError):
-    """The run was cancelled before the endpoint's batches ended."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        super().__init__(
-            f"the run was cancelled before batches({endpoint!r}) ended; the checkpoint keeps "
-            "what was delivered"
-        )
 
 
 class BatchTap:
