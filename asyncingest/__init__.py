@@ -50,7 +50,9 @@ from .core.events import (
     Subscriber,
 )
 from .core.result import EndpointSummary, RunResult
-from .engine.engine import Engine, run
+from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
+from .engine.engine import Engine
+from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
 from .errors import (
     AsyncIngestError,
     BatchesClosed,
@@ -91,10 +93,16 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "load_config",
     "config_from_dict",
     # running a pipeline
+    "Pipeline",
     "run",
+    "run_sync",
     "Engine",
+    "PipelineStateError",
     "tune_gc",
-    # results
+    # results and snapshots
+    "Snapshot",
+    "EndpointSnapshot",
+    "WindowUsage",
     "RunResult",
     "EndpointSummary",
     # events

@@ -332,3 +332,45 @@ async def test_the_cli_and_sync_mode_refuse_output_none(tmp_path: Path) -> None:
     assert code == 2 and "output.format: none delivers records only" in err
     with pytest.raises(asyncingest.ConfigError, match=r"output\.format: none"):
         await asyncio.to_thread(run_sync, config_from_dict(raw))
+
+
+# -- through the Pipeline, as the issue's example ---------------------------------------------
+
+
+async def test_pipeline_batches_as_in_the_issue(mock_api: MockAPI, tmp_path: Path) -> None:
+    cfg = config(mock_api.url, {"format": "none", "row_group_rows": 50})
+    got: list[pa.RecordBatch] = []
+    async with asyncingest.Pipeline(cfg) as p:
+        async for batch in p.batches("laps"):
+            got.append(batch)
+        assert p.snapshot() is not None
+    assert p.result.exit_code == 0
+    assert_same_records(rows(got), mock_api.dataset.laps, F1_KEYS["laps"])
+    with pytest.raises(RuntimeError, match="the run has ended"):
+        p.batches("weather")
+
+
+async def test_pipeline_stop_ends_the_stream_after_the_work_in_flight(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    cfg = config(
+        mock_api.url,
+        {"format": "none", "state_dir": str(state), "row_group_rows": 20},
+        [F1["meetings"], F1["sessions"], F1["laps"]],
+    )
+    first: list[pa.RecordBatch] = []
+    p = asyncingest.Pipeline(cfg)
+    stream = p.batches("laps")  # before the start
+    await p.start()
+    stopping: asyncio.Task[asyncingest.RunResult] | None = None
+    async for batch in stream:
+        first.append(batch)
+        if stopping is None:
+            stopping = asyncio.create_task(p.stop())
+    assert stopping is not None
+    assert (await stopping).stopped
+    async with asyncingest.Pipeline(cfg) as again:
+        second = await collect(again.batches("laps"))
+    # A stop delivers and saves the work in flight: nothing comes twice.
+    assert_same_records(rows(first) + rows(second), mock_api.dataset.laps, F1_KEYS["laps"])

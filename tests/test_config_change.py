@@ -86,3 +86,21 @@ async def test_a_state_from_before_the_details_still_refuses_with_fingerprints(
         raw["endpoints"][0]["params"] = {"year": 2024}
         assert (await asyncingest.run(config_from_dict(raw))).ok
         assert "identity" in orjson.loads(path.read_bytes())
+
+
+async def test_an_integer_beyond_64_bits_in_the_config_is_fingerprinted_and_named(
+    tmp_path: Path,
+) -> None:
+    """orjson refuses to write integers beyond 64 bits; the fingerprint used to crash on one."""
+    big = 2**70
+    ids_path, _ = write_ids(tmp_path, 5)
+    async with MockAPI(MockSettings.small()) as api:
+        raw = copy.deepcopy(job_config(api.url, tmp_path / "out", ids_path))  # shared dicts
+        raw["endpoints"][0]["params"] = {"year": 2024, "tag": big}
+        await stopped_run(raw)
+        state = orjson.loads(state_path(tmp_path / "out").read_bytes())
+        assert len(state["fingerprint"]) == 16
+        raw["endpoints"][0]["params"] = {"year": 2024, "tag": big + 1}
+        with pytest.raises(ConfigError) as info:
+            await asyncingest.run(config_from_dict(raw))
+        assert f"endpoints[meetings].params.tag: {big} -> {big + 1}" in info.value.render()

@@ -417,27 +417,30 @@ async def test_five_million_ids_are_streamed_not_loaded(
     size = path.stat().st_size
     source = {"path": str(path), "column": "id"}
     endpoint = {"name": "ids", "path": "ids/{id}", "records": "items", "from_file": source}
-    engine = asyncingest.Engine(cfg(base, tmp_path / "o", [endpoint]))
+    pipeline = asyncingest.Pipeline(cfg(base, tmp_path / "o", [endpoint]))
     seen: dict[str, Any] = {}
+    stopping: list[asyncio.Task[asyncingest.RunResult]] = []
 
     def on_arrival(count: int) -> None:
-        runner = engine.runners["ids"]
+        ids = pipeline.snapshot().endpoint("ids")
         if count == 1:
             seen["positions"] = read_positions(path)
-        seen["jobs"] = max(seen.get("jobs", 0), runner.stats.jobs)
-        seen["queued"] = max(seen.get("queued", 0), len(runner.jobs))
+        seen["jobs"] = max(seen.get("jobs", 0), ids.jobs)
+        seen["queued"] = max(seen.get("queued", 0), ids.queued)
         if count == 500:
-            engine.stop()
+            stopping.append(asyncio.create_task(pipeline.stop()))
 
     server.on_arrival = on_arrival
-    result = await engine.run()
-    assert result.stopped
+    async with pipeline:
+        pass
+    result = pipeline.result
+    assert result.stopped and (await stopping[0]) == result
     positions = seen["positions"]
     assert positions and all(pos < size for _, pos in positions), (positions, size)
-    runner = engine.runners["ids"]
-    assert seen["queued"] <= runner.jobs.maxsize
+    ids = pipeline.snapshot().endpoint("ids")
+    assert seen["queued"] <= ids.queue_size
     # Jobs made so far: what was answered, plus one queue and one worker set, never the file.
-    assert seen["jobs"] <= len(server.arrivals) + runner.jobs.maxsize + runner.n_workers
+    assert seen["jobs"] <= len(server.arrivals) + ids.queue_size + ids.workers
 
 
 async def test_a_retry_after_beyond_max_retry_after_gives_up_naming_it(

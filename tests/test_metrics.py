@@ -21,7 +21,7 @@ from asyncingest.core.events import (
     RequestRetried,
     RequestStarted,
 )
-from asyncingest.limits.limiter import WindowUsage
+from asyncingest.core.snapshot import WindowUsage
 
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families

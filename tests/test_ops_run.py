@@ -33,8 +33,12 @@ from .conftest import F1_ENDPOINTS
 ENDPOINTS: list[dict[str, Any]] = [*F1_ENDPOINTS[:2], F1_ENDPOINTS[3]]
 
 
-def queue_depths(engine: asyncingest.Engine) -> dict[str, int]:
-    return {name: len(runner.jobs) for name, runner in engine.runners.items()}
+def queue_depths(pipeline: asyncingest.Pipeline) -> dict[str, float]:
+    return {e.name: e.queued for e in pipeline.snapshot().endpoints}
+
+
+def in_flight(pipeline: asyncingest.Pipeline) -> dict[str, float]:
+    return {e.name: e.in_flight for e in pipeline.snapshot().endpoints}
 
 
 def requests_by_endpoint(text: str) -> dict[str, float]:
@@ -70,9 +74,9 @@ async def test_subscribers_follow_a_real_run(tmp_path: Path, no_proxy_env: None)
                 "endpoints": ENDPOINTS,
             }
         )
-        engine = asyncingest.Engine(cfg)
-        metrics = Metrics(in_flight=lambda: {n: r.in_flight for n, r in engine.runners.items()})
-        metrics.sample("queue_depth", "Jobs waiting", lambda: queue_depths(engine))
+        pipeline = asyncingest.Pipeline(cfg)
+        metrics = Metrics(in_flight=lambda: in_flight(pipeline))
+        metrics.sample("queue_depth", "Jobs waiting", lambda: queue_depths(pipeline))
         server = await start_metrics_server(0, metrics.registry)
 
         async def scrape() -> None:
@@ -92,9 +96,11 @@ async def test_subscribers_follow_a_real_run(tmp_path: Path, no_proxy_env: None)
             configure_logging("debug", "json", logs),
             plain,
         ):
-            engine.events.subscribe(subscriber)
+            pipeline.subscribe(subscriber)
         async with server, plain:
-            result = await engine.run()
+            async with pipeline:
+                pass
+            result = pipeline.result
             await asyncio.gather(*scraping)
             after = requests_by_endpoint(await _get(server.url))
 

@@ -34,7 +34,7 @@ class CursorAPI:
         if cursor is None:
             body = b'{"items": [{"id": 1}, {"id": 2}], "next": %d}' % BIG
         elif cursor == str(BIG):
-            if self.engine is not None and not self.engine.stopping:
+            if self.engine is not None and self.engine.phase == "running":
                 self.engine.stop()
                 return web.Response(status=503)  # the walk stops before this page
             body = b'{"items": [{"id": 3}], "next": %d}' % BIGGER

@@ -26,7 +26,7 @@ from asyncingest.core.events import (
     RunStarted,
 )
 from asyncingest.core.result import EndpointStats, RunResult
-from asyncingest.limits.limiter import WindowUsage
+from asyncingest.core.snapshot import WindowUsage
 from asyncingest.operate.progress import (
     LiveProgress,
     PlainProgress,

@@ -83,7 +83,7 @@ def test_the_exports_are_grouped_by_topic_in_the_documented_order() -> None:
     assert groups == [
         "config",
         "running a pipeline",
-        "results",
+        "results and snapshots",
         "events",
         "errors",
         "limits and time",

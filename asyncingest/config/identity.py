@@ -14,6 +14,7 @@ its default) does not refuse an output an earlier one started.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -63,7 +64,18 @@ def identity(cfg: PipelineConfig, *, masked: bool = True) -> dict[str, Any]:
 def fingerprint(cfg: PipelineConfig) -> str:
     """A hash of :func:`identity`: equal fingerprints, same records."""
     material = identity(cfg, masked=False)
-    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return hashlib.sha256(_sorted_json(material)).hexdigest()[:16]
+
+
+def _sorted_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys: orjson's bytes (what every stored fingerprint hashed), or,
+    for an integer beyond 64 bits that orjson refuses (``params: {id: 2**70}``), the standard
+    library's, which writes it exactly."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode()
 
 
 def refusal(old_fingerprint: str, old: dict[str, Any] | None, cfg: PipelineConfig) -> list[Problem]:
@@ -160,7 +172,7 @@ def _arrow(a: Any, b: Any) -> str:
 def _show(v: Any) -> str:
     if v is None:
         return "(not set)"
-    text = v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+    text = v if isinstance(v, str) else _sorted_json(v).decode()
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
 

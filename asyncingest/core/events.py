@@ -7,9 +7,9 @@ inline in the event loop, so it must be quick (count, store, schedule), never bl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from .result import EndpointSummary, RunResult
@@ -221,28 +221,49 @@ Event = (
     | RunFinished
 )
 Subscriber = Callable[[Event], None]
+"""A callable taking each event. It may have an ``event_types`` attribute, a collection of the
+event classes it wants; it then receives only those, and the engine skips building the
+per-request events (``RequestStarted``, ``RequestFinished``, ``JobFinished``) nobody wants."""
+
+EVENT_TYPES: tuple[type[Event], ...] = get_args(Event)
 
 
 class EventBus:
-    """Fan an event out to every subscriber; a failing subscriber never breaks the run."""
+    """Fan an event out to the subscribers that want it; a failing subscriber never breaks the
+    run."""
 
-    __slots__ = ("_subscribers", "listening")
+    __slots__ = ("_by_type", "_subscribers", "listening")
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
-        self._subscribers = list(subscribers)
-        # How many subscribers there are, as a C-level call: per-request events are built
-        # only when someone listens, and the check runs several times per request.
+        self._subscribers: list[Subscriber] = []
+        self._by_type: dict[type[Event], list[Subscriber]] = {t: [] for t in EVENT_TYPES}
+        # Whether anyone subscribes at all, as a C-level call (see listening_to).
         self.listening: Callable[[], int] = self._subscribers.__len__
+        for sub in subscribers:
+            self.subscribe(sub)
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        """Add a subscriber; it receives every event emitted from now on."""
+    def subscribe(
+        self, subscriber: Subscriber, events: Collection[type[Event]] | None = None
+    ) -> None:
+        """Add a subscriber for the ``events`` classes (default: its ``event_types`` attribute,
+        else every event), from now on."""
+        wanted = events if events is not None else getattr(subscriber, "event_types", None)
         self._subscribers.append(subscriber)
+        for kind, subs in self._by_type.items():
+            if wanted is None or kind in wanted:
+                subs.append(subscriber)
+
+    def listening_to(self, kind: type[Event]) -> Callable[[], int]:
+        """A cheap test (a C-level ``len``) of whether anyone wants ``kind`` events now: per-request
+        events are built only when someone does, and the test runs several times per request."""
+        return self._by_type[kind].__len__
 
     def emit(self, event: Event) -> None:
-        """Call every subscriber with ``event``, in order; an exception in one is logged, not
-        raised.
+        """Call every subscriber that wants ``event``, in order; an exception in one is logged,
+        not raised.
         """
-        for sub in self._subscribers:
+        subs = self._by_type.get(type(event))
+        for sub in subs if subs is not None else self._subscribers:
             try:
                 sub(event)
             except Exception:  # a display bug must not lose data

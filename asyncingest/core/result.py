@@ -12,6 +12,7 @@ class EndpointStats:
 
     name: str
     jobs: int = 0
+    jobs_done: int = 0  # walked to the end or given up (snapshots; not in the summary)
     requests: int = 0
     retries: int = 0
     statuses: Counter[int] = field(default_factory=Counter)

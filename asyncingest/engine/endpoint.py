@@ -20,7 +20,13 @@ from yarl import URL
 
 from ..config.models import EndpointConfig
 from ..core.crashpoints import crash_point
-from ..core.events import EventBus, JobFinished, RecordsExpected, RequestStarted
+from ..core.events import (
+    EventBus,
+    JobFinished,
+    RecordsExpected,
+    RequestFinished,
+    RequestStarted,
+)
 from ..core.pagination import PaginationLoop, paginator_for
 from ..core.records import (
     Job,
@@ -32,6 +38,7 @@ from ..core.records import (
 )
 from ..core.request import Page, Request, RequestTemplate, UnsafePathValue, lookup
 from ..core.retry import Failure, FailureKind, RetryPolicy
+from ..core.snapshot import EndpointSnapshot
 from ..http.client import STOPPED, HttpClient, Response, scrub_next
 from ..limits.breaker import CircuitOpen
 from ..limits.budget import BudgetWatch
@@ -88,14 +95,19 @@ class EndpointRunner:
         self._credentials = client.credentials
         self.policy = policy
         self.events = events
-        self._listening = events.listening
+        # Per-job and per-request events are built only while someone wants them.
+        self._listening_jobs = events.listening_to(JobFinished)
+        self._listening_starts = events.listening_to(RequestStarted)
         self.clock = clock
         self.n_workers = workers
         self.rng = rng
         self.journal = journal  # where this endpoint's own jobs are journaled (for_each)
         self.children: list[EndpointRunner] = []
         self.ledger = EndpointLedger(
-            endpoint.name, events.emit, client.redact, listening=events.listening
+            endpoint.name,
+            events.emit,
+            client.redact,
+            listening=events.listening_to(RequestFinished),
         )
         self.stats = self.ledger.stats
         self.paginator = paginator_for(endpoint.pagination)
@@ -106,6 +118,8 @@ class EndpointRunner:
             self.name, sink, dead_letters, {}, self.ledger, row_group_rows, files=files
         )
         self.in_flight = 0
+        self.started = False
+        self.done = False  # its workers and writer have ended
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new
         self.producers = 1  # who may still submit jobs; input closes when they are all done
         self._pk = endpoint.primary_key
@@ -155,11 +169,36 @@ class EndpointRunner:
             f"failed={s.failed_requests}{', stopping' if self.stopping else ''})"
         )
 
+    def snapshot(self) -> EndpointSnapshot:
+        """This endpoint's figures now (O(1))."""
+        s = self.stats
+        return EndpointSnapshot(
+            name=self.name,
+            parent=self.endpoint.parent,
+            in_flight=self.in_flight,
+            queued=len(self.jobs),
+            queue_size=self.jobs.maxsize,
+            workers=self.n_workers,
+            jobs=s.jobs,
+            jobs_done=s.jobs_done,
+            requests=s.requests,
+            retries=s.retries,
+            failures=s.failed_requests,
+            throttled=s.statuses.get(429, 0),
+            records_received=s.records_received,
+            records_written=s.records_written,
+            records_rejected=s.records_rejected,
+            limiter_wait=s.limiter_wait,
+            started=self.started,
+            done=self.done,
+        )
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         """Run workers until the input is closed and drained, then finish the writer."""
         self.stats.started = self.clock.time()
+        self.started = True
         self.writer.start()
         assert self.writer.task is not None
         workers = [
@@ -186,6 +225,7 @@ class EndpointRunner:
         finally:
             self.writer.dead.close()
             self.stats.finished = self.clock.time()
+            self.done = True
 
     async def submit_many(self, jobs: Sequence[Job]) -> int:
         """Queue ``jobs`` in order, as many at a time as there is room for; stops early on a
@@ -229,6 +269,7 @@ class EndpointRunner:
             except UnsafePathValue as exc:
                 dead = self.ledger.refused(job, str(exc))
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
+                self.stats.jobs_done += 1
                 self.events.emit(JobFinished(self.name, False, 0))
                 return
         pages = 0
@@ -238,6 +279,7 @@ class EndpointRunner:
             page = await self._fetch_page(request, job)
             if page is None:
                 if not self.stopping:
+                    self.stats.jobs_done += 1
                     self.events.emit(JobFinished(self.name, False, pages))
                 return
             pages += 1
@@ -254,12 +296,14 @@ class EndpointRunner:
                 failure = Failure(FailureKind.WRONG_SHAPE, str(exc))
                 dead = self._give_up(page.request, job, failure, 1)
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
+                self.stats.jobs_done += 1
                 self.events.emit(JobFinished(self.name, False, pages))
                 return
             crash_point("page")
             await self._deliver(page, job, next_request)
             request = next_request
-        if self._listening():
+        self.stats.jobs_done += 1
+        if self._listening_jobs():
             self.events.emit(JobFinished(self.name, True, pages))
 
     async def _fetch_page(self, request: Request, job: Job) -> Page | None:
@@ -299,7 +343,7 @@ class EndpointRunner:
                     return None  # stopping: the resumed run asks for this page again
                 waited = time() - t0
             self.in_flight += 1
-            if self._listening():
+            if self._listening_starts():
                 url = self.client.display_url(request)
                 self.events.emit(RequestStarted(self.name, request.method, url, attempt))
             try:

@@ -41,6 +41,7 @@ from ..core.records import Job
 from ..core.request import Request, base_url_of
 from ..core.result import Compaction, RunResult
 from ..core.retry import RetryPolicy, retry_policy
+from ..core.snapshot import EndpointSnapshot, RunPhase, Snapshot
 from ..errors import environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
@@ -68,13 +69,16 @@ from .tap import BatchStream, BatchTap
 
 
 class Engine:
-    """Runs one pipeline. ``await Engine(cfg).run()`` inside any running event loop.
+    """Runs one pipeline. ``await Engine(cfg).run()`` inside any running event loop; most callers
+    want :class:`~asyncingest.Pipeline` (a task of its own, ``stop``, ``wait``, ``result``), which
+    wraps one.
 
     A run resumes from the checkpoint under the output directory when there is one (same
     config), ``fresh=True`` starts over, ``retry_failed=True`` re-requests dead-lettered
     requests. ``stop()`` asks for a graceful stop: no new work, in-flight requests finish,
-    files and state are committed; ``result.stopped`` is then true. ``batches(endpoint)``
-    gives an endpoint's records back as Arrow batches (``engine/tap.py``).
+    files and state are committed; ``result.stopped`` is then true. ``snapshot()`` shows where
+    the run is at any moment. ``batches(endpoint)`` gives an endpoint's records back as Arrow
+    batches (``engine/tap.py``). Everything else on it is private.
 
     With ``output: none`` nothing is written as Parquet: the state (checkpoint, journals, dead
     letters, run reports) goes to ``output.state_dir``, or, without one, to a temporary
@@ -110,16 +114,20 @@ class Engine:
         self._checkpoint_wanted = False
         self._checkpoint_wake: asyncio.Future[None] | None = None
         self.events = EventBus(subscribers)
-        self.clock: Clock = clock or LoopClock()
-        self.rng = random.Random(seed)
-        self.fresh = fresh
-        self.retry_failed = retry_failed
+        self._clock: Clock = clock or LoopClock()
+        self._rng = random.Random(seed)
+        self._fresh = fresh
+        self._retry_failed = retry_failed
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-        self.runners: dict[str, EndpointRunner] = {}
-        self.stopping = False
-        self.stop_reason = ""
+        self._runners: dict[str, EndpointRunner] = {}
+        self._stopping = False
+        self._stop_reason = ""
+        self._phase: RunPhase = "new"
+        self._started_at: float | None = None  # on the run's clock
+        self._ended_at: float | None = None
+        self._result: RunResult | None = None
         self._own_limiters: dict[str, SlidingWindowLimiter] = {}
-        self.state: RunState | None = None
+        self._state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
         # Compaction during the run (asyncingest.state.compact.compact_running): the file thread it
@@ -129,15 +137,14 @@ class Engine:
         self._known_files: dict[str, dict[str, CommittedFile]] = {}
         self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
-        self.global_limiter: SlidingWindowLimiter | None = None
-        self.pause_gate: PauseGate | None = None
+        self._global_limiter: SlidingWindowLimiter | None = None
+        self._pause_gate: PauseGate | None = None
         self._adaptive: dict[str, AdaptiveConcurrency] = {}
 
     def __repr__(self) -> str:
-        runners = list(self.runners.values())
+        runners = list(self._runners.values())
         return (
-            f"Engine(run_id={self.run_id}, output={self.output}, "
-            f"{'stopping, ' if self.stopping else ''}runners={runners!r})"
+            f"Engine(run_id={self.run_id}, output={self.output}, {self.phase}, runners={runners!r})"
         )
 
     def batches(self, endpoint: str) -> BatchStream:
@@ -157,7 +164,7 @@ class Engine:
         if self._ended:
             raise RuntimeError(f"batches({endpoint!r}): the run has ended")
         tap = BatchTap(endpoint)
-        runner = self.runners.get(endpoint)
+        runner = self._runners.get(endpoint)
         if runner is not None:  # running already: only if nothing was written yet
             self._attach(runner, tap)
         elif (t := self.config.endpoint(endpoint).transform) is not None and not t.keep_raw:
@@ -188,7 +195,7 @@ class Engine:
         """Until ``seconds`` have passed or a writer asked for a checkpoint."""
         if not self._checkpoint_wanted:
             wake = self._checkpoint_wake = asyncio.get_running_loop().create_future()
-            sleep = asyncio.ensure_future(self.clock.sleep(seconds))
+            sleep = asyncio.ensure_future(self._clock.sleep(seconds))
             try:
                 await asyncio.wait((wake, sleep), return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -207,15 +214,37 @@ class Engine:
 
     def stop(self) -> None:
         """Graceful stop: take no new work, let in-flight requests finish, commit, save."""
-        self.stopping = True
-        for r in self.runners.values():
+        self._stopping = True
+        if self._phase == "running":
+            self._phase = "stopping"
+        for r in self._runners.values():
             r.stop()
 
-    def limiters(self) -> dict[str, SlidingWindowLimiter]:
+    @property
+    def phase(self) -> RunPhase:
+        """Where the run is: ``new``, ``running``, ``stopping``, then how it ended (``stopped``,
+        ``finished``, ``cancelled``, ``failed``)."""
+        return self._phase
+
+    def snapshot(self) -> Snapshot:
+        """The run's figures now (see :class:`~asyncingest.core.snapshot.Snapshot`): cheap
+        (O(endpoints + windows)), safe at any moment, before the start and after the end."""
+        if self._runners:
+            endpoints = tuple(r.snapshot() for r in self._runners.values())
+        else:
+            endpoints = tuple(EndpointSnapshot(e.name, e.parent) for e in self.config.order())
+        elapsed = 0.0
+        if self._started_at is not None:
+            end = self._ended_at if self._ended_at is not None else self._clock.time()
+            elapsed = max(0.0, end - self._started_at)
+        windows = {name: lim.usage() for name, lim in self._limiters().items()}
+        return Snapshot(self.run_id, self._phase, elapsed, endpoints, windows)
+
+    def _limiters(self) -> dict[str, SlidingWindowLimiter]:
         """The rate limiters by name: ``api`` (shared) and any endpoint's own."""
         out = dict(self._own_limiters)
-        if self.global_limiter is not None:
-            out["api"] = self.global_limiter
+        if self._global_limiter is not None:
+            out["api"] = self._global_limiter
         return out
 
     def _limits_for(self, e: EndpointConfig, workers: int) -> Limit:
@@ -228,14 +257,14 @@ class Engine:
             parts.append(adaptive)
         if e.rate_limits:
             own = SlidingWindowLimiter(
-                [(w.requests, w.per_seconds) for w in e.rate_limits], self.clock, name=e.name
+                [(w.requests, w.per_seconds) for w in e.rate_limits], self._clock, name=e.name
             )
             self._own_limiters[e.name] = own
             parts.append(own)
-        if self.global_limiter is not None:
-            parts.append(self.global_limiter)
-        if self.pause_gate is not None:
-            parts.append(self.pause_gate)
+        if self._global_limiter is not None:
+            parts.append(self._global_limiter)
+        if self._pause_gate is not None:
+            parts.append(self._pause_gate)
         return parts[0] if len(parts) == 1 else Limits(parts)
 
     def _guards_for(self, e: EndpointConfig) -> EndpointGuards:
@@ -246,16 +275,16 @@ class Engine:
             breaker = CircuitBreaker(
                 b.failures,
                 b.cooldown,
-                self.clock,
+                self._clock,
                 max_cooldown=b.max_cooldown,
                 name=e.name,
-                on_change=self.runners[e.name].ledger.breaker_changed,
+                on_change=self._runners[e.name].ledger.breaker_changed,
             )
-        budget: SlidingWindowLimiter | PauseGate | None = self.global_limiter or self.pause_gate
-        in_flight = self._budget_in_flight if self.global_limiter is not None else None
+        budget: SlidingWindowLimiter | PauseGate | None = self._global_limiter or self._pause_gate
+        in_flight = self._budget_in_flight if self._global_limiter is not None else None
         return EndpointGuards(
             e.name,
-            self.clock,
+            self._clock,
             self.events.emit,
             breaker=breaker,
             throttle=AdaptiveThrottle(max_pause=api.retry.max_retry_after)
@@ -267,40 +296,43 @@ class Engine:
         )
 
     def _budget_watch(self, e: EndpointConfig) -> BudgetWatch | None:
-        limiters = [x for x in (self._own_limiters.get(e.name), self.global_limiter) if x]
+        limiters = [x for x in (self._own_limiters.get(e.name), self._global_limiter) if x]
         if not limiters:
             return None
         api = self.config.api
         stop = self._stop_for_budget if api.on_budget_exhausted == "stop" else None
         return BudgetWatch(
-            limiters, self.clock, self.events, threshold=api.budget_wait_threshold, stop=stop
+            limiters, self._clock, self.events, threshold=api.budget_wait_threshold, stop=stop
         )
 
     def _budget_in_flight(self) -> int:
-        return self.global_limiter.in_flight if self.global_limiter is not None else 0
+        return self._global_limiter.in_flight if self._global_limiter is not None else 0
 
     def _stop_for_budget(self, reason: str) -> None:
-        if not self.stopping:
-            self.stop_reason = reason
+        if not self._stopping:
+            self._stop_reason = reason
             self.stop()
 
     def _make_limits(self) -> None:
         """The shared budget, on the run's clock (made when the run's loop is known)."""
         if not self._clock_given:
-            self.clock = BoundLoopClock(asyncio.get_running_loop())
+            self._clock = BoundLoopClock(asyncio.get_running_loop())
         api = self.config.api
         if api.rate_limits:
             windows = [(w.requests, w.per_seconds) for w in api.rate_limits]
-            self.global_limiter = SlidingWindowLimiter(windows, self.clock, name="api")
+            self._global_limiter = SlidingWindowLimiter(windows, self._clock, name="api")
         else:
             # With no windows configured, a 429 still needs a shared budget to pause.
-            self.pause_gate = PauseGate(self.clock, "api")
+            self._pause_gate = PauseGate(self._clock, "api")
 
     async def run(self) -> RunResult:
         """Run to the end (or a stop) holding the output folder; see the class docstring.
 
         Raises :class:`OutputLocked` at once when another run holds the output folder.
         """
+        if self._phase != "new":
+            raise RuntimeError(f"{self!r} has run already: an engine runs once")
+        self._phase = "stopping" if self._stopping else "running"
         try:
             if self._ephemeral:  # output: none, no state_dir: state for this run only
                 self.output = Path(
@@ -310,10 +342,19 @@ class Engine:
             try:
                 lock.acquire()  # before anything reads the state or --fresh deletes anything
                 result = await self._run()
+            except asyncio.CancelledError:
+                self._phase = "cancelled"
+                raise
             except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
+                self._phase = "failed"
                 raise environment_failure(exc, self.output) from exc
+            except BaseException:
+                self._phase = "failed"
+                raise
             finally:
                 lock.release()
+                if self._started_at is not None:
+                    self._ended_at = self._clock.time()
                 if self._ephemeral:
                     await asyncio.shield(
                         asyncio.to_thread(shutil.rmtree, self.output, ignore_errors=True)
@@ -322,7 +363,15 @@ class Engine:
             self._end_taps(exc)
             raise
         self._end_taps(None)
+        self._result = result
+        self._phase = "stopped" if result.stopped else "finished"
         return result
+
+    @property
+    def result(self) -> RunResult | None:
+        """What the run did, once it has ended (a cancelled run's too: ``cancelled`` is true);
+        None before, and after a failure that ended it before it began."""
+        return self._result
 
     async def _run(self) -> RunResult:
         cfg = self.config
@@ -333,9 +382,9 @@ class Engine:
                 check_ids_file(e.from_file)
         self.output.mkdir(parents=True, exist_ok=True)
         start = await asyncio.to_thread(
-            prepare, cfg, self.output, fresh=self.fresh, retry_failed=self.retry_failed
+            prepare, cfg, self.output, fresh=self._fresh, retry_failed=self._retry_failed
         )
-        state = self.state = start.state
+        state = self._state = start.state
         folders = {e.name: e.name for e in cfg.endpoints}
         folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
         # output: none has no Parquet folders: nothing to clean up or compact.
@@ -363,7 +412,7 @@ class Engine:
         state.runs.append(self.run_id)
         await asyncio.to_thread(save_state, self.output, state)
 
-        started = self.clock.time()
+        started = self._started_at = self._clock.time()
         policy = retry_policy(cfg.api.retry)
         options = SinkOptions(
             compression=cfg.output.compression,
@@ -388,12 +437,12 @@ class Engine:
             stack.callback(files.shutdown, wait=False)
             self._files = files
             self._build_runners(client, pool, options, policy, files)
-            if self.stopping:
+            if self._stopping:
                 self.stop()
             self.events.emit(
                 RunStarted(
                     self.run_id,
-                    tuple(self.runners),
+                    tuple(self._runners),
                     str(self.output),
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
@@ -423,21 +472,22 @@ class Engine:
                     raise first_cause(exc) from None
                 raise
             finally:
-                for r in self.runners.values():
+                for r in self._runners.values():
                     if r.journal is not None:
                         r.journal.close()
                 result = RunResult(
                     run_id=self.run_id,
                     output=str(self.output),
-                    endpoints=tuple(r.stats.summary() for r in self.runners.values()),
-                    duration=self.clock.time() - started,
+                    endpoints=tuple(r.stats.summary() for r in self._runners.values()),
+                    duration=self._clock.time() - started,
                     cancelled=cancelled,
-                    stopped=self.stopping,
-                    note=self.stop_reason or ("resumed" if start.resumed else ""),
+                    stopped=self._stopping,
+                    note=self._stop_reason or ("resumed" if start.resumed else ""),
                     dead_requests=left[0],
                     dead_records=left[1],
                     compacted=compacted,
                 )
+                self._result = result
                 try:
                     await asyncio.shield(asyncio.to_thread(self._write_report, result))
                 except OSError:
@@ -456,7 +506,7 @@ class Engine:
     ) -> None:
         """One runner per endpoint (parents first), linked to its children, with its sinks,
         journal, limits, guards and, for a transform, the CPU stage in its writer."""
-        cfg, state = self.config, self.state
+        cfg, state = self.config, self._state
         assert state is not None
         base = base_url_of(str(cfg.api.base_url))
         for e in cfg.order():
@@ -471,7 +521,7 @@ class Engine:
                 sink = BatchSink(self.output, e.name, e.schema_, e.columns)
             else:
                 sink = ParquetSink(self.output, e.name, options, e.schema_, e.columns)
-            self.runners[e.name] = EndpointRunner(
+            self._runners[e.name] = EndpointRunner(
                 e,
                 base_url=base,
                 client=client,
@@ -481,14 +531,14 @@ class Engine:
                 dead_letters=DeadLetters(self.output, e.name),
                 journal=journal,
                 events=self.events,
-                clock=self.clock,
+                clock=self._clock,
                 workers=workers,
-                rng=random.Random(self.rng.random()),
+                rng=random.Random(self._rng.random()),
                 row_group_rows=cfg.output.row_group_rows,
                 files=files,
             )
-        for name, runner in self.runners.items():
-            runner.link([self.runners[c.name] for c in cfg.children(name)])
+        for name, runner in self._runners.items():
+            runner.link([self._runners[c.name] for c in cfg.children(name)])
             t = runner.endpoint.transform
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
@@ -511,13 +561,13 @@ class Engine:
 
     async def _checkpoint(self, final: bool = False) -> None:
         """Barrier every writer at once, then save a state naming only durable work."""
-        state = self.state
+        state = self._state
         assert state is not None
         async with self._checkpoint_lock:
-            runners = list(self.runners.values())
+            runners = list(self._runners.values())
             futures = [r.writer.barrier() for r in runners]  # one synchronous step
             results = await asyncio.gather(*futures)
-            complete = final and not self.stopping
+            complete = final and not self._stopping
             for r, res in zip(runners, results, strict=True):
                 apply(state, r.name, self._prior_files[r.name], res, complete)
                 for folder, names in res.extra_files.items():
@@ -528,7 +578,7 @@ class Engine:
                 es.files = [f for f in es.files if f not in gone]
             if final:
                 state.status = "complete" if complete else "interrupted"
-                state.note = self.stop_reason
+                state.note = self._stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
             for r in runners:
                 if r.writer.tap is not None:
@@ -539,11 +589,11 @@ class Engine:
     async def _compact_running(self) -> None:
         """After a checkpoint: merge each folder's small committed files once they add up to
         ``min_rows_per_file`` rows, on the file thread (serialized with the sinks' work)."""
-        state = self.state
+        state = self._state
         assert state is not None
         options = CompactOptions.from_config(self.config.output)
         loop = asyncio.get_running_loop()
-        for r in self.runners.values():
+        for r in self._runners.values():
             sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
             for sink in sinks:
                 if not isinstance(sink, ParquetSink):
@@ -573,35 +623,35 @@ class Engine:
 
     def _compaction_report(self) -> tuple[Compaction, ...]:
         """Per folder compacted during this run: its files now and without compaction."""
-        assert self.state is not None
+        assert self._state is not None
         out = []
         for folder, (saved, rows) in self._compacted.items():
-            files = len(self.state.endpoint(folder).files)
+            files = len(self._state.endpoint(folder).files)
             out.append(Compaction(folder, files, files + saved, rows))
         return tuple(out)
 
     def _abandon_files(self, files: ThreadPoolExecutor) -> None:
         """After a failure: wait for the file thread, then delete every staging file."""
         files.shutdown(wait=True, cancel_futures=True)
-        for r in self.runners.values():
+        for r in self._runners.values():
             r.writer.abandon()
 
     async def _compact(self, folders: list[str]) -> tuple[Compaction, ...]:
         """Merge each folder's small committed files (after the final checkpoint: the state
         and the files no longer change). Shielded: a commit is not left half done. Returns
         what this run compacted, during the run and now."""
-        assert self.state is not None
+        assert self._state is not None
         options = CompactOptions.from_config(self.config.output)
         done = await asyncio.shield(
-            asyncio.to_thread(compact_folders, self.output, self.state, folders, options)
+            asyncio.to_thread(compact_folders, self.output, self._state, folders, options)
         )
         for c in done:
             self._note_compaction(c)
         return self._compaction_report()
 
     def _write_report(self, result: RunResult) -> None:
-        assert self.state is not None
-        write_run_report(self.output, self.state.status, result)
+        assert self._state is not None
+        write_run_report(self.output, self._state.status, result)
 
     # ------------------------------------------------------------------ the graph
 
@@ -616,10 +666,10 @@ class Engine:
                 tg.create_task(self._run_endpoint(runner), name=f"endpoint-{runner.name}")
                 if runner.endpoint.for_each is not None:
                     tg.create_task(self._replay_backlog(runner))
-            tg.create_task(self._feed_root(self.runners[root.name]))
+            tg.create_task(self._feed_root(self._runners[root.name]))
 
     def _tree(self, name: str) -> list[EndpointRunner]:
-        runner = self.runners[name]
+        runner = self._runners[name]
         out = [runner]
         for child in runner.children:
             out.extend(self._tree(child.name))
@@ -629,8 +679,8 @@ class Engine:
         total = None
         if runner.endpoint.from_file is not None:
             total = await asyncio.to_thread(count_ids, runner.endpoint.from_file)
-            if total is not None and self.state is not None:
-                total = max(0, total - len(self.state.endpoint(runner.name).done))
+            if total is not None and self._state is not None:
+                total = max(0, total - len(self._state.endpoint(runner.name).done))
         self.events.emit(EndpointStarted(runner.name, runner.endpoint.parent, total))
         await runner.run()
         # Everything this endpoint will ever produce has been handed to its children.
@@ -639,8 +689,8 @@ class Engine:
         self.events.emit(EndpointFinished(runner.stats.summary()))
 
     def _plan(self, runner: EndpointRunner) -> JobPlan:
-        assert self.state is not None
-        return JobPlan(self.state.endpoint(runner.name))
+        assert self._state is not None
+        return JobPlan(self._state.endpoint(runner.name))
 
     def _planned(self, plan: JobPlan, jobs: list[Job]) -> list[Job]:
         """``jobs`` less those done, with part-way walks continuing where they stopped."""
@@ -665,7 +715,7 @@ class Engine:
             var, copy_field = spec.variable, spec.variable if spec.copy_id else None
             chunks = iter_ids(spec)
             while (
-                not self.stopping
+                not self._stopping
                 and (chunk := await asyncio.to_thread(next, chunks, None)) is not None
             ):
                 if copy_field:
@@ -686,7 +736,7 @@ class Engine:
         plan = self._plan(runner)
         entries = iter(runner.journal.replay(lines))
         queued = 0
-        while not self.stopping:
+        while not self._stopping:
             batch = await asyncio.to_thread(list, itertools.islice(entries, 2_000))
             if not batch:
                 break
@@ -704,16 +754,3 @@ def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
             return first_cause(exc)
         return exc
     return group
-
-
-async def run(
-    config: PipelineConfig,
-    *,
-    output: str | os.PathLike[str] | None = None,
-    subscribers: Iterable[Subscriber] = (),
-    clock: Clock | None = None,
-    fresh: bool = False,
-) -> RunResult:
-    """Run a pipeline to completion in the current event loop and return what it did."""
-    engine = Engine(config, output=output, subscribers=subscribers, clock=clock, fresh=fresh)
-    return await engine.run()

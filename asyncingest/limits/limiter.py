@@ -46,6 +46,8 @@ from typing import Generic, Protocol, TypeVar
 
 from asyncingest.limits.clock import Clock, TimerHandle
 
+from ..core.snapshot import WindowUsage  # built here, read by snapshots (core)
+
 EXACT_MAX = 1000  # windows with at most this many slots keep exact release times
 BUCKETS = 1000  # larger windows round releases up to W/BUCKETS: at most ~BUCKETS entries
 
@@ -77,19 +79,6 @@ class KeyStats:
     granted: int
     waited: float  # total seconds this key's requests spent queued
     waiting: int  # queued right now
-
-
-@dataclass(frozen=True, slots=True)
-class WindowUsage:
-    """One rate window's state: its limit and length, the slots occupied now, the entries stored and
-    the bucket width.
-    """
-
-    limit: int
-    seconds: float
-    used: int  # occupied slots: in flight, or released less than `seconds` ago
-    stored: int  # entries held in memory for this window
-    bucket: float  # bucket width in seconds; 0.0 for an exact window
 
 
 P = TypeVar("P")

@@ -30,7 +30,7 @@ from ..core.events import (
     RequestRetried,
     RequestStarted,
 )
-from ..limits.limiter import WindowUsage
+from ..core.snapshot import WindowUsage
 
 if TYPE_CHECKING:
     from aiohttp import web

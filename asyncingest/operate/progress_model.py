@@ -38,7 +38,7 @@ from ..core.events import (
     RunStarted,
 )
 from ..core.result import RunResult
-from ..limits.limiter import WindowUsage
+from ..core.snapshot import WindowUsage
 
 __all__ = ["EndpointProgress", "Progress", "ProgressModel", "RateMeter"]
 

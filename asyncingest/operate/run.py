@@ -15,9 +15,9 @@ from typing import Literal
 from ..config.models import PipelineConfig
 from ..core.events import Subscriber
 from ..core.result import RunResult
-from ..engine.engine import Engine
+from ..core.snapshot import WindowUsage
+from ..engine.pipeline import Pipeline
 from ..errors import ConfigError, Problem
-from ..limits.limiter import WindowUsage
 from .logsub import configure_logging
 from .progress import make_display
 from .progress_model import ProgressModel
@@ -46,14 +46,13 @@ async def run_operated(
 ) -> tuple[RunResult, ProgressModel]:
     """Run ``cfg`` with the display, logs, metrics and signal handlers ``op`` asks for;
     messages go through ``out`` (text, quiet or JSON lines)."""
-    engine = Engine(cfg, output=op.output, fresh=op.fresh, retry_failed=op.retry_failed)
+    pipeline = Pipeline(cfg, output=op.output, fresh=op.fresh, retry_failed=op.retry_failed)
 
     def in_flight(name: str) -> int:
-        runner = engine.runners.get(name)
-        return runner.in_flight if runner is not None else 0
+        return pipeline.snapshot().endpoint(name).in_flight
 
     def budget() -> Mapping[str, Sequence[WindowUsage]]:
-        return {name: lim.usage() for name, lim in engine.limiters().items()}
+        return pipeline.snapshot().windows
 
     model = ProgressModel(in_flight=in_flight, budget=budget)
     # JSON logs on stderr stay parseable: no plain progress lines between them.
@@ -68,11 +67,15 @@ async def run_operated(
     if op.metrics_port is not None:
         from .metrics import Metrics, start_metrics_server
 
-        metrics = Metrics(in_flight=lambda: {n: r.in_flight for n, r in engine.runners.items()})
+        def in_flight_by_endpoint() -> dict[str, float]:
+            return {e.name: e.in_flight for e in pipeline.snapshot().endpoints}
+
+        def queued_by_endpoint() -> dict[str, float]:
+            return {e.name: e.queued for e in pipeline.snapshot().endpoints}
+
+        metrics = Metrics(in_flight=in_flight_by_endpoint)
         metrics.sample(
-            "queue_depth_jobs",
-            "Jobs waiting in each endpoint's queue",
-            lambda: {n: len(r.jobs) for n, r in engine.runners.items()},
+            "queue_depth_jobs", "Jobs waiting in each endpoint's queue", queued_by_endpoint
         )
         metrics.sample_windows(budget)
         subscribers.append(metrics)
@@ -86,31 +89,42 @@ async def run_operated(
             raise ConfigError("--metrics-port", [problem]) from None
         out.say("metrics_serving", f"metrics: {metrics_server.url}", url=metrics_server.url)
     for sub in subscribers:
-        engine.events.subscribe(sub)
-    _install_signal_handlers(engine, out, op.stop_timeout)
+        pipeline.subscribe(sub)
+    _install_signal_handlers(pipeline, out, op.stop_timeout)
     try:
         if display is None:
-            return await engine.run(), model
+            return await _run(pipeline), model
         async with display:
-            return await engine.run(), model
+            return await _run(pipeline), model
     finally:
         if metrics_server is not None:
             await metrics_server.close()
 
 
-def _install_signal_handlers(engine: Engine, out: Reporter, deadline: float) -> None:
+async def _run(pipeline: Pipeline) -> RunResult:
+    await pipeline.start()
+    return await pipeline.wait()
+
+
+def _install_signal_handlers(pipeline: Pipeline, out: Reporter, deadline: float) -> None:
     """First SIGINT/SIGTERM: graceful stop (state saved). Second, or after ``deadline``
-    seconds: stop at once; only complete files stay visible and the last checkpoint counts."""
+    seconds: stop at once (a cancel: requests in flight are dropped, what was fetched is saved
+    by a last checkpoint, staging files are removed)."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
+    stopping: list[asyncio.Task[RunResult]] = []
 
     def hard_stop() -> None:
-        out.say("stopping_now", "stopping now; the last checkpoint is kept", "warning")
+        out.say(
+            "stopping_now",
+            "stopping now; requests in flight are dropped, what was fetched is saved",
+            "warning",
+        )
         main.cancel()
 
     def on_signal(signame: str) -> None:
-        if engine.stopping:
+        if stopping:
             hard_stop()
             return
         out.say(
@@ -120,7 +134,10 @@ def _install_signal_handlers(engine: Engine, out: Reporter, deadline: float) -> 
             "warning",
             signal=signame,
         )
-        engine.stop()
+        # The run's own end (or error) reaches the CLI through wait(); this task only asks.
+        task = loop.create_task(pipeline.stop(), name="asyncingest-stop")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        stopping.append(task)
         loop.call_later(deadline, hard_stop)
 
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ..limits.limiter import BUCKETS, EXACT_MAX, Permit, Permits, WindowUsage, make_windows
+from ..core.snapshot import WindowUsage
+from ..limits.limiter import BUCKETS, EXACT_MAX, Permit, Permits, make_windows
 
 
 class LimiterClosed(Exception):

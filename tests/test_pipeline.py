@@ -1,0 +1,176 @@
+"""``asyncingest.Pipeline`` as a service embeds it: start, snapshot, stop, wait, result, errors,
+and ``run_sync`` for scripts. Runs against the bundled mock API on the test's own loop."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncingest
+from asyncingest import Pipeline, PipelineStateError, RequestFinished
+from asyncingest.mockapi import MockAPI
+
+from .conftest import (
+    F1_ENDPOINTS,
+    F1_KEYS,
+    MockAPIFactory,
+    assert_same_records,
+    expected_f1,
+    leftovers,
+    pipeline,
+    read_records,
+)
+
+# meetings -> sessions -> laps: a parent, a fan-out and a paginated child.
+ENDPOINTS: list[dict[str, Any]] = [*F1_ENDPOINTS[:2], F1_ENDPOINTS[3]]
+
+
+def config(api: MockAPI, out: Path) -> Any:
+    return pipeline(api.url, ENDPOINTS, out, concurrency={"requests_per_endpoint": 2})
+
+
+class LapsAnswered(asyncio.Event):
+    """Set once ``n`` laps pages have been answered (a subscriber to ``RequestFinished``)."""
+
+    event_types = (RequestFinished,)
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.left = n
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, RequestFinished) and event.endpoint == "laps":
+            self.left -= 1
+            if self.left <= 0:
+                self.set()
+
+
+def assert_complete(api: MockAPI, out: Path) -> None:
+    want = expected_f1(api)
+    for name in ("meetings", "sessions", "laps"):
+        assert_same_records(read_records(out, name), want[name], F1_KEYS[name])
+
+
+async def test_async_with_runs_to_the_end_and_the_snapshot_agrees_with_the_result(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    async with Pipeline(config(mock_api, tmp_path)) as p:
+        assert p.snapshot().phase == "running"
+    result = p.result
+    assert result.ok
+    snap = p.snapshot()
+    assert snap.phase == "finished" and snap.done and snap.run_id == result.run_id
+    for e in result.endpoints:
+        s = snap.endpoint(e.name)
+        assert (s.requests, s.records_written, s.retries) == (
+            e.requests,
+            e.records_written,
+            e.retries,
+        )
+        assert s.done and s.in_flight == 0 and s.queued == 0
+        assert s.jobs_done == s.jobs >= 1
+    assert snap.records_written == result.records_written
+    assert_complete(mock_api, tmp_path)
+
+
+def test_before_the_start_a_snapshot_lists_the_endpoints_and_nothing_else_works(
+    tmp_path: Path,
+) -> None:
+    p = Pipeline(pipeline("http://127.0.0.1:9", ENDPOINTS, tmp_path))
+    snap = p.snapshot()
+    assert snap.phase == "new" and not snap.done and snap.elapsed == 0.0
+    assert [e.name for e in snap.endpoints] == ["meetings", "sessions", "laps"]
+    assert snap.endpoint("laps").parent == "sessions" and snap.requests == 0
+    with pytest.raises(PipelineStateError, match="has not started"):
+        _ = p.result
+    with pytest.raises(PipelineStateError, match="has not started"):
+        asyncio.run(p.stop())
+    with pytest.raises(PipelineStateError, match="has not started"):
+        asyncio.run(p.wait())
+
+
+async def test_a_pipeline_starts_once_and_has_no_result_while_running(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    p = Pipeline(config(api, tmp_path))
+    await p.start()
+    with pytest.raises(PipelineStateError, match="still running"):
+        _ = p.result
+    with pytest.raises(PipelineStateError, match="started already"):
+        await p.start()
+    result = await p.wait()
+    assert result.ok and p.result is result and (await p.wait()) is result
+    with pytest.raises(PipelineStateError, match="started already"):
+        await p.start()
+
+
+async def test_stop_commits_what_was_fetched_and_the_same_config_resumes(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    cfg = config(api, tmp_path)
+    laps_pages = LapsAnswered(5)
+    async with Pipeline(cfg, subscribers=[laps_pages]) as p:
+        await laps_pages.wait()  # part-way through the fan-out
+        stopped = await p.stop()
+    assert stopped is p.result and stopped.stopped and not stopped.ok
+    assert stopped.exit_code == 3 and p.snapshot().phase == "stopped"
+    assert leftovers(tmp_path) == []
+    resumed = await asyncingest.run(cfg)
+    assert resumed.ok and resumed.note == "resumed"
+    assert_complete(api, tmp_path)
+
+
+async def test_a_stop_after_the_end_returns_the_result(mock_api: MockAPI, tmp_path: Path) -> None:
+    p = Pipeline(config(mock_api, tmp_path))
+    await p.start()
+    result = await p.wait()
+    assert (await p.stop()) is result and not result.stopped
+
+
+async def test_the_run_s_error_is_raised_by_start_wait_and_result(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    cfg = config(mock_api, tmp_path)
+    holder = Pipeline(cfg)
+    await holder.start()
+    other = Pipeline(cfg)
+    with pytest.raises(asyncingest.OutputLocked):
+        await other.start()  # the folder is taken: said at once, not later
+    assert other.snapshot().phase == "failed"
+    with pytest.raises(asyncingest.OutputLocked):
+        await other.wait()
+    with pytest.raises(asyncingest.OutputLocked):
+        _ = other.result
+    assert (await holder.wait()).ok
+
+
+async def test_per_request_events_are_built_only_for_subscribers_that_want_them(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    every: list[object] = []
+    few: list[object] = []
+    p = Pipeline(config(mock_api, tmp_path), subscribers=[every.append])
+    p.subscribe(few.append, events=(asyncingest.RunStarted, asyncingest.RunFinished))
+    async with p:
+        pass
+    assert [type(e).__name__ for e in few] == ["RunStarted", "RunFinished"]
+    finished = sum(isinstance(e, RequestFinished) for e in every)
+    assert finished == p.result.requests
+
+
+async def test_run_sync_refuses_a_running_loop_and_runs_in_a_thread(
+    mock_api: MockAPI, tmp_path: Path
+) -> None:
+    cfg = config(mock_api, tmp_path)
+    with pytest.raises(PipelineStateError, match=r"await asyncingest\.run"):
+        asyncingest.run_sync(cfg)
+    with pytest.raises(asyncingest.ConfigError, match="--retry-failed: no earlier run"):
+        await asyncio.to_thread(asyncingest.run_sync, cfg, retry_failed=True)
+    result = await asyncio.to_thread(asyncingest.run_sync, cfg)
+    assert result.ok
+    assert_complete(mock_api, tmp_path)
