@@ -380,6 +380,18 @@ def _run(args: argparse.Namespace, out: Reporter) -> int:
                 )
             ],
         )
+    queued = [e.name for e in cfg.endpoints if e.from_queue is not None]
+    if queued:
+        raise ConfigError(
+            args.config,
+            [
+                Problem(
+                    f"endpoints[{queued[0]}].from_queue",
+                    "a queue is read by the scale-out worker: python -m asyncingest worker "
+                    "--config FILE --broker amqp://...",
+                )
+            ],
+        )
     check_output(args.output, cfg)
     check_options(args)
     tune_gc()

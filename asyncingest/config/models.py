@@ -291,6 +291,19 @@ class FromFile(_Model):
         None, description="default: from the file extension"
     )
     copy_id: bool = Field(True, description="copy the id into each record when absent")
+    copy_fields: tuple[str, ...] = Field(
+        (),
+        alias="copy",
+        description="JSONL only: fields of each line copied into that id's records (how the "
+        "scale-out worker carries a parent's copied fields into a child shard)",
+    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _copy_needs_jsonl(self) -> FromFile:
+        if self.copy_fields and self.file_format != "jsonl":
+            raise ValueError("'copy' needs a JSONL input file (format: jsonl)")
+        return self
 
     @property
     def variable(self) -> str:
@@ -310,6 +323,21 @@ class FromFile(_Model):
         if lower.endswith((".jsonl", ".ndjson")):
             return "jsonl"
         return "csv"
+
+
+class FromQueue(_Model):
+    """One request per message of a RabbitMQ queue the user already has (``{"match_id": 7}``):
+    the ``worker --config`` command consumes it (docs/scale-out.md); ``run`` refuses it."""
+
+    queue: str = Field(min_length=1, max_length=255)
+    field: str = Field(min_length=1, description="the JSON field of each message holding the id")
+    var: str | None = Field(None, description="template variable (default: the field name)")
+    copy_id: bool = Field(True, description="copy the id into each record when absent")
+
+    @property
+    def variable(self) -> str:
+        """The template variable each id is bound to: ``var``, or the field name."""
+        return self.var or self.field
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -381,6 +409,7 @@ class EndpointConfig(_Model):
     pagination: Pagination = NoPagination()
     for_each: ForEach | None = None
     from_file: FromFile | None = None
+    from_queue: FromQueue | None = None
     rate_limits: tuple[RateWindow, ...] = ()
     concurrency: int | None = Field(None, ge=1, description="requests in flight (override)")
     transform: TransformConfig | None = None
@@ -419,8 +448,8 @@ class EndpointConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> EndpointConfig:
-        if self.for_each and self.from_file:
-            raise ValueError("use either 'for_each' or 'from_file', not both")
+        if sum(x is not None for x in (self.for_each, self.from_file, self.from_queue)) > 1:
+            raise ValueError("use one of 'for_each', 'from_file' and 'from_queue'")
         if self.json_body is not None and self.method != "POST":
             raise ValueError("'body' needs method: POST")
         provided: set[str] = set()
@@ -428,6 +457,8 @@ class EndpointConfig(_Model):
             provided = set(self.for_each.bind)
         elif self.from_file:
             provided = {self.from_file.variable}
+        elif self.from_queue:
+            provided = {self.from_queue.variable}
         used = template_fields(self.path)
         for value in self.params.values():
             if isinstance(value, str):
