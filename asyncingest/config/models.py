@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -62,6 +63,39 @@ class AuthConfig(_Model):
         if self.type in ("header", "query") and not self.name:
             raise ValueError(f"auth type '{self.type}' needs 'name' (the header or parameter)")
         return self
+
+
+class OAuth2Config(_Model):
+    """OAuth 2.0 client credentials (RFC 6749, section 4.4): the client id and secret come from
+    environment variables, never from the file; the access token they buy is sent as
+    ``Authorization: Bearer``, to the API's origin only. See asyncingest/http/oauth.py for when the
+    token is fetched and refreshed.
+    """
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: HttpUrl = Field(description="the token endpoint (often another host than the API)")
+    client_id_env: str = Field(description="environment variable holding the client id")
+    client_secret_env: str = Field(description="environment variable holding the client secret")
+    scope: str | None = Field(None, description="sent as 'scope' when set")
+    audience: str | None = Field(None, description="sent as 'audience' when set (Auth0, Okta)")
+    client_auth: Literal["basic", "body"] = Field(
+        "basic",
+        description="basic: HTTP Basic with the id and secret (RFC 6749 2.3.1, what servers must "
+        "support); body: client_id and client_secret in the form",
+    )
+    refresh_margin: float = Field(
+        60.0,
+        ge=0,
+        description="seconds before the token's expiry it is replaced (at most half its life)",
+    )
+
+    @property
+    def env_names(self) -> str:
+        """``ID_VAR and SECRET_VAR``: what a message about bad credentials points at."""
+        return f"{self.client_id_env} and {self.client_secret_env}"
+
+
+Auth = Annotated[AuthConfig | OAuth2Config, Field(discriminator="type")]
 
 
 class HttpConfig(_Model):
@@ -151,7 +185,7 @@ class ApiConfig(_Model):
 
     base_url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
-    auth: AuthConfig | None = None
+    auth: Auth | None = None
     http: HttpConfig = HttpConfig()
     rate_limits: tuple[RateWindow, ...] = ()
     retry: RetryConfig = RetryConfig()
@@ -244,13 +278,42 @@ class LinkHeaderPagination(_Model):
     rel: str = "next"
 
 
+class CustomPagination(_Model):
+    """Your own paginator, for APIs the six kinds above do not fit: ``function`` names a class
+    (or any callable) that ``options`` are passed to as keyword arguments, and what it returns
+    has the stateless ``first(request)`` / ``next(page)`` methods of the built-in ones (see
+    ``asyncingest.Paginator``). Checked when the config is loaded: importable, constructible,
+    and with both methods.
+    """
+
+    type: Literal["custom"]
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the class (JSON-like values)"
+    )
+    function: str = Field(
+        description="'package.module:Class'; Class(**options) has first(request) and next(page)"
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _paginator(cls, v: str, info: ValidationInfo) -> str:
+        from .callables import load_paginator
+
+        options = info.data.get("options")
+        if options is None:  # options were invalid: that error is reported on its own
+            return v
+        load_paginator(v, options)  # a clear ValueError when it is missing or unfit
+        return v
+
+
 Pagination = Annotated[
     NoPagination
     | OffsetPagination
     | PagePagination
     | CursorPagination
     | NextUrlPagination
-    | LinkHeaderPagination,
+    | LinkHeaderPagination
+    | CustomPagination,
     Field(discriminator="type"),
 ]
 

@@ -428,7 +428,9 @@ class Engine:
         async with contextlib.AsyncExitStack() as stack:
             if pool is not None:
                 await stack.enter_async_context(pool)
-            client = await stack.enter_async_context(HttpClient(cfg.api, credentials))
+            client = await stack.enter_async_context(
+                HttpClient(cfg.api, credentials, clock=self._clock)
+            )
             # Every writer's file work (Arrow conversion, Parquet, fsync) on one thread: the
             # memory a conversion frees stays in one thread's heap instead of growing a heap
             # in each of the default executor's threads over a long run (measured: about
