@@ -69,6 +69,7 @@ from .errors import (
 )
 from .limits.clock import Clock, LoopClock
 from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
+from .limits.rate_budget import Budget, BudgetPermit, RateBudget
 from .operate.tuning import tune_gc
 from .testing import FakeClock
 
@@ -107,6 +108,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "run_sync",
     "Engine",
     "PipelineStateError",
+    "Budget",
     "tune_gc",
     # results and snapshots
     "Snapshot",
@@ -146,6 +148,8 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "BatchesClosed",
     "RunCancelled",
     # limits and time
+    "RateBudget",
+    "BudgetPermit",
     "SlidingWindowLimiter",
     "ConcurrencyLimit",
     "Limits",

@@ -94,8 +94,10 @@ class BatchTap:
 
     async def put(self, batch: pa.RecordBatch) -> None:
         """Queue ``batch``; waits while ``maxsize`` batches wait for the consumer."""
-        while len(self._queue) >= self.maxsize and not self._closed:
+        while len(self._queue) >= self.maxsize and not self._closed and self._error is None:
             await self._producer_wait()
+        if self._error is not None:  # the run is ending at once: nobody takes it now
+            raise self._error
         if self._closed:
             raise BatchesClosed(self.endpoint)
         self._queue.append(batch)
@@ -107,8 +109,10 @@ class BatchTap:
         once more (so the last batch counts as delivered too)."""
         self._ended = True
         _wake(self._consumer)
-        while not self._seen_end and not self._closed:
+        while not self._seen_end and not self._closed and self._error is None:
             await self._producer_wait()
+        if self._error is not None and not self._seen_end:
+            raise self._error
         if self._closed and not self._seen_end:
             raise BatchesClosed(self.endpoint)
 
@@ -118,6 +122,8 @@ class BatchTap:
         fut = asyncio.get_running_loop().create_future()
         if self.delivered >= count:
             fut.set_result(None)
+        elif self._error is not None:
+            fut.set_exception(self._error)
         elif self._closed:
             fut.set_exception(BatchesClosed(self.endpoint))
         else:
