@@ -1,0 +1,314 @@
+"""Benchmark the example service (examples/service): /health latency and event-loop lag while it
+ingests at full speed, against the same service idle, in one run.
+
+    python benchmarks/bench_service.py [--rounds 3] [--seconds 5] [--pipelines 2] [--quick]
+
+Three processes, so none bills its CPU to another: the bundled mock API (``MockServer`` of
+``_harness.py``: a larger F1 data set, no latency, no faults, no server-side limit), the
+service (this process: ``make_app`` on aiohttp's ``AppRunner``, exactly as ``app.py`` serves
+it, plus a 10 ms ticker in its loop) and the prober (``_health_probe.py``: one keep-alive
+connection, ``GET /health``, wait 10 ms, again; it reports each round trip).
+
+Rounds alternate an idle phase (nothing runs) and a busy phase (``--pipelines`` crawls of the
+service's ``f1`` job, config/f1_crawl.yaml with no rate window, each restarted as soon as it
+ends, through the service's own start/stop), so a busy neighbour on the machine touches both
+alike. The ticker records how late each 10 ms timer fires and the loop thread's CPU between two
+ticks (a late tick with little loop CPU: the OS ran something else; with a lot: our code held
+the loop). ``--quick``: one short round (the tests run it). Benchmarks report; they do not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from aiohttp import web  # noqa: E402  (after the path set-up above)
+
+from asyncingest.mockapi import MockSettings  # noqa: E402
+from benchmarks._harness import (  # noqa: E402
+    RESULT_PREFIX,
+    MockServer,
+    child_env,
+    machine,
+    machine_busy_seconds,
+)
+from examples.service.app import SERVICE, IngestService, make_app  # noqa: E402
+
+TICK = 0.010  # the ticker's period
+PROBE_GAP = 0.010  # the prober's pause between two /health requests
+TARGET_P99_MS = 20.0
+
+#: The crawl: 120 sessions (24 meetings x 5), 250 laps each in pages of 100: ~1,000 requests and
+#: ~50,000 records per pipeline.
+SERVER = MockSettings.demo(
+    n_meetings=24,
+    sessions_per_meeting=5,
+    latency_ms=0.0,
+    latency_jitter_ms=0.0,
+    fault_rate=0.0,
+    rate_limits=(),
+)
+
+
+# -- the prober (benchmarks/_health_probe.py, a child process) -------------------------------
+
+
+async def run_prober(url: str, seconds: float) -> tuple[list[float], int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks._health_probe",
+        url,
+        str(seconds),
+        str(PROBE_GAP),
+        stdout=asyncio.subprocess.PIPE,
+        env=child_env(),
+        cwd=ROOT,
+    )
+    out, _ = await proc.communicate()
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"prober exited {proc.returncode}: {out.decode()[-2000:]}")
+    data = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return data["latencies"], data["errors"]
+
+
+# -- measuring the service's loop ------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """What one condition (idle or busy) measured, all rounds together."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)  # /health round trips, ms
+    errors: int = 0
+    lags: list[float] = field(default_factory=list)  # ticker lateness, ms
+    loop_cpu: list[float] = field(default_factory=list)  # loop thread CPU between ticks, ms
+    seconds: float = 0.0
+    service_cpu: float = 0.0  # this process, every thread
+    other_cpu: float = 0.0  # the machine's busy CPU that was neither us nor the mock API
+    server_cpu: float = 0.0
+    requests: int = 0
+    records: int = 0
+    pipelines: int = 0
+
+
+class Ticker:
+    """A 10 ms timer in the service's loop; files each tick's lateness under the current phase."""
+
+    def __init__(self) -> None:
+        self.phase: Phase | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, cpu = loop.time() + TICK, time.thread_time()
+            await asyncio.sleep(TICK)
+            if self.phase is not None:
+                self.phase.lags.append(max(0.0, loop.time() - due) * 1e3)
+                self.phase.loop_cpu.append((time.thread_time() - cpu) * 1e3)
+
+
+class Feeder:
+    """Keeps ``n`` crawls going through the service until told to stop, then stops them."""
+
+    def __init__(self, service: IngestService, n: int) -> None:
+        self.service = service
+        self.n = n
+        self.started: list[str] = []
+        self._stopping = False
+        self._lanes: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._lanes = [asyncio.create_task(self._lane()) for _ in range(self.n)]
+
+    async def _lane(self) -> None:
+        while not self._stopping:
+            ingestion = await self.service.start("f1", None)
+            self.started.append(ingestion.id)
+            await ingestion.pipeline.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        running = [i for i in self.service.ingestions.values() if not i.pipeline.snapshot().done]
+        await asyncio.gather(*(self.service.stop(i) for i in running))
+        await asyncio.gather(*self._lanes)
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def measure(
+    phase: Phase, ticker: Ticker, url: str, seconds: float, server: MockServer, feeder: Any
+) -> None:
+    busy0, ours0, server0 = machine_busy_seconds(), cpu_seconds(), server.cpu_seconds()
+    t0 = time.perf_counter()
+    ticker.phase = phase
+    if feeder is not None:
+        feeder.start()
+    latencies, errors = await run_prober(url, seconds)
+    if feeder is not None:
+        await feeder.stop()
+    ticker.phase = None
+    wall = time.perf_counter() - t0
+    ours, server_cpu = cpu_seconds() - ours0, server.cpu_seconds() - server0
+    phase.latencies += latencies
+    phase.errors += errors
+    phase.seconds += wall
+    phase.service_cpu += ours
+    phase.server_cpu += server_cpu
+    # The prober's CPU is in neither figure: it counts as "other" (a few % of a core).
+    phase.other_cpu += max(0.0, machine_busy_seconds() - busy0 - ours - server_cpu)
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+async def bench(rounds: int, seconds: float, pipelines: int, out: Path) -> dict[str, Any]:
+    idle, busy = Phase("idle"), Phase(f"ingesting ({pipelines} crawls)")
+    load = os.getloadavg()[0]
+    with MockServer(SERVER) as server:
+        app = make_app(server.url, out, rate_limits=[])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = "http://{}:{}".format(*runner.addresses[0][:2])
+        service = app[SERVICE]
+        ticker = Ticker()
+        ticker.start()
+        try:
+            warm = await service.start("f1", None)  # imports, first files: not measured
+            await warm.pipeline.wait()
+            for _ in range(rounds):
+                await measure(idle, ticker, url, seconds, server, None)
+                feeder = Feeder(service, pipelines)
+                await measure(busy, ticker, url, seconds, server, feeder)
+                for id in feeder.started:
+                    snap = service.ingestions[id].pipeline.snapshot()
+                    busy.requests += snap.requests
+                    busy.records += snap.records_written
+                busy.pipelines += len(feeder.started)
+        finally:
+            await ticker.stop()
+            await runner.cleanup()
+    return {"idle": idle, "busy": busy, "load": load, "load_after": os.getloadavg()[0]}
+
+
+def row(p: Phase) -> list[str]:
+    lat, lag = p.latencies, p.lags
+    return [
+        p.name,
+        f"{len(lat):,}",
+        f"{pct(lat, 0.5):.2f}",
+        f"{pct(lat, 0.99):.2f}",
+        f"{max(lat, default=0):.1f}",
+        f"{pct(lag, 0.99):.2f}",
+        f"{max(lag, default=0):.1f}",
+        f"{max(p.loop_cpu, default=0):.1f}",
+        f"{p.service_cpu / p.seconds:.0%}" if p.seconds else "-",
+        f"{p.server_cpu / p.seconds:.0%}" if p.seconds else "-",
+        f"{p.other_cpu / p.seconds:.2f}" if p.seconds else "-",
+        f"{p.requests / p.seconds:,.0f}" if p.requests else "-",
+        f"{p.records / p.seconds:,.0f}" if p.records else "-",
+    ]
+
+
+HEADS = [
+    "service",
+    "/health probes",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "loop lag p99 ms",
+    "lag max ms",
+    "loop CPU max ms/tick",
+    "service CPU",
+    "mock CPU",
+    "other cores busy",
+    "req/s",
+    "records/s",
+]
+
+
+def table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADS) + " |", "|" + "|".join([":---", *["---:"] * 12]) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per phase and round")
+    parser.add_argument("--pipelines", type=int, default=2, help="crawls at once when busy")
+    parser.add_argument("--quick", action="store_true", help="one short round (the tests)")
+    args = parser.parse_args(args_in)
+    if args.quick:
+        args.rounds, args.seconds = 1, 1.0
+    info = machine()
+    out = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    try:
+        found = asyncio.run(bench(args.rounds, args.seconds, args.pipelines, out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    idle, busy = found["idle"], found["busy"]
+    command = " ".join(["python benchmarks/bench_service.py", *args_in])
+    p99 = pct(busy.latencies, 0.99)
+    print("## Example service (`bench_service.py`)\n")
+    print(f"- command: `{command}`")
+    for key in ("date", "nproc", "cpu", "python", "libraries"):
+        print(f"- {key}: {info[key]}")
+    print(f"- load average (1 min) before / after: {found['load']:.1f} / {found['load_after']:.1f}")
+    print(
+        f"\n{args.rounds} rounds of {args.seconds:g} s idle then {args.seconds:g} s ingesting; "
+        f"{busy.pipelines} crawls of the `f1` job (config/f1_crawl.yaml, no rate window) ran "
+        f"in the busy phases. /health every {PROBE_GAP * 1e3:g} ms from another process; "
+        f"loop lag: a {TICK * 1e3:g} ms ticker in the service's loop.\n"
+    )
+    print(table([row(idle), row(busy)]))
+    errors = idle.errors + busy.errors
+    verdict = "holds" if p99 < TARGET_P99_MS and not errors else "MISSED"
+    print(
+        f"\n- target /health p99 < {TARGET_P99_MS:g} ms while ingesting: {p99:.2f} ms: "
+        f"**{verdict}**" + (f" ({errors} failed probes)" if errors else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
