@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from aiohttp import web  # noqa: E402  (after the path set-up above)
 
+from asyncingest import tune_gc  # noqa: E402
 from asyncingest.mockapi import MockSettings  # noqa: E402
 from benchmarks._harness import (  # noqa: E402
     RESULT_PREFIX,
@@ -99,6 +102,7 @@ class Phase:
     errors: int = 0
     lags: list[float] = field(default_factory=list)  # ticker lateness, ms
     loop_cpu: list[float] = field(default_factory=list)  # loop thread CPU between ticks, ms
+    process_cpu: list[float] = field(default_factory=list)  # every thread's CPU, the same
     seconds: float = 0.0
     service_cpu: float = 0.0  # this process, every thread
     other_cpu: float = 0.0  # the machine's busy CPU that was neither us nor the mock API
@@ -106,6 +110,18 @@ class Phase:
     requests: int = 0
     records: int = 0
     pipelines: int = 0
+    gc_pauses: list[float] = field(default_factory=list)  # ms, every generation
+    gc_worst: str = ""  # generation and thread of the longest
+
+    def late_ticks(self, over_ms: float = 20.0) -> tuple[int, int, int]:
+        """Ticks later than ``over_ms``; of those, how many the loop thread spent at least half
+        of on CPU (our code held the loop), and how many the service process did, any thread
+        (the loop may wait for the GIL another thread holds). The rest: the OS ran others."""
+        ticks = zip(self.lags, self.loop_cpu, self.process_cpu, strict=True)
+        late = [(lag, cpu, proc) for lag, cpu, proc in ticks if lag > over_ms]
+        held = sum(cpu >= (lag + TICK * 1e3) / 2 for lag, cpu, _ in late)
+        ours = sum(proc >= (lag + TICK * 1e3) / 2 for lag, _, proc in late)
+        return len(late), held, ours
 
 
 class Ticker:
@@ -126,11 +142,12 @@ class Ticker:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            due, cpu = loop.time() + TICK, time.thread_time()
+            due, cpu, proc = loop.time() + TICK, time.thread_time(), time.process_time()
             await asyncio.sleep(TICK)
             if self.phase is not None:
                 self.phase.lags.append(max(0.0, loop.time() - due) * 1e3)
                 self.phase.loop_cpu.append((time.thread_time() - cpu) * 1e3)
+                self.phase.process_cpu.append((time.process_time() - proc) * 1e3)
 
 
 class Feeder:
@@ -157,6 +174,106 @@ class Feeder:
         running = [i for i in self.service.ingestions.values() if not i.pipeline.snapshot().done]
         await asyncio.gather(*(self.service.stop(i) for i in running))
         await asyncio.gather(*self._lanes)
+
+
+class GcTimer:
+    """Times every garbage collection (``gc.callbacks``) and files it under the current phase."""
+
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
+        self._t0 = 0.0
+        self._loop = threading.get_ident()
+
+    def __enter__(self) -> GcTimer:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, stage: str, info: dict[str, int]) -> None:
+        if stage == "start":
+            self._t0 = time.thread_time()
+        elif (phase := self.ticker.phase) is not None:
+            pause = (time.thread_time() - self._t0) * 1e3  # CPU: wall time would bill the OS
+            if pause > max(phase.gc_pauses, default=0.0):
+                where = "loop" if threading.get_ident() == self._loop else "another thread"
+                phase.gc_worst = f"generation {info['generation']}, {where}"
+            phase.gc_pauses.append(pause)
+
+
+class SlowSteps:
+    """``--profile``: the loop's callbacks (task steps included) that each used more than
+    ``threshold`` of the loop thread's CPU, by coroutine. CPU, not wall time, so the OS running
+    other processes does not count. Wraps ``asyncio.Handle._run`` and makes tasks Python tasks
+    (so a step names its coroutine): slower, for finding culprits, not for the figures."""
+
+    def __init__(self, threshold: float = 0.005) -> None:
+        self.threshold = threshold
+        self.steps: dict[str, list[float]] = {}
+        self.iterations: list[tuple[float, int]] = []  # loop-thread CPU ms, callbacks run
+        self._ran = 0
+        self._run = asyncio.events.Handle._run
+        self._task = asyncio.tasks.Task
+
+    def __enter__(self) -> SlowSteps:
+        slow, run, threshold = self, self._run, self.threshold
+
+        def timed(handle: asyncio.Handle) -> None:
+            slow._ran += 1
+            t0 = time.thread_time()
+            run(handle)
+            used = time.thread_time() - t0
+            if used > threshold:
+                slow.steps.setdefault(_name(handle), []).append(used * 1e3)
+
+        loop: Any = asyncio.get_running_loop()
+        run_once = loop._run_once
+
+        def iteration() -> None:  # one pass of the loop: select, then every ready callback
+            slow._ran = 0
+            t0 = time.thread_time()
+            run_once()
+            if slow._ran:
+                slow.iterations.append(((time.thread_time() - t0) * 1e3, slow._ran))
+
+        loop._run_once = iteration
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
+        asyncio.tasks.Task = asyncio.tasks._PyTask  # type: ignore[attr-defined,misc]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
+        asyncio.tasks.Task = self._task  # type: ignore[misc]
+        loop: Any = asyncio.get_running_loop()
+        del loop._run_once  # the instance attribute: back to the class's method
+
+    def report(self, top: int = 15) -> str:
+        ranked = sorted(self.steps.items(), key=lambda kv: -max(kv[1]))[:top]
+        cpu = [ms for ms, _ in self.iterations]
+        ran = [n for _, n in self.iterations]
+        lines = [
+            f"{len(cpu):,} loop iterations (profiled, so slower): loop-thread CPU p50"
+            f" {pct(cpu, 0.5):.2f} ms, p99 {pct(cpu, 0.99):.2f} ms, max {max(cpu, default=0):.1f}"
+            f" ms; callbacks per iteration p50 {pct(ran, 0.5):.0f}, p99 {pct(ran, 0.99):.0f},"
+            f" max {max(ran, default=0)}",
+            f"loop callbacks that used more than {self.threshold * 1e3:g} ms of CPU:",
+        ]
+        lines += [
+            f"  {len(v):5d} x, max {max(v):6.1f} ms, total {sum(v):7.1f} ms  {k}" for k, v in ranked
+        ]
+        return "\n".join(lines)
+
+
+def _name(handle: asyncio.Handle) -> str:
+    callback = handle._callback  # type: ignore[attr-defined]
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.tasks._PyTask | asyncio.Task):  # type: ignore[attr-defined]
+        coro = owner.get_coro()
+        code = getattr(coro, "cr_code", None)
+        where = f" ({code.co_filename.rsplit('/', 2)[-1]})" if code is not None else ""
+        return f"task {getattr(coro, '__qualname__', coro)}{where}"
+    return repr(callback)[:120]
 
 
 def cpu_seconds() -> float:
@@ -197,10 +314,12 @@ def pct(values: Sequence[float], q: float) -> float:
 # -- the run -------------------------------------------------------------------------------
 
 
-async def bench(rounds: int, seconds: float, pipelines: int, out: Path) -> dict[str, Any]:
+async def bench(
+    rounds: int, seconds: float, pipelines: int, out: Path, profile: bool, settings: MockSettings
+) -> dict[str, Any]:
     idle, busy = Phase("idle"), Phase(f"ingesting ({pipelines} crawls)")
     load = os.getloadavg()[0]
-    with MockServer(SERVER) as server:
+    with MockServer(settings) as server:
         app = make_app(server.url, out, rate_limits=[])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -210,7 +329,12 @@ async def bench(rounds: int, seconds: float, pipelines: int, out: Path) -> dict[
         service = app[SERVICE]
         ticker = Ticker()
         ticker.start()
+        gc_timer = GcTimer(ticker)
+        sampler = SlowSteps() if profile else None
+        if sampler is not None:
+            sampler.__enter__()
         try:
+            gc_timer.__enter__()
             warm = await service.start("f1", None)  # imports, first files: not measured
             await warm.pipeline.wait()
             for _ in range(rounds):
@@ -223,9 +347,18 @@ async def bench(rounds: int, seconds: float, pipelines: int, out: Path) -> dict[
                     busy.records += snap.records_written
                 busy.pipelines += len(feeder.started)
         finally:
+            gc_timer.__exit__()
+            if sampler is not None:
+                sampler.__exit__()
             await ticker.stop()
             await runner.cleanup()
-    return {"idle": idle, "busy": busy, "load": load, "load_after": os.getloadavg()[0]}
+    return {
+        "idle": idle,
+        "busy": busy,
+        "load": load,
+        "load_after": os.getloadavg()[0],
+        "stalls": sampler.report() if sampler is not None else "",
+    }
 
 
 def row(p: Phase) -> list[str]:
@@ -277,13 +410,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase and round")
     parser.add_argument("--pipelines", type=int, default=2, help="crawls at once when busy")
     parser.add_argument("--quick", action="store_true", help="one short round (the tests)")
+    parser.add_argument("--profile", action="store_true", help="sample what holds the loop")
+    parser.add_argument(
+        "--gc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: asyncingest.tune_gc() as the service's main() does; default: Python's",
+    )
     args = parser.parse_args(args_in)
+    settings = SERVER
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
+        settings = SERVER.model_copy(update={"n_meetings": 2})
     info = machine()
+    if args.gc == "tuned":
+        tune_gc()
     out = Path(tempfile.mkdtemp(prefix="bench-service-"))
     try:
-        found = asyncio.run(bench(args.rounds, args.seconds, args.pipelines, out))
+        found = asyncio.run(
+            bench(args.rounds, args.seconds, args.pipelines, out, args.profile, settings)
+        )
     finally:
         shutil.rmtree(out, ignore_errors=True)
     idle, busy = found["idle"], found["busy"]
@@ -296,8 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"- load average (1 min) before / after: {found['load']:.1f} / {found['load_after']:.1f}")
     print(
         f"\n{args.rounds} rounds of {args.seconds:g} s idle then {args.seconds:g} s ingesting; "
-        f"{busy.pipelines} crawls of the `f1` job (config/f1_crawl.yaml, no rate window) ran "
-        f"in the busy phases. /health every {PROBE_GAP * 1e3:g} ms from another process; "
+        f"garbage collector {args.gc}; {busy.pipelines} crawls of the `f1` job "
+        "(config/f1_crawl.yaml, no rate window) ran in the busy phases. "
+        f"/health every {PROBE_GAP * 1e3:g} ms from another process; "
         f"loop lag: a {TICK * 1e3:g} ms ticker in the service's loop.\n"
     )
     print(table([row(idle), row(busy)]))
@@ -307,6 +454,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n- target /health p99 < {TARGET_P99_MS:g} ms while ingesting: {p99:.2f} ms: "
         f"**{verdict}**" + (f" ({errors} failed probes)" if errors else "")
     )
+    for p in (idle, busy):
+        late, held, ours = p.late_ticks()
+        print(
+            f"- {p.name}: {late} ticks more than 20 ms late; the loop thread was on CPU for at"
+            f" least half the wait in {held} of them, the service process (any thread) in {ours};"
+            f" {len(p.gc_pauses)} garbage collections, the longest"
+            f" {max(p.gc_pauses, default=0):.1f} ms of CPU ({p.gc_worst})"
+        )
+    if found["stalls"]:
+        print("\n" + found["stalls"])
     return 0
 
 

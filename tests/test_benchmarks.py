@@ -101,3 +101,15 @@ def test_ab_crawl_with_lag_reports_the_loop_lag_of_both_checkouts(
     assert out.count("loop lag p99") == 2
     assert "before loop lag (10 ms timer): median p99" in out
     assert "after  loop lag (10 ms timer): median p99" in out
+
+
+def test_bench_service_measures_health_and_loop_lag_idle_and_ingesting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import bench_service
+
+    assert bench_service.main(["--quick", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "| idle |" in out and "| ingesting (2 crawls) |" in out
+    assert "target /health p99 < 20 ms while ingesting" in out
+    assert "loop iterations (profiled" in out

@@ -324,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = make_app(args.base_url, args.output_dir, stop_timeout=args.stop_timeout)
+    # The host's decision, taken here for this process: a full collection of everything the
+    # imports made held the loop ~40 ms at a time while ingesting (benchmarks/RESULTS.md).
+    asyncingest.tune_gc()
     web.run_app(app, host=args.host, port=args.port)
 
 
