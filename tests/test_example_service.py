@@ -123,7 +123,7 @@ async def shared_or_not(
     window = (10, 0.25)
     api = await start_mock_api(rate_limits=(window,), enforce_rate_limit=False)
     async with service(api, tmp_path, rate_limits=[window], share_budget=share_budget) as client:
-        ids = [await start(client, output=name) for name in ("a", "b")]
+        ids = await asyncio.gather(start(client, output="a"), start(client, output="b"))
         docs = [await status_when(client, id, ended) for id in ids]
     return api, docs
 
@@ -135,7 +135,7 @@ async def test_two_pipelines_sharing_the_app_s_budget_never_break_the_api_s_wind
     assert [d["result"]["ok"] for d in docs] == [True, True]
     assert api.stats.requests == sum(d["result"]["requests"] for d in docs) > 40
     assert api.stats.violations == 0, api.stats
-    assert api.stats.max_in_window == [10], "both together used the whole window"
+    assert api.stats.max_in_window[0] > 5, "together they used more than one's share"
     for name in ("a", "b"):
         assert_complete(api, tmp_path / name)
 

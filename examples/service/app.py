@@ -105,10 +105,8 @@ class IngestService:
         self.budget = budget  # None: each pipeline keeps its own limiter (for comparison only)
         self.stop_timeout = stop_timeout
         self.ingestions: dict[str, Ingestion] = {}
-
-    @property
-    def running(self) -> int:
-        return sum(not i.pipeline.snapshot().done for i in self.ingestions.values())
+        self.running: dict[str, Ingestion] = {}  # until their end: /health must stay O(1)
+        self._watchers: set[asyncio.Task[None]] = set()
 
     async def start(self, job: str, output: str | None) -> Ingestion:
         """Start ``job`` writing to ``output_dir/output`` (a new folder ``JOB-<random>`` when
@@ -118,28 +116,44 @@ class IngestService:
         pipeline = asyncingest.Pipeline(self.jobs[job], budget=self.budget, output=folder)
         ingestion = Ingestion(pipeline.run_id, job, folder, pipeline)
         self.ingestions[ingestion.id] = ingestion
+        self.running[ingestion.id] = ingestion
         try:
             # Shielded: a client hanging up must not cancel the start (that would cancel the run).
             await asyncio.shield(pipeline.start())
-        except asyncingest.AsyncIngestError:
-            del self.ingestions[ingestion.id]
+        except Exception:
+            del self.ingestions[ingestion.id], self.running[ingestion.id]
             raise
         logger.info("started %s (%s) -> %s", ingestion.id, job, folder)
+        watcher = asyncio.create_task(self._watch(ingestion), name=f"watch-{ingestion.id}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         return ingestion
+
+    async def _watch(self, ingestion: Ingestion) -> None:
+        """Waits for the pipeline's end, to log it and keep ``running`` current."""
+        try:
+            result = await ingestion.pipeline.wait()
+            how = "stopped" if result.stopped else "finished"
+            logger.info(
+                "%s %s: %d records, %d requests",
+                *(ingestion.id, how, result.records_written, result.requests),
+            )
+        except Exception as exc:  # the status reports it too
+            logger.warning("%s failed: %s", ingestion.id, exc)
+        finally:
+            self.running.pop(ingestion.id, None)
 
     async def stop(self, ingestion: Ingestion) -> None:
         """Graceful stop; returns once every file and the state are committed. Shielded, so a
         client hanging up does not turn the stop into a cancel."""
         await asyncio.shield(ingestion.pipeline.stop())
-        logger.info("stopped %s", ingestion.id)
 
     async def close(self) -> None:
         """On shutdown: stop every running pipeline gracefully (no new work, requests in flight
         finish, files and state committed: the same output resumes), and cancel whatever has
         not stopped after ``stop_timeout`` seconds (at once; a cancel keeps what the last
         checkpoint holds and the same output resumes too, asking again for what it dropped)."""
-        running = [i for i in self.ingestions.values() if not i.pipeline.snapshot().done]
-        await asyncio.gather(*(self._close(i) for i in running))
+        await asyncio.gather(*(self._close(i) for i in list(self.running.values())))
 
     async def _close(self, ingestion: Ingestion) -> None:
         pipeline = ingestion.pipeline
@@ -258,7 +272,7 @@ async def stop_ingest(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     return web.json_response(
-        {"status": "ok", "running": service.running, "pipelines": len(service.ingestions)}
+        {"status": "ok", "running": len(service.running), "pipelines": len(service.ingestions)}
     )
 
 
