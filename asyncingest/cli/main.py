@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument(
         "--token", default=None, help="require this token (bearer, X-API-Key or api_key)"
     )
+    from .scale import add_parsers
+
+    add_parsers(sub, _POSITIVE_INT, _PORT)
     return p
 
 
@@ -348,6 +351,10 @@ def _command(args: argparse.Namespace, out: Reporter) -> int:
         return _run(args, out)
     if args.command == "demo":
         return _demo(args, out)
+    if args.command in ("submit", "worker", "status"):
+        from .scale import command
+
+        return command(args, out)
     if args.command == "mock-api":
         from .mockapi import serve_from_args
 

@@ -1,0 +1,342 @@
+"""Scale-out on RabbitMQ (docs/scale-out.md; issue 13 tests 2, 3, 5, 7): workers in subprocesses
+against the mock API of this process, one unique queue per test. Skipped when RabbitMQ is not
+on 127.0.0.1:5672, unless CI=true (then they fail)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from asyncingest import config_from_dict
+from asyncingest.mockapi import MockAPI
+from asyncingest.scale.broker import QueueNames
+from asyncingest.scale.commit import RunFolder
+from asyncingest.scale.submit import submit
+
+from .conftest import (
+    F1_ENDPOINTS,
+    ROOT,
+    MockAPIFactory,
+    assert_same_records,
+    cli,
+    read_records,
+    service_required,
+)
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672/"
+pytestmark = pytest.mark.slow
+
+
+def _broker_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def names() -> AsyncIterator[QueueNames]:
+    """A queue pair of its own for one test, deleted afterwards."""
+    if not _broker_up():
+        if service_required():
+            pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 and CI=true")
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
+    import aio_pika
+
+    q = QueueNames(f"test.scale.{uuid.uuid4().hex[:10]}")
+    yield q
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel()
+        for name in (q.shards, q.dead, q.run_record("r1")):
+            await channel.queue_delete(name)
+
+
+def job(url: str, out: Path, ids: Path, *, crawl: bool = True) -> Any:
+    users = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_file": {"path": str(ids), "column": "user_id"},
+        "concurrency": 4,
+    }
+    f1 = [e for e in F1_ENDPOINTS if e["name"] in ("meetings", "sessions", "laps")]
+    return config_from_dict(
+        {
+            "api": {
+                "base_url": url,
+                "retry": {"max_attempts": 8, "backoff_base": 0.01, "backoff_max": 0.05},
+                "adaptive_rate": False,
+            },
+            "output": {"directory": str(out), "row_group_rows": 20, "max_rows_per_file": 50},
+            "endpoints": [users, *(f1 if crawl else [])],
+        }
+    )
+
+
+def write_ids(tmp_path: Path, n: int) -> list[str]:
+    ids = [str(5000 + 7 * i) for i in range(n)]
+    (tmp_path / "ids.csv").write_text("user_id\n" + "\n".join(ids) + "\n")
+    return ids
+
+
+def check_output(api: MockAPI, out: Path, ids: list[str], *, crawl: bool = True) -> None:
+    """Every record exactly once by primary key (``by_key`` refuses duplicates)."""
+    d = api.dataset
+    users = [d.user(u) for u in ids]
+    assert_same_records(read_records(out, "users"), users, ["user_id"])  # type: ignore[arg-type]
+    if crawl:
+        assert_same_records(read_records(out, "meetings"), d.meetings, ["meeting_key"])
+        assert_same_records(read_records(out, "sessions"), d.sessions, ["session_key"])
+        keys = ["session_key", "driver_number", "lap_number"]
+        assert_same_records(read_records(out, "laps"), d.laps, keys)
+
+
+class WorkerProc:
+    """A ``worker`` subprocess whose output lines are collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_for(self, needle: str, seconds: float = 60) -> None:
+        for _ in range(int(seconds * 20)):
+            if any(needle in line for line in self.lines) or self.proc.returncode is not None:
+                return
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> int:
+        await self.wait_for("consuming")  # SIGTERM before that ends Python's start-up
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(self.proc.wait(), 60)
+        await self._reader
+        return rc
+
+    async def exited(self) -> int:
+        rc = await asyncio.wait_for(self.proc.wait(), 60)
+        await self._reader
+        return rc
+
+
+async def start_worker(names: QueueNames, crash_at: str | None = None) -> WorkerProc:
+    env = {**os.environ}
+    env.pop("ASYNCINGEST_CRASH_AT", None)
+    if crash_at:
+        env["ASYNCINGEST_CRASH_AT"] = crash_at
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "asyncingest",
+        "worker",
+        "--broker",
+        BROKER,
+        "--queue",
+        names.shards,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    return WorkerProc(proc)
+
+
+async def all_committed(out: Path, run_id: str, total: int, workers: list[WorkerProc]) -> None:
+    folder = RunFolder(out, run_id)
+    for _ in range(1200):
+        if len(await asyncio.to_thread(folder.committed_ids)) >= total:
+            return
+        if all(w.proc.returncode is not None for w in workers):
+            break
+        await asyncio.sleep(0.05)
+    logs = "\n---\n".join(w.text for w in workers)
+    raise AssertionError(f"not all {total} shards committed; worker output:\n{logs}")
+
+
+def committed_requests(out: Path, run_id: str) -> int:
+    folder = RunFolder(out, run_id)
+    return sum(int((folder.committed(s) or {})["requests"]) for s in folder.committed_ids())
+
+
+async def test_bad_broker_urls_exit_2_or_4_without_a_password(tmp_path: Path) -> None:
+    """A URL that is not amqp:// is a usage error (2); a broker that does not answer is the
+    environment (4); neither prints a traceback or the password."""
+    cfg = tmp_path / "job.json"
+    cfg.write_text(
+        orjson.dumps(
+            {
+                "api": {"base_url": "http://127.0.0.1:9"},
+                "endpoints": [{"name": "meetings", "path": "/v1/meetings"}],
+            }
+        ).decode()
+    )
+    rc, out, err = await cli("submit", str(cfg), "--broker", "http://u:s3cretpw@host/")
+    assert rc == 2, err
+    assert "amqp://" in err and "s3cretpw" not in out + err and "Traceback" not in err
+    for args in (
+        ("submit", str(cfg)),
+        ("worker",),
+        ("status", "r1"),
+    ):
+        rc, out, err = await cli(*args, "--broker", "amqp://u:s3cretpw@127.0.0.1:1/")
+        assert rc == 4, (args, err)
+        assert "cannot connect to RabbitMQ" in err, err
+        assert "s3cretpw" not in out + err and "Traceback" not in err, err
+
+
+async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 2: one of two workers SIGKILLs itself in the middle of a shard; the other finishes:
+    every record once, and exactly the shard in hand was delivered again. Then status counts
+    the run done, and a resubmit of the same run id publishes nothing."""
+    api = await start_mock_api()
+    ids = write_ids(tmp_path, 120)
+    out = tmp_path / "out"
+    cfg = job(api.url, out, tmp_path / "ids.csv")
+    done = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
+    assert (done.shards, done.published) == (7, 7)  # 6 of users, the meetings walk
+    doomed = await start_worker(names, crash_at="page:3")
+    await doomed.wait_for("consuming")
+    survivor = await start_worker(names)
+    await all_committed(out, "r1", 7, [doomed, survivor])
+    assert await doomed.exited() == -signal.SIGKILL
+    assert await survivor.stop() == 0, survivor.text
+    check_output(api, out, ids)
+    redelivered = [line for line in survivor.lines if "committed (delivery 2" in line]
+    assert len(redelivered) == 1, survivor.text  # the one shard the killed worker held
+    assert not list((out / "_asyncingest" / "scale" / "r1" / "staging").iterdir())
+
+    rc, text, err = await cli("status", "r1", "--broker", BROKER, "--queue", names.shards, "--json")
+    assert rc == 0, err
+    status = orjson.loads(text)
+    assert (status["total"], status["done"], status["failed"]) == (7, 7, 0), status
+    again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
+    assert (again.published, again.skipped) == (0, 7)
+
+
+@pytest.mark.parametrize("point", ["scale-committed", "scale-published"])
+async def test_crash_between_commit_and_ack_costs_no_request(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory, point: str
+) -> None:
+    """Test 3: killed after the commit record (and after publishing), before the ack: the
+    redelivered shard is published and acked with zero HTTP requests."""
+    api = await start_mock_api()
+    ids = write_ids(tmp_path, 30)
+    out = tmp_path / "out"
+    cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
+    await submit(cfg, BROKER, run_id="r1", output=out, shard_size=50, names=names)
+    first = await start_worker(names, crash_at=f"{point}:1")
+    assert await first.exited() == -signal.SIGKILL, first.text
+    assert RunFolder(out, "r1").committed("users-00000") is not None
+    before = api.stats.requests
+    assert before == 30
+    second = await start_worker(names)
+    await second.wait_for("was committed already")
+    assert await second.stop() == 0
+    assert "users-00000 of run r1 was committed already (delivery 2, 0 requests" in second.text
+    assert api.stats.requests == before  # not one request on redelivery
+    check_output(api, out, ids, crawl=False)
+
+
+async def test_kill_everything_half_way_then_restart(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 5: both workers die mid-shard and the queue is lost; submitting the same run id
+    publishes only the shards not committed; new workers finish. The output equals an
+    uninterrupted run's; the extra requests are at most the shards in flight x shard size."""
+    import aio_pika
+
+    api = await start_mock_api()
+    size = 10
+    ids = write_ids(tmp_path, 100)
+    out = tmp_path / "out"
+    cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
+    await submit(cfg, BROKER, run_id="r1", output=out, shard_size=size, names=names)
+    workers = [await start_worker(names, crash_at="page:35") for _ in range(2)]
+    for w in workers:
+        assert await w.exited() == -signal.SIGKILL, w.text
+    committed = RunFolder(out, "r1").committed_ids()
+    assert 0 < len(committed) < 10
+    connection = await aio_pika.connect(BROKER)
+    async with connection:  # the broker lost the queue too
+        channel = await connection.channel()
+        await channel.queue_delete(names.shards)
+    again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=size, names=names)
+    assert (again.published, again.skipped) == (10 - len(committed), len(committed))
+    workers = [await start_worker(names) for _ in range(2)]
+    await all_committed(out, "r1", 10, workers)
+    for w in workers:
+        assert await w.stop() == 0, w.text
+    check_output(api, out, ids, crawl=False)
+    extra = api.stats.requests - committed_requests(out, "r1")
+    assert 0 <= extra <= 2 * size, extra
+
+
+async def test_a_shard_that_keeps_failing_is_dead_lettered_with_the_reason(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 7 (shards): a message that is no shard is dead-lettered at once; a shard whose
+    config cannot run is requeued until the delivery limit (5), then dead-lettered with the
+    reason and a failure record; every other shard completes."""
+    import aio_pika
+
+    api = await start_mock_api()
+    ids = write_ids(tmp_path, 30)
+    out = tmp_path / "out"
+    cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
+    await submit(cfg, BROKER, run_id="r1", output=out, shard_size=10, names=names)
+    shard = orjson.loads(RunFolder(out, "r1").record.read_bytes())
+    assert shard["shards"] == ["users-00000", "users-00001", "users-00002"]
+    broken = {
+        "run_id": "r1",
+        "shard_id": "broken-00000",
+        "endpoint": "users",
+        "kind": "walk",
+        "output": str(out),
+        "config": {"api": {"base_url": api.url}, "endpoints": []},
+    }
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for body in (b"not json at all", orjson.dumps(broken)):
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=names.shards,
+            )
+        worker = await start_worker(names)
+        await all_committed(out, "r1", 3, [worker])
+        await worker.wait_for("broken-00000 dead-lettered")
+        assert await worker.stop() == 0
+        dead = await channel.declare_queue(names.dead, passive=True)
+        reasons = {}
+        for _ in range(2):
+            message = await dead.get(no_ack=True, timeout=5)
+            reasons[message.body[:8]] = str(message.headers["x-asyncingest-reason"])
+    assert reasons[b"not json"].startswith("not a shard message")
+    assert "ValidationError" in reasons[orjson.dumps(broken)[:8]]
+    failure = orjson.loads(RunFolder(out, "r1").failure("broken-00000").read_bytes())
+    assert failure["deliveries"] == 5 and "ValidationError" in failure["reason"]
+    check_output(api, out, ids, crawl=False)
