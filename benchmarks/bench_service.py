@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from benchmarks._harness import (  # noqa: E402
     machine,
     machine_busy_seconds,
 )
-from examples.service.app import SERVICE, IngestService, make_app  # noqa: E402
+from examples.service.app import SERVICE, Ingestion, IngestService, make_app  # noqa: E402
 
 TICK = 0.010  # the ticker's period
 PROBE_GAP = 0.010  # the prober's pause between two /health requests
@@ -157,7 +158,7 @@ class Feeder:
     def __init__(self, service: IngestService, n: int) -> None:
         self.service = service
         self.n = n
-        self.started: list[str] = []
+        self.started: list[Ingestion] = []
         self._stopping = False
         self._lanes: list[asyncio.Task[None]] = []
 
@@ -167,14 +168,21 @@ class Feeder:
     async def _lane(self) -> None:
         while not self._stopping:
             ingestion = await self.service.start("f1", None)
-            self.started.append(ingestion.id)
-            await ingestion.pipeline.wait()
+            self.started.append(ingestion)
+            await self.service.wait(ingestion)
 
     async def stop(self) -> None:
         self._stopping = True
-        running = [i for i in self.service.ingestions.values() if not i.pipeline.snapshot().done]
+        running = list(self.service.running.values())
         await asyncio.gather(*(self.service.stop(i) for i in running))
         await asyncio.gather(*self._lanes)
+
+    async def count(self, phase: Phase) -> None:
+        for ingestion in self.started:
+            snap = await self.service.snapshot(ingestion)
+            phase.requests += snap.requests
+            phase.records += snap.records_written
+        phase.pipelines += len(self.started)
 
 
 class GcTimer:
@@ -319,49 +327,45 @@ def pct(values: Sequence[float], q: float) -> float:
 # -- the run -------------------------------------------------------------------------------
 
 
+async def serve(stack: AsyncExitStack, app: web.Application) -> str:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return "http://{}:{}".format(*runner.addresses[0][:2])
+
+
 async def bench(
     rounds: int, seconds: float, pipelines: int, out: Path, profile: bool, settings: MockSettings
 ) -> dict[str, Any]:
-    idle, busy = Phase("idle"), Phase(f"ingesting ({pipelines} crawls)")
+    """Two services in this process's loop, alike but for where they run their pipelines: in
+    the service's loop (the default) or in a loop of their own on a second thread."""
+    idle = Phase("idle")
+    busy = Phase(f"ingesting, {pipelines} crawls in the service's loop (default)")
+    threaded = Phase(f"ingesting, {pipelines} crawls in a pipelines thread")
     load = os.getloadavg()[0]
     with MockServer(settings) as server:
-        app = make_app(server.url, out, rate_limits=[])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = "http://{}:{}".format(*runner.addresses[0][:2])
-        service = app[SERVICE]
-        ticker = Ticker()
-        ticker.start()
-        gc_timer, passes = GcTimer(ticker), LoopPasses(ticker)
-        sampler = SlowSteps() if profile else None
-        if sampler is not None:
-            sampler.__enter__()
-        try:
-            gc_timer.__enter__()
-            passes.__enter__()
-            warm = await service.start("f1", None)  # imports, first files: not measured
-            await warm.pipeline.wait()
+        async with AsyncExitStack() as stack:
+            app = make_app(server.url, out / "loop", rate_limits=[])
+            other = make_app(server.url, out / "thread", rate_limits=[], pipelines_thread=True)
+            url, other_url = await serve(stack, app), await serve(stack, other)
+            ticker = Ticker()
+            ticker.start()
+            stack.push_async_callback(ticker.stop)
+            stack.enter_context(GcTimer(ticker))
+            stack.enter_context(LoopPasses(ticker))
+            sampler = stack.enter_context(SlowSteps()) if profile else None
+            for service in (app[SERVICE], other[SERVICE]):
+                warm = await service.start("f1", None)  # imports, first files: not measured
+                await service.wait(warm)
             for _ in range(rounds):
                 await measure(idle, ticker, url, seconds, server, None)
-                feeder = Feeder(service, pipelines)
-                await measure(busy, ticker, url, seconds, server, feeder)
-                for id in feeder.started:
-                    snap = service.ingestions[id].pipeline.snapshot()
-                    busy.requests += snap.requests
-                    busy.records += snap.records_written
-                busy.pipelines += len(feeder.started)
-        finally:
-            gc_timer.__exit__()
-            passes.__exit__()
-            if sampler is not None:
-                sampler.__exit__()
-            await ticker.stop()
-            await runner.cleanup()
+                for phase, where, to in ((busy, app, url), (threaded, other, other_url)):
+                    feeder = Feeder(where[SERVICE], pipelines)
+                    await measure(phase, ticker, to, seconds, server, feeder)
+                    await feeder.count(phase)
     return {
-        "idle": idle,
-        "busy": busy,
+        "phases": [idle, busy, threaded],
         "load": load,
         "load_after": os.getloadavg()[0],
         "stalls": sampler.report() if sampler is not None else "",
@@ -439,35 +443,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    idle, busy = found["idle"], found["busy"]
+    phases: list[Phase] = found["phases"]
+    busy = phases[1:]
     command = " ".join(["python benchmarks/bench_service.py", *args_in])
-    p99 = pct(busy.latencies, 0.99)
     print("## Example service (`bench_service.py`)\n")
     print(f"- command: `{command}`")
     for key in ("date", "nproc", "cpu", "python", "libraries"):
         print(f"- {key}: {info[key]}")
     print(f"- load average (1 min) before / after: {found['load']:.1f} / {found['load_after']:.1f}")
     print(
-        f"\n{args.rounds} rounds of {args.seconds:g} s idle then {args.seconds:g} s ingesting; "
-        f"garbage collector {args.gc}; {busy.pipelines} crawls of the `f1` job "
-        "(config/f1_crawl.yaml, no rate window) ran in the busy phases. "
-        f"/health every {PROBE_GAP * 1e3:g} ms from another process; "
-        f"loop lag: a {TICK * 1e3:g} ms ticker in the service's loop.\n"
+        f"\n{args.rounds} rounds of {args.seconds:g} s each: idle, then ingesting with the"
+        " pipelines in the service's loop, then with them in a loop of their own on a second"
+        f" thread; garbage collector {args.gc}; {sum(p.pipelines for p in busy)} crawls of the"
+        " `f1` job (config/f1_crawl.yaml, no rate window) in all. /health every"
+        f" {PROBE_GAP * 1e3:g} ms from another process; loop lag: a {TICK * 1e3:g} ms ticker in"
+        " the service's loop.\n"
     )
-    print(table([row(idle), row(busy)]))
-    errors = idle.errors + busy.errors
-    verdict = "holds" if p99 < TARGET_P99_MS and not errors else "MISSED"
-    print(
-        f"\n- target /health p99 < {TARGET_P99_MS:g} ms while ingesting: {p99:.2f} ms: "
-        f"**{verdict}**" + (f" ({errors} failed probes)" if errors else "")
-    )
-    for p in (idle, busy):
+    print(table([row(p) for p in phases]))
+    print()
+    for p in busy:
+        p99 = pct(p.latencies, 0.99)
+        verdict = "holds" if p99 < TARGET_P99_MS and not p.errors else "MISSED"
+        failed = f" ({p.errors} failed probes)" if p.errors else ""
+        print(
+            f"- target /health p99 < {TARGET_P99_MS:g} ms, {p.name}:"
+            f" {p99:.2f} ms: **{verdict}**{failed}"
+        )
+    for p in phases:
         late, held, ours = p.late_ticks()
         print(
             f"- {p.name}: {late} ticks more than 20 ms late; the loop thread was on CPU for at"
             f" least half the wait in {held} of them, the service process (any thread) in {ours};"
             f" {len(p.gc_pauses)} garbage collections, the longest"
-            f" {max(p.gc_pauses, default=0):.1f} ms of CPU ({p.gc_worst})"
+            f" {max(p.gc_pauses, default=0):.1f} ms of CPU ({p.gc_worst or '-'})"
         )
     if found["stalls"]:
         print("\n" + found["stalls"])

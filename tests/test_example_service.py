@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from asyncingest.mockapi import MockAPI
@@ -20,6 +21,10 @@ from .conftest import F1_KEYS, MockAPIFactory, assert_same_records, read_records
 
 # The endpoints of config/f1_crawl.yaml, the service's default job.
 F1_CRAWL = ("meetings", "sessions", "drivers", "laps", "weather", "pit", "stints", "race_control")
+#: Where the service runs its pipelines: its own loop, or a loop of their own on a second thread.
+WHERE = pytest.mark.parametrize(
+    "pipelines_thread", [False, True], ids=["service-loop", "pipelines-thread"]
+)
 POLLS = 3000  # 50 ms apart: 150 s at most, far beyond any of these runs on a loaded machine
 
 
@@ -67,10 +72,12 @@ def assert_complete(api: MockAPI, out: Path) -> None:
         assert_same_records(read_records(out, name), getattr(api.dataset, name), F1_KEYS[name])
 
 
+@WHERE
 async def test_a_pipeline_started_over_http_runs_to_the_end_and_its_status_shows_it(
-    mock_api: MockAPI, tmp_path: Path
+    mock_api: MockAPI, tmp_path: Path, pipelines_thread: bool
 ) -> None:
-    async with service(mock_api, tmp_path, rate_limits=[(200, 1.0)]) as client:
+    options: dict[str, Any] = {"rate_limits": [(200, 1.0)], "pipelines_thread": pipelines_thread}
+    async with service(mock_api, tmp_path, **options) as client:
         id = await start(client, job="f1", output="f1-full")
         doc = await status_when(client, id, ended)
         health = await (await client.get("/health")).json()
@@ -89,11 +96,13 @@ async def test_a_pipeline_started_over_http_runs_to_the_end_and_its_status_shows
     assert_complete(mock_api, tmp_path / "f1-full")
 
 
+@WHERE
 async def test_a_stopped_pipeline_keeps_its_output_and_a_new_one_on_it_resumes_without_duplicates(
-    mock_api: MockAPI, tmp_path: Path
+    mock_api: MockAPI, tmp_path: Path, pipelines_thread: bool
 ) -> None:
     # 20 requests/s: the crawl's 27 requests take over a second, so the stop lands mid-run.
-    async with service(mock_api, tmp_path, rate_limits=[(4, 0.2)]) as client:
+    options: dict[str, Any] = {"rate_limits": [(4, 0.2)], "pipelines_thread": pipelines_thread}
+    async with service(mock_api, tmp_path, **options) as client:
         first = await start(client, output="laps")
         await status_when(client, first, requests_answered(5))
         locked = await client.post("/ingest", json={"output": "laps"})
@@ -115,23 +124,27 @@ async def test_a_stopped_pipeline_keeps_its_output_and_a_new_one_on_it_resumes_w
 
 
 async def shared_or_not(
-    start_mock_api: MockAPIFactory, tmp_path: Path, *, share_budget: bool
+    start_mock_api: MockAPIFactory, tmp_path: Path, *, share_budget: bool, **options: Any
 ) -> tuple[MockAPI, list[dict[str, Any]]]:
     """Two pipelines of the same service at once against a server allowing 10 requests per
     250 ms, each run's config asking for that same window. The server counts (and serves)
     every arrival beyond its window: its referee's violations are the figure to read."""
     window = (10, 0.25)
     api = await start_mock_api(rate_limits=(window,), enforce_rate_limit=False)
-    async with service(api, tmp_path, rate_limits=[window], share_budget=share_budget) as client:
+    options |= {"rate_limits": [window], "share_budget": share_budget}
+    async with service(api, tmp_path, **options) as client:
         ids = await asyncio.gather(start(client, output="a"), start(client, output="b"))
         docs = [await status_when(client, id, ended) for id in ids]
     return api, docs
 
 
+@WHERE
 async def test_two_pipelines_sharing_the_app_s_budget_never_break_the_api_s_window(
-    start_mock_api: MockAPIFactory, tmp_path: Path
+    start_mock_api: MockAPIFactory, tmp_path: Path, pipelines_thread: bool
 ) -> None:
-    api, docs = await shared_or_not(start_mock_api, tmp_path, share_budget=True)
+    api, docs = await shared_or_not(
+        start_mock_api, tmp_path, share_budget=True, pipelines_thread=pipelines_thread
+    )
     assert [d["result"]["ok"] for d in docs] == [True, True]
     assert api.stats.requests == sum(d["result"]["requests"] for d in docs) > 40
     assert api.stats.violations == 0, api.stats
@@ -176,10 +189,11 @@ async def test_errors_are_json_with_their_status(mock_api: MockAPI, tmp_path: Pa
     assert os.listdir(tmp_path) == [], "no pipeline was started"
 
 
+@WHERE
 async def test_shutting_the_service_down_stops_its_pipelines_gracefully_and_they_resume(
-    mock_api: MockAPI, tmp_path: Path
+    mock_api: MockAPI, tmp_path: Path, pipelines_thread: bool
 ) -> None:
-    app_options: dict[str, Any] = {"rate_limits": [(4, 0.2)]}
+    app_options: dict[str, Any] = {"rate_limits": [(4, 0.2)], "pipelines_thread": pipelines_thread}
     async with service(mock_api, tmp_path, **app_options) as client:
         id = await start(client, output="f1")
         await status_when(client, id, requests_answered(5))

@@ -7,8 +7,11 @@
     GET  /health               {"status": "ok", "running": n, "pipelines": m}
 
 Every pipeline of the app shares one :class:`asyncingest.Budget`, so together they stay inside
-the API's rate windows. On shutdown each running pipeline is stopped gracefully and, after
-``stop_timeout`` seconds, cancelled (see :meth:`IngestService.close`). Run it with
+the API's rate windows. The pipelines run in the service's own event loop, or with
+``pipelines_thread=True`` in an event loop of their own on a second thread (so a crawl at full
+speed does not hold up the requests the service answers; see README.md). On shutdown each
+running pipeline is stopped gracefully and, after ``stop_timeout`` seconds, cancelled (see
+:meth:`IngestService.close`). Run it with
 ``python -m examples.service.app --base-url http://127.0.0.1:8000`` (README.md beside this file).
 """
 
@@ -21,17 +24,19 @@ import dataclasses
 import json
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 import asyncingest
 
 logger = logging.getLogger("examples.service")
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 #: The jobs the service can run, by name: bundled configs, pointed at ``base_url`` by make_app.
@@ -50,7 +55,8 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class Ingestion:
-    """One pipeline the service started: its id (the run id), job name and output folder."""
+    """One pipeline the service started: its id (the run id), job name and output folder.
+    Its methods touch the pipeline, so they run in the pipelines' loop (see PipelineLoop)."""
 
     id: str
     job: str
@@ -88,9 +94,52 @@ def result_dict(result: asyncingest.RunResult) -> dict[str, Any]:
     return doc
 
 
+class PipelineLoop:
+    """Where the pipelines run: the service's own event loop, or (``thread=True``) an event loop
+    of their own on a second thread. A pipeline, and the budget they share, belong to one loop;
+    everything that touches them goes through :meth:`run`."""
+
+    def __init__(self, *, thread: bool) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        if thread:
+            started = threading.Event()
+            self._thread = threading.Thread(
+                target=self._serve, args=(started,), name="pipelines", daemon=True
+            )
+            self._thread.start()
+            started.wait()
+
+    def _serve(self, started: threading.Event) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        loop.call_soon(started.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``await fn()`` in the pipelines' loop. Shielded: cancelling the caller (a client
+        hanging up) does not cancel it; cancelling a pipeline's start or stop would cancel the
+        run."""
+        if self._loop is None:
+            return await asyncio.shield(fn())
+        future = asyncio.run_coroutine_threadsafe(fn(), self._loop)
+        return await asyncio.shield(asyncio.wrap_future(future))
+
+    async def close(self) -> None:
+        """End the pipelines' thread, if any (after the pipelines have ended)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+
+
 class IngestService:
-    """The pipelines of one app and what they share: the job configs, the output directory and
-    the rate budget. The HTTP handlers below are thin wrappers around it."""
+    """The pipelines of one app and what they share: the job configs, the output directory, the
+    rate budget and the loop they run in. The HTTP handlers below are thin wrappers around it.
+    Its own state (``ingestions``, ``running``) belongs to the service's loop."""
 
     def __init__(
         self,
@@ -99,38 +148,52 @@ class IngestService:
         budget: asyncingest.Budget | None,
         *,
         stop_timeout: float,
+        pipelines_thread: bool,
     ) -> None:
         self.jobs = dict(jobs)
         self.output_dir = output_dir
         self.budget = budget  # None: each pipeline keeps its own limiter (for comparison only)
         self.stop_timeout = stop_timeout
+        self.pipelines_thread = pipelines_thread
         self.ingestions: dict[str, Ingestion] = {}
-        self.running: dict[str, Ingestion] = {}  # until their end: /health must stay O(1)
-        self._watchers: set[asyncio.Task[None]] = set()
+        self.running: dict[str, Ingestion] = {}  # kept as they end, so /health stays O(1)
+        self._ended_early: set[str] = set()  # ended before start() registered them
+        self._loop: PipelineLoop | None = None
+        self._watchers: set[asyncio.Task[None]] = set()  # in the pipelines' loop
+
+    @property
+    def pipelines(self) -> PipelineLoop:
+        if self._loop is None:  # made on first use, so make_app needs no running loop
+            self._loop = PipelineLoop(thread=self.pipelines_thread)
+        return self._loop
 
     async def start(self, job: str, output: str | None) -> Ingestion:
         """Start ``job`` writing to ``output_dir/output`` (a new folder ``JOB-<random>`` when
         ``output`` is None); returns once it is under way. An output that a stopped or cancelled
         pipeline used resumes; one a running pipeline holds raises :class:`OutputLocked`."""
         folder = self.output_dir / (output or f"{job}-{uuid.uuid4().hex[:8]}")
-        pipeline = asyncingest.Pipeline(self.jobs[job], budget=self.budget, output=folder)
-        ingestion = Ingestion(pipeline.run_id, job, folder, pipeline)
+        service_loop = asyncio.get_running_loop()
+
+        async def start_in_pipelines_loop() -> Ingestion:
+            pipeline = asyncingest.Pipeline(self.jobs[job], budget=self.budget, output=folder)
+            await pipeline.start()
+            ingestion = Ingestion(pipeline.run_id, job, folder, pipeline)
+            watcher = asyncio.create_task(self._watch(ingestion, service_loop))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+            return ingestion
+
+        ingestion = await self.pipelines.run(start_in_pipelines_loop)
         self.ingestions[ingestion.id] = ingestion
-        self.running[ingestion.id] = ingestion
-        try:
-            # Shielded: a client hanging up must not cancel the start (that would cancel the run).
-            await asyncio.shield(pipeline.start())
-        except Exception:
-            del self.ingestions[ingestion.id], self.running[ingestion.id]
-            raise
+        if ingestion.id in self._ended_early:
+            self._ended_early.discard(ingestion.id)
+        else:
+            self.running[ingestion.id] = ingestion
         logger.info("started %s (%s) -> %s", ingestion.id, job, folder)
-        watcher = asyncio.create_task(self._watch(ingestion), name=f"watch-{ingestion.id}")
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
         return ingestion
 
-    async def _watch(self, ingestion: Ingestion) -> None:
-        """Waits for the pipeline's end, to log it and keep ``running`` current."""
+    async def _watch(self, ingestion: Ingestion, service_loop: asyncio.AbstractEventLoop) -> None:
+        """Waits for the pipeline's end to log it and tell the service (in its own loop)."""
         try:
             result = await ingestion.pipeline.wait()
             how = "stopped" if result.stopped else "finished"
@@ -141,19 +204,54 @@ class IngestService:
         except Exception as exc:  # the status reports it too
             logger.warning("%s failed: %s", ingestion.id, exc)
         finally:
-            self.running.pop(ingestion.id, None)
+            service_loop.call_soon_threadsafe(self._ended, ingestion.id)
 
-    async def stop(self, ingestion: Ingestion) -> None:
-        """Graceful stop; returns once every file and the state are committed. Shielded, so a
-        client hanging up does not turn the stop into a cancel."""
-        await asyncio.shield(ingestion.pipeline.stop())
+    def _ended(self, id: str) -> None:
+        if self.running.pop(id, None) is None:
+            self._ended_early.add(id)
+
+    async def snapshot(self, ingestion: Ingestion) -> asyncingest.Snapshot:
+        async def snapshot() -> asyncingest.Snapshot:
+            return ingestion.pipeline.snapshot()
+
+        return await self.pipelines.run(snapshot)
+
+    async def status(self, ingestion: Ingestion) -> dict[str, Any]:
+        async def status() -> dict[str, Any]:
+            return ingestion.status()
+
+        return await self.pipelines.run(status)
+
+    async def summaries(self) -> list[dict[str, Any]]:
+        ingestions = list(self.ingestions.values())
+
+        async def summaries() -> list[dict[str, Any]]:
+            return [i.summary() for i in ingestions]
+
+        return await self.pipelines.run(summaries)
+
+    async def stop(self, ingestion: Ingestion) -> asyncingest.RunResult:
+        """Graceful stop; returns once every file and the state are committed."""
+        return await self.pipelines.run(ingestion.pipeline.stop)
+
+    async def wait(self, ingestion: Ingestion) -> asyncingest.RunResult:
+        return await self.pipelines.run(ingestion.pipeline.wait)
 
     async def close(self) -> None:
         """On shutdown: stop every running pipeline gracefully (no new work, requests in flight
         finish, files and state committed: the same output resumes), and cancel whatever has
         not stopped after ``stop_timeout`` seconds (at once; a cancel keeps what the last
         checkpoint holds and the same output resumes too, asking again for what it dropped)."""
-        await asyncio.gather(*(self._close(i) for i in list(self.running.values())))
+        if self._loop is None:
+            return
+        running = list(self.running.values())
+
+        async def close_all() -> None:
+            await asyncio.gather(*(self._close(i) for i in running))
+            await asyncio.gather(*self._watchers)
+
+        await self._loop.run(close_all)
+        await self._loop.close()
 
     async def _close(self, ingestion: Ingestion) -> None:
         pipeline = ingestion.pipeline
@@ -244,29 +342,19 @@ def find(request: web.Request) -> Ingestion:
 
 
 async def list_ingests(request: web.Request) -> web.Response:
-    return web.json_response(
-        [
-            {
-                "id": i.id,
-                "job": i.job,
-                "output": str(i.output),
-                "phase": i.pipeline.snapshot().phase,
-            }
-            for i in request.app[SERVICE].ingestions.values()
-        ]
-    )
+    return web.json_response(await request.app[SERVICE].summaries())
 
 
 async def ingest_status(request: web.Request) -> web.Response:
-    return web.json_response(find(request).status())
+    return web.json_response(await request.app[SERVICE].status(find(request)))
 
 
 async def stop_ingest(request: web.Request) -> web.Response:
-    ingestion = find(request)
+    service, ingestion = request.app[SERVICE], find(request)
     # A run that failed before or while stopping raises its error here: the status says it.
     with contextlib.suppress(Exception):
-        await request.app[SERVICE].stop(ingestion)
-    return web.json_response(ingestion.status())
+        await service.stop(ingestion)
+    return web.json_response(await service.status(ingestion))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -283,6 +371,7 @@ def make_app(
     jobs: Mapping[str, str | Path] = JOBS,
     rate_limits: Sequence[tuple[int, float]] | None = None,
     share_budget: bool = True,
+    pipelines_thread: bool = False,
     stop_timeout: float = 10.0,
 ) -> web.Application:
     """The service, its pipelines reading the API at ``base_url`` and writing under
@@ -292,8 +381,10 @@ def make_app(
     ``base_url``. ``rate_limits``: the API's windows as ``(requests, seconds)``, for every job
     and the shared budget (default: the first job's ``api.rate_limits``). ``share_budget=False``
     gives each pipeline its own limiter: together they may then exceed the API's windows (kept
-    to show what the shared budget prevents). ``stop_timeout``: see :meth:`IngestService.close`.
-    A bad config raises :class:`asyncingest.ConfigError` here, not on the first request.
+    to show what the shared budget prevents). ``pipelines_thread``: run the pipelines in an
+    event loop of their own on a second thread. ``stop_timeout``: see
+    :meth:`IngestService.close`. A bad config raises :class:`asyncingest.ConfigError` here,
+    not on the first request.
     """
     overrides = [f"api.base_url={base_url}"]
     if rate_limits is not None:
@@ -311,7 +402,13 @@ def make_app(
             for name, cfg in configs.items()
         }
     budget = asyncingest.Budget(windows_of_first) if share_budget else None
-    service = IngestService(configs, Path(output_dir), budget, stop_timeout=stop_timeout)
+    service = IngestService(
+        configs,
+        Path(output_dir),
+        budget,
+        stop_timeout=stop_timeout,
+        pipelines_thread=pipelines_thread,
+    )
 
     app = web.Application(middlewares=[json_errors])
     app[SERVICE] = service
@@ -335,9 +432,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--stop-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--pipelines-thread",
+        action="store_true",
+        help="run the pipelines in an event loop of their own on a second thread",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = make_app(args.base_url, args.output_dir, stop_timeout=args.stop_timeout)
+    app = make_app(
+        args.base_url,
+        args.output_dir,
+        stop_timeout=args.stop_timeout,
+        pipelines_thread=args.pipelines_thread,
+    )
     # The host's decision, taken here for this process: a full collection of everything the
     # imports made held the loop ~40 ms at a time while ingesting (benchmarks/RESULTS.md).
     asyncingest.tune_gc()
