@@ -112,10 +112,18 @@ class PipelineLoop:
 
     def _serve(self, started: threading.Event) -> None:
         loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # this thread's
         loop.call_soon(started.set)
         try:
             loop.run_forever()
-        finally:
+        finally:  # as asyncio.run ends: cancel what is left, then the executor's threads
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     async def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
