@@ -12,6 +12,7 @@ from .config.models import (
     AuthConfig,
     ConcurrencyConfig,
     CursorPagination,
+    CustomPagination,
     EndpointConfig,
     ForEach,
     FromFile,
@@ -19,6 +20,7 @@ from .config.models import (
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
+    OAuth2Config,
     OffsetPagination,
     OutputConfig,
     PagePagination,
@@ -49,6 +51,8 @@ from .core.events import (
     RunStarted,
     Subscriber,
 )
+from .core.pagination import Paginator
+from .core.request import Page, Request
 from .core.result import EndpointSummary, RunResult
 from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
 from .engine.engine import Engine
@@ -74,6 +78,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "PipelineConfig",
     "ApiConfig",
     "AuthConfig",
+    "OAuth2Config",
     "HttpConfig",
     "RateWindow",
     "RetryConfig",
@@ -88,6 +93,10 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "CursorPagination",
     "NextUrlPagination",
     "LinkHeaderPagination",
+    "CustomPagination",
+    "Paginator",  # what a custom paginator implements, and the two types it handles
+    "Request",
+    "Page",
     "load_config",
     "config_from_dict",
     # running a pipeline

@@ -1,4 +1,4 @@
-"""Scale-out on RabbitMQ (docs/scale-out.md; issue 13 tests 2, 3, 5, 7): workers in subprocesses
+"""Scale-out on RabbitMQ (docs/scale-out.md; issue 13 tests 2, 3, 5, 7, 8): workers in subprocesses
 against the mock API of this process, one unique queue per test. Skipped when RabbitMQ is not
 on 127.0.0.1:5672, unless CI=true (then they fail)."""
 
@@ -14,13 +14,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
 from asyncingest import config_from_dict
-from asyncingest.mockapi import MockAPI
+from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.scale.broker import QueueNames
 from asyncingest.scale.commit import RunFolder
+from asyncingest.scale.shards import queue_run_id
 from asyncingest.scale.submit import submit
 
 from .conftest import (
@@ -141,7 +143,10 @@ class WorkerProc:
         return rc
 
 
-async def start_worker(names: QueueNames, crash_at: str | None = None) -> WorkerProc:
+async def start_worker(
+    names: QueueNames | None, crash_at: str | None = None, *args: str
+) -> WorkerProc:
+    """A worker of the shard queue ``names``, or (``names`` None) one given ``--config``."""
     env = {**os.environ}
     env.pop("ASYNCINGEST_CRASH_AT", None)
     if crash_at:
@@ -153,8 +158,8 @@ async def start_worker(names: QueueNames, crash_at: str | None = None) -> Worker
         "worker",
         "--broker",
         BROKER,
-        "--queue",
-        names.shards,
+        *(("--queue", names.shards) if names is not None else ()),
+        *args,
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -221,7 +226,8 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     doomed = await start_worker(names, crash_at="page:3")
     await doomed.wait_for("consuming")
     survivor = await start_worker(names)
-    await all_committed(out, "r1", 7, [doomed, survivor])
+    # ... and as the walk finishes, one shard of sessions, then one of laps
+    await all_committed(out, "r1", 9, [doomed, survivor])
     assert await doomed.exited() == -signal.SIGKILL
     assert await survivor.stop() == 0, survivor.text
     check_output(api, out, ids)
@@ -232,9 +238,39 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     rc, text, err = await cli("status", "r1", "--broker", BROKER, "--queue", names.shards, "--json")
     assert rc == 0, err
     status = orjson.loads(text)
-    assert (status["total"], status["done"], status["failed"]) == (7, 7, 0), status
+    assert (status["total"], status["done"], status["failed"]) == (9, 9, 0), status
     again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     assert (again.published, again.skipped) == (0, 7)
+
+
+async def test_children_become_shards_published_once_through_kills(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 6: meetings -> sessions -> laps, one binding per child shard. A worker dies after
+    publishing a parent's children but before recording that (they are published again by the
+    rerun: duplicates), another after recording them but before the commit (the rerun does not
+    publish them again); a last worker finishes. Every shard is committed once, every record is
+    there once, and every lap page was fetched once."""
+    api = await start_mock_api()
+    out = tmp_path / "out"
+    (tmp_path / "ids.csv").write_text("user_id\n")
+    cfg = job(api.url, out, tmp_path / "ids.csv")
+    done = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=1, names=names)
+    assert (done.shards, done.published) == (1, 1)  # the walk; users has no ids
+    for point in ("scale-children-published:1", "scale-children-recorded:1"):
+        crashed = await start_worker(names, crash_at=point)
+        assert await crashed.exited() == -signal.SIGKILL, crashed.text
+    last = await start_worker(names)
+    expected = {"meetings-walk", "meetings-walk~sessions-00000", "meetings-walk~sessions-00001"}
+    await all_committed(out, "r1", 1 + 2 + 4, [last])
+    assert await last.stop() == 0, last.text
+    folder = RunFolder(out, "r1")
+    ids = folder.committed_ids()
+    assert len(ids) == 7 and expected <= ids, ids
+    assert sum(1 for i in ids if "~laps-" in i) == 4
+    check_output(api, out, [], crawl=True)
+    laps = [(folder.committed(i) or {})["requests"] for i in ids if "~laps-" in i]
+    assert api.stats.by_path["/v1/laps"] == sum(laps)  # each lap page once
 
 
 @pytest.mark.parametrize("point", ["scale-committed", "scale-published"])
@@ -340,3 +376,176 @@ async def test_a_shard_that_keeps_failing_is_dead_lettered_with_the_reason(
     failure = orjson.loads(RunFolder(out, "r1").failure("broken-00000").read_bytes())
     assert failure["deliveries"] == 5 and "ValidationError" in failure["reason"]
     check_output(api, out, ids, crawl=False)
+
+
+# -- from_queue: a queue the user already has (seed 004) -----------------------------------------
+
+
+@pytest.fixture
+async def user_queue(names: QueueNames) -> AsyncIterator[str]:
+    """A plain durable (classic) queue of the user's, deleted afterwards with its .dead."""
+    import aio_pika
+
+    name = f"{names.shards}.matches"
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(name, durable=True)
+    yield name
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel()
+        for q in (name, f"{name}.dead"):
+            await channel.queue_delete(q)
+
+
+async def publish(queue: str, bodies: list[dict[str, Any]], ids: bool = True) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for i, body in enumerate(bodies):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps(body),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=f"m{i}" if ids and i % 2 == 0 else None,  # others: a body hash
+                ),
+                routing_key=queue,
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def committed(out: Path, queue: str, n: int, workers: list[Any]) -> None:
+    folder = RunFolder(out, queue_run_id(queue))
+    for _ in range(1200):
+        if len(await asyncio.to_thread(folder.committed_ids)) >= n:
+            return
+        if all(w.proc.returncode is not None for w in workers):
+            break
+        await asyncio.sleep(0.05)
+    logs = "\n---\n".join(w.text for w in workers)
+    raise AssertionError(f"not all {n} messages committed; worker output:\n{logs}")
+
+
+async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
+    tmp_path: Path, user_queue: str, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 8: session ids published on a plain queue -> 2 workers x 2 pool processes (two
+    messages at once, a pool of one each) -> raw laps and lap statistics in Parquet, each
+    record once; each worker's Prometheus metrics count the messages, durations and errors."""
+    api = await start_mock_api()
+    laps = dict(next(e for e in F1_ENDPOINTS if e["name"] == "laps"))
+    del laps["for_each"]
+    laps["from_queue"] = {"queue": user_queue, "field": "session_key"}
+    laps["transform"] = {
+        "function": "asyncingest.examples.telemetry:lap_stats",
+        "initializer": "asyncingest.examples.telemetry:init",
+        "batch_size": 1000,
+    }
+    out = tmp_path / "out"
+    cfg = tmp_path / "telemetry.json"
+    raw = {
+        "api": {"base_url": api.url, "concurrency": {"cpu_workers": 1}},
+        "output": {"directory": str(out)},
+        "endpoints": [laps],
+    }
+    cfg.write_bytes(orjson.dumps(raw))
+    sessions = [s["session_key"] for s in api.dataset.sessions]
+    await publish(user_queue, [{"session_key": k} for k in sessions])
+    ports = [free_port(), free_port()]
+    workers = [
+        await start_worker(
+            None,
+            None,
+            "--config",
+            str(cfg),
+            "--shards-at-once",
+            "2",
+            "--metrics-port",
+            str(port),
+        )
+        for port in ports
+    ]
+    await committed(out, user_queue, len(sessions), workers)
+    scraped = []
+    async with aiohttp.ClientSession() as http:
+        for port in ports:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                scraped.append(parse_metrics(await r.text()))
+    for w in workers:
+        assert await w.stop() == 0, w.text
+    keys = ["session_key", "driver_number", "lap_number"]
+    assert_same_records(read_records(out, "laps"), api.dataset.laps, keys)
+    stats = read_records(out, "laps_out")
+    drivers = {(r["session_key"], r["driver_number"]) for r in api.dataset.laps}
+    assert sorted((r["session_key"], r["driver_number"]) for r in stats) == sorted(drivers)
+    done = sum(m['queue_messages_processed_total{outcome="committed"}'] for m in scraped)
+    assert done == len(sessions), scraped
+    assert sum(m["queue_processing_duration_seconds_count"] for m in scraped) == len(sessions)
+    for m in scraped:
+        assert m['worker_errors_total{kind="dead_lettered"}'] == 0
+        assert m['worker_errors_total{kind="requeued"}'] == 0
+
+
+async def test_a_poison_id_is_dead_lettered_after_the_delivery_limit(
+    tmp_path: Path, user_queue: str, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 7 (from_queue): an id whose every request answers 500 is requeued until the delivery
+    limit, then dead-lettered with the reason; every other id is committed, the poison's
+    output never is."""
+    api = await start_mock_api(
+        MockSettings.small(forced_faults={"/partner/users/5007": ("status_500",) * 100})
+    )
+    users = {
+        "name": "users",
+        "path": "/partner/users/{user_id}",
+        "primary_key": "user_id",
+        "single_record": True,
+        "from_queue": {"queue": user_queue, "field": "user_id"},
+    }
+    out = tmp_path / "out"
+    cfg = tmp_path / "users.json"
+    raw = {
+        "api": {
+            "base_url": api.url,
+            "retry": {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02},
+            "circuit_breaker": None,
+        },
+        "output": {"directory": str(out)},
+        "endpoints": [users],
+    }
+    cfg.write_bytes(orjson.dumps(raw))
+    ids = [str(5000 + 7 * i) for i in range(6)]  # 5007 is the poison
+    await publish(user_queue, [{"user_id": u} for u in ids])
+    worker = await start_worker(None, None, "--config", str(cfg), "--delivery-limit", "3")
+    await committed(out, user_queue, 5, [worker])
+    await worker.wait_for("dead-lettered after 3 deliveries")
+    assert await worker.stop() == 0, worker.text
+    import aio_pika
+
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel()
+        dead = await channel.declare_queue(f"{user_queue}.dead", passive=True)
+        message = await dead.get(no_ack=True, timeout=5)
+    assert orjson.loads(message.body) == {"user_id": "5007"}
+    assert "500" in str(message.headers["x-asyncingest-reason"]), message.headers
+    good = [api.dataset.user(u) for u in ids if u != "5007"]
+    assert_same_records(read_records(out, "users"), good, ["user_id"])  # type: ignore[arg-type]
+    assert api.stats.by_path["/partner/users/{user_id}"] == 5 + 3 * 2  # 3 deliveries x 2 tries
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

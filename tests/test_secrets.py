@@ -462,3 +462,45 @@ async def test_an_echoed_query_key_is_not_in_the_logs(
     assert code == 1
     assert "page=2" in err  # the failing request is logged ...
     assert SECRET not in out + err  # ... without the key
+
+
+@pytest.mark.parametrize("path", ["/items", "/redirect", "/items-echo", "/redirect-echo"])
+async def test_the_oauth_token_goes_to_the_api_origin_only(
+    engine: Runner,
+    servers: Any,
+    path: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The access token is a credential like the others: a next link or a redirect to another
+    host (even one the API put the token into) reaches it without the token; the client
+    secret reaches nobody but the token endpoint."""
+    from asyncingest.mockapi import MockAPI, MockSettings, OAuthSettings
+
+    home, url, other = servers
+    monkeypatch.setenv("OAUTH_ID", "asyncingest-mock")
+    monkeypatch.setenv("OAUTH_SECRET", SECRET)
+    async with MockAPI(MockSettings.small(oauth=OAuthSettings(client_secret=SECRET))) as tokens:
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": f"{tokens.url}/oauth/token",
+            "client_id_env": "OAUTH_ID",
+            "client_secret_env": "OAUTH_SECRET",
+        }
+        endpoint = {
+            "name": "e",
+            "path": path,
+            "records": "items",
+            "pagination": {"type": "next_url"},
+        }
+        events: list[Any] = []
+        result = await engine(config(url, auth, tmp_path, [endpoint]), subscribers=[events.append])
+        assert tokens.issuer is not None
+        issued = tokens.issuer.issued
+    assert result.ok and len(issued) == 1
+    assert [creds(e) for e in home.seen] == [issued]
+    assert other.seen and all(creds(e) == [] for e in other.seen)
+    assert all(issued[0] not in raw and SECRET not in raw for raw in other.raw)
+    assert leaks(tmp_path, repr(events) + repr(result)) == []  # the client secret
+    assert all(issued[0].encode() not in data for data in every_file_under(tmp_path).values())
+    assert issued[0] not in repr(events) + repr(result)

@@ -369,6 +369,18 @@ def _command(args: argparse.Namespace, out: Reporter) -> int:
 
 def _run(args: argparse.Namespace, out: Reporter) -> int:
     cfg = load_config(args.config, args.overrides)
+    queued = [e.name for e in cfg.endpoints if e.from_queue is not None]
+    if queued:
+        raise ConfigError(
+            args.config,
+            [
+                Problem(
+                    f"endpoints[{queued[0]}].from_queue",
+                    "a queue is read by the scale-out worker: python -m asyncingest worker "
+                    "--config FILE --broker amqp://...",
+                )
+            ],
+        )
     check_output(args.output, cfg)
     check_options(args)
     tune_gc()

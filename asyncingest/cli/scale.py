@@ -41,6 +41,12 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
         help=f"ids per shard of an input file (default {DEFAULT_SHARD_SIZE:,})",
     )
     submit.add_argument(
+        "--inline-children",
+        action="store_true",
+        help="run each shard's children in the same shard (default: a child endpoint that "
+        "binds one variable becomes shards of its own, published as its parents finish)",
+    )
+    submit.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -57,6 +63,23 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
         "no new shards, finish the ones in hand, exit 0 (a second SIGTERM requeues them).",
     )
     _broker_options(worker)
+    worker.add_argument(
+        "--config",
+        default=None,
+        help="a config whose endpoint has from_queue: consume that queue (each message one id) "
+        "instead of submitted shards",
+    )
+    worker.add_argument(
+        "--output", "-o", default=None, help="with --config: output folder (default: the config's)"
+    )
+    worker.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="with --config: override a config value (repeatable)",
+    )
     worker.add_argument(
         "--budget",
         default=None,
@@ -131,7 +154,13 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     output = Path(args.output if args.output is not None else cfg.output.directory).resolve()
     done = asyncio.run(
         submit(
-            cfg, args.broker, run_id=run_id, output=output, shard_size=args.shard_size, names=names
+            cfg,
+            args.broker,
+            run_id=run_id,
+            output=output,
+            shard_size=args.shard_size,
+            names=names,
+            split_children=not args.inline_children,
         )
     )
     out.say(
@@ -163,10 +192,19 @@ def _budget_note(url: str | None) -> str:
 
 def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     from ..operate.logsub import configure_logging
-    from ..scale.worker import Worker
+    from ..scale.worker import QueueSource, Worker
 
     if args.budget is not None and not args.budget.startswith(("redis://", "rediss://")):
         raise ConfigError("command line", [Problem("--budget", "expected redis://HOST:PORT/DB")])
+    source = None
+    if args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+        output = Path(args.output if args.output is not None else cfg.output.directory)
+        source = QueueSource.from_config(cfg, str(output.resolve()))
+    elif args.output is not None or args.overrides:
+        raise ConfigError(
+            "command line", [Problem("--output/--set", "only with --config (a from_queue job)")]
+        )
     configure_logging(args.log_level, "text", everything=True)
     out.say("budget", _budget_note(args.budget), "warning")
 
@@ -183,6 +221,7 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
                 shards_at_once=args.shards_at_once,
                 delivery_limit=args.delivery_limit,
                 observer=observer,
+                source=source,
             )
             return await worker.run()
 

@@ -285,7 +285,12 @@ def _location(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-_DISCRIMINATED = {"none", "offset", "page", "cursor", "next_url", "link_header"}
+_DISCRIMINATED = {
+    # pagination
+    *("none", "offset", "page", "cursor", "next_url", "link_header", "custom"),
+    # auth
+    *("bearer", "header", "query", "oauth2_client_credentials"),
+}
 
 
 def apply_overrides(raw: Any, overrides: Iterable[str], source: str) -> Any:

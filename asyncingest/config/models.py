@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -62,6 +63,39 @@ class AuthConfig(_Model):
         if self.type in ("header", "query") and not self.name:
             raise ValueError(f"auth type '{self.type}' needs 'name' (the header or parameter)")
         return self
+
+
+class OAuth2Config(_Model):
+    """OAuth 2.0 client credentials (RFC 6749, section 4.4): the client id and secret come from
+    environment variables, never from the file; the access token they buy is sent as
+    ``Authorization: Bearer``, to the API's origin only. See asyncingest/http/oauth.py for when the
+    token is fetched and refreshed.
+    """
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: HttpUrl = Field(description="the token endpoint (often another host than the API)")
+    client_id_env: str = Field(description="environment variable holding the client id")
+    client_secret_env: str = Field(description="environment variable holding the client secret")
+    scope: str | None = Field(None, description="sent as 'scope' when set")
+    audience: str | None = Field(None, description="sent as 'audience' when set (Auth0, Okta)")
+    client_auth: Literal["basic", "body"] = Field(
+        "basic",
+        description="basic: HTTP Basic with the id and secret (RFC 6749 2.3.1, what servers must "
+        "support); body: client_id and client_secret in the form",
+    )
+    refresh_margin: float = Field(
+        60.0,
+        ge=0,
+        description="seconds before the token's expiry it is replaced (at most half its life)",
+    )
+
+    @property
+    def env_names(self) -> str:
+        """``ID_VAR and SECRET_VAR``: what a message about bad credentials points at."""
+        return f"{self.client_id_env} and {self.client_secret_env}"
+
+
+Auth = Annotated[AuthConfig | OAuth2Config, Field(discriminator="type")]
 
 
 class HttpConfig(_Model):
@@ -151,7 +185,7 @@ class ApiConfig(_Model):
 
     base_url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict)
-    auth: AuthConfig | None = None
+    auth: Auth | None = None
     http: HttpConfig = HttpConfig()
     rate_limits: tuple[RateWindow, ...] = ()
     retry: RetryConfig = RetryConfig()
@@ -244,13 +278,42 @@ class LinkHeaderPagination(_Model):
     rel: str = "next"
 
 
+class CustomPagination(_Model):
+    """Your own paginator, for APIs the six kinds above do not fit: ``function`` names a class
+    (or any callable) that ``options`` are passed to as keyword arguments, and what it returns
+    has the stateless ``first(request)`` / ``next(page)`` methods of the built-in ones (see
+    ``asyncingest.Paginator``). Checked when the config is loaded: importable, constructible,
+    and with both methods.
+    """
+
+    type: Literal["custom"]
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for the class (JSON-like values)"
+    )
+    function: str = Field(
+        description="'package.module:Class'; Class(**options) has first(request) and next(page)"
+    )
+
+    @field_validator("function")
+    @classmethod
+    def _paginator(cls, v: str, info: ValidationInfo) -> str:
+        from .callables import load_paginator
+
+        options = info.data.get("options")
+        if options is None:  # options were invalid: that error is reported on its own
+            return v
+        load_paginator(v, options)  # a clear ValueError when it is missing or unfit
+        return v
+
+
 Pagination = Annotated[
     NoPagination
     | OffsetPagination
     | PagePagination
     | CursorPagination
     | NextUrlPagination
-    | LinkHeaderPagination,
+    | LinkHeaderPagination
+    | CustomPagination,
     Field(discriminator="type"),
 ]
 
@@ -291,6 +354,19 @@ class FromFile(_Model):
         None, description="default: from the file extension"
     )
     copy_id: bool = Field(True, description="copy the id into each record when absent")
+    copy_fields: tuple[str, ...] = Field(
+        (),
+        alias="copy",
+        description="JSONL only: fields of each line copied into that id's records (how the "
+        "scale-out worker carries a parent's copied fields into a child shard)",
+    )
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _copy_needs_jsonl(self) -> FromFile:
+        if self.copy_fields and self.file_format != "jsonl":
+            raise ValueError("'copy' needs a JSONL input file (format: jsonl)")
+        return self
 
     @property
     def variable(self) -> str:
@@ -310,6 +386,21 @@ class FromFile(_Model):
         if lower.endswith((".jsonl", ".ndjson")):
             return "jsonl"
         return "csv"
+
+
+class FromQueue(_Model):
+    """One request per message of a RabbitMQ queue the user already has (``{"match_id": 7}``):
+    the ``worker --config`` command consumes it (docs/scale-out.md); ``run`` refuses it."""
+
+    queue: str = Field(min_length=1, max_length=255)
+    field: str = Field(min_length=1, description="the JSON field of each message holding the id")
+    var: str | None = Field(None, description="template variable (default: the field name)")
+    copy_id: bool = Field(True, description="copy the id into each record when absent")
+
+    @property
+    def variable(self) -> str:
+        """The template variable each id is bound to: ``var``, or the field name."""
+        return self.var or self.field
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -381,6 +472,7 @@ class EndpointConfig(_Model):
     pagination: Pagination = NoPagination()
     for_each: ForEach | None = None
     from_file: FromFile | None = None
+    from_queue: FromQueue | None = None
     rate_limits: tuple[RateWindow, ...] = ()
     concurrency: int | None = Field(None, ge=1, description="requests in flight (override)")
     transform: TransformConfig | None = None
@@ -419,8 +511,8 @@ class EndpointConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> EndpointConfig:
-        if self.for_each and self.from_file:
-            raise ValueError("use either 'for_each' or 'from_file', not both")
+        if sum(x is not None for x in (self.for_each, self.from_file, self.from_queue)) > 1:
+            raise ValueError("use one of 'for_each', 'from_file' and 'from_queue'")
         if self.json_body is not None and self.method != "POST":
             raise ValueError("'body' needs method: POST")
         provided: set[str] = set()
@@ -428,6 +520,8 @@ class EndpointConfig(_Model):
             provided = set(self.for_each.bind)
         elif self.from_file:
             provided = {self.from_file.variable}
+        elif self.from_queue:
+            provided = {self.from_queue.variable}
         used = template_fields(self.path)
         for value in self.params.values():
             if isinstance(value, str):

@@ -35,6 +35,37 @@ def iter_ids(spec: FromFile, chunk: int = CHUNK) -> Iterator[list[tuple[int, Any
         yield from _parquet(path, spec, chunk)
 
 
+def iter_id_rows(
+    spec: FromFile, chunk: int = CHUNK
+) -> Iterator[list[tuple[int, Any, dict[str, Any]]]]:
+    """Like :func:`iter_ids`, with each id's ``copy`` fields (JSONL only; a missing field is
+    None): ``(row_number, id, {field: value})``."""
+    path = Path(spec.path)
+    if not path.is_file():
+        raise ConfigError(spec.path, [Problem("from_file.path", "input file not found")])
+    out: list[tuple[int, Any, dict[str, Any]]] = []
+    with path.open("rb") as fh:
+        for line_no, line in enumerate(io.BufferedReader(fh)):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(
+                    spec.path, [Problem(f"line {line_no + 1}", f"invalid JSON: {exc}")]
+                ) from None
+            if not isinstance(obj, dict):
+                continue
+            value = obj.get(spec.column)
+            if value is not None and value != "":
+                out.append((line_no, value, {k: obj.get(k) for k in spec.copy_fields}))
+                if len(out) >= chunk:
+                    yield out
+                    out = []
+    if out:
+        yield out
+
+
 def check_ids_file(spec: FromFile) -> None:
     """Fail before the run starts if the file is missing or lacks the column."""
     for _chunk in iter_ids(spec, chunk=1):

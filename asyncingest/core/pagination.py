@@ -11,9 +11,23 @@ page         page += 1                                   empty/short page, total
 cursor       cursor from the body sent as a parameter    no cursor, or the same cursor again
 next_url     URL from the body (relative ones resolved)  no URL, or the same URL again
 link_header  RFC 8288 ``Link: <...>; rel="next"``        no such link, or the same URL again
+custom       your ``next(page)``                         it returns None
 ===========  ==========================================  ===================================
 
 A next-page URL may point at another origin; the HTTP layer then sends no credentials.
+
+**The protocol** (:class:`Paginator`), which ``type: custom`` paginators follow too: ``first``
+turns a walk's first request (built from the endpoint's path, params and bindings) into the
+first page's; ``next`` derives the following request from a page (its request, status,
+headers, parsed body and extracted records), or returns None at the end. Both are pure and
+*stateless*: one paginator serves every walk of an endpoint at once, so whatever a walk needs
+to go on travels in ``Request.state``. The checkpoint saves a part-way walk's next request,
+state included, and a resumed run continues from it: a resume point is a request. So
+``state`` must be JSON data (it comes back from the checkpoint as JSON: a tuple as a list),
+and a new request is made with ``request.with_params(...)`` or ``dataclasses.replace``, never
+by changing one in place. A custom paginator is held to this at run time
+(:class:`CustomPaginator`): what it raises or returns wrongly ends that walk with the reason
+(dead-lettered), never the run.
 """
 
 from __future__ import annotations
@@ -24,8 +38,10 @@ from typing import Protocol
 
 from yarl import URL
 
+from ..config.callables import describe_error, load_paginator
 from ..config.models import (
     CursorPagination,
+    CustomPagination,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
@@ -33,6 +49,7 @@ from ..config.models import (
     PagePagination,
     Pagination,
 )
+from .json import dumps as json_dumps
 from .request import Page, Request, lookup
 
 
@@ -219,6 +236,63 @@ class LinkHeaderPaginator:
         return _follow(page, parse_link_header(header).get(self.cfg.rel.lower()))
 
 
+class PaginatorFailed(PaginationLoop):
+    """A custom paginator raised, or returned something other than a request. The engines handle
+    it as a loop: the page in hand is kept, and the walk ends, dead-lettered with the reason
+    (raised by ``first``: the job is refused with it)."""
+
+
+class CustomPaginator:
+    """``type: custom``: the user's paginator (``function``, built with ``options``) held to the
+    protocol: ``first``/``next`` must return a :class:`Request` (``next`` may return None) whose
+    ``state`` is JSON data; a next request identical to the current one is a loop. The page
+    index is kept here, so user code need not."""
+
+    def __init__(self, cfg: CustomPagination) -> None:
+        self.ref = cfg.function
+        self.inner: Paginator = load_paginator(cfg.function, cfg.options)
+
+    def first(self, request: Request) -> Request:
+        try:
+            out = self.inner.first(request)
+        except Exception as exc:
+            raise PaginatorFailed(f"{self.ref}: first() raised {describe_error(exc)}") from exc
+        return self._checked(out, "first", request.page)
+
+    def next(self, page: Page) -> Request | None:
+        try:
+            out = self.inner.next(page)
+        except PaginationLoop:
+            raise
+        except Exception as exc:
+            raise PaginatorFailed(f"{self.ref}: next() raised {describe_error(exc)}") from exc
+        if out is None:
+            return None
+        out = self._checked(out, "next", page.request.page + 1)
+        current = page.request
+        if out.full_url == current.full_url and out.json_body == current.json_body:
+            raise PaginationLoop(f"{self.ref}: next() returned the current page's request")
+        return out
+
+    def _checked(self, out: object, method: str, index: int) -> Request:
+        if not isinstance(out, Request):
+            raise PaginatorFailed(
+                f"{self.ref}: {method}() returned {type(out).__name__}, not a Request"
+                + (" (or None)" if method == "next" else "")
+            )
+        try:
+            json_dumps(out.state)
+        except (TypeError, ValueError) as exc:
+            raise PaginatorFailed(
+                f"{self.ref}: {method}() returned a request whose state is not JSON data "
+                f"({describe_error(exc)}); the checkpoint saves it to resume the walk"
+            ) from exc
+        return out if out.page == index else replace(out, page=index)
+
+    def __repr__(self) -> str:
+        return f"CustomPaginator({self.ref}, {self.inner!r})"
+
+
 def paginator_for(cfg: Pagination) -> Paginator:
     """The paginator for an endpoint's ``pagination`` config."""
     match cfg:
@@ -234,6 +308,8 @@ def paginator_for(cfg: Pagination) -> Paginator:
             return NextUrlPaginator(cfg)
         case LinkHeaderPagination():
             return LinkHeaderPaginator(cfg)
+        case CustomPagination():
+            return CustomPaginator(cfg)
     raise TypeError(f"unknown pagination {cfg!r}")
 
 

@@ -56,12 +56,14 @@ class Request:
     state: Any = None  # paginator state (offset, page number, cursor)
 
     def with_params(self, **updates: str) -> Request:
+        """A copy with these query parameters set (replaced if present, else added at the end)."""
         merged = dict(self.params)
         merged.update(updates)
         return replace(self, params=tuple(merged.items()))
 
     @property
     def full_url(self) -> URL:
+        """``url`` with ``params`` in its query: what is sent (before any credential)."""
         return self.url.update_query(self.params) if self.params else self.url
 
 

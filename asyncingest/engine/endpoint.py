@@ -27,7 +27,7 @@ from ..core.events import (
     RequestFinished,
     RequestStarted,
 )
-from ..core.pagination import PaginationLoop, paginator_for
+from ..core.pagination import PaginationLoop, PaginatorFailed, paginator_for
 from ..core.records import (
     Job,
     copy_parent_fields,
@@ -265,7 +265,7 @@ class EndpointRunner:
         if request is None:
             try:
                 request = self.paginator.first(self.template.build(job.variables))
-            except UnsafePathValue as exc:
+            except (UnsafePathValue, PaginatorFailed) as exc:  # the job cannot start
                 dead = self.ledger.refused(job, str(exc))
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))
                 self.stats.jobs_done += 1

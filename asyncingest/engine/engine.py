@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
-from ..config.models import EndpointConfig, PipelineConfig
-from ..config.sources import check_ids_file, count_ids, iter_ids
+from ..config.models import EndpointConfig, FromFile, PipelineConfig
+from ..config.sources import check_ids_file, count_ids, iter_id_rows, iter_ids
 from ..core.events import (
     EndpointFinished,
     EndpointStarted,
@@ -324,7 +324,9 @@ class Engine:
         async with contextlib.AsyncExitStack() as stack:
             if pool is not None:
                 await stack.enter_async_context(pool)
-            client = await stack.enter_async_context(HttpClient(cfg.api, credentials))
+            client = await stack.enter_async_context(
+                HttpClient(cfg.api, credentials, clock=self._clock)
+            )
             # Every writer's file work (Arrow conversion, Parquet, fsync) on one thread: the
             # memory a conversion frees stays in one thread's heap instead of growing a heap
             # in each of the default executor's threads over a long run (measured: about
@@ -596,6 +598,9 @@ class Engine:
             await runner.submit_many(self._planned(plan, [Job(0, {})]))
         else:
             var, copy_field = spec.variable, spec.variable if spec.copy_id else None
+            if spec.copy_fields:  # each line's own fields copied too (a scale-out child shard)
+                await self._feed_rows(runner, spec, plan)
+                return
             chunks = iter_ids(spec)
             while (
                 not self._stopping
@@ -609,6 +614,20 @@ class Engine:
                 if queued:
                     self.events.emit(JobsQueued(runner.name, queued))
         # Not in a `finally`: on cancellation the workers are gone and nobody would drain it.
+        await runner.producer_done()
+
+    async def _feed_rows(self, runner: EndpointRunner, spec: FromFile, plan: JobPlan) -> None:
+        """Feed a ``from_file`` root whose lines carry ``copy`` fields (JSONL)."""
+        var, copy_field = spec.variable, spec.variable if spec.copy_id else None
+        chunks = iter_id_rows(spec)
+        while not self._stopping and (chunk := await asyncio.to_thread(next, chunks, None)):
+            jobs = [
+                Job(row, {var: value}, {**({copy_field: value} if copy_field else {}), **extra})
+                for row, value, extra in chunk
+            ]
+            queued = await runner.submit_many(self._planned(plan, jobs))
+            if queued:
+                self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
 
     async def _replay_backlog(self, runner: EndpointRunner) -> None:

@@ -2,9 +2,12 @@
 
 It owns the things that keep secrets and the process safe:
 
-* credentials (bearer, API-key header or query parameter) are attached only to URLs on the
-  configured origin (scheme, host, port); a next-page link or a redirect to another host
-  gets the request without them;
+* credentials (bearer, API-key header or query parameter, or an OAuth access token) are
+  attached only to URLs on the configured origin (scheme, host, port); a next-page link or a
+  redirect to another host gets the request without them (``credentials.py``);
+* with OAuth (``oauth.py``) the request waits for the one shared token request before its
+  deadline starts, and a 401 to the token drops it and sends the request again with a fresh
+  one, once, as one more hop (its own slot of the limits); a second 401 is the answer;
 * redirects are followed here (at most 5), not by aiohttp, so that rule holds on every hop,
   and so every hop holds its own slot of the limits (``fetch``'s ``acquire``): a redirect is
   one more request reaching the server; more hops than that fail as ``too many redirects``;
@@ -22,7 +25,9 @@ It owns the things that keep secrets and the process safe:
 * bodies larger than ``max_body_bytes`` are refused: from Content-Length, or counted on the
   *decompressed* bytes while reading (a gzip bomb stops at the cap; it is never inflated whole).
 
-``fetch`` never raises for network trouble: it returns a ``Response`` or a ``Failure``.
+``fetch`` never raises for network trouble: it returns a ``Response`` or a ``Failure``. It
+raises only when there can be no token (the token endpoint refused the client credentials, or
+never answered: see ``oauth.py``), which ends the run.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import asyncio
 import os
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -39,14 +44,30 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from ..config.models import ApiConfig, PipelineConfig
+from ..config.models import ApiConfig, OAuth2Config, PipelineConfig
 from ..core.json import dumps as json_dumps
-from ..core.pagination import PaginationLoop
-from ..core.request import Page, Request
-from ..core.retry import Failure, FailureKind
+from ..core.request import Request
+from ..core.retry import Failure, FailureKind, retry_policy
 from ..errors import ConfigError, Problem
+from ..limits.clock import Clock, LoopClock
 from ..limits.deadlines import Deadlines
 from ..limits.limiter import Permit
+from .credentials import Credentials, origin, scrub, scrub_next
+from .oauth import MAX_TOKEN_BODY, OAuthCredentials, TokenKeeper, refused_again
+
+__all__ = [  # the names both engines and the sync client take from here
+    "MAX_REDIRECTS",
+    "REDIRECTS",
+    "STOPPED",
+    "Credentials",
+    "HttpClient",
+    "Response",
+    "credentials_from_env",
+    "origin",
+    "scrub",
+    "scrub_next",
+    "snippet",
+]
 
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -80,86 +101,22 @@ STOPPED = Failure(FailureKind.CONNECTION, "stopped before a redirect hop was sen
 AcquireHop = Callable[[], Awaitable[Permit | None]]
 
 
-def scrub(credentials: Credentials | None, request: Request) -> Request:
-    """``request`` without the secret in its URL (see :meth:`Credentials.scrub_url`); its
-    state too when it is the link (link paginators). Shared by both HTTP clients."""
-    if credentials is None:
-        return request
-    url = credentials.scrub_url(request.url)
-    if url is request.url:
-        return request
-    state = request.state
-    if state == str(request.url):
-        state = str(url)
-    elif isinstance(state, str):
-        state = credentials.redact(state)
-    return replace(request, url=url, state=state)
-
-
-def scrub_next(credentials: Credentials | None, page: Page, nxt: Request | None) -> Request | None:
-    """The paginator's next request, scrubbed; a link that only differed from the current page
-    by the echoed secret points back at it (raises PaginationLoop, as an unscrubbed one does)."""
-    if nxt is None or credentials is None:
-        return nxt
-    scrubbed = scrub(credentials, nxt)
-    if scrubbed is not nxt and scrubbed.full_url == page.request.full_url:
-        raise PaginationLoop(f"the next-page link points at the current page ({scrubbed.url})")
-    return scrubbed
-
-
-def origin(url: URL) -> tuple[str, str, int]:
-    """A URL's ``(scheme, host, port)``, the port defaulted from the scheme: what credentials are
-    bound to.
-    """
-    scheme = (url.scheme or "").lower()
-    return (scheme, (url.host or "").lower(), url.port or (443 if scheme == "https" else 80))
-
-
-class Credentials:
-    """The secret and where it goes. ``repr`` and ``str`` never show it."""
-
-    __slots__ = ("_kind", "_name", "_secret")
-
-    def __init__(self, kind: str, name: str | None, secret: str) -> None:
-        self._kind, self._name, self._secret = kind, name, secret
-
-    def apply(self, headers: dict[str, str], params: list[tuple[str, str]]) -> None:
-        if self._kind == "bearer":
-            headers["Authorization"] = f"Bearer {self._secret}"
-        elif self._kind == "header":
-            headers[self._name or "X-API-Key"] = self._secret
-        else:
-            params.append((self._name or "api_key", self._secret))
-
-    def redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
-
-    def scrub_url(self, url: URL) -> URL:
-        """``url`` without the query parameters that carry the secret (and, for ``query``
-        auth, without the auth parameter whatever its value): what may be kept and shown."""
-        if not url.raw_query_string:
-            return url
-        query = url.query
-        secret, name = self._secret, self._name if self._kind == "query" else None
-        kept = [(k, v) for k, v in query.items() if not ((secret and secret in v) or k == name)]
-        return url if len(kept) == len(query) else url.with_query(kept)
-
-    @property
-    def query_param(self) -> str | None:
-        return self._name if self._kind == "query" else None
-
-    def __repr__(self) -> str:
-        return f"Credentials({self._kind}, ***)"
-
-    __str__ = __repr__
-
-
 class HttpClient:
     """An aiohttp session configured from ``ApiConfig``. Use as an async context manager."""
 
-    def __init__(self, api: ApiConfig, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        api: ApiConfig,
+        credentials: Credentials | None = None,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
         self.api = api
         self.credentials = credentials
+        self._clock = clock or LoopClock()
+        # OAuth: the access token, fetched and replaced as http/oauth.py says (in __aenter__).
+        self.tokens: TokenKeeper | None = None
+        self._token_session: aiohttp.ClientSession | None = None
         self._origin = origin(URL(str(api.base_url)))
         self._session: aiohttp.ClientSession | None = None
         h = api.http
@@ -180,7 +137,7 @@ class HttpClient:
         # Built once: what a request to the configured origin adds (the secret), per kind.
         self._auth_headers: dict[str, str] = {}
         self._auth_params: list[tuple[str, str]] = []
-        if credentials is not None:
+        if credentials is not None and not isinstance(credentials, OAuthCredentials):
             credentials.apply(self._auth_headers, self._auth_params)
 
     async def __aenter__(self) -> HttpClient:
@@ -211,10 +168,45 @@ class HttpClient:
         if "_retry_connection" in aiohttp.ClientSession.ATTRS:
             session._retry_connection = False
         self._session = session
+        if isinstance(self.credentials, OAuthCredentials):
+            # Its own session: the token host gets none of the API's headers, and no cookie or
+            # connection of the API's.
+            self._token_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=2, ssl=ssl_ctx),
+                timeout=aiohttp.ClientTimeout(
+                    total=h.total_timeout, connect=h.connect_timeout, sock_read=h.read_timeout
+                ),
+                trust_env=False,
+                headers={"User-Agent": h.user_agent},
+            )
+            self.tokens = TokenKeeper(
+                self.credentials, self._request_token, self._clock, retry_policy(self.api.retry)
+            )
         return self
+
+    async def _request_token(self) -> tuple[int, bytes, str | None] | Failure:
+        """One token request (see http/oauth.py): status, body (at most MAX_TOKEN_BODY bytes
+        read) and Retry-After, or the failure; redirects are not followed."""
+        credentials, session = self.credentials, self._token_session
+        assert isinstance(credentials, OAuthCredentials) and session is not None
+        form, headers = credentials.token_request()
+        url = str(credentials.config.token_url)
+        try:
+            async with session.post(url, data=form, headers=headers, allow_redirects=False) as resp:
+                body = await resp.content.read(MAX_TOKEN_BODY)
+                return resp.status, body, resp.headers.get("Retry-After")
+        except TimeoutError:
+            return Failure(FailureKind.TIMEOUT, "token endpoint: timed out")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Failure(FailureKind.CONNECTION, self.redact(f"token endpoint: {exc}"))
 
     async def __aexit__(self, *exc: object) -> None:
         self._deadlines.close()
+        if self.tokens is not None:
+            await self.tokens.close()
+        if self._token_session is not None:
+            await self._token_session.close()
+            self._token_session = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -248,11 +240,17 @@ class HttpClient:
         task: asyncio.Task[Any] | None = asyncio.current_task()
         assert task is not None, "HttpClient.fetch runs in a task"
         deadlines = self._deadlines
-        deadlines.arm(task, self._total)
         url, params = request.url, list(request.params)
         method, body = request.method, request.json_body
         status = 0
+        tokens = self.tokens
+        token: str | None = None  # the OAuth token this hop carries
+        refreshed = False  # a 401 has had its one refresh
         try:
+            if tokens is not None and origin(url) == self._origin:
+                # Waiting for the token is not part of the request's deadline.
+                token = tokens.current() or await tokens.fresh()
+            deadlines.arm(task, self._total)
             for hop in range(MAX_REDIRECTS + 1):
                 if hop:
                     # The last hop's response is over: its slot starts expiring, and this hop
@@ -265,13 +263,30 @@ class HttpClient:
                         permit = await acquire()
                         if permit is None:
                             return STOPPED
-                if self.credentials is None and not params and body is None:
+                if tokens is not None:
+                    if hop and origin(url) == self._origin:
+                        token = tokens.current() or await tokens.fresh()
+                    elif hop:
+                        token = None  # another origin: no token
+                    kwargs = self._kwargs(url, params, body, token)
+                elif self.credentials is None and not params and body is None:
                     kwargs = _PLAIN  # the common case: no secret, no query, no body
                 else:
                     kwargs = self._kwargs(url, params, body)
                 try:
                     async with session.request(method, url, **kwargs) as resp:
                         status = resp.status
+                        if status == 401 and token is not None:
+                            assert tokens is not None
+                            if not refreshed:
+                                # Drop the token and send this request again (its own slot, as
+                                # a hop) with a fresh one, once.
+                                refreshed = True
+                                tokens.refused(token)
+                                continue
+                            tokens.refused_again(token)
+                            answer = await self._read(resp)
+                            return refused_again(answer) if isinstance(answer, Failure) else answer
                         if status in REDIRECTS and "Location" in resp.headers:
                             url = resp.url.join(URL(resp.headers["Location"]))
                             if self.credentials is not None:
@@ -299,11 +314,16 @@ class HttpClient:
             if permit is not None:
                 permit.release()
 
-    def _kwargs(self, url: URL, params: list[tuple[str, str]], body: Any) -> dict[str, Any]:
-        """``session.request`` arguments for one hop: the secret only for the origin."""
+    def _kwargs(
+        self, url: URL, params: list[tuple[str, str]], body: Any, token: str | None = None
+    ) -> dict[str, Any]:
+        """``session.request`` arguments for one hop: the secret (or the OAuth ``token``) only
+        for the origin."""
         kwargs: dict[str, Any] = {"allow_redirects": False}
         send_params = params
-        if self.credentials is not None and origin(url) == self._origin:
+        if token is not None:  # the caller checked the origin
+            kwargs["headers"] = {"Authorization": f"Bearer {token}"}
+        elif self.credentials is not None and origin(url) == self._origin:
             if self._auth_headers:
                 kwargs["headers"] = self._auth_headers
             if self._auth_params:
@@ -387,9 +407,26 @@ def credentials_from_env(cfg: PipelineConfig) -> Credentials | None:
     auth = cfg.api.auth
     if auth is None:
         return None
+    if isinstance(auth, OAuth2Config):
+        return _oauth_from_env(auth)
     secret = os.environ.get(auth.env)
     if not secret:
         raise ConfigError(
             "environment", [Problem("api.auth.env", f"environment variable {auth.env} is not set")]
         )
     return Credentials(auth.type, auth.name, secret)
+
+
+def _oauth_from_env(auth: OAuth2Config) -> OAuthCredentials:
+    values, problems = [], []
+    for field, name in (
+        ("client_id_env", auth.client_id_env),
+        ("client_secret_env", auth.client_secret_env),
+    ):
+        value = os.environ.get(name)
+        if not value:
+            problems.append(Problem(f"api.auth.{field}", f"environment variable {name} is not set"))
+        values.append(value or "")
+    if problems:
+        raise ConfigError("environment", problems)
+    return OAuthCredentials(auth, values[0], values[1])

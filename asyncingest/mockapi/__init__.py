@@ -4,16 +4,18 @@ sliding-window limit that referees the client, and named faults.
 Used by the test suite, ``python -m asyncingest demo``, ``python -m asyncingest mock-api`` and
 the benchmarks. Modules: ``settings`` (what to serve), ``data`` (the dataset), ``routes``
 (endpoints), ``ratelimit`` (the referee), ``faults`` (named faults), ``stats`` (counters),
-``app`` (the server and its request pipeline). It stands alone: it imports nothing of the
-client (the import contract checks it), so it referees the client rather than trusting it.
+``oauth`` (a token endpoint), ``app`` (the server and its request pipeline). It stands alone:
+it imports nothing of the client (the import contract checks it), so it referees the client
+rather than trusting it.
 Private, like every sub-package: only the public API in :mod:`asyncingest` is stable.
 """
 
 from .app import MockAPI, serve
 from .data import Dataset, Record, user_record
 from .faults import FaultPlan
+from .oauth import TokenIssuer, TokenStats
 from .ratelimit import SlidingWindowReferee
-from .settings import FAULT_KINDS, TRANSIENT_FAULTS, FaultKind, MockSettings
+from .settings import FAULT_KINDS, TRANSIENT_FAULTS, FaultKind, MockSettings, OAuthSettings
 from .stats import LogEntry, MockStats
 
 __all__ = [
@@ -26,8 +28,11 @@ __all__ = [
     "MockAPI",
     "MockSettings",
     "MockStats",
+    "OAuthSettings",
     "Record",
     "SlidingWindowReferee",
+    "TokenIssuer",
+    "TokenStats",
     "serve",
     "user_record",
 ]

@@ -7,14 +7,17 @@ Every non-admin request goes through the same steps, in order:
 2. referee: each sliding window counts the arrival; a violation is counted and, when enforcing,
    answered 429 with ``Retry-After`` (see ``ratelimit.py`` for which arrivals count);
 3. auth: with ``settings.token`` set, a request without ``Authorization: Bearer <token>``,
-   ``X-API-Key: <token>`` or ``?api_key=<token>`` gets 401;
+   ``X-API-Key: <token>`` or ``?api_key=<token>`` gets 401; with ``settings.oauth`` set, one
+   without a bearer token the token endpoint issued (live, not revoked) gets 401;
 4. fault choice (``faults.py``), per URL and attempt;
 5. latency: ``latency_ms`` plus seeded jitter (skipped entirely when both are 0);
 6. endpoint (``routes.py``) -> reply, then sent as is or broken by the chosen fault;
 7. the status is counted and ``(now, method, path, status)`` appended to the bounded log.
 
-``GET /_stats`` and ``POST /_reset`` skip all of it. aiohttp's low-level ``web.Server`` is used
-(no router, no middlewares, no access log) to keep the per-request path short.
+``GET /_stats``, ``POST /_reset``, ``POST /_revoke`` (revoke every OAuth token) and the OAuth
+token endpoint (``oauth.py``: counted apart, never refereed) skip all of it. aiohttp's
+low-level ``web.Server`` is used (no router, no middlewares, no access log) to keep the
+per-request path short.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from aiohttp import web
 
 from .data import Dataset
 from .faults import JSON, FaultPlan, Reply, send_fault
+from .oauth import TokenIssuer
 from .ratelimit import SlidingWindowReferee
 from .routes import BadRequest, Call, Route, Routes, error_reply, json_reply
 from .settings import MockSettings
@@ -39,7 +43,7 @@ from .stats import MockStats
 logger = logging.getLogger("asyncingest.mockapi")
 
 _STATUS_FAULTS = frozenset({"status_500", "status_503", "status_429"})
-_ADMIN = frozenset({"/_stats", "/_reset"})
+_ADMIN = frozenset({"/_stats", "/_reset", "/_revoke"})
 
 
 class _Pipeline:
@@ -54,6 +58,9 @@ class _Pipeline:
         self.faults = api.faults if api.faults.active else None
         self.token = s.token
         self.bearer = f"Bearer {s.token}"
+        self.issuer = api.issuer
+        self.token_path = s.oauth.token_path if s.oauth is not None else None
+        self.protected = s.token is not None or s.oauth is not None
         self.slow_body_seconds = s.slow_body_seconds
         self.latency = s.latency_ms / 1000 if s.has_latency else None
         self.jitter = s.latency_jitter_ms / 1000
@@ -65,6 +72,8 @@ class _Pipeline:
         if path in _ADMIN:
             return await self._admin(request, path)
         now = self.time()
+        if path == self.token_path and self.issuer is not None:
+            return await self._token(request, self.issuer, now)
         stats = self.stats
         stats.requests += 1
         found = self.routes.resolve(path)
@@ -81,10 +90,14 @@ class _Pipeline:
                 stats.throttled += 1
                 header = {"Retry-After": self.referee.retry_after_header(wait)}
                 reply = error_reply(429, "rate limit exceeded", header, retry_after=round(wait, 3))
-        if reply is None and self.token is not None and not self._authorized(request):
+        if reply is None and self.protected and not self._authorized(request, now):
             stats.unauthorized += 1
+            challenge = "Bearer"
+            if self.issuer is not None:
+                self.issuer.stats.rejected_bearer += 1
+                challenge = 'Bearer error="invalid_token"'
             reply = Reply(
-                401, b'{"error":"unauthorized","status":401}', {"WWW-Authenticate": "Bearer"}
+                401, b'{"error":"unauthorized","status":401}', {"WWW-Authenticate": challenge}
             )
         if reply is None and self.faults is not None:
             fault = self.faults.choose(path, request.query_string)
@@ -105,8 +118,23 @@ class _Pipeline:
         stats.finish(now, request.method, path, response.status)
         return response
 
-    def _authorized(self, request: web.BaseRequest) -> bool:
+    async def _token(
+        self, request: web.BaseRequest, issuer: TokenIssuer, now: float
+    ) -> web.StreamResponse:
+        """The OAuth token endpoint: counted apart, never refereed (``oauth.py``)."""
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
+        answer = issuer.token_request(request.headers, await request.read(), now)
+        return web.Response(
+            status=answer.status, body=answer.body, headers=answer.headers, content_type=JSON
+        )
+
+    def _authorized(self, request: web.BaseRequest, now: float) -> bool:
         headers = request.headers
+        if self.issuer is not None and self.issuer.valid(headers.get("Authorization"), now):
+            return True
+        if self.token is None:
+            return False
         return (
             headers.get("Authorization") == self.bearer
             or headers.get("X-API-Key") == self.token
@@ -139,6 +167,8 @@ class _Pipeline:
         elif path == "/_reset" and request.method == "POST":
             self.api.reset()
             reply = json_reply({"reset": True})
+        elif path == "/_revoke" and request.method == "POST":
+            reply = json_reply({"revoked": self.api.revoke_tokens()})
         else:
             reply = Reply(405, b'{"error":"method not allowed","status":405}')
         return web.Response(status=reply.status, body=reply.body, content_type=JSON)
@@ -166,6 +196,9 @@ class MockAPI:
         )
         self.faults = FaultPlan(self.settings)
         self.stats = MockStats(self.referee)
+        oauth = self.settings.oauth
+        self.issuer = TokenIssuer(oauth) if oauth is not None else None
+        """The OAuth token endpoint (``settings.oauth``): its ``stats`` count token requests."""
         self._host = host
         self._port = port
         self._runner: web.ServerRunner | None = None
@@ -205,6 +238,11 @@ class MockAPI:
         (so faults replay). The data and the rate-limit windows' arrivals are kept."""
         self.stats.reset()
         self.faults.reset()
+
+    def revoke_tokens(self) -> int:
+        """What ``POST /_revoke`` does: every OAuth token issued so far is refused from now on
+        (401); returns how many there were."""
+        return self.issuer.revoke_all() if self.issuer is not None else 0
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -10,6 +10,10 @@ deliberately varied so every pagination and record-location kind gets exercised:
 - ``GET /v1/race_control?session_key=&page=&page_size=``: ``{"data": {"items"}, "meta"}``,
   page numbers from 1
 - ``GET /v1/team_radio?session_key=&cursor=&limit=``: ``{"items", "next": url | null}``
+- ``GET /v2/weather?after_date=&after_session=&limit=``: ``{"data", "meta": {"has_more"}}``,
+  keyset pagination over ``(date, session_key)``: the next page starts after the last record's
+  pair, which the client reads from the record itself (no built-in kind does that; see
+  ``asyncingest/examples/keyset.py``)
 - ``GET /crm/v3/objects/{contacts,engagements}?limit=&after=``:
   ``{"results", "paging": {"next": {"after", "link"}}}``, no ``paging`` on the last page
 - ``GET /crm/v4/objects/engagements/{id}/associations/contacts``: ``{"results"}``; 404 if unknown
@@ -23,6 +27,7 @@ without one, all rows.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
@@ -119,6 +124,7 @@ class Routes:
             "/v1/laps": Route("/v1/laps", "GET", self.laps),
             "/v1/race_control": Route("/v1/race_control", "GET", self.race_control),
             "/v1/team_radio": Route("/v1/team_radio", "GET", self.team_radio),
+            "/v2/weather": Route("/v2/weather", "GET", self.weather_feed),
             contacts: Route(
                 contacts, "GET", partial(self._cursor_page, contacts, dataset.contacts)
             ),
@@ -132,6 +138,8 @@ class Routes:
             _ENGAGEMENT_PREFIX + "{id}" + _ASSOC_SUFFIX, "GET", self.associations
         )
         self._user = Route(_USER_PREFIX + "{user_id}", "GET", self.user)
+        self._weather_keys = sorted((r["date"], r["session_key"]) for r in dataset.weather)
+        self._weather_rows = sorted(dataset.weather, key=lambda r: (r["date"], r["session_key"]))
 
     def resolve(self, path: str) -> tuple[Route, str | None] | None:
         route = self.fixed.get(path)
@@ -198,6 +206,20 @@ class Routes:
             params |= {"cursor": str(end), "limit": str(limit)}
             next_url = f"{call.origin}/v1/team_radio?{urlencode(params)}"
         return json_reply({"items": rows[start:end], "next": next_url})
+
+    def weather_feed(self, call: Call) -> Reply:
+        """Keyset pages: the rows after ``(after_date, after_session)``, both or neither given."""
+        after_date, after_session = call.query.get("after_date"), call.query.get("after_session")
+        if (after_date is None) != (after_session is None):
+            raise BadRequest("after_date and after_session go together")
+        start = 0
+        if after_date is not None:
+            key = (after_date, _int(call.query, "after_session", 0))
+            start = bisect.bisect_right(self._weather_keys, key)
+        limit = _limit(call.query, default=20)
+        rows = self._weather_rows[start : start + limit]
+        more = start + limit < len(self._weather_rows)
+        return json_reply({"data": rows, "meta": {"has_more": more}})
 
     # -- CRM ------------------------------------------------------------------------------
     def _cursor_page(self, path: str, rows: list[Record], call: Call) -> Reply:

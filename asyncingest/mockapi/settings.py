@@ -39,6 +39,21 @@ RateWindow = tuple[Annotated[int, Field(gt=0)], Annotated[float, Field(gt=0)]]
 """``(N, W)``: at most N arrivals in any sliding window of W seconds."""
 
 
+class OAuthSettings(BaseModel):
+    """The mock's OAuth token endpoint (``oauth.py``): which client it knows, how long its
+    tokens live, and how many token requests it fails first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client_id: str = "asyncingest-mock"
+    client_secret: str = "mock-secret"
+    expires_in: float = Field(default=3600.0, gt=0.0)
+    """Seconds a token lives (sent as ``expires_in``)."""
+    token_path: str = "/oauth/token"
+    fail_first: int = Field(default=0, ge=0)
+    """The first N token requests answer 503 (with ``Retry-After: 0``)."""
+
+
 class MockSettings(BaseModel):
     """Seed, scale and behaviour of the mock API. Frozen; build variants with ``model_copy``."""
 
@@ -80,6 +95,8 @@ class MockSettings(BaseModel):
     """Path (``/v1/laps``), path prefix (``/partner/users``) or exact URL with query
     (``/v1/laps?offset=0&session_key=1``) -> the faults for attempts 0, 1, ... of each URL."""
     token: str | None = None
+    oauth: OAuthSettings | None = None
+    """A token endpoint, and every other route then needs one of its bearer tokens."""
     slow_body_seconds: float = Field(default=2.0, gt=0.0)
 
     @model_validator(mode="after")

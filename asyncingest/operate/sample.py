@@ -31,7 +31,13 @@ from typing import Any
 
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import iter_ids
-from ..core.pagination import PaginationLoop, Paginator, number_or_none, paginator_for
+from ..core.pagination import (
+    PaginationLoop,
+    Paginator,
+    PaginatorFailed,
+    number_or_none,
+    paginator_for,
+)
 from ..core.records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
 from ..core.request import (
     Page,
@@ -178,7 +184,7 @@ class _Sampler:
         """One walk, as the engine walks it; or why it failed."""
         try:
             request: Request | None = paginator.first(template.build(job.variables))
-        except UnsafePathValue as exc:
+        except (UnsafePathValue, PaginatorFailed) as exc:  # the job cannot start
             return str(exc)  # the run refuses this job too
         pages = records = 0
         total_records = total_pages = None

@@ -9,10 +9,12 @@ from rich.text import Text
 
 from ..config.models import (
     CursorPagination,
+    CustomPagination,
     EndpointConfig,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
+    OAuth2Config,
     OffsetPagination,
     PagePagination,
     PipelineConfig,
@@ -36,6 +38,8 @@ def pagination_text(e: EndpointConfig) -> str:
             return f"next URL at {p.next_path}"
         case LinkHeaderPagination():
             return f'Link header rel="{p.rel}"'
+        case CustomPagination():
+            return f"custom ({p.function})"
     return "?"
 
 
@@ -61,13 +65,19 @@ def describe_plan(cfg: PipelineConfig, source: str = "") -> Group:
     head = Text()
     head.append(f"{source}: OK\n", style="bold green")
     head.append(f"API {api.base_url}")
-    if api.auth:
+    auth = api.auth
+    if isinstance(auth, OAuth2Config):
+        head.append(
+            f", auth OAuth2 client credentials from ${auth.client_id_env} and "
+            f"${auth.client_secret_env} via {auth.token_url}"
+        )
+    elif auth is not None:
         where = {
             "bearer": "Authorization: Bearer",
-            "header": f"header {api.auth.name}",
-            "query": f"query parameter {api.auth.name}",
-        }[api.auth.type]
-        head.append(f", auth {where} from ${api.auth.env}")
+            "header": f"header {auth.name}",
+            "query": f"query parameter {auth.name}",
+        }[auth.type]
+        head.append(f", auth {where} from ${auth.env}")
     limits = ", ".join(str(w) for w in api.rate_limits) or "none"
     head.append(f"\nrate limits (all enforced together): {limits}")
     c, h, r = api.concurrency, api.http, api.retry

@@ -38,6 +38,10 @@ class WorkerMetrics(ShardObserver):
             ["kind"],
             registry=self.registry,
         )
+        for outcome in ("committed", "already_committed", "dead_lettered"):
+            self.processed.labels(outcome)  # shown at 0 from the start
+        for kind in ("requeued", "dead_lettered"):
+            self.errors.labels(kind)
         self.requests = Counter(
             "worker_requests", "HTTP requests made for committed shards", registry=self.registry
         )

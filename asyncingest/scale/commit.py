@@ -230,6 +230,41 @@ class RunFolder:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
+    def children_marker(self, shard_id: str) -> Path:
+        return self.root / "children" / f"{shard_id}.json"
+
+    def children_published(self, shard_id: str) -> list[str] | None:
+        """The child shards ``shard_id`` published (confirmed), or None if not recorded."""
+        try:
+            out: list[str] = orjson.loads(self.children_marker(shard_id).read_bytes())
+        except FileNotFoundError:
+            return None
+        return out
+
+    def record_children(self, shard_id: str, children: list[str]) -> None:
+        path = self.children_marker(shard_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
+        _write_durably(tmp, orjson.dumps(children))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    def failed_attempts(self, shard_id: str) -> int:
+        """Failures counted so far (for queues without ``x-delivery-count``)."""
+        try:
+            return int((self.root / "attempts" / shard_id).read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def count_failure(self, shard_id: str) -> int:
+        path = self.root / "attempts" / shard_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = self.failed_attempts(shard_id) + 1
+        tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(str(n))
+        os.replace(tmp, path)
+        return n
+
     def touch_inflight(self, shard_id: str) -> None:
         path = self.inflight(shard_id)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,16 +89,17 @@ def _count(folder: RunFolder, record: dict[str, Any], ready: int, consumers: int
     done = folder.committed_ids()
     failed = folder.failed_ids() - done
     in_flight = folder.inflight_ids() - done - failed
-    requests = records = dead = 0
+    requests = records = dead = discovered = 0
     for shard_id in done:
         manifest = folder.committed(shard_id) or {}
+        discovered += len(manifest.get("children", ()))
         requests += int(manifest.get("requests", 0))
         records += int(manifest.get("records", 0))
         dead += int(manifest.get("dead_requests", 0))
     return RunStatus(
         run_id=folder.run_id,
         output=str(folder.output),
-        total=int(record.get("total", 0)),
+        total=int(record.get("total", 0)) + discovered,
         done=len(done),
         in_flight=len(in_flight),
         failed=len(failed),

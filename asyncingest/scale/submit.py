@@ -49,9 +49,11 @@ async def submit(
     output: Path,
     shard_size: int = DEFAULT_SHARD_SIZE,
     names: QueueNames | None = None,
+    split_children: bool = True,
 ) -> Submitted:
     """Publish every shard of ``cfg`` not yet committed under ``run_id``; wait for the broker's
-    confirm of each (a publish the broker refuses raises); write the run record."""
+    confirm of each (a publish the broker refuses raises); write the run record. With
+    ``split_children``, children found at run time are published as shards by the workers."""
     import aio_pika
 
     names = names or QueueNames()
@@ -78,7 +80,7 @@ async def submit(
             )
             await exchange.publish(message, routing_key=names.shards)
 
-        shards = iter(cut(cfg, run_id, output, shard_size))
+        shards = iter(cut(cfg, run_id, output, shard_size, split=split_children))
         while (shard := await asyncio.to_thread(next, shards, None)) is not None:
             shard_ids.append(shard.shard_id)
             if shard.shard_id in committed:

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from ..config.models import PipelineConfig
 from ..core.crashpoints import crash_point
-from ..engine.engine import Engine
-from ..errors import EnvironmentFailure
+from ..engine.pipeline import Pipeline
+from ..errors import ConfigError, EnvironmentFailure, Problem
 from .broker import DELIVERY_LIMIT, QueueNames, connect, declare, redact
 from .commit import RunFolder
-from .shards import Shard, shard_config
+from .shards import Shard, child_shards, config_json, message_shard, shard_config
 
 if TYPE_CHECKING:
     import aio_pika.abc
@@ -34,6 +40,7 @@ log = logging.getLogger("asyncingest.scale.worker")
 
 HEARTBEAT_SECONDS = 5.0
 REASON_HEADER = "x-asyncingest-reason"
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 @dataclass
@@ -58,6 +65,63 @@ class ShardObserver:
         """A shard failed: requeued, or dead-lettered when ``dead``."""
 
 
+@dataclass(frozen=True)
+class QueueSource:
+    """A ``from_queue`` endpoint: the worker consumes the user's queue, each message one id."""
+
+    endpoint: str
+    queue: str
+    field: str
+    output: str
+    config: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, output: str) -> QueueSource:
+        """The config's one ``from_queue`` endpoint (a :class:`ConfigError` if there is none,
+        or more than one, or another root the queue worker would never run)."""
+        queued = [e for e in cfg.endpoints if e.from_queue is not None]
+        others = [e.name for e in cfg.endpoints if e.parent is None and e.from_queue is None]
+        problems = []
+        if len(queued) != 1:
+            problems.append(Problem("endpoints", "expected exactly one endpoint with from_queue"))
+        if others:
+            problems.append(
+                Problem(
+                    "endpoints",
+                    f"{', '.join(others)}: a queue worker runs only the from_queue endpoint and "
+                    "its children; submit the others",
+                )
+            )
+        if problems:
+            raise ConfigError("--config", problems)
+        spec = queued[0].from_queue
+        assert spec is not None
+        return cls(queued[0].name, spec.queue, spec.field, output, config_json(cfg))
+
+
+class MessageFailed(Exception):
+    """A queue message whose request failed (its dead letter says why)."""
+
+
+def _message_key(message: aio_pika.abc.AbstractIncomingMessage) -> str:
+    mid = message.message_id
+    if mid and _SAFE_KEY.match(mid):
+        return mid
+    return hashlib.sha256(message.body).hexdigest()[:24]
+
+
+def _dead_letter_reason(staging: Path) -> str:
+    for f in sorted(staging.glob("_dead_letter/*/*.jsonl")):
+        with f.open("rb") as fh:
+            line = fh.readline()
+        if line:
+            try:
+                return str(orjson.loads(line).get("reason", "failed"))
+            except (orjson.JSONDecodeError, AttributeError):
+                return line.decode(errors="replace")[:500]
+    return "failed"
+
+
 class Worker:
     """One worker process's consumer: ``await Worker(url).run()`` until :meth:`stop` or SIGTERM."""
 
@@ -70,9 +134,11 @@ class Worker:
         delivery_limit: int = DELIVERY_LIMIT,
         observer: ShardObserver | None = None,
         engine_options: Callable[[], dict[str, Any]] | None = None,
+        source: QueueSource | None = None,
     ) -> None:
         self.broker = broker
-        self.names = names or QueueNames()
+        self.source = source
+        self.names = QueueNames(source.queue) if source is not None else (names or QueueNames())
         self.shards_at_once = shards_at_once
         self.delivery_limit = delivery_limit
         self.observer = observer or ShardObserver()
@@ -81,7 +147,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._lost: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._engines: set[Engine] = set()
+        self._pipelines: set[Pipeline] = set()
         self._hard_stop = False
         self._channel: aio_pika.abc.AbstractChannel | None = None
 
@@ -96,8 +162,8 @@ class Worker:
         (their staging is deleted, they are requeued)."""
         if self._stopping.is_set():
             self._hard_stop = True
-            for engine in list(self._engines):
-                engine.stop()
+            for pipeline in list(self._pipelines):
+                self._stop_soon(pipeline)
             log.warning("stopping the shards in hand; they go back to the queue")
             return
         log.warning("stopping: no new shards; finishing %d in hand", len(self._tasks))
@@ -115,7 +181,10 @@ class Worker:
             channel = await connection.channel(publisher_confirms=True)
             self._channel = channel
             await channel.set_qos(prefetch_count=self.shards_at_once)
-            queue = await declare(channel, self.names, self.delivery_limit)
+            if self.source is None:
+                queue = await declare(channel, self.names, self.delivery_limit)
+            else:
+                queue = await self._users_queue(connection, channel)
             connection.close_callbacks.add(self._connection_lost)
             tag = await queue.consume(self._on_message)
             log.info(
@@ -145,6 +214,24 @@ class Worker:
             )
         return 0
 
+    async def _users_queue(
+        self, connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel
+    ) -> aio_pika.abc.AbstractQueue:
+        """The user's own queue (it must exist; never redeclared with other arguments) and a
+        dead-letter queue ``<queue>.dead`` beside it."""
+        try:
+            probe = await connection.channel()
+            await probe.declare_queue(self.names.shards, passive=True)
+            await probe.close()
+        except Exception:
+            raise ConfigError(
+                "--config", [Problem("from_queue.queue", f"no queue {self.names.shards!r}")]
+            ) from None
+        await channel.declare_queue(
+            self.names.dead, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        return await channel.declare_queue(self.names.shards, passive=True)
+
     def _connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         if not self._stopping.is_set():
             self._lost = exc or ConnectionError("closed by the broker")
@@ -161,15 +248,22 @@ class Worker:
     async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         deliveries = int((message.headers or {}).get("x-delivery-count", 0) or 0)  # type: ignore[arg-type]
         try:
-            shard = Shard.from_bytes(message.body)
+            shard = self._shard_of(message)
         except Exception as exc:
             await self._dead_letter(message, None, f"not a shard message: {exc}", deliveries)
             return
+        folder = RunFolder(shard.output, shard.run_id)
+        if self.source is not None:  # a plain queue may not count deliveries
+            failures = await asyncio.to_thread(folder.failed_attempts, shard.shard_id)
+            deliveries = max(deliveries, failures)
         started = time.perf_counter()
         try:
             done = await self._run_shard(shard)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, MessageFailed) else f"{type(exc).__name__}: {exc}"
+            if self.source is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(folder.count_failure, shard.shard_id)
             if deliveries + 1 >= self.delivery_limit:
                 await self._dead_letter(message, shard, reason, deliveries)
             else:
@@ -209,6 +303,22 @@ class Worker:
             seconds,
         )
 
+    def _shard_of(self, message: aio_pika.abc.AbstractIncomingMessage) -> Shard:
+        if self.source is None:
+            return Shard.from_bytes(message.body)
+        body = orjson.loads(message.body)
+        value = body.get(self.source.field) if isinstance(body, dict) else None
+        if value is None or value == "" or isinstance(value, dict | list):
+            raise ValueError(f"expected a JSON object with the field {self.source.field!r}")
+        return message_shard(
+            self.source.config,
+            self.source.endpoint,
+            self.source.output,
+            self.source.queue,
+            _message_key(message),
+            value,
+        )
+
     async def _run_shard(self, shard: Shard) -> tuple[int, bool] | None:
         """Commit ``shard`` (or find it committed) and publish its files: (requests made,
         whether it had been committed before); None when stopped before the end."""
@@ -220,19 +330,25 @@ class Worker:
             return 0, True
         staging = await asyncio.to_thread(folder.new_staging, shard.shard_id)
         heartbeat = asyncio.create_task(self._heartbeat(folder, shard.shard_id))
-        engine: Engine | None = None
+        pipeline: Pipeline | None = None
         try:
             cfg = await asyncio.to_thread(shard_config, shard, staging)
-            engine = Engine(cfg, output=staging, fresh=True, **self.engine_options())
-            self._engines.add(engine)
+            pipeline = Pipeline(cfg, output=staging, fresh=True, **self.engine_options())
+            await pipeline.start()
+            self._pipelines.add(pipeline)
             if self._hard_stop:
-                engine.stop()
-            result = await engine.run()
+                self._stop_soon(pipeline)
+            result = await pipeline.wait()
             if result.stopped or result.cancelled:
                 await asyncio.to_thread(folder.discard_staging, shard.shard_id, staging)
                 return None
+            if self.source is not None and (result.dead_requests or result.dead_records):
+                reason = await asyncio.to_thread(_dead_letter_reason, staging)
+                raise MessageFailed(reason)
             crash_point("scale-written")
+            children = await self._publish_children(folder, shard, staging)
             summary = {
+                "children": children,
                 "requests": result.requests,
                 "records": result.records_written,
                 "dead_requests": result.dead_requests,
@@ -254,11 +370,52 @@ class Worker:
             await asyncio.shield(asyncio.to_thread(folder.discard_staging, shard.shard_id, staging))
             raise
         finally:
-            if engine is not None:
-                self._engines.discard(engine)
+            if pipeline is not None:
+                self._pipelines.discard(pipeline)
             heartbeat.cancel()
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(folder.clear_inflight, shard.shard_id)
+
+    async def _publish_children(self, folder: RunFolder, shard: Shard, staging: Path) -> list[str]:
+        """Publish (confirmed) the child shards of ``shard``'s records, once: before the commit,
+        so a crash cannot lose them; a marker keeps a rerun from publishing them again (but for
+        the instant between the confirms and the marker; a duplicate then finds its commit)."""
+        if self.source is not None or not shard.split:
+            return []
+        done = await asyncio.to_thread(folder.children_published, shard.shard_id)
+        if done is not None:
+            return done
+        import aio_pika
+
+        kids = await asyncio.to_thread(child_shards, shard, staging)
+        if not kids:
+            return []
+        assert self._channel is not None
+        exchange = self._channel.default_exchange
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        kid.to_bytes(),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        content_type="application/json",
+                        message_id=kid.message_id,
+                        headers={"run_id": kid.run_id, "shard_id": kid.shard_id},
+                    ),
+                    routing_key=self.names.shards,
+                )
+                for kid in kids
+            )
+        )
+        crash_point("scale-children-published")
+        ids = [kid.shard_id for kid in kids]
+        await asyncio.to_thread(folder.record_children, shard.shard_id, ids)
+        crash_point("scale-children-recorded")
+        return ids
+
+    def _stop_soon(self, pipeline: Pipeline) -> None:
+        task = asyncio.get_running_loop().create_task(pipeline.stop())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _heartbeat(self, folder: RunFolder, shard_id: str) -> None:
         while True:

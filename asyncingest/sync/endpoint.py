@@ -20,7 +20,7 @@ from pathlib import Path
 from yarl import URL
 
 from ..config.models import EndpointConfig, ForEach
-from ..core.pagination import PaginationLoop, paginator_for
+from ..core.pagination import PaginationLoop, PaginatorFailed, paginator_for
 from ..core.records import (
     Job,
     bind_children,
@@ -98,7 +98,7 @@ class SyncEndpoint:
         if request is None:
             try:
                 request = self.paginator.first(self.template.build(job.variables))
-            except UnsafePathValue as exc:
+            except (UnsafePathValue, PaginatorFailed) as exc:  # the job cannot start
                 self.dead.add(self.ledger.refused(job, str(exc)))
                 return
         while request is not None:

@@ -356,6 +356,11 @@ def unsupported(config: PipelineConfig) -> list[Problem]:
         for e in config.endpoints
         if e.transform is not None
     ]
+    problems += [
+        Problem(f"endpoints[{e.name}].from_file.copy", "not done in sync mode")
+        for e in config.endpoints
+        if e.from_file is not None and e.from_file.copy_fields
+    ]
     api = config.api
     why = "not available in sync mode (see docs/sync-mode.md)"
     if "circuit_breaker" in api.model_fields_set and api.circuit_breaker is not None:

@@ -2,6 +2,8 @@
 every failure classified. The blocking twin of ``asyncingest.http.client`` with the same rules:
 
 * credentials (``http.client.Credentials``, shared) only for URLs on the configured origin;
+  an OAuth token (``sync/oauth.py``) likewise, and a 401 to it refreshes it and sends the
+  request again, once, under its own slot (as ``http/oauth.py`` says);
 * redirects followed here, by hand (``allow_redirects=False``, at most 5), so that rule holds
   on every hop; ``trust_env=False``, so no ``.netrc`` credentials or proxies sneak in;
 * ``connect_timeout`` to connect, ``read_timeout`` as the longest silence between two reads,
@@ -30,9 +32,11 @@ from yarl import URL
 from ..config.models import ApiConfig
 from ..core.json import dumps as json_dumps
 from ..core.request import Request
-from ..core.retry import Failure, FailureKind
+from ..core.retry import Failure, FailureKind, retry_policy
 from ..http.client import MAX_REDIRECTS, REDIRECTS, Credentials, origin, scrub, snippet
+from ..http.oauth import OAuthCredentials, refused_again
 from ..limits.limiter import Permit
+from .oauth import SyncTokenKeeper, request_token
 
 _CHUNK = 256 * 1024
 
@@ -62,10 +66,27 @@ class SyncHttpClient:
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        self.tokens: SyncTokenKeeper | None = None
+        self._token_session: requests.Session | None = None
+        if isinstance(credentials, OAuthCredentials):
+            # Its own session (used under the keeper's lock): none of the API's headers.
+            token_session = self._token_session = requests.Session()
+            token_session.trust_env = False
+            token_session.verify = bool(api.http.verify_tls)
+            token_session.headers["User-Agent"] = api.http.user_agent
+            timeout = (api.http.connect_timeout, api.http.read_timeout)
+            self.tokens = SyncTokenKeeper(
+                credentials,
+                lambda: request_token(token_session, credentials, timeout),
+                retry_policy(api.retry),
+            )
 
     def close(self) -> None:
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, []
+        if self._token_session is not None:
+            sessions.append(self._token_session)
+            self._token_session = None
         for s in sessions:
             s.close()
 
@@ -110,10 +131,15 @@ class SyncHttpClient:
     def _fetch(
         self, request: Request, held: list[Permit | None], acquire: Callable[[], Permit] | None
     ) -> Response | Failure:
+        if self.tokens is not None and origin(request.url) == self._origin:
+            self.tokens.token()  # waiting for the token is not part of the request's deadline
         deadline = time.monotonic() + self.api.http.total_timeout
         url, params = request.url, request.params
         method, body = request.method, request.json_body
         status = 0
+        tokens = self.tokens
+        token: str | None = None  # the OAuth token this hop carries
+        refreshed = False  # a 401 has had its one refresh
         for hop in range(MAX_REDIRECTS + 1):
             if hop:  # the last hop is answered: its slot expires, this hop takes its own
                 last, held[0] = held[0], None
@@ -123,8 +149,13 @@ class SyncHttpClient:
                     held[0] = acquire()
             headers: dict[str, str] = {}
             send_params = list(params)
+            token = None
             if self.credentials is not None and origin(url) == self._origin:
-                self.credentials.apply(headers, send_params)
+                if tokens is not None:
+                    token = tokens.token()
+                    headers["Authorization"] = f"Bearer {token}"
+                else:
+                    self.credentials.apply(headers, send_params)
             data = None
             if body is not None:
                 data = json_dumps(body)  # integers beyond 64 bits exact
@@ -151,6 +182,16 @@ class SyncHttpClient:
                     return Failure(FailureKind.RESET, self.redact(f"server disconnected: {exc}"))
                 return Failure(FailureKind.CONNECTION, self.redact(f"connection failed: {exc}"))
             status = resp.status_code
+            if status == 401 and token is not None:
+                assert tokens is not None
+                if not refreshed:  # drop the token; send this again with a fresh one, once
+                    refreshed = True
+                    resp.close()
+                    tokens.refused(token)
+                    continue
+                tokens.refused_again(token)
+                answer = self._read(resp, deadline)
+                return refused_again(answer) if isinstance(answer, Failure) else answer
             if status in REDIRECTS and "Location" in resp.headers:
                 resp.close()
                 url = URL(resp.url).join(URL(resp.headers["Location"]))
