@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from asyncingest import config_from_dict
+from asyncingest.errors import ConfigError
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.scale.broker import QueueNames
 from asyncingest.scale.commit import RunFolder
@@ -200,12 +201,11 @@ async def test_bad_broker_urls_exit_2_or_4_without_a_password(tmp_path: Path) ->
     rc, out, err = await cli("submit", str(cfg), "--broker", "http://u:s3cretpw@host/")
     assert rc == 2, err
     assert "amqp://" in err and "s3cretpw" not in out + err and "Traceback" not in err
-    for args in (
-        ("submit", str(cfg)),
-        ("worker",),
-        ("status", "r1"),
-    ):
-        rc, out, err = await cli(*args, "--broker", "amqp://u:s3cretpw@127.0.0.1:1/")
+    commands = [("submit", str(cfg)), ("worker",), ("status", "r1")]
+    answers = await asyncio.gather(
+        *(cli(*args, "--broker", "amqp://u:s3cretpw@127.0.0.1:1/") for args in commands)
+    )
+    for args, (rc, out, err) in zip(commands, answers, strict=True):
         assert rc == 4, (args, err)
         assert "cannot connect to RabbitMQ" in err, err
         assert "s3cretpw" not in out + err and "Traceback" not in err, err
@@ -241,6 +241,11 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     assert (status["total"], status["done"], status["failed"]) == (9, 9, 0), status
     again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     assert (again.published, again.skipped) == (0, 7)
+    with pytest.raises(ConfigError, match="--shard-size"):  # other shards under the same ids
+        await submit(cfg, BROKER, run_id="r1", output=out, shard_size=10, names=names)
+    (tmp_path / "ids.csv").write_text("user_id\n1\n")
+    with pytest.raises(ConfigError, match=r"from_file .*size 608 -> 10 bytes"):
+        await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
 
 
 async def test_children_become_shards_published_once_through_kills(
@@ -271,6 +276,33 @@ async def test_children_become_shards_published_once_through_kills(
     check_output(api, out, [], crawl=True)
     laps = [(folder.committed(i) or {})["requests"] for i in ids if "~laps-" in i]
     assert api.stats.by_path["/v1/laps"] == sum(laps)  # each lap page once
+
+
+async def test_sigterm_finishes_the_shard_in_hand_and_takes_no_more(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """SIGTERM while a shard runs: the worker commits and acks it, takes no other, exits 0."""
+    import aio_pika
+
+    api = await start_mock_api(MockSettings.small(latency_ms=40))
+    write_ids(tmp_path, 60)
+    out = tmp_path / "out"
+    cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
+    await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
+    worker = await start_worker(names)
+    inflight = RunFolder(out, "r1").root / "inflight"
+    for _ in range(1200):
+        if inflight.is_dir() and any(inflight.iterdir()):
+            break
+        await asyncio.sleep(0.01)
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await worker.exited() == 0, worker.text
+    assert RunFolder(out, "r1").committed_ids() == {"users-00000"}, worker.text
+    connection = await aio_pika.connect(BROKER)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(names.shards, passive=True)
+        assert queue.declaration_result.message_count == 2
 
 
 @pytest.mark.parametrize("point", ["scale-committed", "scale-published"])
@@ -474,11 +506,16 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
         for port in ports
     ]
     await committed(out, user_queue, len(sessions), workers)
-    scraped = []
+    key = 'queue_messages_processed_total{outcome="committed"}'
     async with aiohttp.ClientSession() as http:
-        for port in ports:
-            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
-                scraped.append(parse_metrics(await r.text()))
+        for _ in range(200):  # a message is counted once acked, just after its commit
+            scraped = []
+            for port in ports:
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                    scraped.append(parse_metrics(await r.text()))
+            if sum(m[key] for m in scraped) >= len(sessions):
+                break
+            await asyncio.sleep(0.05)
     for w in workers:
         assert await w.stop() == 0, w.text
     keys = ["session_key", "driver_number", "lap_number"]
@@ -486,8 +523,7 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
     stats = read_records(out, "laps_out")
     drivers = {(r["session_key"], r["driver_number"]) for r in api.dataset.laps}
     assert sorted((r["session_key"], r["driver_number"]) for r in stats) == sorted(drivers)
-    done = sum(m['queue_messages_processed_total{outcome="committed"}'] for m in scraped)
-    assert done == len(sessions), scraped
+    assert sum(m[key] for m in scraped) == len(sessions), scraped
     assert sum(m["queue_processing_duration_seconds_count"] for m in scraped) == len(sessions)
     for m in scraped:
         assert m['worker_errors_total{kind="dead_lettered"}'] == 0

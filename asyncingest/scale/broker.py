@@ -8,6 +8,7 @@ extra ``asyncingest[scale]``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -67,6 +68,14 @@ class QueueNames:
         return f"{self.shards}.run.{run_id}"
 
 
+class _Reported(logging.Filter):
+    """Drops aiormq's own line for a failed connect: :func:`connect` reports it, once, as an
+    :class:`EnvironmentFailure`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
 def _unreachable(url: str, exc: BaseException) -> EnvironmentFailure:
     cause = str(exc) or type(exc).__name__
     parts = urlsplit(url)
@@ -90,6 +99,9 @@ async def connect(url: str, *, wait: float = CONNECT_TIMEOUT) -> aio_pika.abc.Ab
             "--broker",
             [Problem("aio-pika", "the scale-out commands need: pip install 'asyncingest[scale]'")],
         ) from None
+    aiormq_log = logging.getLogger("aiormq.connection")
+    if not any(isinstance(f, _Reported) for f in aiormq_log.filters):
+        aiormq_log.addFilter(_Reported())
     try:
         return await asyncio.wait_for(aio_pika.connect(url, timeout=wait), wait)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:

@@ -10,10 +10,13 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from ..config.identity import changes, fingerprint, identity
 from ..config.models import PipelineConfig
+from ..errors import ConfigError, Problem
 from .broker import QueueNames, connect, declare
 from .commit import RunFolder
 from .shards import DEFAULT_SHARD_SIZE, Shard, cut
@@ -60,6 +63,9 @@ async def submit(
     if not output.is_absolute():
         raise ValueError(f"output must be an absolute path, got {output}")
     folder = RunFolder(output, run_id)
+    previous = await asyncio.to_thread(folder.read_record)
+    if previous is not None:
+        _same_job(run_id, previous, cfg, shard_size, split_children)
     committed = await asyncio.to_thread(folder.committed_ids)
     connection = await connect(broker)
     shard_ids: list[str] = []
@@ -100,13 +106,17 @@ async def submit(
             "queue": names.shards,
             "shards": shard_ids,
             "shard_size": shard_size,
+            "split_children": split_children,
+            "fingerprint": fingerprint(cfg),
+            "identity": identity(cfg),
             "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         await asyncio.to_thread(folder.write_record, record)
         # The same record on the broker, so `status ID --broker` finds the output folder.
         run_queue = await channel.declare_queue(names.run_record(run_id), durable=True)
         await run_queue.purge()
-        small = {k: v for k, v in record.items() if k != "shards"} | {"total": len(shard_ids)}
+        small = {k: v for k, v in record.items() if k not in ("shards", "identity")}
+        small["total"] = len(shard_ids)
         await exchange.publish(
             aio_pika.Message(
                 orjson.dumps(small),
@@ -116,3 +126,31 @@ async def submit(
             routing_key=run_queue.name,
         )
     return Submitted(run_id, str(output), len(shard_ids), published, skipped, names.shards)
+
+
+def _same_job(
+    run_id: str, previous: dict[str, Any], cfg: PipelineConfig, shard_size: int, split: bool
+) -> None:
+    """Refuse to resubmit ``run_id`` as another job: a changed config or input file, another
+    shard size or child policy would cut other shards under the same ids."""
+    problems = []
+    old_fp = previous.get("fingerprint")
+    if old_fp is not None and old_fp != fingerprint(cfg):
+        old = previous.get("identity")
+        found = changes(old, identity(cfg)) if isinstance(old, dict) else []
+        problems += [Problem(where, what) for where, what in found]
+        if not found:
+            problems.append(Problem("config", f"fingerprint {old_fp} -> {fingerprint(cfg)}"))
+    if previous.get("shard_size", shard_size) != shard_size:
+        problems.append(Problem("--shard-size", f"{previous['shard_size']} -> {shard_size}"))
+    if previous.get("split_children", split) != split:
+        problems.append(Problem("--inline-children", "changed"))
+    if problems:
+        problems.append(
+            Problem(
+                "--run-id",
+                f"run {run_id} was submitted as another job; resubmitting it would mix two "
+                "jobs' shards: undo the change, or submit with a new --run-id",
+            )
+        )
+        raise ConfigError(f"run {run_id}", problems)

@@ -186,6 +186,9 @@ class Worker:
             else:
                 queue = await self._users_queue(connection, channel)
             connection.close_callbacks.add(self._connection_lost)
+            # The broker closes a channel whose delivery was held past its consumer_timeout
+            # (30 min by default): size shards to take minutes.
+            channel.close_callbacks.add(self._connection_lost)
             tag = await queue.consume(self._on_message)
             log.info(
                 "worker pid %d consuming %s (%d shard(s) at once)",
@@ -201,6 +204,8 @@ class Worker:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             connection.close_callbacks.discard(self._connection_lost)
+            if self._channel is not None:
+                self._channel.close_callbacks.discard(self._connection_lost)
             with contextlib.suppress(Exception):
                 await connection.close()
             if install_signals:
