@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     phases: list[Phase] = found["phases"]
     busy = phases[1:]
     command = " ".join(["python benchmarks/bench_service.py", *args_in])
-    print("## Example service (`bench_service.py`)\n")
+    print("## The example service under load (`bench_service.py`)\n")
     print(f"- command: `{command}`")
     for key in ("date", "nproc", "cpu", "python", "libraries"):
         print(f"- {key}: {info[key]}")
