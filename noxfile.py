@@ -28,8 +28,9 @@ def quick(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) and the layer contract (``[tool.importlinter]`` in pyproject)."""
     session.install("-e", ".", "ruff>=0.5", "import-linter>=2.1")
-    session.run("ruff", "check", "asyncingest", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "asyncingest", "tests", "benchmarks", "noxfile.py")
+    paths = ("asyncingest", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
     session.run("lint-imports")
 
 
@@ -37,6 +38,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "asyncingest")
+    session.run("mypy", "examples")  # strict too: the examples are what users copy
 
 
 @nox.session(python="3.11")
