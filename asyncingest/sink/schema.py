@@ -99,6 +99,12 @@ _NESTED: Final = frozenset({dict, list})
 _TOO_DEEP: Final = f"nested deeper than {MAX_JSON_DEPTH} levels: cannot be written as JSON text"
 
 
+_NO_FIELDS: Final = (
+    "record has no fields (an empty JSON object) and no earlier record had any: "
+    "there is no column to write it as a row"
+)
+
+
 @dataclass(frozen=True)
 class RejectedRecord:
     """A record the sink did not write, and why."""
@@ -244,6 +250,12 @@ class BatchConverter:
             for i, detail in col_bad.items():
                 bad.setdefault(i, []).append(self._reason(name, kind, column[i], detail))
         table = pa.Table.from_arrays(arrays, schema=self.arrow_schema())
+        if not arrays and n:
+            # No field seen yet in the whole stream: a table of no columns has no rows either,
+            # so these records ({} each) would vanish. Refused, they are at least accounted for.
+            for i in range(n):
+                bad.setdefault(i, [_NO_FIELDS])
+            return table, [RejectedRecord(originals[i], "; ".join(r)) for i, r in bad.items()]
         if not bad:
             return table, []
         keep = pa.array([i not in bad for i in range(n)])
