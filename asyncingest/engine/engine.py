@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,10 +45,11 @@ from ..errors import environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
-from ..limits.budget import BudgetWatch
+from ..limits.budget import BudgetWatch, Watched
 from ..limits.clock import BoundLoopClock, Clock, LoopClock
 from ..limits.limiter import Limit, Limits, SlidingWindowLimiter
-from ..limits.throttle import AdaptiveThrottle, PauseGate
+from ..limits.rate_budget import Budget, BudgetShare, RateBudget
+from ..limits.throttle import AdaptiveThrottle
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink, SinkOptions
 from ..state.checkpoint import (
@@ -63,6 +65,13 @@ from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
 
+log = logging.getLogger("asyncingest")
+
+
+#: How long a cancelled run may take to commit what its writers hold (_halt): seconds of real
+#: time, a bound on disk work, not on the API.
+CANCEL_SAVE_SECONDS = 10.0
+
 
 class Engine:
     """Runs one pipeline. ``await Engine(cfg).run()`` inside any running event loop; most callers
@@ -74,6 +83,9 @@ class Engine:
     requests. ``stop()`` asks for a graceful stop: no new work, in-flight requests finish,
     files and state are committed; ``result.stopped`` is then true. ``snapshot()`` shows where
     the run is at any moment. Everything else on it is private.
+
+    ``budget``: the API's rate budget, shared with other pipelines given the same one (it then
+    replaces ``config.api.rate_limits``); without it the engine makes its own from the config.
     """
 
     def __init__(
@@ -86,6 +98,7 @@ class Engine:
         seed: int | None = None,
         fresh: bool = False,
         retry_failed: bool = False,
+        budget: RateBudget | None = None,
     ) -> None:
         self.config = config
         self.output = Path(output if output is not None else config.output.directory)
@@ -102,6 +115,7 @@ class Engine:
         self._started_at: float | None = None  # on the run's clock
         self._ended_at: float | None = None
         self._result: RunResult | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._own_limiters: dict[str, SlidingWindowLimiter] = {}
         self._state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
@@ -113,8 +127,8 @@ class Engine:
         self._known_files: dict[str, dict[str, CommittedFile]] = {}
         self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
-        self._global_limiter: SlidingWindowLimiter | None = None
-        self._pause_gate: PauseGate | None = None
+        self._budget_given = budget
+        self._budget: RateBudget | None = budget
         self._adaptive: dict[str, AdaptiveConcurrency] = {}
 
     def __repr__(self) -> str:
@@ -151,11 +165,12 @@ class Engine:
         windows = {name: lim.usage() for name, lim in self._limiters().items()}
         return Snapshot(self.run_id, self._phase, elapsed, endpoints, windows)
 
-    def _limiters(self) -> dict[str, SlidingWindowLimiter]:
-        """The rate limiters by name: ``api`` (shared) and any endpoint's own."""
-        out = dict(self._own_limiters)
-        if self._global_limiter is not None:
-            out["api"] = self._global_limiter
+    def _limiters(self) -> dict[str, SlidingWindowLimiter | RateBudget]:
+        """The rate limiters by name: ``api`` (the budget, maybe shared: listed once the run has
+        started, and only with windows) and any endpoint's own."""
+        out: dict[str, SlidingWindowLimiter | RateBudget] = dict(self._own_limiters)
+        if self._budget is not None and self._budget.usage():
+            out["api"] = self._budget
         return out
 
     def _limits_for(self, e: EndpointConfig, workers: int) -> Limit:
@@ -172,10 +187,8 @@ class Engine:
             )
             self._own_limiters[e.name] = own
             parts.append(own)
-        if self._global_limiter is not None:
-            parts.append(self._global_limiter)
-        if self._pause_gate is not None:
-            parts.append(self._pause_gate)
+        assert self._budget is not None
+        parts.append(BudgetShare(self._budget, self.run_id))  # last: taken closest to sending
         return parts[0] if len(parts) == 1 else Limits(parts)
 
     def _guards_for(self, e: EndpointConfig) -> EndpointGuards:
@@ -191,8 +204,6 @@ class Engine:
                 name=e.name,
                 on_change=self._runners[e.name].ledger.breaker_changed,
             )
-        budget: SlidingWindowLimiter | PauseGate | None = self._global_limiter or self._pause_gate
-        in_flight = self._budget_in_flight if self._global_limiter is not None else None
         return EndpointGuards(
             e.name,
             self._clock,
@@ -201,13 +212,16 @@ class Engine:
             throttle=AdaptiveThrottle(max_pause=api.retry.max_retry_after)
             if api.adaptive_rate
             else None,
-            budget=budget,
-            in_flight=in_flight,
+            budget=self._budget,
             adaptive=self._adaptive.get(e.name),
         )
 
     def _budget_watch(self, e: EndpointConfig) -> BudgetWatch | None:
-        limiters = [x for x in (self._own_limiters.get(e.name), self._global_limiter) if x]
+        limiters: list[Watched] = (
+            [self._own_limiters[e.name]] if e.name in self._own_limiters else []
+        )
+        if self._budget is not None and self._budget.usage():  # a pause alone is no used-up budget
+            limiters.append(self._budget)
         if not limiters:
             return None
         api = self.config.api
@@ -216,25 +230,19 @@ class Engine:
             limiters, self._clock, self.events, threshold=api.budget_wait_threshold, stop=stop
         )
 
-    def _budget_in_flight(self) -> int:
-        return self._global_limiter.in_flight if self._global_limiter is not None else 0
-
     def _stop_for_budget(self, reason: str) -> None:
         if not self._stopping:
             self._stop_reason = reason
             self.stop()
 
     def _make_limits(self) -> None:
-        """The shared budget, on the run's clock (made when the run's loop is known)."""
+        """The run's clock and, unless one was given, the API's budget on it (made when the
+        run's loop is known). With no windows configured the budget only pauses: a 429 still
+        needs a shared budget to pause."""
         if not self._clock_given:
             self._clock = BoundLoopClock(asyncio.get_running_loop())
-        api = self.config.api
-        if api.rate_limits:
-            windows = [(w.requests, w.per_seconds) for w in api.rate_limits]
-            self._global_limiter = SlidingWindowLimiter(windows, self._clock, name="api")
-        else:
-            # With no windows configured, a 429 still needs a shared budget to pause.
-            self._pause_gate = PauseGate(self._clock, "api")
+        if self._budget_given is None:
+            self._budget = Budget(self.config.api.rate_limits, clock=self._clock, name="api")
 
     async def run(self) -> RunResult:
         """Run to the end (or a stop) holding the output folder; see the class docstring.
@@ -347,15 +355,17 @@ class Engine:
             )
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
+            # The endpoints run in a task of their own, so that a cancellation of this one
+            # reaches _halt() before it reaches them (their writers must still be there).
+            work = asyncio.create_task(self._work(roots, trees), name=f"{self.run_id}-work")
             try:
-                async with asyncio.TaskGroup() as tg:
-                    # In the group: a checkpoint that cannot be saved (a full disk) stops the
-                    # run at once with its error, as a failing endpoint does.
-                    checkpointer = tg.create_task(
-                        self._checkpoint_every(cfg.output.checkpoint_seconds), name="checkpoints"
-                    )
-                    await self._run_trees(roots, trees)
-                    checkpointer.cancel()
+                try:
+                    await asyncio.wait((work,))
+                except asyncio.CancelledError:
+                    cancelled = True
+                    await self._halt(work, files)
+                    raise
+                work.result()  # the first error of an endpoint or a checkpoint, if any
                 await self._checkpoint(final=True)
                 compacted = await self._compact(list(folders))
                 if state.status == "complete":
@@ -365,7 +375,7 @@ class Engine:
                 raise
             except BaseException as exc:
                 failed = True
-                await asyncio.shield(asyncio.to_thread(self._abandon_files, files))
+                await asyncio.shield(self._quiet_files(files))
                 if isinstance(exc, BaseExceptionGroup):  # an endpoint failed: its own error
                     raise first_cause(exc) from None
                 raise
@@ -379,7 +389,7 @@ class Engine:
                     endpoints=tuple(r.stats.summary() for r in self._runners.values()),
                     duration=self._clock.time() - started,
                     cancelled=cancelled,
-                    stopped=self._stopping,
+                    stopped=self._stopping and not cancelled,
                     note=self._stop_reason or ("resumed" if start.resumed else ""),
                     dead_requests=left[0],
                     dead_records=left[1],
@@ -393,6 +403,54 @@ class Engine:
                         raise  # else the failure that ended the run is the one to report
         self.events.emit(RunFinished(result))
         return result
+
+    async def _work(self, roots: list[EndpointConfig], trees: asyncio.Semaphore) -> None:
+        """Every endpoint tree, and the periodic checkpoints, until all are done."""
+        async with asyncio.TaskGroup() as tg:
+            # In the group: a checkpoint that cannot be saved (a full disk) stops the run at
+            # once with its error, as a failing endpoint does.
+            self._checkpointer = tg.create_task(
+                self._checkpoint_every(self.config.output.checkpoint_seconds), name="checkpoints"
+            )
+            await self._run_trees(roots, trees)
+            self._checkpointer.cancel()
+
+    async def _halt(self, work: asyncio.Task[None], files: ThreadPoolExecutor) -> None:
+        """The run was cancelled: stop at once, keep what is safe (docs/architecture.md,
+        "Stopping and cancelling").
+
+        Requests in flight and waits on the limits or a back-off are dropped: the next run asks
+        for those pages again. Pages already handed to the writers are committed by one last
+        checkpoint, given ``CANCEL_SAVE_SECONDS`` at most; past that (a hung disk), or if it
+        fails, the previous checkpoint stands (at most ``output.checkpoint_seconds`` of work is
+        redone). Then every task of the run ends and the staging files are removed. This waits
+        for all of that, whatever further cancellations arrive: it is bounded."""
+        self._stopping = True
+        self._phase = "stopping"
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()  # shielded: a checkpoint under way finishes first
+        for r in self._runners.values():
+            r.halt()
+        if not await _bounded(self._save_halted(), CANCEL_SAVE_SECONDS):
+            log.warning(
+                "%s: cancelled; what the writers held could not be committed (within %gs); "
+                "the checkpoint before stands",
+                self.run_id,
+                CANCEL_SAVE_SECONDS,
+            )
+        work.cancel()
+        for r in self._runners.values():
+            if r.writer.task is not None:
+                r.writer.task.cancel()
+        await _bounded(asyncio.wait((work,)), None)
+        await _bounded(self._quiet_files(files), None)
+
+    async def _save_halted(self) -> None:
+        """Once no worker is left, barrier every writer: what they were handed is committed."""
+        workers = [t for r in self._runners.values() for t in r.workers]
+        if workers:
+            await asyncio.wait(workers)
+        await self._checkpoint(final=True)
 
     def _build_runners(
         self,
@@ -446,8 +504,20 @@ class Engine:
         while True:
             await self._clock.sleep(seconds)
             # Shielded: a checkpoint holds tokens handed out once; cancelling it half way
-            # would lose them. The final checkpoint waits for it on the lock.
-            await asyncio.shield(self._checkpoint())
+            # would lose them. The final checkpoint waits for it on the lock, and so does
+            # the clean-up after a failure or a cancel (_quiet_files) before it shuts the file
+            # thread down. Left alone by a cancel, its own error (if any) is not the run's: the
+            # run ends with the error that cancelled it.
+            checkpoint = asyncio.ensure_future(self._checkpoint())
+            checkpoint.add_done_callback(_retrieve)
+            await asyncio.shield(checkpoint)
+
+    async def _quiet_files(self, files: ThreadPoolExecutor) -> None:
+        """After a failure or a cancel: let a checkpoint under way finish with the file thread
+        (it is shielded), then shut it down and delete every staging file."""
+        async with self._checkpoint_lock:
+            pass
+        await asyncio.to_thread(self._abandon_files, files)
 
     async def _checkpoint(self, final: bool = False) -> None:
         """Barrier every writer at once, then save a state naming only durable work."""
@@ -568,6 +638,8 @@ class Engine:
                 total = max(0, total - len(self._state.endpoint(runner.name).done))
         self.events.emit(EndpointStarted(runner.name, runner.endpoint.parent, total))
         await runner.run()
+        if runner.halted:
+            return  # cancelled: _halt() ends the rest
         # Everything this endpoint will ever produce has been handed to its children.
         for child in runner.children:
             await child.producer_done()
@@ -647,6 +719,36 @@ class Engine:
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
+
+
+async def _bounded(aw: Awaitable[object], seconds: float | None) -> bool:
+    """Await ``aw`` for at most ``seconds`` of loop time (None: no limit), letting no
+    cancellation of the caller interrupt it; on time out it is cancelled and awaited. True when
+    it completed without an error."""
+    task = asyncio.ensure_future(aw)
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    while not task.done():
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            task.cancel()
+            deadline = None  # now wait for it to unwind
+            continue
+        try:
+            await asyncio.wait((task,), timeout=left)
+        except asyncio.CancelledError:
+            continue  # already stopping at once; this is the bounded part of it
+    if task.cancelled():
+        return False
+    if (error := task.exception()) is not None:
+        log.warning("while stopping at once: %r", error)
+        return False
+    return True
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

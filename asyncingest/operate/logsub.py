@@ -69,6 +69,14 @@ class LogSubscriber:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("asyncingest.run")
 
+    @property
+    def event_types(self) -> frozenset[type]:
+        """The events it logs at the logger's level (read when it is subscribed): below DEBUG
+        the engine then builds no per-request event for it."""
+        if self.log.isEnabledFor(logging.DEBUG):
+            return frozenset(_DESCRIBE)
+        return frozenset(_DESCRIBE) - _DEBUG_ONLY
+
     def __call__(self, event: Event) -> None:
         describe = _DESCRIBE.get(type(event))
         if describe is None:
