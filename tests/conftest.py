@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _settings(param: MockSettings | dict[str, Any] | None) -> MockSettings:
     return param if isinstance(param, MockSettings) else MockSettings.small(**(param or {}))
+
+
+@pytest.fixture(autouse=True)
+def _package_logging_restored() -> Iterator[None]:
+    """Put the ``asyncingest`` logger back as it was after each test: one that runs the CLI in
+    the test process (``main([..., "--log-level", "debug"])``) sets its level for the whole
+    process, and a later test's ``LogSubscriber`` reads that level to choose which events it
+    wants (test_progress failed after test_oauth in the quick set)."""
+    logger = logging.getLogger("asyncingest")
+    level, handlers, propagate = logger.level, list(logger.handlers), logger.propagate
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
 
 
 @pytest.fixture
