@@ -99,5 +99,20 @@ def test_ab_crawl_with_lag_reports_the_loop_lag_of_both_checkouts(
     assert ab_crawl.main([*argv, "--lag", "10"]) == 0
     out = capsys.readouterr().out
     assert out.count("loop lag p99") == 2
+    assert out.count("loop CPU per tick p99") == 2  # the loop's own CPU between two ticks
     assert "before loop lag (10 ms timer): median p99" in out
     assert "after  loop lag (10 ms timer): median p99" in out
+
+
+@pytest.mark.slow
+def test_ab_cli_cpu_reports_cpu_per_request_of_both_checkouts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import ab_cli_cpu
+
+    repo = Path(__file__).resolve().parent.parent
+    argv = ["--before", str(repo), "--after", str(repo), "--rounds", "1"]
+    assert ab_cli_cpu.main([*argv, "--ids", "60", "--base-ids", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("us CPU/request") == 4
+    assert "after/before CPU per request:" in out

@@ -7,11 +7,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 import asyncingest
 from asyncingest import Pipeline, PipelineStateError, RequestFinished
 from asyncingest.mockapi import MockAPI
+from asyncingest.sink import parquet
+from asyncingest.state.checkpoint import load_state
 
 from .conftest import (
     F1_ENDPOINTS,
@@ -19,6 +22,7 @@ from .conftest import (
     MockAPIFactory,
     assert_same_records,
     expected_f1,
+    fail_once_at,
     leftovers,
     pipeline,
     read_records,
@@ -174,3 +178,141 @@ async def test_run_sync_refuses_a_running_loop_and_runs_in_a_thread(
     result = await asyncio.to_thread(asyncingest.run_sync, cfg)
     assert result.ok
     assert_complete(mock_api, tmp_path)
+
+
+# -- cancelling ---------------------------------------------------------------------------------
+
+
+def slow_config(api: MockAPI, out: Path) -> Any:
+    """Checkpoints far apart: whatever a cancel keeps, its own last checkpoint kept."""
+    cfg = config(api, out)
+    return cfg.model_copy(
+        update={"output": cfg.output.model_copy(update={"checkpoint_seconds": 3600.0})}
+    )
+
+
+def assert_readable_and_clean(out: Path) -> None:
+    assert leftovers(out) == []
+    for path in out.rglob("*.parquet"):
+        pq.read_table(path)  # every visible file is whole
+
+
+async def full_run_requests(api: MockAPI, out: Path) -> int:
+    return (await asyncingest.run(config(api, out))).endpoint("laps").requests
+
+
+async def test_cancelling_the_host_task_keeps_what_was_fetched_and_a_rerun_completes_it(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    full = await full_run_requests(api, tmp_path / "full")
+    out = tmp_path / "out"
+    cfg = slow_config(api, out)
+    laps = LapsAnswered(8)
+    p = Pipeline(cfg, subscribers=[laps])
+
+    async def service() -> None:
+        async with p:
+            await asyncio.Event().wait()  # serving until the host cancels it
+
+    task = asyncio.create_task(service())
+    await laps.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    cancelled = p.result
+    assert cancelled.cancelled and not cancelled.stopped and cancelled.exit_code == 3
+    assert p.snapshot().phase == "cancelled"
+    assert_readable_and_clean(out)
+    # The cancel's own checkpoint (none came before it) names the laps pages answered.
+    state = load_state(out)
+    assert state is not None and state.status == "interrupted"
+    kept = len(read_records(out, "laps"))
+    assert kept >= 8 * 10 - 2 * 10  # 8 pages answered, at most 2 of them in flight when cut
+    resumed = await asyncingest.run(cfg)
+    assert resumed.ok and resumed.note == "resumed"
+    assert_complete(api, out)  # each record once: nothing lost, nothing twice
+    # Pages committed before the cancel are not asked again (those in flight are).
+    asked = cancelled.endpoint("laps").requests + resumed.endpoint("laps").requests
+    assert asked <= full + 2
+
+
+async def test_cancel_returns_once_saved_and_is_harmless_after_the_end(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    cfg = slow_config(api, tmp_path)
+    laps = LapsAnswered(3)
+    p = Pipeline(cfg, subscribers=[laps])
+    with pytest.raises(PipelineStateError, match="has not started"):
+        await p.cancel()
+    await p.start()
+    await laps.wait()
+    await p.cancel()
+    assert p.result.cancelled and p.snapshot().done
+    with pytest.raises(asyncio.CancelledError):
+        await p.wait()
+    await p.cancel()  # nothing left to cancel
+    assert_readable_and_clean(tmp_path)
+    assert (await asyncingest.run(cfg)).ok
+    assert_complete(api, tmp_path)
+
+
+def run_and_leave(url: str, out: Path, pages: int) -> None:
+    """A script whose loop ends while the pipeline runs: asyncio.run cancels every task at
+    once, the pipeline's own too (the writers then cannot commit; the last checkpoint stands)."""
+    from asyncingest.config.loading import config_from_dict
+
+    raw = {
+        "api": {"base_url": url, "concurrency": {"requests_per_endpoint": 2}},
+        "output": {"directory": str(out), "row_group_rows": 50, "max_rows_per_file": 120},
+        "endpoints": ENDPOINTS,
+    }
+
+    async def main() -> None:
+        laps = LapsAnswered(pages)
+        p = Pipeline(config_from_dict(raw), subscribers=[laps])
+        await p.start()
+        await laps.wait()
+
+    asyncio.run(main())
+
+
+async def test_a_loop_shutting_down_mid_run_leaves_a_resumable_output(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    await asyncio.to_thread(run_and_leave, api.url, tmp_path, 6)
+    assert_readable_and_clean(tmp_path)
+    cfg = config(api, tmp_path)
+    assert (await asyncingest.run(cfg)).ok
+    assert_complete(api, tmp_path)
+
+
+async def test_an_error_in_the_block_cancels_the_run_and_propagates(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    api = await start_mock_api(latency_ms=20)
+    cfg = slow_config(api, tmp_path)
+    laps = LapsAnswered(3)
+    with pytest.raises(LookupError, match="the service's own"):
+        async with Pipeline(cfg, subscribers=[laps]) as p:
+            await laps.wait()
+            raise LookupError("the service's own error")
+    assert p.result.cancelled and p.snapshot().phase == "cancelled"
+    assert_readable_and_clean(tmp_path)
+    assert (await asyncingest.run(cfg)).ok
+    assert_complete(api, tmp_path)
+
+
+async def test_the_run_s_error_mid_run_is_raised_on_leaving_the_block(
+    mock_api: MockAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(parquet, "crash_point", fail_once_at(2))  # the disk fills up
+    with pytest.raises(asyncingest.EnvironmentFailure, match="no space left"):
+        async with Pipeline(config(mock_api, tmp_path)) as p:
+            pass
+    assert p.snapshot().phase == "failed"
+    with pytest.raises(asyncingest.EnvironmentFailure):
+        _ = p.result
+    assert_readable_and_clean(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -12,6 +13,7 @@ from asyncingest.core.events import (
     BudgetExhausted,
     EndpointFinished,
     EndpointStarted,
+    EventBus,
     JobFinished,
     JobsQueued,
     RatePaused,
@@ -26,7 +28,8 @@ from asyncingest.core.events import (
     RunStarted,
 )
 from asyncingest.core.result import EndpointStats, RunResult
-from asyncingest.core.snapshot import WindowUsage
+from asyncingest.core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
+from asyncingest.operate.logsub import LogSubscriber
 from asyncingest.operate.progress import (
     LiveProgress,
     PlainProgress,
@@ -35,7 +38,7 @@ from asyncingest.operate.progress import (
     render_progress,
     summary_table,
 )
-from asyncingest.operate.progress_model import ProgressModel, RateMeter
+from asyncingest.operate.progress_model import Progress, ProgressModel, RateMeter
 from asyncingest.testing import FakeClock
 
 
@@ -319,3 +322,89 @@ def test_the_report_shows_the_mean_limiter_wait_per_request() -> None:
     Console(file=out, width=160, color_system=None).print(summary_table(result))
     text = out.getvalue()
     assert "wait/req" in text and "500ms" in text and "mean time a request waited" in text
+
+
+# -- fed by snapshots ---------------------------------------------------------------------------
+
+
+class Counters:
+    """A run's snapshots as the model reads them: ``laps`` counters a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.laps = EndpointSnapshot("laps", "sessions", started=True)
+        self.windows = {"api": (WindowUsage(170, 10.0, 17, 17, 0.0),)}
+
+    def move(self, **fields: int) -> None:
+        self.laps = dataclasses.replace(self.laps, **fields)
+
+    def __call__(self) -> Snapshot:
+        return Snapshot("r1", "running", 0.0, (self.laps,), self.windows)
+
+
+def test_a_model_fed_by_snapshots_wants_no_per_request_event() -> None:
+    model = ProgressModel(snapshot=Counters())
+    wanted = model.event_types
+    assert wanted is not None
+    assert not {RequestStarted, RequestFinished, JobFinished, RequestRetried} & wanted
+    assert {RunStarted, EndpointStarted, EndpointFinished, BreakerChanged} <= wanted
+    plain = PlainProgress(io.StringIO(), model)
+    logs = LogSubscriber()  # at WARNING: no per-request line either
+    bus = EventBus([plain, logs])
+    for per_request in (RequestStarted, RequestFinished, JobFinished):
+        assert not bus.listening_to(per_request)()
+    assert bus.listening_to(RequestRetried)()  # the log shows retries
+    assert ProgressModel().event_types is None  # counting from events: all of them
+
+
+async def test_a_model_fed_by_snapshots_counts_and_rates_from_them(clock: FakeClock) -> None:
+    counters = Counters()
+    model = ProgressModel(clock.time, snapshot=counters)
+    model(EndpointStarted("laps", "sessions", None))
+    for second in range(1, 11):  # 16 requests, 4 jobs and 40 records a second, refreshed each
+        await clock.advance(1.0)
+        counters.move(
+            requests=16 * second,
+            jobs=100,
+            jobs_done=4 * second,
+            records_received=40 * second,
+            records_written=30 * second,
+            retries=second,
+            throttled=2,
+            in_flight=3,
+            queued=5,
+        )
+        model.refresh()
+    row = model.rows["laps"]
+    assert (row.requests, row.received, row.written, row.retries, row.throttled) == (
+        160,
+        400,
+        300,
+        10,
+        2,
+    )
+    assert model.in_flight(row) == 3 and model.rate(row) == 16.0
+    assert model.progress(row) == Progress(40, 100, "jobs", False)
+    assert model.eta(row) == 15.0  # 60 jobs left at 4 a second
+    assert model.budget is not None and model.budget() == counters.windows
+
+
+async def test_the_plain_display_refreshes_its_snapshot_before_each_line(
+    clock: FakeClock,
+) -> None:
+    counters = Counters()
+    out = io.StringIO()
+    model = ProgressModel(clock.time, snapshot=counters)
+    async with PlainProgress(out, model, every=10.0, clock=clock) as plain:
+        plain(EndpointStarted("laps", None, None))
+        counters.move(requests=50, records_received=500, records_written=400)
+        await clock.advance(10.0)
+        counters.move(requests=80, records_received=800, records_written=800)
+        plain(done("laps"))
+    lines = out.getvalue().splitlines()
+    first, last = lines[0], lines[-1]
+    assert lines[1] == "budget api: 170/10s 17 used (10%)"
+    assert first.startswith(
+        "laps: 500 records (400 written), 50 req, 0 retries, 0 failed, 5.0 req/s"
+    )
+    assert last.startswith("laps: 800 records (800 written), 80 req")
+    assert last.endswith(", done")

@@ -122,7 +122,11 @@ async def test_a_429_seen_by_one_pipeline_pauses_the_other(
     # No windows configured: the shared budget only pauses. The server answers the first
     # request for user 1001 with 429 and Retry-After: 1.
     api = await start_mock_api(
-        MockSettings.small(latency_ms=2.0, forced_faults={"/partner/users/1001": ("status_429",)})
+        MockSettings.small(
+            latency_ms=2.0,
+            fault_retry_after=1.0,  # small() says 0.2: too short to see b held back for sure
+            forced_faults={"/partner/users/1001": ("status_429",)},
+        )
     )
     a_cfg = pipeline(api.url, [users("users", [1000, 1001, 1002], tmp_path, 2)], tmp_path / "a")
     b_ids = list(range(5000, 20_000))  # more than b will fetch: stopped once a is done

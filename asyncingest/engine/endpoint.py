@@ -31,7 +31,6 @@ from ..core.pagination import PaginationLoop, PaginatorFailed, paginator_for
 from ..core.records import (
     Job,
     copy_parent_fields,
-    decide_retry,
     missing_key_reason,
     parse_page,
     split_by_key,
@@ -120,6 +119,8 @@ class EndpointRunner:
         self.started = False
         self.done = False  # its workers and writer have ended
         self.stopping = False  # graceful stop: finish the page in hand, start nothing new
+        self.halted = False  # cancelled: drop the requests in flight too (halt)
+        self.workers: list[asyncio.Task[None]] = []
         self.producers = 1  # who may still submit jobs; input closes when they are all done
         self._pk = endpoint.primary_key
         self._children_by_name: dict[str, EndpointRunner] = {}
@@ -135,6 +136,14 @@ class EndpointRunner:
         for task in list(self._waiting):
             task.cancel("asyncingest: stopping")
 
+    def halt(self) -> None:
+        """Stop at once (the run was cancelled): requests in flight and waits on the limits or a
+        back-off are dropped (a resumed run asks for those pages again). The writer goes on, so
+        the engine's last checkpoint can commit what it was handed; the engine ends it."""
+        self.stopping = self.halted = True
+        for task in self.workers:
+            task.cancel("asyncingest: cancelled")
+
     async def _interruptible(self, waiter: Coroutine[Any, Any, T]) -> T | None:
         """Await ``waiter`` unless a graceful stop interrupts it (then ``None``)."""
         if self.stopping:
@@ -146,7 +155,7 @@ class EndpointRunner:
         try:
             return await waiter
         except asyncio.CancelledError:
-            if self.stopping and task.cancelling() == 1:
+            if self.stopping and not self.halted and task.cancelling() == 1:
                 task.uncancel()
                 return None
             raise
@@ -154,6 +163,8 @@ class EndpointRunner:
             self._waiting.discard(task)
 
     def link(self, children: Sequence[EndpointRunner]) -> None:
+        """Make ``children`` the endpoints this one's records bind (``for_each``): the writer then
+        numbers their jobs into each child's journal as it writes a page."""
         self.children = list(children)
         self._children_by_name = {c.name: c for c in self.children}
         for c in self.children:
@@ -196,11 +207,13 @@ class EndpointRunner:
 
     async def run(self) -> None:
         """Run workers until the input is closed and drained, then finish the writer."""
+        if self.halted:
+            return
         self.stats.started = self.clock.time()
         self.started = True
         self.writer.start()
         assert self.writer.task is not None
-        workers = [
+        workers = self.workers = [
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
             for i in range(self.n_workers)
         ]
@@ -213,6 +226,12 @@ class EndpointRunner:
             if writer.done():
                 writer.result()  # raises the writer's own error
                 raise RuntimeError(f"{self.name}: the writer ended before its input did")
+            if self.halted:
+                # Workers cancelled by halt(): the engine takes the writer's last barrier, then
+                # ends it (and this task).
+                await asyncio.gather(all_workers, return_exceptions=True)
+                await writer
+                return
             await all_workers
             self.writer.finish()
             await writer
@@ -255,6 +274,8 @@ class EndpointRunner:
             if job is None:
                 return
             if self.stopping:
+                if self.halted:
+                    return
                 continue  # drain without working: the job is in the input or a journal
             await self._walk(job)
 
@@ -381,14 +402,7 @@ class EndpointRunner:
             if isinstance(outcome, Page):
                 return outcome
             failure = outcome
-            decision = decide_retry(
-                self.policy,
-                failure,
-                attempt,
-                now - started,
-                self.clock.wall(),
-                self.rng,
-            )
+            decision = self.policy.decide(attempt, now - started, failure, self.rng)
             if not decision.retry:
                 dead = self._give_up(request, job, failure, attempt, decision.reason)
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,6 +64,13 @@ from ..state.resume import JobPlan, apply, dead_letters_left, prepare, write_run
 from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
+
+log = logging.getLogger("asyncingest")
+
+
+#: How long a cancelled run may take to commit what its writers hold (_halt): seconds of real
+#: time, a bound on disk work, not on the API.
+CANCEL_SAVE_SECONDS = 10.0
 
 
 class Engine:
@@ -107,6 +115,7 @@ class Engine:
         self._started_at: float | None = None  # on the run's clock
         self._ended_at: float | None = None
         self._result: RunResult | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._own_limiters: dict[str, SlidingWindowLimiter] = {}
         self._state: RunState | None = None
         self._prior_files: dict[str, list[str]] = {}
@@ -346,15 +355,17 @@ class Engine:
             )
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
+            # The endpoints run in a task of their own, so that a cancellation of this one
+            # reaches _halt() before it reaches them (their writers must still be there).
+            work = asyncio.create_task(self._work(roots, trees), name=f"{self.run_id}-work")
             try:
-                async with asyncio.TaskGroup() as tg:
-                    # In the group: a checkpoint that cannot be saved (a full disk) stops the
-                    # run at once with its error, as a failing endpoint does.
-                    checkpointer = tg.create_task(
-                        self._checkpoint_every(cfg.output.checkpoint_seconds), name="checkpoints"
-                    )
-                    await self._run_trees(roots, trees)
-                    checkpointer.cancel()
+                try:
+                    await asyncio.wait((work,))
+                except asyncio.CancelledError:
+                    cancelled = True
+                    await self._halt(work, files)
+                    raise
+                work.result()  # the first error of an endpoint or a checkpoint, if any
                 await self._checkpoint(final=True)
                 compacted = await self._compact(list(folders))
                 if state.status == "complete":
@@ -364,7 +375,7 @@ class Engine:
                 raise
             except BaseException as exc:
                 failed = True
-                await asyncio.shield(asyncio.to_thread(self._abandon_files, files))
+                await asyncio.shield(self._quiet_files(files))
                 if isinstance(exc, BaseExceptionGroup):  # an endpoint failed: its own error
                     raise first_cause(exc) from None
                 raise
@@ -378,7 +389,7 @@ class Engine:
                     endpoints=tuple(r.stats.summary() for r in self._runners.values()),
                     duration=self._clock.time() - started,
                     cancelled=cancelled,
-                    stopped=self._stopping,
+                    stopped=self._stopping and not cancelled,
                     note=self._stop_reason or ("resumed" if start.resumed else ""),
                     dead_requests=left[0],
                     dead_records=left[1],
@@ -392,6 +403,54 @@ class Engine:
                         raise  # else the failure that ended the run is the one to report
         self.events.emit(RunFinished(result))
         return result
+
+    async def _work(self, roots: list[EndpointConfig], trees: asyncio.Semaphore) -> None:
+        """Every endpoint tree, and the periodic checkpoints, until all are done."""
+        async with asyncio.TaskGroup() as tg:
+            # In the group: a checkpoint that cannot be saved (a full disk) stops the run at
+            # once with its error, as a failing endpoint does.
+            self._checkpointer = tg.create_task(
+                self._checkpoint_every(self.config.output.checkpoint_seconds), name="checkpoints"
+            )
+            await self._run_trees(roots, trees)
+            self._checkpointer.cancel()
+
+    async def _halt(self, work: asyncio.Task[None], files: ThreadPoolExecutor) -> None:
+        """The run was cancelled: stop at once, keep what is safe (docs/architecture.md,
+        "Stopping and cancelling").
+
+        Requests in flight and waits on the limits or a back-off are dropped: the next run asks
+        for those pages again. Pages already handed to the writers are committed by one last
+        checkpoint, given ``CANCEL_SAVE_SECONDS`` at most; past that (a hung disk), or if it
+        fails, the previous checkpoint stands (at most ``output.checkpoint_seconds`` of work is
+        redone). Then every task of the run ends and the staging files are removed. This waits
+        for all of that, whatever further cancellations arrive: it is bounded."""
+        self._stopping = True
+        self._phase = "stopping"
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()  # shielded: a checkpoint under way finishes first
+        for r in self._runners.values():
+            r.halt()
+        if not await _bounded(self._save_halted(), CANCEL_SAVE_SECONDS):
+            log.warning(
+                "%s: cancelled; what the writers held could not be committed (within %gs); "
+                "the checkpoint before stands",
+                self.run_id,
+                CANCEL_SAVE_SECONDS,
+            )
+        work.cancel()
+        for r in self._runners.values():
+            if r.writer.task is not None:
+                r.writer.task.cancel()
+        await _bounded(asyncio.wait((work,)), None)
+        await _bounded(self._quiet_files(files), None)
+
+    async def _save_halted(self) -> None:
+        """Once no worker is left, barrier every writer: what they were handed is committed."""
+        workers = [t for r in self._runners.values() for t in r.workers]
+        if workers:
+            await asyncio.wait(workers)
+        await self._checkpoint(final=True)
 
     def _build_runners(
         self,
@@ -445,8 +504,20 @@ class Engine:
         while True:
             await self._clock.sleep(seconds)
             # Shielded: a checkpoint holds tokens handed out once; cancelling it half way
-            # would lose them. The final checkpoint waits for it on the lock.
-            await asyncio.shield(self._checkpoint())
+            # would lose them. The final checkpoint waits for it on the lock, and so does
+            # the clean-up after a failure or a cancel (_quiet_files) before it shuts the file
+            # thread down. Left alone by a cancel, its own error (if any) is not the run's: the
+            # run ends with the error that cancelled it.
+            checkpoint = asyncio.ensure_future(self._checkpoint())
+            checkpoint.add_done_callback(_retrieve)
+            await asyncio.shield(checkpoint)
+
+    async def _quiet_files(self, files: ThreadPoolExecutor) -> None:
+        """After a failure or a cancel: let a checkpoint under way finish with the file thread
+        (it is shielded), then shut it down and delete every staging file."""
+        async with self._checkpoint_lock:
+            pass
+        await asyncio.to_thread(self._abandon_files, files)
 
     async def _checkpoint(self, final: bool = False) -> None:
         """Barrier every writer at once, then save a state naming only durable work."""
@@ -567,6 +638,8 @@ class Engine:
                 total = max(0, total - len(self._state.endpoint(runner.name).done))
         self.events.emit(EndpointStarted(runner.name, runner.endpoint.parent, total))
         await runner.run()
+        if runner.halted:
+            return  # cancelled: _halt() ends the rest
         # Everything this endpoint will ever produce has been handed to its children.
         for child in runner.children:
             await child.producer_done()
@@ -646,6 +719,36 @@ class Engine:
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
+
+
+async def _bounded(aw: Awaitable[object], seconds: float | None) -> bool:
+    """Await ``aw`` for at most ``seconds`` of loop time (None: no limit), letting no
+    cancellation of the caller interrupt it; on time out it is cancelled and awaited. True when
+    it completed without an error."""
+    task = asyncio.ensure_future(aw)
+    loop = asyncio.get_running_loop()
+    deadline = None if seconds is None else loop.time() + seconds
+    while not task.done():
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            task.cancel()
+            deadline = None  # now wait for it to unwind
+            continue
+        try:
+            await asyncio.wait((task,), timeout=left)
+        except asyncio.CancelledError:
+            continue  # already stopping at once; this is the bounded part of it
+    if task.cancelled():
+        return False
+    if (error := task.exception()) is not None:
+        log.warning("while stopping at once: %r", error)
+        return False
+    return True
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

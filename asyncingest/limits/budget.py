@@ -48,6 +48,9 @@ class BudgetWatch:
         self._reported_until = 0.0  # monotonic time the last reported episode ends
 
     def check(self, endpoint: str) -> None:
+        """If a limiter's next slot is further away than the threshold, emit
+        :class:`BudgetExhausted` for ``endpoint`` (once per pause) and, when given ``stop``, stop
+        the run with the reason."""
         for limiter in self.limiters:
             wait = limiter.time_until_capacity()
             if wait is None or wait <= self.threshold:

@@ -221,6 +221,7 @@ class Window:
         self._count = 0
 
     def pending(self, now: float) -> int:
+        """How many releases still count at ``now`` (dropping those expired)."""
         expiries = self._expiries
         while expiries and expiries[0] <= now:
             expiries.popleft()
@@ -228,6 +229,8 @@ class Window:
         return self._count
 
     def add(self, released_at: float) -> None:
+        """Count a release at ``released_at``: it expires ``seconds`` later (rounded up to its
+        bucket's end when bucketed, never earlier)."""
         at = released_at
         if self.bucket:
             at = math.ceil(released_at / self.bucket) * self.bucket
@@ -242,9 +245,11 @@ class Window:
         self._count += 1
 
     def first_expiry(self) -> float | None:
+        """The earliest instant a counted release expires, or None when none counts."""
         return self._expiries[0] if self._expiries else None
 
     def stored(self) -> int:
+        """How many expiry entries are kept (at most ~seconds/bucket when bucketed)."""
         return len(self._expiries)
 
 
@@ -269,6 +274,7 @@ class WindowPermit:
         self._done = False
 
     def release(self) -> None:
+        """End the slot's flight: its window expiry starts now. Idempotent."""
         if not self._done:
             self._done = True
             self._limiter._release()
@@ -601,6 +607,7 @@ class Permits:
         self._permits = permits
 
     def release(self) -> None:
+        """Release every held permit, the last acquired first. Idempotent."""
         permits, self._permits = self._permits, []
         for permit in reversed(permits):
             permit.release()

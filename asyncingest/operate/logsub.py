@@ -69,6 +69,14 @@ class LogSubscriber:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("asyncingest.run")
 
+    @property
+    def event_types(self) -> frozenset[type]:
+        """The events it logs at the logger's level (read when it is subscribed): below DEBUG
+        the engine then builds no per-request event for it."""
+        if self.log.isEnabledFor(logging.DEBUG):
+            return frozenset(_DESCRIBE)
+        return frozenset(_DESCRIBE) - _DEBUG_ONLY
+
     def __call__(self, event: Event) -> None:
         describe = _DESCRIBE.get(type(event))
         if describe is None:
@@ -314,6 +322,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, event, message, then the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line: level, event name, message, the event's fields, and the
+        exception's traceback when there is one."""
         fields = getattr(record, "event_fields", None)
         extra: dict[str, Any] = dict(fields) if isinstance(fields, Mapping) else {}
         if record.exc_info:

@@ -243,10 +243,17 @@ class LiveProgress:
         self._live = Live(console=console, auto_refresh=False, transient=False)
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def event_types(self) -> frozenset[type[Event]] | None:
+        """The events its model needs (see ``ProgressModel.event_types``)."""
+        return self.model.event_types
+
     def __call__(self, event: Event) -> None:
         self.model(event)
 
     def refresh(self) -> None:
+        """Redraw the table from the model now."""
+        self.model.refresh()
         self._live.update(render_progress(self.model, self.title), refresh=True)
 
     async def _tick(self) -> None:
@@ -288,14 +295,22 @@ class PlainProgress:
         self.clock = clock or LoopClock()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def event_types(self) -> frozenset[type[Event]] | None:
+        """The events its model needs (see ``ProgressModel.event_types``)."""
+        return self.model.event_types
+
     def __call__(self, event: Event) -> None:
         self.model(event)
         if isinstance(event, EndpointFinished):
+            self.model.refresh()
             self._write([plain_line(self.model, self.model.row(event.summary.name), "done")])
         elif isinstance(event, BudgetExhausted):
             self._write([f"{event.endpoint}: {event.reason}"])  # at once: it may be hours
 
     def report(self) -> None:
+        """Write one line per active endpoint (and the budget and pause, if any) to the stream."""
+        self.model.refresh()
         lines = [plain_line(self.model, r) for r in self.model.rows.values() if _active(r)]
         if lines and (budget := budget_text(self.model)) is not None:
             lines += budget.plain.splitlines()

@@ -48,13 +48,11 @@ async def run_operated(
     messages go through ``out`` (text, quiet or JSON lines)."""
     pipeline = Pipeline(cfg, output=op.output, fresh=op.fresh, retry_failed=op.retry_failed)
 
-    def in_flight(name: str) -> int:
-        return pipeline.snapshot().endpoint(name).in_flight
-
     def budget() -> Mapping[str, Sequence[WindowUsage]]:
         return pipeline.snapshot().windows
 
-    model = ProgressModel(in_flight=in_flight, budget=budget)
+    # Counters from snapshots at the display's refresh rate; events only for what they show.
+    model = ProgressModel(snapshot=pipeline.snapshot)
     # JSON logs on stderr stay parseable: no plain progress lines between them.
     quiet = op.quiet or op.log_format == "json"
     console = out.console
