@@ -59,10 +59,12 @@ from .engine.engine import Engine
 from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
 from .errors import (
     AsyncIngestError,
+    BatchesClosed,
     ConfigError,
     EnvironmentFailure,
     OutputLocked,
     Problem,
+    RunCancelled,
     StateCorrupt,
 )
 from .limits.clock import Clock, LoopClock
@@ -145,6 +147,8 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "OutputLocked",
     "EnvironmentFailure",
     "StateCorrupt",
+    "BatchesClosed",
+    "RunCancelled",
     # limits and time
     "RateBudget",
     "BudgetPermit",

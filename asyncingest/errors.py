@@ -51,6 +51,29 @@ class OutputLocked(AsyncIngestError):
         )
 
 
+class BatchesClosed(AsyncIngestError):
+    """The consumer closed ``batches(endpoint)`` before the endpoint finished."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"batches({endpoint!r}) was closed before the endpoint finished; the checkpoint "
+            "keeps what was delivered. Read the batches to the end (after stop() they end "
+            "soon), or cancel the pipeline"
+        )
+
+
+class RunCancelled(AsyncIngestError):
+    """The run was cancelled before the endpoint's batches ended."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"the run was cancelled before batches({endpoint!r}) ended; the checkpoint keeps "
+            "what was delivered"
+        )
+
+
 class EnvironmentFailure(AsyncIngestError):
     """The machine, not the config or the API, stopped the run: a full disk, a read-only or
     unwritable output, a damaged checkpoint. The CLI exits 4. Committed files are intact;

@@ -7,6 +7,7 @@ The spec is a JSON object; ``kind`` picks the variant:
             the loop once and returns a canned user record, so only the engine's own work
             (feeding, limits, parsing, events, the writer, Parquet) costs CPU
 ``sync``    ``asyncingest.sync.run_sync(config, max_workers=...)``
+``batches`` ``Engine.batches`` for each endpoint in ``read``, a task per endpoint counting rows
 ``bare``    :func:`benchmarks.bare_aiohttp.crawl` (the ceiling)
 ``stages``  case 3's per-stage costs, in this process (:mod:`benchmarks._stages`)
 
@@ -109,6 +110,36 @@ async def _tick(period: float, lags: list[float], cpu: list[float]) -> None:
         due = max(due + period, now)  # a late tick does not make the next ones look late
 
 
+def run_batches(spec: dict[str, Any]) -> Outcome:
+    """The config's endpoints read back as Arrow batches (``Engine.batches``), one reader task
+    per endpoint in ``spec["read"]``, each counting rows and doing nothing else with them."""
+    import asyncingest
+
+    config = asyncingest.config_from_dict(spec["config"])
+    run = _loop_runner(spec)
+    delivered: dict[str, int] = {}
+    batches: dict[str, int] = {}
+
+    async def read(name: str, stream: Any) -> None:
+        async for batch in stream:
+            delivered[name] = delivered.get(name, 0) + batch.num_rows
+            batches[name] = batches.get(name, 0) + 1
+
+    async def crawl() -> Any:
+        engine = asyncingest.Engine(config)
+        streams = {n: engine.batches(n) for n in spec["read"]}
+        async with asyncio.TaskGroup() as tg:
+            for name, stream in streams.items():
+                tg.create_task(read(name, stream))
+            running = tg.create_task(engine.run())
+        return running.result()
+
+    outcome = _result_outcome(run(crawl()))
+    outcome["records"] = sum(delivered.values())
+    outcome["extra"].update(delivered=delivered, batches=batches)
+    return outcome
+
+
 def run_null(spec: dict[str, Any]) -> Outcome:
     from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -166,6 +197,7 @@ def run_stages(spec: dict[str, Any]) -> Outcome:
 KINDS: dict[str, Callable[[dict[str, Any]], Outcome]] = {
     "engine": run_engine,
     "null": run_null,
+    "batches": run_batches,
     "sync": run_sync,
     "bare": run_bare,
     "stages": run_stages,
@@ -178,7 +210,7 @@ def _preload(kind: str) -> None:
     import orjson  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    if kind in ("engine", "null", "sync"):
+    if kind in ("engine", "null", "sync", "batches"):
         import asyncingest
     if kind == "sync":
         import asyncingest.sync  # noqa: F401

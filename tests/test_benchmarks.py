@@ -116,3 +116,17 @@ def test_ab_cli_cpu_reports_cpu_per_request_of_both_checkouts(
     out = capsys.readouterr().out
     assert out.count("us CPU/request") == 4
     assert "after/before CPU per request:" in out
+
+
+def test_bench_service_measures_health_and_loop_lag_idle_and_ingesting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import bench_service
+
+    assert bench_service.main(["--quick", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "| idle |" in out
+    assert "| ingesting, 2 crawls in the service's loop (default) |" in out
+    assert "| ingesting, 2 crawls in a pipelines thread |" in out
+    assert out.count("target /health p99 < 20 ms, ingesting") == 2
+    assert "loop callbacks that used more than" in out

@@ -121,5 +121,9 @@ def test_equality_compares_the_ranges() -> None:
 
 def test_repr_shows_ranges_as_inclusive_and_counts_the_rest() -> None:
     assert repr(RangeSet([(0, 3), (5, 6)])) == "RangeSet(0-2, 5)"
+    five = RangeSet([(i * 10, i * 10 + 2) for i in range(5)])
+    assert repr(five) == "RangeSet(0-1, 10-11, 20-21, 30-31, 40-41)"  # all shown, no count
+    six = RangeSet([(i * 10, i * 10 + 2) for i in range(6)])
+    assert repr(six) == "RangeSet(0-1, 10-11, 20-21, 30-31, 40-41, ... (6 ranges))"
     many = RangeSet([(i * 10, i * 10 + 2) for i in range(7)])
     assert repr(many) == "RangeSet(0-1, 10-11, 20-21, 30-31, 40-41, ... (7 ranges))"

@@ -166,7 +166,24 @@ async def start_worker(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    return WorkerProc(proc)
+    worker = WorkerProc(proc)
+    _STARTED.append(worker)
+    return worker
+
+
+_STARTED: list[WorkerProc] = []
+
+
+@pytest.fixture(autouse=True)
+async def _no_worker_left() -> AsyncIterator[None]:
+    """A test that fails half way must not leave its workers consuming: kill what is left."""
+    yield
+    while _STARTED:
+        worker = _STARTED.pop()
+        if worker.proc.returncode is None:
+            worker.proc.kill()
+            await worker.proc.wait()
+        worker._reader.cancel()
 
 
 async def all_committed(out: Path, run_id: str, total: int, workers: list[WorkerProc]) -> None:

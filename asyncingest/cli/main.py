@@ -369,6 +369,17 @@ def _command(args: argparse.Namespace, out: Reporter) -> int:
 
 def _run(args: argparse.Namespace, out: Reporter) -> int:
     cfg = load_config(args.config, args.overrides)
+    if cfg.output.format == "none":  # the records would go nowhere
+        raise ConfigError(
+            args.config,
+            [
+                Problem(
+                    "output.format",
+                    "none delivers records only to Pipeline.batches() in a program; "
+                    "the command line writes Parquet (format: parquet)",
+                )
+            ],
+        )
     queued = [e.name for e in cfg.endpoints if e.from_queue is not None]
     if queued:
         raise ConfigError(

@@ -561,11 +561,32 @@ def _body_fields(body: Any) -> set[str]:
     return set()
 
 
+_PARQUET_ONLY = ("directory", "compression", "max_rows_per_file", "min_rows_per_file")
+
+
 class OutputConfig(_Model):
     """Where and how the Parquet output is written: folder, compression, row groups, file sizes, and
     how often progress is checkpointed (``output``).
+
+    ``format: none`` (or just ``output: none``) writes no Parquet at all: records reach the
+    embedding service only as Arrow batches (``Pipeline.batches``), a batch about every
+    ``row_group_rows`` records (it ends with the page that filled it) and at checkpoints. Its
+    checkpoint state then lives in ``state_dir``, and a restarted pipeline continues after the
+    last batch delivered; without ``state_dir`` there is no state and every run starts afresh
+    (README, "Records back as Arrow batches").
     """
 
+    format: Literal["parquet", "none"] = Field(
+        "parquet",
+        description="'parquet' (files under directory) or 'none' (Arrow batches only, "
+        "through Pipeline.batches)",
+    )
+    state_dir: str | None = Field(
+        None,
+        description="format none only: a folder for the checkpoint state, so a restarted "
+        "pipeline continues after the last delivered batch (default: no state, every run "
+        "starts afresh)",
+    )
     directory: str = "output"
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
     row_group_rows: int = Field(10_000, ge=1)
@@ -583,6 +604,36 @@ class OutputConfig(_Model):
         description="how often progress is made durable (files committed, state saved); "
         "a killed run redoes at most about this much work",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """``output: none`` / ``output: parquet`` stand for ``{format: ...}``."""
+        if isinstance(data, str):
+            if data.strip().lower() not in ("none", "parquet"):
+                raise ValueError(
+                    f"expected a mapping, or 'none' (Arrow batches only) or 'parquet', got {data!r}"
+                )
+            return {"format": data.strip().lower()}
+        return data
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> OutputConfig:
+        if self.format == "none":
+            given = [f for f in _PARQUET_ONLY if f in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: only for Parquet output, but format is none "
+                    "(records go only to Pipeline.batches(); checkpoint state goes to state_dir)"
+                )
+        elif self.state_dir is not None:
+            raise ValueError(
+                "state_dir: only for format none (Parquet output keeps its checkpoint state in "
+                "its directory)"
+            )
+        if self.state_dir is not None and not self.state_dir.strip():
+            raise ValueError("state_dir: is empty; name a folder, or leave it out for no state")
+        return self
 
     @model_validator(mode="after")
     def _groups_fit(self) -> OutputConfig:
@@ -619,6 +670,11 @@ class PipelineConfig(_Model):
                 raise ValueError(f"output folder '{n}' is used twice (folder names must differ)")
             seen.add(n.lower())
         for e in self.endpoints:
+            if self.output.format == "none" and e.transform is not None:
+                raise ValueError(
+                    f"endpoint '{e.name}': a transform writes Parquet, but output format is "
+                    "none; drop the transform or use format parquet"
+                )
             if e.for_each and e.for_each.endpoint not in names:
                 raise ValueError(
                     f"endpoint '{e.name}': for_each.endpoint '{e.for_each.endpoint}' "

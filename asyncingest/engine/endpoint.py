@@ -43,6 +43,7 @@ from ..limits.breaker import CircuitOpen
 from ..limits.budget import BudgetWatch
 from ..limits.clock import Clock
 from ..limits.limiter import Limit, Permit
+from ..sink.batches import BatchSink
 from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
@@ -68,7 +69,7 @@ class EndpointRunner:
         client: HttpClient,
         limits: Limit,
         policy: RetryPolicy,
-        sink: ParquetSink,
+        sink: ParquetSink | BatchSink,
         dead_letters: DeadLetters,
         journal: Journal | None,
         events: EventBus,

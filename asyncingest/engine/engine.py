@@ -19,6 +19,8 @@ import itertools
 import logging
 import os
 import random
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Iterable
@@ -50,6 +52,7 @@ from ..limits.clock import BoundLoopClock, Clock, LoopClock
 from ..limits.limiter import Limit, Limits, SlidingWindowLimiter
 from ..limits.rate_budget import Budget, BudgetShare, RateBudget
 from ..limits.throttle import AdaptiveThrottle
+from ..sink.batches import BatchSink
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink, SinkOptions
 from ..state.checkpoint import (
@@ -64,6 +67,7 @@ from ..state.resume import JobPlan, apply, dead_letters_left, prepare, write_run
 from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
+from .tap import BatchStream, BatchTap
 
 log = logging.getLogger("asyncingest")
 
@@ -82,10 +86,15 @@ class Engine:
     config), ``fresh=True`` starts over, ``retry_failed=True`` re-requests dead-lettered
     requests. ``stop()`` asks for a graceful stop: no new work, in-flight requests finish,
     files and state are committed; ``result.stopped`` is then true. ``snapshot()`` shows where
-    the run is at any moment. Everything else on it is private.
+    the run is at any moment. ``batches(endpoint)`` gives an endpoint's records back as Arrow
+    batches (``engine/tap.py``). Everything else on it is private.
 
     ``budget``: the API's rate budget, shared with other pipelines given the same one (it then
     replaces ``config.api.rate_limits``); without it the engine makes its own from the config.
+
+    With ``output: none`` nothing is written as Parquet: the state (checkpoint, journals, dead
+    letters, run reports) goes to ``output.state_dir``, or, without one, to a temporary
+    folder deleted at the end (every run starts afresh).
     """
 
     def __init__(
@@ -101,7 +110,22 @@ class Engine:
         budget: RateBudget | None = None,
     ) -> None:
         self.config = config
-        self.output = Path(output if output is not None else config.output.directory)
+        self.batches_only = config.output.format == "none"
+        self._ephemeral = False  # output: none without state_dir: a temporary state folder
+        if self.batches_only:
+            if output is not None:
+                raise ValueError(
+                    "output: the pipeline's output format is none (no Parquet); give "
+                    "output.state_dir for its checkpoint state instead"
+                )
+            self._ephemeral = config.output.state_dir is None
+            self.output = Path(config.output.state_dir or tempfile.gettempdir())
+        else:
+            self.output = Path(output if output is not None else config.output.directory)
+        self._taps: dict[str, BatchTap] = {}
+        self._ended = False
+        self._checkpoint_wanted = False
+        self._checkpoint_wake: asyncio.Future[None] | None = None
         self.events = EventBus(subscribers)
         self._clock: Clock = clock or LoopClock()
         self._rng = random.Random(seed)
@@ -136,6 +160,71 @@ class Engine:
         return (
             f"Engine(run_id={self.run_id}, output={self.output}, {self.phase}, runners={runners!r})"
         )
+
+    def batches(self, endpoint: str) -> BatchStream:
+        """``endpoint``'s records as ``pyarrow.RecordBatch`` es (``async for``), typed as its
+        Parquet files are; see :mod:`asyncingest.engine.tap`. One consumer per endpoint, and
+        before the endpoint has written anything (before ``run``, or right after it starts).
+        """
+        names = [e.name for e in self.config.endpoints]
+        if endpoint not in names:
+            raise ValueError(
+                f"batches({endpoint!r}): no such endpoint (endpoints: {', '.join(names)})"
+            )
+        if endpoint in self._taps:
+            raise RuntimeError(
+                f"batches({endpoint!r}) was already called: one consumer per endpoint"
+            )
+        if self._ended:
+            raise RuntimeError(f"batches({endpoint!r}): the run has ended")
+        tap = BatchTap(endpoint)
+        runner = self._runners.get(endpoint)
+        if runner is not None:  # running already: only if nothing was written yet
+            self._attach(runner, tap)
+        elif (t := self.config.endpoint(endpoint).transform) is not None and not t.keep_raw:
+            raise ValueError(
+                f"batches({endpoint!r}): the endpoint keeps no raw records "
+                "(transform.keep_raw: false)"
+            )
+        self._taps[endpoint] = tap
+        return BatchStream(tap)
+
+    def _attach(self, runner: EndpointRunner, tap: BatchTap) -> None:
+        writer = runner.writer
+        writer.attach_tap(tap)
+        if self.batches_only and not self._ephemeral:
+            # A restart continues after the last delivered batch: batches end at checkpoints,
+            # and the next one is handed out once the state naming the last is saved.
+            writer.cut_at_barriers = True
+            writer.request_checkpoint = self._checkpoint_soon
+            tap.strict = True
+
+    def _checkpoint_soon(self) -> None:
+        """Checkpoint now instead of at the next ``checkpoint_seconds`` (coalesced)."""
+        self._checkpoint_wanted = True
+        if self._checkpoint_wake is not None and not self._checkpoint_wake.done():
+            self._checkpoint_wake.set_result(None)
+
+    async def _next_checkpoint(self, seconds: float) -> None:
+        """Until ``seconds`` have passed or a writer asked for a checkpoint."""
+        if not self._checkpoint_wanted:
+            wake = self._checkpoint_wake = asyncio.get_running_loop().create_future()
+            sleep = asyncio.ensure_future(self._clock.sleep(seconds))
+            try:
+                await asyncio.wait((wake, sleep), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleep.cancel()
+                self._checkpoint_wake = None
+        self._checkpoint_wanted = False
+
+    def _end_taps(self, error: BaseException | None) -> None:
+        """The run is over: every stream ends, or raises the run's error."""
+        self._ended = True
+        for tap in self._taps.values():
+            if error is None:
+                tap.end()
+            else:
+                tap.fail(error)
 
     def stop(self) -> None:
         """Graceful stop: take no new work, let in-flight requests finish, commit, save."""
@@ -252,23 +341,36 @@ class Engine:
         if self._phase != "new":
             raise RuntimeError(f"{self!r} has run already: an engine runs once")
         self._phase = "stopping" if self._stopping else "running"
-        lock = OutputLock(self.output)
         try:
-            lock.acquire()  # before anything reads the state or --fresh deletes anything
-            result = await self._run()
-        except asyncio.CancelledError:
-            self._phase = "cancelled"
+            if self._ephemeral:  # output: none, no state_dir: state for this run only
+                self.output = Path(
+                    await asyncio.to_thread(tempfile.mkdtemp, prefix="asyncingest-state-")
+                )
+            lock = OutputLock(self.output)
+            try:
+                lock.acquire()  # before anything reads the state or --fresh deletes anything
+                result = await self._run()
+            except asyncio.CancelledError:
+                self._phase = "cancelled"
+                raise
+            except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
+                self._phase = "failed"
+                raise environment_failure(exc, self.output) from exc
+            except BaseException:
+                self._phase = "failed"
+                raise
+            finally:
+                lock.release()
+                if self._started_at is not None:
+                    self._ended_at = self._clock.time()
+                if self._ephemeral:
+                    await asyncio.shield(
+                        asyncio.to_thread(shutil.rmtree, self.output, ignore_errors=True)
+                    )
+        except BaseException as exc:
+            self._end_taps(exc)
             raise
-        except OSError as exc:  # a full disk, a read-only output: not a bug, not the config
-            self._phase = "failed"
-            raise environment_failure(exc, self.output) from exc
-        except BaseException:
-            self._phase = "failed"
-            raise
-        finally:
-            lock.release()
-            if self._started_at is not None:
-                self._ended_at = self._clock.time()
+        self._end_taps(None)
         self._result = result
         self._phase = "stopped" if result.stopped else "finished"
         return result
@@ -293,12 +395,14 @@ class Engine:
         state = self._state = start.state
         folders = {e.name: e.name for e in cfg.endpoints}
         folders.update({f: f for e in cfg.endpoints if (f := e.transform_folder)})
+        # output: none has no Parquet folders: nothing to clean up or compact.
+        parquet = {} if self.batches_only else folders
         # A compaction cut short by a kill is finished first (it was committed), or its
         # staging files deleted (it was not); an output already complete gets it done now.
         if await asyncio.to_thread(recover, self.output, state):
             await asyncio.to_thread(save_state, self.output, state)
         if start.already_complete:
-            merged = await self._compact(list(folders))
+            merged = await self._compact(list(parquet))
             dead, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
             return RunResult(
                 self.run_id,
@@ -310,7 +414,7 @@ class Engine:
                 dead_requests=dead,
                 dead_records=refused,
             )
-        await asyncio.to_thread(discard_uncommitted, self.output, state, folders)
+        await asyncio.to_thread(discard_uncommitted, self.output, state, parquet)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
         state.runs.append(self.run_id)
@@ -367,7 +471,7 @@ class Engine:
                     raise
                 work.result()  # the first error of an endpoint or a checkpoint, if any
                 await self._checkpoint(final=True)
-                compacted = await self._compact(list(folders))
+                compacted = await self._compact(list(parquet))
                 if state.status == "complete":
                     left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
@@ -427,6 +531,10 @@ class Engine:
         for all of that, whatever further cancellations arrive: it is bounded."""
         self._stopping = True
         self._phase = "stopping"
+        # Readers of batches() get RunCancelled now; a writer holding batches nobody will
+        # take fails the last checkpoint at once (it may name only delivered work), so the
+        # one before stands: with a state_dir, right after the last delivered batch.
+        self._end_taps(asyncio.CancelledError())
         if self._checkpointer is not None:
             self._checkpointer.cancel()  # shielded: a checkpoint under way finishes first
         for r in self._runners.values():
@@ -443,6 +551,8 @@ class Engine:
             if r.writer.task is not None:
                 r.writer.task.cancel()
         await _bounded(asyncio.wait((work,)), None)
+        if not work.cancelled():
+            work.exception()  # seen: the cancellation is what this run reports
         await _bounded(self._quiet_files(files), None)
 
     async def _save_halted(self) -> None:
@@ -472,13 +582,18 @@ class Engine:
                 journal = Journal(self.output, e.name)
                 journal.open(es.journal_lines, es.journal_bytes)
             workers = e.concurrency or cfg.api.concurrency.requests_per_endpoint
+            sink: ParquetSink | BatchSink
+            if self.batches_only:
+                sink = BatchSink(self.output, e.name, e.schema_, e.columns)
+            else:
+                sink = ParquetSink(self.output, e.name, options, e.schema_, e.columns)
             self._runners[e.name] = EndpointRunner(
                 e,
                 base_url=base,
                 client=client,
                 limits=self._limits_for(e, workers),
                 policy=policy,
-                sink=ParquetSink(self.output, e.name, options, e.schema_, e.columns),
+                sink=sink,
                 dead_letters=DeadLetters(self.output, e.name),
                 journal=journal,
                 events=self.events,
@@ -495,6 +610,9 @@ class Engine:
                 folder = runner.endpoint.transform_folder
                 assert folder is not None
                 runner.writer.attach_transform(pool, t, ParquetSink(self.output, folder, options))
+            tap = self._taps.get(name)
+            if tap is not None:
+                self._attach(runner, tap)
             runner.budget = self._budget_watch(runner.endpoint)
             runner.guards = self._guards_for(runner.endpoint)
 
@@ -502,7 +620,7 @@ class Engine:
 
     async def _checkpoint_every(self, seconds: float) -> None:
         while True:
-            await self._clock.sleep(seconds)
+            await self._next_checkpoint(seconds)
             # Shielded: a checkpoint holds tokens handed out once; cancelling it half way
             # would lose them. The final checkpoint waits for it on the lock, and so does
             # the clean-up after a failure or a cancel (_quiet_files) before it shuts the file
@@ -540,6 +658,9 @@ class Engine:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self._stop_reason
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+            for r in runners:
+                if r.writer.tap is not None:
+                    r.writer.tap.saved_through(r.writer.answered_batches)
             if not final:
                 await asyncio.shield(self._compact_running())
 
@@ -553,6 +674,8 @@ class Engine:
         for r in self._runners.values():
             sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
             for sink in sinks:
+                if not isinstance(sink, ParquetSink):
+                    continue  # output: none
                 folder = sink.directory.name
                 before = list(state.endpoint(folder).files)
                 done = await loop.run_in_executor(

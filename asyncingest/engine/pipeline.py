@@ -33,6 +33,7 @@ from ..core.snapshot import Snapshot
 from ..limits.clock import Clock
 from ..limits.rate_budget import RateBudget
 from .engine import Engine
+from .tap import BatchStream
 
 __all__ = ["Pipeline", "PipelineStateError", "run", "run_sync"]
 
@@ -178,6 +179,21 @@ class Pipeline:
         """Where the run is now (see :class:`~asyncingest.Snapshot`): O(endpoints), safe at any
         moment, before the start and after the end."""
         return self._engine.snapshot()
+
+    def batches(self, endpoint: str) -> BatchStream:
+        """``endpoint``'s records as ``pyarrow.RecordBatch`` es, as they are parsed (``async
+        for``), typed as its Parquet files are; with Parquet on, exactly its row groups as
+        written; with ``output: none``, the only place the records go.
+
+        Call it once per endpoint, before :meth:`start` or right after it (before awaiting
+        anything else): the endpoint must not have written anything yet. Read every stream
+        you asked for until it ends (one task each): a reader that falls behind slows that
+        endpoint's fetching (at most 2 batches wait), and a batch counts as delivered when the
+        next is asked for, which is what a checkpoint may name. The stream ends with the
+        endpoint (after :meth:`stop` too); the run's error, or :class:`~asyncingest.RunCancelled`,
+        is raised in it. README, "Records back as Arrow batches".
+        """
+        return self._engine.batches(endpoint)
 
     def _started(self, verb: str) -> asyncio.Task[RunResult]:
         if self._task is None:

@@ -12,6 +12,16 @@ pending tokens, the committed files and the committed lengths. Because a barrier
 every writer's queue in one synchronous step, a checkpoint built from the answers names only
 durable work, and a child job can only be durable if the parent page that made it is
 (docs/architecture.md, "Checkpoints").
+
+With a :class:`~asyncingest.engine.tap.BatchTap` attached (``Pipeline.batches``), the batches
+the sink produced go to the tap after each sink call (the writer waits while the tap is full:
+backpressure), and a barrier's answer waits until the consumer has taken every batch made
+before it, so a checkpoint names only delivered work; the writer's end waits for the
+consumer to see the end. With ``cut_at_barriers`` (``output: none`` with a ``state_dir``) a
+batch ends only at a barrier: once ``row_group_rows`` records are buffered the writer asks
+the engine for a checkpoint (``request_checkpoint``) and applies nothing more until that
+barrier is in its inbox, so each checkpoint names exactly the batches up to one boundary and
+a restart continues right after the last batch delivered.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from ..config.models import ForEach, TransformConfig
 from ..core.records import bind_children
 from ..core.request import Record
 from ..errors import environment_failure
+from ..sink.batches import BatchSink
 from ..sink.deadletter import DeadLetter, DeadLetters
 from ..sink.parquet import ParquetSink
 from ..state.checkpoint import Journal
@@ -36,6 +47,7 @@ from ..state.progress import BarrierResult, Progress, Token
 from ..transform.pipe import TransformPipe
 from ..transform.pool import TransformPool
 from .channel import Channel
+from .tap import BatchTap
 
 if TYPE_CHECKING:
     from ..core.records import Job
@@ -83,7 +95,7 @@ class Writer:
     def __init__(
         self,
         name: str,
-        sink: ParquetSink,
+        sink: ParquetSink | BatchSink,
         dead: DeadLetters,
         child_journals: dict[str, Journal],
         ledger: EndpointLedger,
@@ -119,6 +131,78 @@ class Writer:
         self.tsink: ParquetSink | None = None
         self.keep_raw = True
         self._tcommitted = 0
+        self.tap: BatchTap | None = None  # Pipeline.batches: the consumer of this endpoint
+        self.fed = False  # records have reached the sink (too late to attach a tap)
+        # output: none with a state_dir: batches end at barriers only (module docstring).
+        self.cut_at_barriers = False
+        self.request_checkpoint: Callable[[], None] | None = None
+        self.answered_batches = 0  # batches the last settled barrier answer covered
+        self._barriers_queued = 0
+        self._barrier_queued: asyncio.Future[None] | None = None
+
+    def attach_tap(self, tap: BatchTap) -> None:
+        """Hand every batch the sink makes to ``tap``; only before any record reached it."""
+        if self.fed:
+            raise RuntimeError(
+                f"batches({self.name!r}): the endpoint has already written records; call "
+                "batches() before the pipeline starts, or right after (before awaiting "
+                "anything else)"
+            )
+        if not self.keep_raw:
+            raise ValueError(
+                f"batches({self.name!r}): the endpoint keeps no raw records "
+                "(transform.keep_raw: false)"
+            )
+        self.tap = tap
+        self.sink.tap = True
+
+    async def _hand_batches(self) -> None:
+        """The batches the sink made since the last call, to the tap (waiting for room)."""
+        tap = self.tap
+        if tap is None:
+            return
+        for batch in self.sink.take_batches():
+            await tap.put(batch)
+
+    def _answer(self, b: Barrier, result: BarrierResult) -> None:
+        """Answer ``b`` now, or with a tap once every batch made so far is delivered."""
+        tap = self.tap
+        if tap is None:
+            b.future.set_result(result)
+            return
+        covered = tap.put_count
+        delivered = tap.when_delivered(covered)
+        delivered.add_done_callback(lambda f: self._settle(b, f, result, covered))
+
+    def _settle(
+        self,
+        b: Barrier,
+        delivered: asyncio.Future[None],
+        result: BarrierResult,
+        covered: int,
+    ) -> None:
+        """Answer ``b`` once the batches before it are delivered (or fail it)."""
+        if b.future.done():
+            return
+        if delivered.cancelled():
+            b.future.cancel()
+        elif (exc := delivered.exception()) is not None:
+            b.future.set_exception(exc)
+        else:
+            self.answered_batches = covered
+            b.future.set_result(result)
+
+    async def _wait_for_a_barrier(self) -> None:
+        """``cut_at_barriers``: a batch is full; ask for a checkpoint and wait for its barrier."""
+        if self.request_checkpoint is not None:
+            self.request_checkpoint()
+        if self._barriers_queued:
+            return
+        fut = self._barrier_queued = asyncio.get_running_loop().create_future()
+        try:
+            await fut
+        finally:
+            self._barrier_queued = None
 
     def attach_transform(
         self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink
@@ -220,6 +304,9 @@ class Writer:
         else:
             self._inbox.put_nowait(b)
             self._inbox.flush()
+            self._barriers_queued += 1
+            if self._barrier_queued is not None and not self._barrier_queued.done():
+                self._barrier_queued.set_result(None)
         return b.future
 
     def _answer_final(self, b: Barrier) -> None:
@@ -234,6 +321,8 @@ class Writer:
         self._finishing = True
         self._inbox.put_nowait(None)
         self._inbox.flush()
+        if self._barrier_queued is not None and not self._barrier_queued.done():
+            self._barrier_queued.set_result(None)  # no barrier needed: the end cuts the batch
 
     def _take_final(self) -> BarrierResult:
         final = self._final or self._snapshot(finished=True)
@@ -257,6 +346,8 @@ class Writer:
                     waiting.append(item)
             for b in waiting:
                 _fail(b, exc)
+            if self.tap is not None:  # answers waiting for deliveries: they never come now
+                self.tap.abandon_waiters(exc)
             if self.pipe is not None:  # a hard stop or a failure: no batch left running
                 await self.pipe.aclose()
             raise
@@ -270,22 +361,33 @@ class Writer:
                     await self.pipe.drain()
                 await self._write_buffer()
                 await self._in_files(self._close)
+                if self.tap is not None:
+                    await self._hand_batches()
+                    await self.tap.finish()  # the consumer has taken (and let go of) the last
+                    self.answered_batches = self.tap.put_count
                 self._final = self._snapshot(self._take_progress(), finished=True)
                 return
             if isinstance(item, Barrier):
+                self._barriers_queued -= 1
                 self._answering = item
                 if self.pipe is not None:
                     await self.pipe.drain()
                 await self._write_buffer()
                 await self._in_files(self._sync)
-                item.future.set_result(self._snapshot(self._take_progress()))
+                await self._hand_batches()
+                self._answer(item, self._snapshot(self._take_progress()))
                 self._answering = None
                 continue
             self._apply(item)
             if self.pipe is not None:
                 await self.pipe.feed(item.records, item.token)
             if len(self._buffer) >= self.row_group_rows:
-                await self._write_buffer()
+                if self.cut_at_barriers:
+                    # Finishing: no barrier comes through the inbox now; the end cuts it.
+                    if not self._barriers_queued and not self._finishing:
+                        await self._wait_for_a_barrier()
+                else:
+                    await self._write_buffer()
 
     def _apply(self, item: PageDone) -> None:
         if item.records and self.keep_raw:
@@ -308,6 +410,7 @@ class Writer:
         if not self._buffer:
             return
         records, self._buffer = self._buffer, []
+        self.fed = True
         rejected = await self._in_files(self.sink.write, records)
         for rej in rejected:
             self.dead.add(DeadLetter.rejected_record(rej.record, rej.reason))
@@ -315,6 +418,7 @@ class Writer:
         self.ledger.written(len(records) - len(rejected))
         self.ledger.schema_noted(self.sink.dropped_fields, self.sink.json_fallbacks)
         self._announce_files()
+        await self._hand_batches()
 
     def abandon(self) -> None:
         """After a failure, once no file work runs: staging files go, committed files stay."""

@@ -153,6 +153,10 @@ class ParquetSink:
         # widen, so the folder keeps one schema across runs.
         self._earlier: list[Path] = []
         self._merged_away: set[Path] = set()  # committed files a compaction replaced
+        # With ``tap`` on, every row group written is also kept as one RecordBatch (its exact
+        # rows, columns and types) until ``take_batches``: what ``Pipeline.batches`` hands out.
+        self.tap = False
+        self._batches: list[pa.RecordBatch] = []
         self._adopt_earlier_files()
 
     def _adopt_earlier_files(self) -> None:
@@ -244,6 +248,11 @@ class ParquetSink:
             self._closed = True
         return list(self._files)
 
+    def take_batches(self) -> list[pa.RecordBatch]:
+        """The row groups written since the last call, one RecordBatch each (``tap`` on)."""
+        out, self._batches = self._batches, []
+        return out
+
     # -- internals -----------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -268,7 +277,10 @@ class ParquetSink:
         if self._open is None:
             self._open = self._start_file(schema)
         table = pa.concat_tables([conform(t, schema) for t in self._pending])
-        self._open.writer.write_table(table.slice(0, size), row_group_size=size)
+        group = table.slice(0, size)
+        self._open.writer.write_table(group, row_group_size=size)
+        if self.tap:
+            self._batches.extend(group.combine_chunks().to_batches())
         self._open.rows += size
         rest = table.slice(size)
         self._pending = [rest] if rest.num_rows else []
@@ -340,6 +352,7 @@ class ParquetSink:
         with contextlib.suppress(OSError):
             self._remove_stale()
         self._pending, self._pending_rows, self._closed = [], 0, True
+        self._batches = []
 
     def _remove_stale(self) -> list[Path]:
         stale = [p for p in self.directory.iterdir() if _STAGING.fullmatch(p.name)]

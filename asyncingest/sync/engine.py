@@ -362,6 +362,13 @@ def unsupported(config: PipelineConfig) -> list[Problem]:
         for e in config.endpoints
         if e.from_file is not None and e.from_file.copy_fields
     ]
+    if config.output.format == "none":
+        problems.append(
+            Problem(
+                "output.format",
+                "none (Arrow batches through Pipeline.batches) is not available in sync mode",
+            )
+        )
     api = config.api
     why = "not available in sync mode (see docs/sync-mode.md)"
     if "circuit_breaker" in api.model_fields_set and api.circuit_breaker is not None:

@@ -1,0 +1,1 @@
+"""Worked examples of embedding asyncingest; not part of the installed package."""
