@@ -22,6 +22,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 import yaml
+from hypothesis import settings
 
 import asyncingest
 from asyncingest import RunResult, config_from_dict
@@ -456,3 +457,15 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def service_required() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+# -- hypothesis ----------------------------------------------------------------------------------
+
+# "ci" (the default): the same examples every run (derandomize), no per-example deadline (a
+# loaded machine must not fail a property on time), few examples, no example database on disk.
+# HYPOTHESIS_PROFILE=thorough searches at random and much longer, to look for new failures.
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=40, database=None, print_blob=True
+)
+settings.register_profile("thorough", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

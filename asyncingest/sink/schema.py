@@ -255,6 +255,8 @@ class BatchConverter:
     ) -> tuple[pa.Array, dict[int, str], Kind]:
         """Widen the column's kind for this batch, then convert it."""
         current = self._types[name]
+        if kinds <= {_NONE} and is_nested(current):  # a batch where a nested column is all null
+            return pa.nulls(len(column), arrow_type(current)), {}, current
         if not kinds <= {_NONE} and current != "json":
             if kinds & _NESTED or is_nested(current):
                 kind, poison = current, {}
