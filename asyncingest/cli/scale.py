@@ -206,7 +206,13 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
             "command line", [Problem("--output/--set", "only with --config (a from_queue job)")]
         )
     configure_logging(args.log_level, "text", everything=True)
-    out.say("budget", _budget_note(args.budget), "warning")
+    note = _budget_note(args.budget)
+    if args.shards_at_once > 1:
+        note += (
+            f"; each of the {args.shards_at_once} shards this worker runs at once also keeps "
+            "them on its own"
+        )
+    out.say("budget", note, "warning")
 
     async def main() -> int:
         observer = None
