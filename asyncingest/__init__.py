@@ -67,6 +67,7 @@ from .errors import (
 )
 from .limits.clock import Clock, LoopClock
 from .limits.limiter import ConcurrencyLimit, Limits, SlidingWindowLimiter
+from .limits.rate_budget import Budget, BudgetPermit, RateBudget
 from .operate.tuning import tune_gc
 from .testing import FakeClock
 
@@ -105,6 +106,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "run_sync",
     "Engine",
     "PipelineStateError",
+    "Budget",
     "tune_gc",
     # results and snapshots
     "Snapshot",
@@ -142,6 +144,8 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "EnvironmentFailure",
     "StateCorrupt",
     # limits and time
+    "RateBudget",
+    "BudgetPermit",
     "SlidingWindowLimiter",
     "ConcurrencyLimit",
     "Limits",

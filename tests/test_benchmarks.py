@@ -99,6 +99,7 @@ def test_ab_crawl_with_lag_reports_the_loop_lag_of_both_checkouts(
     assert ab_crawl.main([*argv, "--lag", "10"]) == 0
     out = capsys.readouterr().out
     assert out.count("loop lag p99") == 2
+    assert out.count("loop CPU per tick p99") == 2  # the loop's own CPU between two ticks
     assert "before loop lag (10 ms timer): median p99" in out
     assert "after  loop lag (10 ms timer): median p99" in out
 

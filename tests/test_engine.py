@@ -134,6 +134,8 @@ async def test_post_with_a_json_body(mock_api: MockAPI, tmp_path: Path) -> None:
 
 async def test_retry_after_is_honoured(engine: Runner, tmp_path: Path) -> None:
     settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
+    told = settings.fault_retry_after  # the mock's Retry-After (0.2 s: more than any backoff)
+    assert told > FAST_RETRY["backoff_max"]
     events: list[Event] = []
     async with MockAPI(settings) as api:
         cfg = pipeline(api.url, F1_ENDPOINTS[:1], tmp_path)
@@ -141,9 +143,9 @@ async def test_retry_after_is_honoured(engine: Runner, tmp_path: Path) -> None:
         arrivals = [e.time for e in api.stats.log if e.path.startswith("/v1/meetings")]
     assert result.ok and result.endpoint("meetings").retries == 1
     retried = [e for e in events if isinstance(e, RequestRetried)]
-    assert len(retried) == 1 and retried[0].wait >= 1.0 and retried[0].status == 429
+    assert len(retried) == 1 and retried[0].wait >= told and retried[0].status == 429
     assert len(arrivals) == 2
-    assert arrivals[1] - arrivals[0] >= 1.0  # the mock's Retry-After: 1
+    assert arrivals[1] - arrivals[0] >= told
     assert isinstance(events[-1], RunFinished) and events[-1].result is result
 
 
@@ -156,13 +158,13 @@ async def test_a_trickling_body_hits_the_total_deadline_and_is_retried(
     events: list[Event] = []
     async with MockAPI(settings) as api:
         cfg = pipeline(
-            api.url, F1_ENDPOINTS[:1], tmp_path, http={"total_timeout": 0.3, "read_timeout": 10}
+            api.url, F1_ENDPOINTS[:1], tmp_path, http={"total_timeout": 0.15, "read_timeout": 10}
         )
         result = await engine(cfg, subscribers=[events.append])
         expected = api.dataset.meetings
     assert result.ok
     retries = [e for e in events if isinstance(e, RequestRetried)]
-    assert len(retries) == 1 and "0.3s" in retries[0].reason
+    assert len(retries) == 1 and "0.15s" in retries[0].reason
     assert_same_records(read_records(tmp_path, "meetings"), expected, ["meeting_key"])
 
 
@@ -225,16 +227,21 @@ async def test_a_429_pauses_the_whole_budget_not_just_one_request(tmp_path: Path
         "params": {"limit": 1},
         "pagination": {"type": "link_header"},
     }
-    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
+    settings = MockSettings.small(
+        forced_faults={"/v1/meetings": ("status_429",)},
+        latency_ms=80,
+        fault_retry_after=0.4,
+        n_companies=6,  # six pages of companies: before, during and after the pause
+    )
     async with MockAPI(settings) as api:
         result = await asyncingest.run(pipeline(api.url, [F1_ENDPOINTS[0], companies], tmp_path))
         log = list(api.stats.log)
     assert result.ok
     (throttled,) = [e.time for e in log if e.status == 429]
-    # Requests already granted may still arrive; then nothing until Retry-After (1 s) is over.
-    quiet = [e for e in log if throttled + 0.05 < e.time < throttled + 0.95]
+    # Requests already granted may still arrive; then nothing until Retry-After (0.4 s) is over.
+    quiet = [e for e in log if throttled + 0.05 < e.time < throttled + 0.35]
     assert quiet == []
-    assert any(e.time >= throttled + 1.0 for e in log if e.path.startswith("/crm"))
+    assert any(e.time >= throttled + 0.4 for e in log if e.path.startswith("/crm"))
 
 
 async def test_the_shared_budget_is_not_paused_when_adaptive_rate_is_off(tmp_path: Path) -> None:
@@ -244,14 +251,19 @@ async def test_the_shared_budget_is_not_paused_when_adaptive_rate_is_off(tmp_pat
         "params": {"limit": 1},
         "pagination": {"type": "link_header"},
     }
-    settings = MockSettings.small(forced_faults={"/v1/meetings": ("status_429",)}, latency_ms=80)
+    settings = MockSettings.small(
+        forced_faults={"/v1/meetings": ("status_429",)},
+        latency_ms=80,
+        fault_retry_after=0.4,
+        n_companies=6,  # six pages of companies: before, during and after the pause
+    )
     async with MockAPI(settings) as api:
         cfg = pipeline(api.url, [F1_ENDPOINTS[0], companies], tmp_path, adaptive_rate=False)
         result = await asyncingest.run(cfg)
         log = list(api.stats.log)
     assert result.ok
     (throttled,) = [e.time for e in log if e.status == 429]
-    assert [e for e in log if throttled + 0.05 < e.time < throttled + 0.95]
+    assert [e for e in log if throttled + 0.05 < e.time < throttled + 0.35]
 
 
 async def test_a_failing_endpoint_trips_its_breaker_and_the_report_says_so(tmp_path: Path) -> None:

@@ -55,7 +55,9 @@ async def test_disk_full_while_committing_then_the_run_resumes_exactly(
 ) -> None:
     ids_path, ids = write_ids(tmp_path, 120)
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(fault_rate=0.05, latency_ms=2)) as api:
+    # fault_retry_after 1 s: a run as long as the 12th commit assumes (small() says 0.2 s).
+    settings = MockSettings.small(fault_rate=0.05, latency_ms=2, fault_retry_after=1.0)
+    async with MockAPI(settings) as api:
         cfg = config_from_dict(job_config(api.url, out, ids_path))
         monkeypatch.setattr(parquet, "crash_point", fail_once_at(12))
         with pytest.raises(EnvironmentFailure) as info:

@@ -10,8 +10,9 @@ from asyncingest.core.retry import FailureKind
 from asyncingest.engine.guards import EndpointGuards, breaker_events, concurrency_events
 from asyncingest.limits.adaptive import AdaptiveConcurrency
 from asyncingest.limits.breaker import CircuitBreaker, Ticket
-from asyncingest.limits.limiter import Limits, SlidingWindowLimiter
-from asyncingest.limits.throttle import AdaptiveThrottle, PauseGate
+from asyncingest.limits.limiter import Limits
+from asyncingest.limits.rate_budget import Budget
+from asyncingest.limits.throttle import AdaptiveThrottle
 from asyncingest.testing import FakeClock
 
 THROTTLED = {"Retry-After": "30"}
@@ -35,23 +36,14 @@ def http(
     guards.answered(ticket, sent=sent, latency=0.2, status=status, kind=kind, headers=headers)
 
 
-def guards_for(
-    name: str, clock: FakeClock, emit: Emitted, budget: SlidingWindowLimiter | PauseGate
-) -> EndpointGuards:
-    return EndpointGuards(
-        name,
-        clock,
-        emit,
-        throttle=AdaptiveThrottle(reserve=1),
-        budget=budget,
-        in_flight=lambda: getattr(budget, "in_flight", 0),
-    )
+def guards_for(name: str, clock: FakeClock, emit: Emitted, budget: Budget) -> EndpointGuards:
+    return EndpointGuards(name, clock, emit, throttle=AdaptiveThrottle(reserve=1), budget=budget)
 
 
 async def test_a_429_on_one_endpoint_pauses_every_endpoint_of_the_api() -> None:
     clock = FakeClock(start=0.0)
     emitted = Emitted()
-    api = SlidingWindowLimiter([(170, 10.0)], clock, name="api")
+    api = Budget([(170, 10.0)], clock=clock, name="api")
     laps = guards_for("laps", clock, emitted, api)
     granted: dict[str, float] = {}
 
@@ -71,8 +63,8 @@ async def test_a_429_on_one_endpoint_pauses_every_endpoint_of_the_api() -> None:
 async def test_quota_spent_pauses_before_any_429() -> None:
     clock = FakeClock(start=0.0)
     emitted = Emitted()
-    gate = PauseGate(clock, "api")  # the config declares no windows
-    guards = guards_for("contacts", clock, emitted, gate)
+    budget = Budget(clock=clock)  # the config declares no windows
+    guards = guards_for("contacts", clock, emitted, budget)
     headers = {
         "X-HubSpot-RateLimit-Max": "190",
         "X-HubSpot-RateLimit-Remaining": "0",
@@ -81,7 +73,7 @@ async def test_quota_spent_pauses_before_any_429() -> None:
     http(guards, 200, headers)
     [event] = emitted
     assert isinstance(event, RatePaused) and not event.throttled and event.seconds == 10.0
-    assert gate.paused_until == 10.0
+    assert budget.pause_left() == 10.0
 
 
 async def test_failures_open_the_breaker_and_say_so() -> None:

@@ -110,7 +110,7 @@ async def test_a_connection_reset_is_not_resent_behind_the_limiters_back(
         "from_file": {"path": str(ids), "column": "id"},
     }
     api = {
-        "rate_limits": [{"requests": 10, "per_seconds": 0.25}],
+        "rate_limits": [{"requests": 10, "per_seconds": 0.05}],
         "retry": {**FAST_RETRY, "max_attempts": 10},
         "concurrency": {"requests_per_endpoint": 4},
     }
@@ -118,7 +118,7 @@ async def test_a_connection_reset_is_not_resent_behind_the_limiters_back(
     assert result.ok
     attempts = result.endpoint("r").requests
     assert len(server.arrivals) == attempts
-    assert most_in_any_window([a.at for a in server.arrivals], 0.25) <= 10
+    assert most_in_any_window([a.at for a in server.arrivals], 0.05) <= 10
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -134,11 +134,11 @@ async def test_every_redirect_hop_holds_its_own_slot(
         "records": "items",
         "from_file": {"path": str(ids), "column": "id"},
     }
-    api = {"rate_limits": [{"requests": 6, "per_seconds": 0.25}]}
+    api = {"rate_limits": [{"requests": 6, "per_seconds": 0.05}]}
     result = await run_in(mode, cfg(base, tmp_path / "o", [endpoint], api=api))
     assert result.ok
     assert len(server.arrivals) == 48  # each job: the 302 and the page it points at
-    assert most_in_any_window([a.at for a in server.arrivals], 0.25) <= 6
+    assert most_in_any_window([a.at for a in server.arrivals], 0.05) <= 6
 
 
 async def test_redirects_under_a_concurrency_cap_do_not_deadlock(
@@ -294,11 +294,11 @@ async def test_a_trickling_body_ends_at_total_timeout(
     """Five bytes a second with a Content-Length of 1000: every gap is short, the whole is
     not; total_timeout ends it."""
     _, base = hostile
-    api = {"http": {"total_timeout": 0.5, "read_timeout": 5}, "retry": {"max_attempts": 1}}
+    api = {"http": {"total_timeout": 0.25, "read_timeout": 5}, "retry": {"max_attempts": 1}}
     result = await asyncingest.run(cfg(base, tmp_path, [{"name": "t", "path": "trickle"}], api=api))
     assert result.exit_code == 1
     [dead] = dead_letters(tmp_path, "t")
-    assert "no complete response within 0.5s" in dead["reason"]
+    assert "no complete response within 0.25s" in dead["reason"]
 
 
 @pytest.mark.parametrize(
@@ -480,11 +480,11 @@ async def test_resets_with_latency_never_break_the_referees_window(tmp_path: Pat
     settings = MockSettings.small(
         fault_rate=0.2,
         fault_kinds=("reset_before_answer",),
-        rate_limits=((15, 0.5),),
+        rate_limits=((15, 0.25),),
         latency_jitter_ms=50,
     )
     async with MockAPI(settings) as api:
-        limits = [{"requests": 15, "per_seconds": 0.5}]
+        limits = [{"requests": 15, "per_seconds": 0.25}]
         result = await asyncingest.run(
             pipeline(api.url, F1_ENDPOINTS, tmp_path, rate_limits=limits)
         )

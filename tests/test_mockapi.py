@@ -363,9 +363,19 @@ async def test_status_faults(client: aiohttp.ClientSession, kind: str) -> None:
             assert r.status == 200
 
 
-async def test_status_429_fault_says_retry_after_one_second(client: aiohttp.ClientSession) -> None:
-    async with MockAPI(forced("status_429")) as api, client.get(f"{api.url}/v1/meetings") as r:
-        assert (r.status, r.headers["Retry-After"]) == (429, "1")
+@pytest.mark.parametrize(
+    ("settings", "header"),
+    [
+        (MockSettings(forced_faults={"/v1/meetings": ("status_429",)}), "1"),  # the default
+        (forced("status_429"), "0.2"),  # small(): tests wait a fifth of a second per 429
+        (forced("status_429", fault_retry_after=3), "3"),
+    ],
+)
+async def test_status_429_fault_says_its_retry_after(
+    client: aiohttp.ClientSession, settings: MockSettings, header: str
+) -> None:
+    async with MockAPI(settings) as api, client.get(f"{api.url}/v1/meetings") as r:
+        assert (r.status, r.headers["Retry-After"]) == (429, header)
 
 
 @pytest.mark.parametrize("kind", ["reset_mid_body", "truncated_body"])

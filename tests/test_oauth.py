@@ -302,9 +302,9 @@ class FakeTokenEndpoint:
         self.clock = clock
         self.delay = delay
         self.calls = 0
-        self.answers: list[tuple[int, bytes, str | None] | Failure] = []
+        self.answers: list[tuple[int, bytes, float | None] | Failure] = []
 
-    async def __call__(self) -> tuple[int, bytes, str | None] | Failure:
+    async def __call__(self) -> tuple[int, bytes, float | None] | Failure:
         self.calls += 1
         await self.clock.sleep(self.delay)
         if self.answers:
@@ -374,7 +374,7 @@ async def test_retryable_token_failures_back_off_then_give_up() -> None:
     clock = FakeClock()
     tokens, endpoint = keeper(clock)
     endpoint.answers = [
-        (503, b"busy", "2"),
+        (503, b"busy", 2.0),
         Failure(FailureKind.CONNECTION, "refused"),
         (500, b"", None),
     ]
@@ -413,8 +413,8 @@ def test_the_token_endpoints_answers_are_read_with_secrets_hidden() -> None:
         read_token_answer(credentials, 302, b"", 0.0)
     with pytest.raises(ConfigError, match="without an access_token"):
         read_token_answer(credentials, 200, b"{}", 0.0)
-    retry = read_token_answer(credentials, 429, b"", 0.0, "3")
-    assert isinstance(retry, Failure) and retry.retry_after == "3"
+    retry = read_token_answer(credentials, 429, b"", 0.0, 3.0)
+    assert isinstance(retry, Failure) and retry.retry_after == 3.0
     token = read_token_answer(credentials, 200, b'{"access_token": "t-1", "expires_in": 8}', 50.0)
     assert not isinstance(token, Failure)
     assert (token.refresh_at, token.expires_at) == (54.0, 58.0)  # margin: at most half the life

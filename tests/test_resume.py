@@ -33,6 +33,10 @@ from .conftest import (
 
 pytestmark = pytest.mark.slow
 
+# The crash points (the 7th state save, kills after 0.9-1.5 s) assume a run as long as each
+# injected 429 waiting a whole second makes it; small()'s 0.2 s would end the run first.
+LONG_429 = {"fault_retry_after": 1.0}
+
 
 @pytest.mark.parametrize(
     "crash_at", ["commit:2", "commit:9", "state:3", "state:7", "page:25", "page:140"]
@@ -42,7 +46,7 @@ async def test_sigkill_at_a_crash_point_then_resume_gives_every_record_once(
 ) -> None:
     ids_path, ids = write_ids(tmp_path)
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(fault_rate=0.1, latency_ms=2)) as api:
+    async with MockAPI(MockSettings.small(fault_rate=0.1, latency_ms=2, **LONG_429)) as api:
         cfg = tmp_path / "job.yaml"
         cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
@@ -58,7 +62,7 @@ async def test_sigkill_at_a_crash_point_then_resume_gives_every_record_once(
 async def test_repeated_sigkills_at_random_moments_then_resume(tmp_path: Path) -> None:
     ids_path, ids = write_ids(tmp_path, 300)
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(fault_rate=0.1, latency_ms=5)) as api:
+    async with MockAPI(MockSettings.small(fault_rate=0.1, latency_ms=5, **LONG_429)) as api:
         cfg = tmp_path / "job.yaml"
         cfg.write_text(yaml.safe_dump(job_config(api.url, out, ids_path)))
         kills = 0

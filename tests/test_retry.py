@@ -9,8 +9,8 @@ from email.utils import format_datetime
 import pytest
 
 from asyncingest.core.retry import (
+    Failure,
     FailureKind,
-    Outcome,
     RetryPolicy,
     parse_retry_after,
 )
@@ -48,6 +48,34 @@ def test_retry_after_http_date_in_the_past_is_zero() -> None:
 @pytest.mark.parametrize("value", [None, "", "soon", "nan", "inf", "1e3", "12 seconds", "Mon, 99"])
 def test_retry_after_garbage_is_none(value: str | None) -> None:
     assert parse_retry_after(value, NOW) is None
+
+
+# -- Failure: one classification of a failed attempt, Retry-After parsed once ---------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("120", 120.0), ("1.5", 1.5), (http_date(NOW + 45), 45.0), ("soon", None), (None, None)],
+)
+def test_an_answered_failure_carries_retry_after_in_seconds_read_against_the_wall_clock(
+    header: str | None, seconds: float | None
+) -> None:
+    headers = {"Retry-After": header} if header is not None else {}
+    failure = Failure.answered(429, "HTTP 429: slow down", headers, NOW)
+    assert (failure.kind, failure.status, failure.retry_after) == (
+        FailureKind.HTTP_STATUS,
+        429,
+        seconds,
+    )
+    assert failure.headers is headers  # the guards read the quota headers of a failure too
+    assert str(failure) == "HTTP 429 (HTTP 429: slow down)"
+
+
+def test_a_failure_without_an_answer_names_its_kind() -> None:
+    assert str(Failure(FailureKind.TIMEOUT)) == "timeout"
+    assert str(Failure(FailureKind.RESET, "server disconnected")) == (
+        "connection reset (server disconnected)"
+    )
 
 
 # -- backoff ----------------------------------------------------------------------------------
@@ -102,13 +130,13 @@ def test_same_seed_same_delays() -> None:
 def test_retryable_statuses_are_408_429_and_every_5xx() -> None:
     policy = RetryPolicy()
     for status in (408, 429, 500, 502, 503, 504, 507, 599):
-        assert policy.retryable(Outcome.http(status))
+        assert policy.retryable(Failure.http(status))
     for status in (400, 401, 403, 404, 409, 410, 422, 310):
-        assert not policy.retryable(Outcome.http(status))
+        assert not policy.retryable(Failure.http(status))
 
 
 def test_non_retryable_4xx_gives_up_at_once() -> None:
-    decision = RetryPolicy().decide(1, 0.0, Outcome.http(404), random.Random(0))
+    decision = RetryPolicy().decide(1, 0.0, Failure.http(404), random.Random(0))
     assert not decision.retry
     assert decision.reason == "HTTP 404 (not retryable)"
 
@@ -125,17 +153,17 @@ RETRIED_KINDS = [k for k in FailureKind if k not in NOT_RETRIED]
 
 @pytest.mark.parametrize("kind", REPEATING)
 def test_failures_that_would_repeat_are_not_retried(kind: FailureKind) -> None:
-    assert not RetryPolicy().decide(1, 0.0, Outcome.failure(kind), random.Random(0)).retry
+    assert not RetryPolicy().decide(1, 0.0, Failure(kind), random.Random(0)).retry
 
 
 @pytest.mark.parametrize("kind", RETRIED_KINDS)
 def test_network_and_body_failures_are_retried(kind: FailureKind) -> None:
-    decision = RetryPolicy().decide(1, 0.0, Outcome.failure(kind), random.Random(0))
+    decision = RetryPolicy().decide(1, 0.0, Failure(kind), random.Random(0))
     assert decision.retry
 
 
 def test_body_too_large_is_not_retried() -> None:
-    outcome = Outcome.failure(FailureKind.BODY_TOO_LARGE, "over 50 MB")
+    outcome = Failure(FailureKind.BODY_TOO_LARGE, "over 50 MB")
     decision = RetryPolicy().decide(1, 0.0, outcome, random.Random(0))
     assert not decision.retry
     assert decision.reason == "body too large (over 50 MB) (not retryable)"
@@ -143,27 +171,27 @@ def test_body_too_large_is_not_retried() -> None:
 
 def test_statuses_are_configurable() -> None:
     policy = RetryPolicy(retry_statuses=frozenset({409}))
-    assert policy.decide(1, 0.0, Outcome.http(409), random.Random(0)).retry
-    assert not policy.decide(1, 0.0, Outcome.http(503), random.Random(0)).retry
+    assert policy.decide(1, 0.0, Failure.http(409), random.Random(0)).retry
+    assert not policy.decide(1, 0.0, Failure.http(503), random.Random(0)).retry
 
 
 def test_gives_up_after_max_attempts() -> None:
     policy = RetryPolicy(max_attempts=5, max_time=1e6)
     rng = random.Random(0)
-    assert all(policy.decide(n, 0.0, Outcome.http(503), rng).retry for n in range(1, 5))
-    decision = policy.decide(5, 0.0, Outcome.http(503), rng)
+    assert all(policy.decide(n, 0.0, Failure.http(503), rng).retry for n in range(1, 5))
+    decision = policy.decide(5, 0.0, Failure.http(503), rng)
     assert not decision.retry
     assert decision.reason == "gave up after 5 attempts: HTTP 503"
 
 
 def test_max_attempts_one_means_no_retry() -> None:
     policy = RetryPolicy(max_attempts=1)
-    assert not policy.decide(1, 0.0, Outcome.failure(FailureKind.TIMEOUT), random.Random(0)).retry
+    assert not policy.decide(1, 0.0, Failure(FailureKind.TIMEOUT), random.Random(0)).retry
 
 
 def test_gives_up_once_max_time_has_passed() -> None:
     policy = RetryPolicy(max_time=60.0)
-    decision = policy.decide(2, 60.0, Outcome.failure(FailureKind.TIMEOUT), random.Random(0))
+    decision = policy.decide(2, 60.0, Failure(FailureKind.TIMEOUT), random.Random(0))
     assert not decision.retry
     assert "max_time 60s" in decision.reason
 
@@ -172,12 +200,12 @@ def test_wait_never_passes_max_time() -> None:
     policy = RetryPolicy(
         max_attempts=100, max_time=10.0, backoff_base=4.0, backoff_max=100.0, jitter=False
     )
-    decision = policy.decide(3, 9.0, Outcome.http(500), random.Random(0))
+    decision = policy.decide(3, 9.0, Failure.http(500), random.Random(0))
     assert decision.retry and decision.wait == 1.0
 
 
 def test_retry_after_is_honoured() -> None:
-    decision = RetryPolicy().decide(1, 0.0, Outcome.http(429, retry_after=30.0), random.Random(0))
+    decision = RetryPolicy().decide(1, 0.0, Failure.http(429, retry_after=30.0), random.Random(0))
     assert decision.retry and decision.wait >= 30.0
 
 
@@ -185,20 +213,20 @@ def test_retry_after_over_the_cap_gives_up_naming_it() -> None:
     """The README's word: a longer Retry-After gives up instead of sleeping (or retrying
     sooner than the server asked)."""
     policy = RetryPolicy(max_retry_after=120.0, max_time=3600.0, backoff_max=1.0)
-    decision = policy.decide(1, 0.0, Outcome.http(429, retry_after=3600.0), random.Random(0))
+    decision = policy.decide(1, 0.0, Failure.http(429, retry_after=3600.0), random.Random(0))
     assert not decision.retry and decision.wait == 0.0
     assert "Retry-After 3600s exceeds max_retry_after 120s" in decision.reason
 
 
 def test_retry_after_at_the_cap_is_waited() -> None:
     policy = RetryPolicy(max_retry_after=120.0, max_time=300.0, backoff_max=1.0)
-    decision = policy.decide(1, 0.0, Outcome.http(429, retry_after=120.0), random.Random(0))
+    decision = policy.decide(1, 0.0, Failure.http(429, retry_after=120.0), random.Random(0))
     assert decision.retry and decision.wait == 120.0
 
 
 def test_retry_after_whose_cap_passes_max_time_gives_up() -> None:
     policy = RetryPolicy(max_retry_after=120.0, max_time=300.0)
-    decision = policy.decide(2, 240.0, Outcome.http(429, retry_after=3600.0), random.Random(0))
+    decision = policy.decide(2, 240.0, Failure.http(429, retry_after=3600.0), random.Random(0))
     assert not decision.retry
     assert "Retry-After 3600s exceeds max_retry_after 120s" in decision.reason
     assert decision.reason.endswith("HTTP 429")
@@ -206,14 +234,14 @@ def test_retry_after_whose_cap_passes_max_time_gives_up() -> None:
 
 def test_retry_after_within_cap_but_past_max_time_gives_up() -> None:
     policy = RetryPolicy(max_retry_after=120.0, max_time=300.0)
-    decision = policy.decide(2, 250.0, Outcome.http(503, retry_after=100.0), random.Random(0))
+    decision = policy.decide(2, 250.0, Failure.http(503, retry_after=100.0), random.Random(0))
     assert not decision.retry
     assert "Retry-After 100s would pass max_time 300s" in decision.reason
 
 
 def test_reason_for_a_retry_names_the_failure_and_next_attempt() -> None:
     policy = RetryPolicy(max_attempts=4, jitter=False, backoff_base=2.0)
-    decision = policy.decide(1, 0.0, Outcome.http(502), random.Random(0))
+    decision = policy.decide(1, 0.0, Failure.http(502), random.Random(0))
     assert decision.reason == "HTTP 502: retry 2/4 in 2s"
 
 

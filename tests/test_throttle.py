@@ -8,7 +8,7 @@ import pytest
 
 from asyncingest.core.ratelimit_headers import RateHint, parse_rate_headers
 from asyncingest.limits.limiter import SlidingWindowLimiter
-from asyncingest.limits.throttle import AdaptiveThrottle, Pause, PauseGate
+from asyncingest.limits.throttle import AdaptiveThrottle, Pause
 from asyncingest.testing import FakeClock
 
 NOW = 100.0
@@ -123,38 +123,3 @@ async def test_a_429_pauses_the_whole_shared_budget() -> None:
     async with clock.auto_advance():
         await asyncio.gather(request("b"), request("c"))
     assert granted == {"a": 0.0, "b": 30.0, "c": 30.0}
-
-
-async def test_pause_gate_holds_everyone_until_the_pause_ends() -> None:
-    clock = FakeClock(start=0.0)
-    gate = PauseGate(clock, "api")
-    (await gate.acquire("a")).release()  # open: no wait
-    gate.pause_until(5.0)
-    assert "paused for 5s" in repr(gate)
-    done: list[float] = []
-
-    async def request() -> None:
-        (await gate.acquire("x")).release()
-        done.append(clock.time())
-
-    tasks = [asyncio.create_task(request()) for _ in range(3)]
-    await clock.advance(2.0)
-    gate.pause_until(8.0)  # extended while they wait
-    gate.pause_until(6.0)  # never shortened
-    await clock.advance(10.0)
-    await asyncio.gather(*tasks)
-    assert done == [8.0, 8.0, 8.0]
-    assert gate.paused_until is None
-
-
-async def test_pause_gate_waiter_cancelled() -> None:
-    clock = FakeClock(start=0.0)
-    gate = PauseGate(clock)
-    gate.pause_until(5.0)
-    task = asyncio.create_task(gate.acquire())
-    await clock.advance(1.0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert "waiting=0" in repr(gate)
-    await clock.advance(5.0)

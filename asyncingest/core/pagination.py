@@ -69,9 +69,11 @@ class NoPaginator:
     """``type: none``: one request per walk."""
 
     def first(self, request: Request) -> Request:
+        """``request`` unchanged: the walk is this one request."""
         return request
 
     def next(self, page: Page) -> Request | None:
+        """Always None: there is no second page."""
         return None
 
 
@@ -84,6 +86,8 @@ class OffsetPaginator:
         self.cfg = cfg
 
     def first(self, request: Request) -> Request:
+        """``request`` with the offset at ``start`` and the limit set; the offset is kept in
+        ``state``."""
         c = self.cfg
         return replace(
             request.with_params(**{c.offset_param: str(c.start), c.limit_param: str(c.limit)}),
@@ -91,6 +95,8 @@ class OffsetPaginator:
         )
 
     def next(self, page: Page) -> Request | None:
+        """The request at offset + records received, or None on an empty page, once the total is
+        reached, or (without a total) after a short page."""
         c, n = self.cfg, len(page.records)
         if n == 0:
             return None
@@ -118,6 +124,8 @@ class PagePaginator:
         self.cfg = cfg
 
     def first(self, request: Request) -> Request:
+        """``request`` for page ``start`` (and the page size, if configured); the page number is
+        kept in ``state``."""
         c = self.cfg
         params = {c.page_param: str(c.start)}
         if c.size_param:
@@ -125,6 +133,8 @@ class PagePaginator:
         return replace(request.with_params(**params), state=c.start)
 
     def next(self, page: Page) -> Request | None:
+        """The request for the next page number, or None on an empty page, when the total pages or
+        total records are reached, or (without either) after a short page."""
         c, n = self.cfg, len(page.records)
         if n == 0:
             return None
@@ -158,12 +168,15 @@ class CursorPaginator:
         self.cfg = cfg
 
     def first(self, request: Request) -> Request:
+        """``request`` with the limit set (if configured) and no cursor yet."""
         c = self.cfg
         if c.limit_param and c.limit:
             request = request.with_params(**{c.limit_param: str(c.limit)})
         return replace(request, state=None)
 
     def next(self, page: Page) -> Request | None:
+        """The request carrying the cursor found in the body, or None when there is none (missing,
+        empty or not a scalar). The same cursor twice raises :class:`PaginationLoop`."""
         cursor = lookup(page.body, self.cfg.cursor_path)
         if cursor is None or cursor == "" or isinstance(cursor, dict | list):
             return None
@@ -198,9 +211,12 @@ class NextUrlPaginator:
         self.cfg = cfg
 
     def first(self, request: Request) -> Request:
+        """``request`` unchanged: the body of each page names the next one."""
         return request
 
     def next(self, page: Page) -> Request | None:
+        """The request for the URL at ``next_path`` in the body, or None without one; a link back to
+        this page raises :class:`PaginationLoop`."""
         return _follow(page, lookup(page.body, self.cfg.next_path))
 
 
@@ -227,9 +243,12 @@ class LinkHeaderPaginator:
         self.cfg = cfg
 
     def first(self, request: Request) -> Request:
+        """``request`` unchanged: the ``Link`` header of each page names the next one."""
         return request
 
     def next(self, page: Page) -> Request | None:
+        """The request for the ``Link`` header's URL with the configured ``rel``, or None without
+        one; a link back to this page raises :class:`PaginationLoop`."""
         header = page.headers.get("Link") or page.headers.get("link")
         if not header:
             return None
@@ -253,6 +272,9 @@ class CustomPaginator:
         self.inner: Paginator = load_paginator(cfg.function, cfg.options)
 
     def first(self, request: Request) -> Request:
+        """The custom paginator's first request, checked (a :class:`Request` whose state is JSON
+        data, numbered as ``request``'s page); anything it raises becomes :class:`PaginatorFailed`
+        naming the class."""
         try:
             out = self.inner.first(request)
         except Exception as exc:
@@ -260,6 +282,9 @@ class CustomPaginator:
         return self._checked(out, "first", request.page)
 
     def next(self, page: Page) -> Request | None:
+        """The custom paginator's next request, checked as :meth:`first`'s, or None at the end;
+        :class:`PaginationLoop` passes through, anything else it raises becomes
+        :class:`PaginatorFailed`."""
         try:
             out = self.inner.next(page)
         except PaginationLoop:

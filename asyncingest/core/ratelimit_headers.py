@@ -49,6 +49,7 @@ class RateHint:
 
     @property
     def exhausted(self) -> bool:
+        """True when the server says no request of the quota is left (``remaining <= 0``)."""
         return self.remaining is not None and self.remaining <= 0
 
 

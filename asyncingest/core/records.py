@@ -16,7 +16,6 @@ Nothing here blocks, sleeps or locks. See docs/architecture.md, steps 5-7.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ import orjson
 from ..config.models import EndpointConfig, ForEach
 from .json import loads as json_loads
 from .request import Page, Record, Request, WrongShape, extract_records, lookup
-from .retry import Failure, FailureKind, Outcome, RetryDecision, RetryPolicy, parse_retry_after
+from .retry import Failure, FailureKind
 
 
 # Not frozen (treat as immutable): a frozen dataclass costs ~0.6 us more per instance, and
@@ -116,18 +115,3 @@ def bind_children(
             continue
         jobs.append(Job(next(numbers), variables, {k: lookup(r, p) for k, p in copy_fields}))
     return jobs, unbound
-
-
-def decide_retry(
-    policy: RetryPolicy,
-    failure: Failure,
-    attempt: int,
-    elapsed: float,
-    now_wall: float,
-    rng: random.Random,
-) -> RetryDecision:
-    """Retry ``failure`` (after attempt ``attempt``, ``elapsed`` s into the request) or give up;
-    ``Retry-After`` is read against wall time ``now_wall`` (HTTP dates)."""
-    retry_after = parse_retry_after(failure.retry_after, now_wall)
-    outcome = Outcome(failure.kind, failure.status, retry_after, failure.detail)
-    return policy.decide(attempt, elapsed, outcome, rng)

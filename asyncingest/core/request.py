@@ -226,6 +226,9 @@ class RequestTemplate:
         )
 
     def build(self, variables: Mapping[str, Any]) -> Request:
+        """The request for one binding of the template's variables, each path value encoded as
+        exactly one segment; raises :class:`UnsafePathValue` for a path value that is a dot segment
+        or empty."""
         e = self.endpoint
         if not self._simple:
             return self.build_general(variables)

@@ -33,10 +33,12 @@ class EndpointStats:
     json_fallbacks: dict[str, str] = field(default_factory=dict)  # column -> why not typed
 
     def note_error(self, reason: str) -> None:
+        """Keep ``reason`` if fewer than five errors are kept (the summary shows the first ones)."""
         if len(self.first_errors) < 5:
             self.first_errors.append(reason)
 
     def summary(self) -> EndpointSummary:
+        """A frozen snapshot of these counters, as the run result reports them."""
         return EndpointSummary(
             name=self.name,
             jobs=self.jobs,

@@ -1,13 +1,16 @@
 """When to retry a failed request, and how long to wait first (see docs/architecture.md).
 
-In the style of stamina, the policy is pure arithmetic on ``(attempt, elapsed, outcome)`` and
+In the style of stamina, the policy is pure arithmetic on ``(attempt, elapsed, failure)`` and
 never sleeps: the engine asks :meth:`RetryPolicy.decide`, then waits the returned seconds on its
 Clock. So backoff maths is tested without sleeping, and fake time makes whole retry sequences
 instant.
 
-The HTTP layer turns every failure into an :class:`Outcome` (a :class:`FailureKind`, plus the
-status and parsed ``Retry-After`` for HTTP errors); :func:`parse_retry_after` reads both header
-forms.
+One type describes a failed attempt for everyone: :class:`Failure` (what kind, a detail for the
+dead letter and the logs, and when the server answered: the status, its ``Retry-After`` already
+parsed to seconds, and its headers for the rate-limit guards). Both HTTP clients, the page
+parser, the retry policy, the ledger and ``plan`` take it, in both engines.
+:func:`parse_retry_after` reads both header forms; :meth:`Failure.answered` applies it once, when
+the response arrives, against the wall clock of the run.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from ..config.models import RetryConfig
 __all__ = [
     "DEFAULT_RETRY_KINDS",
     "DEFAULT_RETRY_STATUSES",
+    "Failure",
     "FailureKind",
-    "Outcome",
     "RetryDecision",
     "RetryPolicy",
     "parse_retry_after",
+    "retry_policy",
 ]
 
 _DELTA_SECONDS = re.compile(r"-?\d+(?:\.\d+)?")
@@ -86,23 +90,35 @@ DEFAULT_RETRY_KINDS: frozenset[FailureKind] = frozenset(FailureKind) - {
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """One failed attempt, as the HTTP layer saw it."""
+class Failure:
+    """One attempt that got no usable answer, as either engine saw it.
+
+    ``kind`` says what went wrong; ``detail`` says it for the dead letter and the logs (the
+    secret already redacted by the client). When the server answered: ``status``,
+    ``retry_after`` (the ``Retry-After`` header in seconds, parsed when the response arrived;
+    None without a readable one) and ``headers`` (the rate-limit guards read the quota headers
+    of a failed answer too). ``str()`` is how reasons name it: ``HTTP 503 (...)``, ``timeout``.
+    """
 
     kind: FailureKind
-    status: int | None = None
-    retry_after: float | None = None  # seconds, from parse_retry_after
     detail: str = ""
+    status: int | None = None
+    retry_after: float | None = None
+    headers: Mapping[str, str] | None = None
 
     @classmethod
-    def http(cls, status: int, retry_after: float | None = None, detail: str = "") -> Outcome:
-        return cls(FailureKind.HTTP_STATUS, status, retry_after, detail)
+    def answered(
+        cls, status: int, detail: str, headers: Mapping[str, str], now_wall: float
+    ) -> Failure:
+        """An error status (``HTTP_STATUS``), its ``Retry-After`` read against ``now_wall``
+        (epoch seconds, ``Clock.wall()``; HTTP dates are absolute)."""
+        retry_after = parse_retry_after(headers.get("Retry-After"), now_wall)
+        return cls(FailureKind.HTTP_STATUS, detail, status, retry_after, headers)
 
     @classmethod
-    def failure(cls, kind: FailureKind, detail: str = "") -> Outcome:
-        if kind is FailureKind.HTTP_STATUS:
-            raise ValueError("use Outcome.http(status) for HTTP errors")
-        return cls(kind, detail=detail)
+    def http(cls, status: int, retry_after: float | None = None, detail: str = "") -> Failure:
+        """An error status with an already parsed ``Retry-After`` (tests, policies)."""
+        return cls(FailureKind.HTTP_STATUS, detail, status, retry_after)
 
     def __str__(self) -> str:
         what = f"HTTP {self.status}" if self.kind is FailureKind.HTTP_STATUS else self.kind.value
@@ -152,10 +168,12 @@ class RetryPolicy:
             if not 0 <= value < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
-    def retryable(self, outcome: Outcome) -> bool:
-        if outcome.kind is FailureKind.HTTP_STATUS:
-            return outcome.status in self.retry_statuses
-        return outcome.kind in self.retry_kinds
+    def retryable(self, failure: Failure) -> bool:
+        """Whether ``failure`` may be retried at all: its status is in ``retry_statuses``, or
+        its kind (any other) in ``retry_kinds``."""
+        if failure.kind is FailureKind.HTTP_STATUS:
+            return failure.status in self.retry_statuses
+        return failure.kind in self.retry_kinds
 
     def backoff_ceiling(self, attempt: int) -> float:
         """The un-jittered wait after failed attempt ``attempt`` (1-based):
@@ -184,17 +202,17 @@ class RetryPolicy:
         self,
         attempt: int,
         elapsed: float,
-        outcome: Outcome,
+        failure: Failure,
         rng: random.Random | None = None,
     ) -> RetryDecision:
         """Retry (and after how long) or give up, after attempt number ``attempt`` (1-based)
-        failed with ``outcome``, ``elapsed`` seconds after the first attempt started."""
+        failed with ``failure``, ``elapsed`` seconds after the first attempt started."""
         if attempt < 1:
             raise ValueError(f"attempt is 1-based, got {attempt}")
-        what = str(outcome)
-        if not self.retryable(outcome):
+        what = str(failure)
+        if not self.retryable(failure):
             return _give_up(f"{what} (not retryable)")
-        retry_after = outcome.retry_after
+        retry_after = failure.retry_after
         if retry_after is not None and retry_after > self.max_retry_after:
             return _give_up(
                 f"gave up after {attempt} attempts: Retry-After {retry_after:g}s exceeds "
@@ -220,18 +238,6 @@ class RetryPolicy:
 
 def _give_up(reason: str) -> RetryDecision:
     return RetryDecision(False, 0.0, reason)
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A request that got no usable answer (either client's): what kind, a detail for the
-    dead letter, and the status, ``Retry-After`` and headers when the server answered."""
-
-    kind: FailureKind
-    detail: str
-    status: int | None = None
-    retry_after: str | None = None
-    headers: Mapping[str, str] | None = None
 
 
 def retry_policy(c: RetryConfig) -> RetryPolicy:

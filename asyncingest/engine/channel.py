@@ -68,6 +68,7 @@ class Channel(Generic[T]):
         )
 
     def full(self) -> bool:
+        """True when a bounded channel holds ``maxsize`` items or more."""
         return 0 < self.maxsize <= len(self._items)
 
     # -- putting -------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from ..core.pagination import PaginationLoop, PaginatorFailed, paginator_for
 from ..core.records import (
     Job,
     copy_parent_fields,
-    decide_retry,
     missing_key_reason,
     parse_page,
     split_by_key,
@@ -164,6 +163,8 @@ class EndpointRunner:
             self._waiting.discard(task)
 
     def link(self, children: Sequence[EndpointRunner]) -> None:
+        """Make ``children`` the endpoints this one's records bind (``for_each``): the writer then
+        numbers their jobs into each child's journal as it writes a page."""
         self.children = list(children)
         self._children_by_name = {c.name: c for c in self.children}
         for c in self.children:
@@ -401,14 +402,7 @@ class EndpointRunner:
             if isinstance(outcome, Page):
                 return outcome
             failure = outcome
-            decision = decide_retry(
-                self.policy,
-                failure,
-                attempt,
-                now - started,
-                self.clock.wall(),
-                self.rng,
-            )
+            decision = self.policy.decide(attempt, now - started, failure, self.rng)
             if not decision.retry:
                 dead = self._give_up(request, job, failure, attempt, decision.reason)
                 await self.writer.put(PageDone([], Token(job.number, None), dead=[dead]))

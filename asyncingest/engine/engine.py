@@ -45,10 +45,11 @@ from ..errors import environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
-from ..limits.budget import BudgetWatch
+from ..limits.budget import BudgetWatch, Watched
 from ..limits.clock import BoundLoopClock, Clock, LoopClock
 from ..limits.limiter import Limit, Limits, SlidingWindowLimiter
-from ..limits.throttle import AdaptiveThrottle, PauseGate
+from ..limits.rate_budget import Budget, BudgetShare, RateBudget
+from ..limits.throttle import AdaptiveThrottle
 from ..sink.deadletter import DeadLetters
 from ..sink.parquet import ParquetSink, SinkOptions
 from ..state.checkpoint import (
@@ -82,6 +83,9 @@ class Engine:
     requests. ``stop()`` asks for a graceful stop: no new work, in-flight requests finish,
     files and state are committed; ``result.stopped`` is then true. ``snapshot()`` shows where
     the run is at any moment. Everything else on it is private.
+
+    ``budget``: the API's rate budget, shared with other pipelines given the same one (it then
+    replaces ``config.api.rate_limits``); without it the engine makes its own from the config.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class Engine:
         seed: int | None = None,
         fresh: bool = False,
         retry_failed: bool = False,
+        budget: RateBudget | None = None,
     ) -> None:
         self.config = config
         self.output = Path(output if output is not None else config.output.directory)
@@ -122,8 +127,8 @@ class Engine:
         self._known_files: dict[str, dict[str, CommittedFile]] = {}
         self._compacted: dict[str, tuple[int, int]] = {}  # folder -> files saved, rows
         self._clock_given = clock is not None
-        self._global_limiter: SlidingWindowLimiter | None = None
-        self._pause_gate: PauseGate | None = None
+        self._budget_given = budget
+        self._budget: RateBudget | None = budget
         self._adaptive: dict[str, AdaptiveConcurrency] = {}
 
     def __repr__(self) -> str:
@@ -160,11 +165,12 @@ class Engine:
         windows = {name: lim.usage() for name, lim in self._limiters().items()}
         return Snapshot(self.run_id, self._phase, elapsed, endpoints, windows)
 
-    def _limiters(self) -> dict[str, SlidingWindowLimiter]:
-        """The rate limiters by name: ``api`` (shared) and any endpoint's own."""
-        out = dict(self._own_limiters)
-        if self._global_limiter is not None:
-            out["api"] = self._global_limiter
+    def _limiters(self) -> dict[str, SlidingWindowLimiter | RateBudget]:
+        """The rate limiters by name: ``api`` (the budget, maybe shared: listed once the run has
+        started, and only with windows) and any endpoint's own."""
+        out: dict[str, SlidingWindowLimiter | RateBudget] = dict(self._own_limiters)
+        if self._budget is not None and self._budget.usage():
+            out["api"] = self._budget
         return out
 
     def _limits_for(self, e: EndpointConfig, workers: int) -> Limit:
@@ -181,10 +187,8 @@ class Engine:
             )
             self._own_limiters[e.name] = own
             parts.append(own)
-        if self._global_limiter is not None:
-            parts.append(self._global_limiter)
-        if self._pause_gate is not None:
-            parts.append(self._pause_gate)
+        assert self._budget is not None
+        parts.append(BudgetShare(self._budget, self.run_id))  # last: taken closest to sending
         return parts[0] if len(parts) == 1 else Limits(parts)
 
     def _guards_for(self, e: EndpointConfig) -> EndpointGuards:
@@ -200,8 +204,6 @@ class Engine:
                 name=e.name,
                 on_change=self._runners[e.name].ledger.breaker_changed,
             )
-        budget: SlidingWindowLimiter | PauseGate | None = self._global_limiter or self._pause_gate
-        in_flight = self._budget_in_flight if self._global_limiter is not None else None
         return EndpointGuards(
             e.name,
             self._clock,
@@ -210,13 +212,16 @@ class Engine:
             throttle=AdaptiveThrottle(max_pause=api.retry.max_retry_after)
             if api.adaptive_rate
             else None,
-            budget=budget,
-            in_flight=in_flight,
+            budget=self._budget,
             adaptive=self._adaptive.get(e.name),
         )
 
     def _budget_watch(self, e: EndpointConfig) -> BudgetWatch | None:
-        limiters = [x for x in (self._own_limiters.get(e.name), self._global_limiter) if x]
+        limiters: list[Watched] = (
+            [self._own_limiters[e.name]] if e.name in self._own_limiters else []
+        )
+        if self._budget is not None and self._budget.usage():  # a pause alone is no used-up budget
+            limiters.append(self._budget)
         if not limiters:
             return None
         api = self.config.api
@@ -225,25 +230,19 @@ class Engine:
             limiters, self._clock, self.events, threshold=api.budget_wait_threshold, stop=stop
         )
 
-    def _budget_in_flight(self) -> int:
-        return self._global_limiter.in_flight if self._global_limiter is not None else 0
-
     def _stop_for_budget(self, reason: str) -> None:
         if not self._stopping:
             self._stop_reason = reason
             self.stop()
 
     def _make_limits(self) -> None:
-        """The shared budget, on the run's clock (made when the run's loop is known)."""
+        """The run's clock and, unless one was given, the API's budget on it (made when the
+        run's loop is known). With no windows configured the budget only pauses: a 429 still
+        needs a shared budget to pause."""
         if not self._clock_given:
             self._clock = BoundLoopClock(asyncio.get_running_loop())
-        api = self.config.api
-        if api.rate_limits:
-            windows = [(w.requests, w.per_seconds) for w in api.rate_limits]
-            self._global_limiter = SlidingWindowLimiter(windows, self._clock, name="api")
-        else:
-            # With no windows configured, a 429 still needs a shared budget to pause.
-            self._pause_gate = PauseGate(self._clock, "api")
+        if self._budget_given is None:
+            self._budget = Budget(self.config.api.rate_limits, clock=self._clock, name="api")
 
     async def run(self) -> RunResult:
         """Run to the end (or a stop) holding the output folder; see the class docstring.

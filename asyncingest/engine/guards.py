@@ -4,16 +4,16 @@ limits (the circuit breaker), :meth:`EndpointGuards.answered` once the attempt i
 breaker's verdict, the server's rate headers read by the throttle, adaptive concurrency's
 feedback). Each part is optional; with none configured both calls do nothing.
 
-A pause the throttle decides is applied to the *shared* budget (the API's limiter, or a
-:class:`~asyncingest.limits.throttle.PauseGate` when the config declares no windows), so a 429
-on one endpoint holds every endpoint of that API. See docs/architecture.md, "requests".
+A pause the throttle decides is applied to the *shared* budget (the API's
+:class:`~asyncingest.limits.rate_budget.RateBudget`, windows or not), as a duration, so a 429 on
+one endpoint holds every endpoint of that API, and every pipeline sharing the budget. See
+docs/architecture.md, "requests".
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from ..core.events import BreakerChanged, ConcurrencyChanged, Event, RatePaused
 from ..core.ratelimit_headers import parse_rate_headers
@@ -21,23 +21,12 @@ from ..core.retry import FailureKind
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker, Ticket, Transition, counts_as_failure
 from ..limits.clock import Clock
+from ..limits.rate_budget import RateBudget
 from ..limits.throttle import AdaptiveThrottle
 
-__all__ = ["EndpointGuards", "Pausable", "breaker_events", "concurrency_events"]
+__all__ = ["EndpointGuards", "breaker_events", "concurrency_events"]
 
 _OVERLOADED = frozenset({429, 503})
-
-
-class Pausable(Protocol):
-    """A shared budget that can stop granting for a while (``SlidingWindowLimiter``,
-    ``PauseGate``)."""
-
-    name: str
-
-    def pause_until(self, when: float) -> None: ...
-
-    @property
-    def paused_until(self) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -51,8 +40,7 @@ class EndpointGuards:
     emit: Callable[[Event], None]
     breaker: CircuitBreaker | None = None
     throttle: AdaptiveThrottle | None = None
-    budget: Pausable | None = None  # what the throttle pauses
-    in_flight: Callable[[], int] | None = None  # the budget's requests still unanswered
+    budget: RateBudget | None = None  # what the throttle pauses
     adaptive: AdaptiveConcurrency | None = None
 
     async def admit(self, *, deadline: float | None = None) -> Ticket | None:
@@ -96,15 +84,17 @@ class EndpointGuards:
         hint = parse_rate_headers(headers, self.clock.wall())
         if hint is None and status not in _OVERLOADED:
             return
+        now = self.clock.time()
+        left = self.budget.pause_left()
         pause = self.throttle.decide(
             hint,
             status=status,
-            now=self.clock.time(),
-            in_flight=self.in_flight() if self.in_flight is not None else 0,
-            paused_until=self.budget.paused_until,
+            now=now,
+            in_flight=self.budget.in_flight,  # granted by the budget, maybe not yet counted
+            paused_until=None if left is None else now + left,
         )
         if pause is not None:
-            self.budget.pause_until(pause.until)
+            self.budget.pause_for(pause.seconds)
             self.emit(
                 RatePaused(
                     self.budget.name, self.endpoint, pause.seconds, pause.reason, pause.throttled

@@ -31,6 +31,7 @@ from ..core.events import Event, RunStarted, Subscriber
 from ..core.result import RunResult
 from ..core.snapshot import Snapshot
 from ..limits.clock import Clock
+from ..limits.rate_budget import RateBudget
 from .engine import Engine
 
 __all__ = ["Pipeline", "PipelineStateError", "run", "run_sync"]
@@ -58,15 +59,13 @@ class Pipeline:
         self,
         config: PipelineConfig,
         *,
-        budget: object | None = None,
+        budget: RateBudget | None = None,
         output: str | os.PathLike[str] | None = None,
         subscribers: Iterable[Subscriber] = (),
         clock: Clock | None = None,
         fresh: bool = False,
         retry_failed: bool = False,
     ) -> None:
-        if budget is not None:
-            raise NotImplementedError("budget= arrives with asyncingest.Budget")
         self.config = config
         self._engine = Engine(
             config,
@@ -75,6 +74,7 @@ class Pipeline:
             clock=clock,
             fresh=fresh,
             retry_failed=retry_failed,
+            budget=budget,
         )
         self._task: asyncio.Task[RunResult] | None = None
         self._began: asyncio.Future[None] | None = None
@@ -236,11 +236,14 @@ async def run(
     clock: Clock | None = None,
     fresh: bool = False,
     retry_failed: bool = False,
+    budget: RateBudget | None = None,
 ) -> RunResult:
     """Run a pipeline to completion in the current event loop and return what it did (a
-    :class:`Pipeline` run to its end; cancelling the caller cancels the run)."""
+    :class:`Pipeline` run to its end; cancelling the caller cancels the run). ``budget``: an
+    :class:`~asyncingest.limits.rate_budget.Budget` shared with other pipelines of the loop."""
     pipeline = Pipeline(
         config,
+        budget=budget,
         output=output,
         subscribers=subscribers,
         clock=clock,
@@ -259,9 +262,11 @@ def run_sync(
     clock: Clock | None = None,
     fresh: bool = False,
     retry_failed: bool = False,
+    budget: RateBudget | None = None,
 ) -> RunResult:
     """:func:`run` for scripts: runs the pipeline in a new event loop (``asyncio.run``) and returns
-    the result. Inside a running event loop, use ``await asyncingest.run(...)`` instead."""
+    the result. Inside a running event loop, use ``await asyncingest.run(...)`` instead. A
+    ``budget`` given here is bound to that loop while it runs (see ``Budget``)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -274,6 +279,7 @@ def run_sync(
     return asyncio.run(
         run(
             config,
+            budget=budget,
             output=output,
             subscribers=subscribers,
             clock=clock,

@@ -123,6 +123,8 @@ class Writer:
     def attach_transform(
         self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink
     ) -> None:
+        """Send this endpoint's records through ``pool`` (the transform ``spec``) in order; what it
+        returns goes to ``sink``. Call before :meth:`start`."""
         self.pipe = TransformPipe(
             pool, spec, self._write_transformed, self._set_aside, self._release
         )
@@ -158,6 +160,7 @@ class Writer:
         return asyncio.get_running_loop().run_in_executor(self.files, fn, *args)
 
     def start(self) -> None:
+        """Start the writer's task (it applies items from the inbox until :meth:`finish`)."""
         self.task = asyncio.create_task(self._run(), name=f"{self.name}-writer")
 
     def link_child(self, name: str, spec: ForEach, journal: Journal) -> None:
@@ -226,6 +229,8 @@ class Writer:
             b.future.set_result(self._take_final())
 
     def finish(self) -> None:
+        """No more pages come: once the inbox is applied, the writer drains the transform, writes
+        what is buffered and closes its files, and its task ends."""
         self._finishing = True
         self._inbox.put_nowait(None)
         self._inbox.flush()

@@ -47,7 +47,7 @@ from yarl import URL
 from ..config.models import ApiConfig, OAuth2Config, PipelineConfig
 from ..core.json import dumps as json_dumps
 from ..core.request import Request
-from ..core.retry import Failure, FailureKind, retry_policy
+from ..core.retry import Failure, FailureKind, parse_retry_after, retry_policy
 from ..errors import ConfigError, Problem
 from ..limits.clock import Clock, LoopClock
 from ..limits.deadlines import Deadlines
@@ -184,9 +184,9 @@ class HttpClient:
             )
         return self
 
-    async def _request_token(self) -> tuple[int, bytes, str | None] | Failure:
+    async def _request_token(self) -> tuple[int, bytes, float | None] | Failure:
         """One token request (see http/oauth.py): status, body (at most MAX_TOKEN_BODY bytes
-        read) and Retry-After, or the failure; redirects are not followed."""
+        read) and Retry-After in seconds, or the failure; redirects are not followed."""
         credentials, session = self.credentials, self._token_session
         assert isinstance(credentials, OAuthCredentials) and session is not None
         form, headers = credentials.token_request()
@@ -194,7 +194,8 @@ class HttpClient:
         try:
             async with session.post(url, data=form, headers=headers, allow_redirects=False) as resp:
                 body = await resp.content.read(MAX_TOKEN_BODY)
-                return resp.status, body, resp.headers.get("Retry-After")
+                wait = parse_retry_after(resp.headers.get("Retry-After"), self._clock.wall())
+                return resp.status, body, wait
         except TimeoutError:
             return Failure(FailureKind.TIMEOUT, "token endpoint: timed out")
         except (aiohttp.ClientError, OSError) as exc:
@@ -216,6 +217,7 @@ class HttpClient:
         return self.credentials.redact(text) if self.credentials else text
 
     def display_url(self, request: Request) -> str:
+        """The request's URL as logs and events may show it (the secret redacted)."""
         return self.redact(str(request.full_url))
 
     def scrub(self, request: Request) -> Request:
@@ -385,13 +387,8 @@ class HttpClient:
                 chunks.append(chunk)
             data = b"".join(chunks)
         if resp.status >= 300:
-            return Failure(
-                FailureKind.HTTP_STATUS,
-                f"HTTP {resp.status}{snippet(data)}",
-                status=resp.status,
-                retry_after=resp.headers.get("Retry-After"),
-                headers=resp.headers,
-            )
+            detail = f"HTTP {resp.status}{snippet(data)}"
+            return Failure.answered(resp.status, detail, resp.headers, self._clock.wall())
         return Response(resp.status, resp.headers, data, resp.url)
 
 

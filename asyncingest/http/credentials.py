@@ -57,6 +57,8 @@ class Credentials:
         self._kind, self._name, self._secret = kind, name, secret
 
     def apply(self, headers: dict[str, str], params: list[tuple[str, str]]) -> None:
+        """Add the secret to ``headers`` (bearer, API-key header) or ``params`` (query); only for
+        requests to the configured origin."""
         if self._kind == "bearer":
             headers["Authorization"] = f"Bearer {self._secret}"
         elif self._kind == "header":
@@ -88,6 +90,7 @@ class Credentials:
 
     @property
     def query_param(self) -> str | None:
+        """The query parameter that carries the secret (``query`` auth), else None."""
         return self._name if self._kind == "query" else None
 
     def __repr__(self) -> str:

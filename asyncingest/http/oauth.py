@@ -61,7 +61,6 @@ from typing import Any
 import orjson
 
 from ..config.models import OAuth2Config
-from ..core.records import decide_retry
 from ..core.retry import Failure, FailureKind, RetryPolicy
 from ..errors import ConfigError, EnvironmentFailure, Problem
 from ..limits.clock import Clock
@@ -110,6 +109,7 @@ class OAuthCredentials(Credentials):
             self._hidden.append(token)
 
     def secrets(self) -> tuple[str, ...]:
+        """Every value never to show: the client secret and each token used so far."""
         return tuple(self._hidden)
 
     def token_request(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -147,11 +147,12 @@ def read_token_answer(
     status: int,
     body: bytes,
     now: float,
-    retry_after: str | None = None,
+    retry_after: float | None = None,
 ) -> Token | Failure:
     """What a token endpoint's answer means: a :class:`Token` (times in the clock of ``now``),
-    or a :class:`Failure` for an answer the caller retries (429, 5xx); raises ``ConfigError``
-    for one no retry fixes (the credentials, the scope, the URL)."""
+    or a :class:`Failure` for an answer the caller retries (429, 5xx; ``retry_after`` is its
+    ``Retry-After`` in seconds); raises ``ConfigError`` for one no retry fixes (the credentials,
+    the scope, the URL)."""
     c = credentials.config
     if status in (408, 429) or status >= 500:
         return Failure(
@@ -242,9 +243,9 @@ def refused_again(failure: Failure) -> Failure:
     )
 
 
-FetchToken = Callable[[], Awaitable[tuple[int, bytes, str | None] | Failure]]
-"""One token request: the status, body and ``Retry-After``, or the failure (connection, timeout)
-it ended in."""
+FetchToken = Callable[[], Awaitable[tuple[int, bytes, float | None] | Failure]]
+"""One token request: the status, body and ``Retry-After`` in seconds, or the failure
+(connection, timeout) it ended in."""
 
 
 class TokenKeeper:
@@ -351,9 +352,7 @@ class TokenKeeper:
                 answer.status,
                 answer.retry_after,
             )
-            decision = decide_retry(
-                self._policy, failure, attempt, clock.time() - started, clock.wall(), self._rng
-            )
+            decision = self._policy.decide(attempt, clock.time() - started, failure, self._rng)
             if not decision.retry:
                 raise down(config, decision.reason)
             await clock.sleep(decision.wait)

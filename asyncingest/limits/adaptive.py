@@ -89,14 +89,17 @@ class AdaptiveConcurrency:
 
     @property
     def limit(self) -> int:
+        """How many requests may be in flight now (the current, adapted limit)."""
         return int(self._limit)
 
     @property
     def in_use(self) -> int:
+        """How many permits are held now."""
         return self._in_use
 
     @property
     def waiting(self) -> int:
+        """How many callers wait for a permit."""
         return sum(1 for w in self._waiters if not w.done())
 
     @property
@@ -117,6 +120,8 @@ class AdaptiveConcurrency:
     # -- the Limit protocol --------------------------------------------------------------------
 
     async def acquire(self, key: str = "") -> Permit:
+        """A permit once fewer than :attr:`limit` are held (first come, first served); a waiter
+        cancelled as it was granted gives its permit back."""
         if self._in_use < self.limit and not self._waiters:
             self._in_use += 1
             return _AdaptivePermit(self)

@@ -105,6 +105,8 @@ class Ticket:
         self._done = False
 
     def record(self, success: bool) -> None:
+        """Give the breaker this pass's verdict (``success`` False counts as a failure); later calls
+        are ignored."""
         if not self._done:
             self._done = True
             self._breaker._verdict(self, success)
@@ -172,6 +174,7 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
+        """``closed``, ``open`` or ``half-open``."""
         return self._state
 
     @property
@@ -193,10 +196,12 @@ class CircuitBreaker:
 
     @property
     def consecutive_failures(self) -> int:
+        """Failures in a row since the last success."""
         return self._failures
 
     @property
     def waiting(self) -> int:
+        """How many callers wait for the breaker to let them through."""
         return sum(1 for w in self._waiters if not w.future.done())
 
     def __repr__(self) -> str:

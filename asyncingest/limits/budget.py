@@ -1,7 +1,8 @@
 """Noticing a used-up budget (a daily window, say) instead of sleeping silently for hours.
 
-Before each request a runner asks :class:`BudgetWatch`; when a limiter's next free slot is
-more than ``threshold`` seconds away, the watch emits one :class:`BudgetExhausted` event per
+Before each request a runner asks :class:`BudgetWatch`; when a limiter's (or the shared
+:class:`~asyncingest.limits.rate_budget.RateBudget`'s) next free slot is more than ``threshold``
+seconds away, the watch emits one :class:`BudgetExhausted` event per
 episode (the display says when the budget returns) and, with ``on_budget_exhausted: stop``,
 asks the engine for a graceful stop so the run can be resumed when the budget is back.
 """
@@ -10,10 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from ..core.events import BudgetExhausted, EventBus
 from .clock import Clock
-from .limiter import SlidingWindowLimiter
+
+
+class Watched(Protocol):
+    """What a watch reads: a ``SlidingWindowLimiter`` or a ``RateBudget``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def time_until_capacity(self) -> float | None: ...
 
 
 class BudgetWatch:
@@ -23,7 +33,7 @@ class BudgetWatch:
 
     def __init__(
         self,
-        limiters: Sequence[SlidingWindowLimiter],
+        limiters: Sequence[Watched],
         clock: Clock,
         events: EventBus,
         *,
@@ -38,6 +48,9 @@ class BudgetWatch:
         self._reported_until = 0.0  # monotonic time the last reported episode ends
 
     def check(self, endpoint: str) -> None:
+        """If a limiter's next slot is further away than the threshold, emit
+        :class:`BudgetExhausted` for ``endpoint`` (once per pause) and, when given ``stop``, stop
+        the run with the reason."""
         for limiter in self.limiters:
             wait = limiter.time_until_capacity()
             if wait is None or wait <= self.threshold:

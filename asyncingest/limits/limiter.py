@@ -29,10 +29,12 @@ changes:
    release time *up* to its bucket's end. Expiries only move later, so it is never less strict;
    the cost is holding a slot up to W/1000 longer (86 s of a day). Small windows stay exact.
 
-Waiting never polls: waiters are futures in a queue served round-robin between keys (FIFO within
-a key), so an endpoint with 200 waiters cannot starve one with 2. When nobody can be granted, one
-timer is armed (``Clock.call_at``) for the earliest instant a slot returns, and the head waiter is
-granted at exactly that instant.
+Waiting never polls: waiters are futures in a queue served round-robin between *groups* (the
+pipelines sharing a :class:`~asyncingest.limits.rate_budget.Budget`; one group, ``""``, otherwise),
+then round-robin between keys within a group, FIFO within a key: an endpoint with 200 waiters
+cannot starve one with 2, and a pipeline with 8 endpoints cannot starve one with 1. When nobody
+can be granted, one timer is armed (``Clock.call_at``) for the earliest instant a slot returns,
+and the head waiter is granted at exactly that instant.
 """
 
 from __future__ import annotations
@@ -85,62 +87,97 @@ P = TypeVar("P")
 
 
 class _Waiter(Generic[P]):
-    __slots__ = ("future", "key", "since")
+    __slots__ = ("future", "group", "key", "since")
 
-    def __init__(self, key: str, since: float) -> None:
+    def __init__(self, key: str, since: float, group: str = "") -> None:
         self.key = key
+        self.group = group
         self.since = since
         self.future: asyncio.Future[P] = asyncio.get_running_loop().create_future()
 
 
-class _FairQueue(Generic[P]):
-    """Round-robin between keys, FIFO within a key. Cancelled waiters are skipped lazily."""
+class _KeyQueues(Generic[P]):
+    """One group's waiters: round-robin between keys, FIFO within a key."""
 
-    __slots__ = ("_live", "_order", "_queues", "_size")
+    __slots__ = ("order", "queues")
 
     def __init__(self) -> None:
-        self._queues: dict[str, deque[_Waiter[P]]] = {}
-        self._order: deque[str] = deque()  # keys with (possibly cancelled) waiters, next first
-        self._live: dict[str, int] = {}
+        self.queues: dict[str, deque[_Waiter[P]]] = {}
+        self.order: deque[str] = deque()  # keys with (possibly cancelled) waiters, next first
+
+    def push(self, waiter: _Waiter[P]) -> None:
+        queue = self.queues.get(waiter.key)
+        if queue is None:
+            queue = self.queues[waiter.key] = deque()
+            self.order.append(waiter.key)
+        queue.append(waiter)
+
+    def pop(self) -> _Waiter[P] | None:
+        """The next live waiter (cancelled ones are dropped on the way), or None."""
+        while self.order:
+            key = self.order.popleft()
+            queue = self.queues[key]
+            while queue and queue[0].future.done():
+                queue.popleft()
+            if not queue:
+                del self.queues[key]
+                continue
+            waiter = queue.popleft()
+            if queue:
+                self.order.append(key)
+            else:
+                del self.queues[key]
+            return waiter
+        return None
+
+
+class _FairQueue(Generic[P]):
+    """Round-robin between groups, then between keys within a group, FIFO within a key.
+    Cancelled waiters are skipped lazily. With one group it is plain round-robin between keys."""
+
+    __slots__ = ("_groups", "_live", "_order", "_size")
+
+    def __init__(self) -> None:
+        self._groups: dict[str, _KeyQueues[P]] = {}
+        self._order: deque[str] = deque()  # groups with (possibly cancelled) waiters, next first
+        self._live: dict[tuple[str, str], int] = {}
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def push(self, waiter: _Waiter[P]) -> None:
-        queue = self._queues.get(waiter.key)
-        if queue is None:
-            queue = self._queues[waiter.key] = deque()
-            self._order.append(waiter.key)
-        queue.append(waiter)
-        self._live[waiter.key] = self._live.get(waiter.key, 0) + 1
+        group = self._groups.get(waiter.group)
+        if group is None:
+            group = self._groups[waiter.group] = _KeyQueues()
+            self._order.append(waiter.group)
+        group.push(waiter)
+        key = (waiter.group, waiter.key)
+        self._live[key] = self._live.get(key, 0) + 1
         self._size += 1
 
     def pop(self) -> _Waiter[P] | None:
         while self._order:
-            key = self._order.popleft()
-            queue = self._queues[key]
-            while queue and queue[0].future.done():
-                queue.popleft()
-            if not queue:
-                del self._queues[key]
-                continue
-            waiter = queue.popleft()
-            if queue:
-                self._order.append(key)
+            name = self._order.popleft()
+            group = self._groups[name]
+            waiter = group.pop()
+            if group.order:
+                self._order.append(name)
             else:
-                del self._queues[key]
-            self.forget(waiter)
-            return waiter
+                del self._groups[name]
+            if waiter is not None:
+                self.forget(waiter)
+                return waiter
         return None
 
     def forget(self, waiter: _Waiter[P]) -> None:
         """Stop counting a waiter (popped, or cancelled before it was popped)."""
-        left = self._live[waiter.key] - 1
+        key = (waiter.group, waiter.key)
+        left = self._live[key] - 1
         if left:
-            self._live[waiter.key] = left
+            self._live[key] = left
         else:
-            del self._live[waiter.key]
+            del self._live[key]
         self._size -= 1
 
     def withdraw(self, waiter: _Waiter[P]) -> P | None:
@@ -155,11 +192,17 @@ class _FairQueue(Generic[P]):
         return future.result()
 
     def waiting(self) -> dict[str, int]:
-        return dict(self._live)
+        """Live waiters per key (``group/key`` for keys of a named group)."""
+        return {label(group, key): n for (group, key), n in self._live.items()}
 
     def __repr__(self) -> str:  # "3 (a=2, b=1)"
-        per_key = ", ".join(f"{key}={n}" for key, n in sorted(self._live.items()))
+        per_key = ", ".join(f"{key}={n}" for key, n in sorted(self.waiting().items()))
         return f"{self._size} ({per_key})" if per_key else str(self._size)
+
+
+def label(group: str, key: str) -> str:
+    """How a (group, key) pair is named in stats and reprs: ``key``, or ``group/key``."""
+    return f"{group}/{key}" if group else key
 
 
 class Window:
@@ -178,6 +221,7 @@ class Window:
         self._count = 0
 
     def pending(self, now: float) -> int:
+        """How many releases still count at ``now`` (dropping those expired)."""
         expiries = self._expiries
         while expiries and expiries[0] <= now:
             expiries.popleft()
@@ -185,6 +229,8 @@ class Window:
         return self._count
 
     def add(self, released_at: float) -> None:
+        """Count a release at ``released_at``: it expires ``seconds`` later (rounded up to its
+        bucket's end when bucketed, never earlier)."""
         at = released_at
         if self.bucket:
             at = math.ceil(released_at / self.bucket) * self.bucket
@@ -199,9 +245,11 @@ class Window:
         self._count += 1
 
     def first_expiry(self) -> float | None:
+        """The earliest instant a counted release expires, or None when none counts."""
         return self._expiries[0] if self._expiries else None
 
     def stored(self) -> int:
+        """How many expiry entries are kept (at most ~seconds/bucket when bucketed)."""
         return len(self._expiries)
 
 
@@ -217,14 +265,16 @@ class WindowPermit:
     """A slot of a :class:`SlidingWindowLimiter`: ``release`` when the request is over (the slot
     then counts for one window length), ``give_back`` when nothing was sent (freed at once)."""
 
-    __slots__ = ("_done", "_key", "_limiter")
+    __slots__ = ("_counter", "_done", "_key", "_limiter")
 
-    def __init__(self, limiter: SlidingWindowLimiter, key: str) -> None:
+    def __init__(self, limiter: SlidingWindowLimiter, key: str, counter: _Counter) -> None:
         self._limiter = limiter
         self._key = key
+        self._counter = counter
         self._done = False
 
     def release(self) -> None:
+        """End the slot's flight: its window expiry starts now. Idempotent."""
         if not self._done:
             self._done = True
             self._limiter._release()
@@ -233,18 +283,23 @@ class WindowPermit:
         """The grant raced with cancellation: nothing was sent, so free the slot at once."""
         if not self._done:
             self._done = True
-            self._limiter._give_back(self._key)
+            self._limiter._give_back(self._counter)
 
     def __repr__(self) -> str:
         return f"<permit {self._key!r} of {self._limiter.name!r}{' released' * self._done}>"
 
 
 def make_windows(
-    windows: Sequence[tuple[int, float]], exact_max: int = EXACT_MAX, buckets: int = BUCKETS
+    windows: Sequence[tuple[int, float]],
+    exact_max: int = EXACT_MAX,
+    buckets: int = BUCKETS,
+    *,
+    allow_none: bool = False,
 ) -> tuple[Window, ...]:
     """Checked ``(limit, seconds)`` pairs as windows: exact up to ``exact_max`` slots, else
-    counted in ``buckets`` time buckets. Shared by the async and the thread-safe limiter."""
-    if not windows:
+    counted in ``buckets`` time buckets. Shared by the async and the thread-safe limiter.
+    ``allow_none``: no windows is fine (a limiter that only pauses)."""
+    if not windows and not allow_none:
         raise ValueError("a sliding-window limiter needs at least one (limit, seconds) window")
     for limit, seconds in windows:
         if limit < 1 or not 0 < seconds < math.inf:
@@ -257,6 +312,8 @@ class SlidingWindowLimiter:
 
     ``acquire(key)`` waits for a slot in every window and returns a :class:`Permit`; the slot
     stays taken until ``release()`` and for W seconds after it (see the module docstring).
+    ``group`` (keyword) names who asks, for fairness between the pipelines sharing a budget.
+    ``pause_only=True`` accepts no windows: the limiter then only pauses (``pause_until``).
     """
 
     def __init__(
@@ -267,33 +324,34 @@ class SlidingWindowLimiter:
         *,
         exact_max: int = EXACT_MAX,
         buckets: int = BUCKETS,
+        pause_only: bool = False,
     ) -> None:
         self.name = name
         self._clock = clock
-        self._windows = make_windows(windows, exact_max, buckets)
+        self._windows = make_windows(windows, exact_max, buckets, allow_none=pause_only)
         self._in_flight = 0
         self._granted = 0
-        self._counters: dict[str, _Counter] = {}
+        self._counters: dict[tuple[str, str], _Counter] = {}
         self._queue: _FairQueue[WindowPermit] = _FairQueue()
         self._paused_until = -math.inf
         self._timer: TimerHandle | None = None
         self._timer_at = math.inf
 
-    def try_acquire(self, key: str = "") -> Permit | None:
+    def try_acquire(self, key: str = "", *, group: str = "") -> WindowPermit | None:
         """A permit at once if nobody waits and every window has room, else None (no wait)."""
         now = self._clock.time()
         if not self._queue and now >= self._paused_until and self._room(now):
-            return self._grant(key, 0.0)
+            return self._grant(group, key, 0.0)
         return None
 
-    async def acquire(self, key: str = "") -> Permit:
-        """Wait for a slot in every window (round-robin between keys, FIFO within one) and return
-        its permit; a cancelled wait takes no slot.
+    async def acquire(self, key: str = "", *, group: str = "") -> WindowPermit:
+        """Wait for a slot in every window (round-robin between groups, then between keys, FIFO
+        within one) and return its permit; a cancelled wait takes no slot.
         """
         now = self._clock.time()
         if not self._queue and now >= self._paused_until and self._room(now):
-            return self._grant(key, 0.0)
-        waiter: _Waiter[WindowPermit] = _Waiter(key, now)
+            return self._grant(group, key, 0.0)
+        waiter: _Waiter[WindowPermit] = _Waiter(key, now, group)
         self._queue.push(waiter)
         self._dispatch(now)
         try:
@@ -312,6 +370,22 @@ class SlidingWindowLimiter:
         if when > self._paused_until:
             self._paused_until = when
             self._arm(self._clock.time())
+
+    def move_to(self, clock: Clock) -> None:
+        """Keep time on ``clock`` from now on (a new event loop's, telling the same monotonic
+        time). Only between runs: nothing may be in flight or waiting."""
+        if self._in_flight or self._queue:
+            raise RuntimeError(
+                f"limiter {self.name!r} has {self._in_flight} slots in flight and "
+                f"{len(self._queue)} waiters on its old clock; make a new one"
+            )
+        if self._timer is not None:
+            self._timer.cancel()
+        self._clock, self._timer, self._timer_at = clock, None, math.inf
+
+    def pause_for(self, seconds: float) -> None:
+        """Grant nothing for ``seconds`` from now (only ever extends the pause)."""
+        self.pause_until(self._clock.time() + seconds)
 
     @property
     def paused_until(self) -> float | None:
@@ -336,12 +410,15 @@ class SlidingWindowLimiter:
         return self._in_flight
 
     def stats(self) -> dict[str, KeyStats]:
-        """Per key (endpoint), sorted by key: granted, seconds waited, waiting now."""
-        waiting = self._queue.waiting()
-        stats = {key: KeyStats(c.granted, c.waited, 0) for key, c in self._counters.items()}
-        for key, n in waiting.items():
-            c = self._counters.get(key, _Counter())
-            stats[key] = KeyStats(c.granted, c.waited, n)
+        """Per key (endpoint; ``group/key`` for a named group), sorted: granted, seconds waited,
+        waiting now."""
+        stats = {
+            label(group, key): KeyStats(c.granted, c.waited, 0)
+            for (group, key), c in self._counters.items()
+        }
+        for key, n in self._queue.waiting().items():
+            s = stats.get(key, KeyStats(0, 0.0, 0))
+            stats[key] = KeyStats(s.granted, s.waited, n)
         return dict(sorted(stats.items()))
 
     def usage(self) -> tuple[WindowUsage, ...]:
@@ -381,15 +458,15 @@ class SlidingWindowLimiter:
                 at = max(at, expiry)
         return at
 
-    def _grant(self, key: str, waited: float) -> WindowPermit:
+    def _grant(self, group: str, key: str, waited: float) -> WindowPermit:
         self._in_flight += 1
         self._granted += 1
-        counter = self._counters.get(key)
+        counter = self._counters.get((group, key))
         if counter is None:
-            counter = self._counters[key] = _Counter()
+            counter = self._counters[(group, key)] = _Counter()
         counter.granted += 1
         counter.waited += waited
-        return WindowPermit(self, key)
+        return WindowPermit(self, label(group, key), counter)
 
     def _dispatch(self, now: float) -> None:
         """Grant queued waiters while there is room, then arm the timer for the rest."""
@@ -399,7 +476,7 @@ class SlidingWindowLimiter:
                 waiter = queue.pop()
                 if waiter is None:
                     break
-                waiter.future.set_result(self._grant(waiter.key, now - waiter.since))
+                waiter.future.set_result(self._grant(waiter.group, waiter.key, now - waiter.since))
         self._arm(now)
 
     def _arm(self, now: float) -> None:
@@ -431,10 +508,10 @@ class SlidingWindowLimiter:
         if self._queue:
             self._dispatch(now)
 
-    def _give_back(self, key: str) -> None:
+    def _give_back(self, counter: _Counter) -> None:
         self._in_flight -= 1
         self._granted -= 1
-        self._counters[key].granted -= 1
+        counter.granted -= 1
         self._dispatch(self._clock.time())
 
 
@@ -509,6 +586,16 @@ def try_acquire(limit: Limit, key: str) -> Permit | None:
     return fast(key) if fast is not None else None
 
 
+def give_back(permit: Permit) -> None:
+    """Return a permit whose request was never sent: ``give_back()`` where the permit has one
+    (a window slot is then free at once, with no expiry), else ``release()``."""
+    back = getattr(permit, "give_back", None)
+    if back is not None:
+        back()
+    else:
+        permit.release()
+
+
 class Permits:
     """Several permits held as one (what :class:`Limits` grants); shared with the thread-pool
     limiter."""
@@ -519,9 +606,16 @@ class Permits:
         self._permits = permits
 
     def release(self) -> None:
+        """Release every held permit, the last acquired first. Idempotent."""
         permits, self._permits = self._permits, []
         for permit in reversed(permits):
             permit.release()
+
+    def give_back(self) -> None:
+        """Nothing was sent: give every permit back (window slots free at once)."""
+        permits, self._permits = self._permits, []
+        for permit in reversed(permits):
+            give_back(permit)
 
 
 class Limits:
@@ -541,7 +635,7 @@ class Limits:
             permit = try_acquire(limit, key)
             if permit is None:
                 for p in reversed(held):  # nothing was sent: give back without expiry
-                    p.give_back() if isinstance(p, WindowPermit) else p.release()
+                    give_back(p)
                 return None
             held.append(permit)
         return Permits(held)

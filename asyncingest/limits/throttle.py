@@ -1,8 +1,7 @@
 """Slowing the shared budget on the server's word: :class:`AdaptiveThrottle` decides, from a
 response's :class:`~asyncingest.core.ratelimit_headers.RateHint` and status, whether the budget of
-that API must grant nothing until some monotonic instant; the engine passes the instant to
-``SlidingWindowLimiter.pause_until`` (or to a :class:`PauseGate` when the config declares no
-windows). See docs/architecture.md, "requests" and "retries".
+that API must grant nothing for a while; the engine passes the pause's ``seconds`` to the API's
+``RateBudget.pause_for`` (windows or not). See docs/architecture.md, "requests" and "retries".
 
 Two rules, both pausing the *whole* budget, not only the request that saw the answer:
 
@@ -19,15 +18,12 @@ arithmetic on its inputs and never sleeps, so every rule is tested without time 
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 
 from ..core.ratelimit_headers import RateHint
-from .clock import Clock, TimerHandle
-from .limiter import Permit
 
-__all__ = ["AdaptiveThrottle", "Pause", "PauseGate"]
+__all__ = ["AdaptiveThrottle", "Pause"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +70,7 @@ class AdaptiveThrottle:
         """The pause one response calls for, or None.
 
         ``now`` is the monotonic time the response arrived; ``in_flight`` the requests of the
-        same budget still unanswered (``SlidingWindowLimiter.in_flight``); ``paused_until`` the
+        same budget still unanswered (``RateBudget.in_flight``); ``paused_until`` the
         pause already in force, so only a pause that extends it is returned.
         """
         pause = self._throttled(hint, status)
@@ -133,68 +129,3 @@ def _describe(hint: RateHint) -> str:
     else:
         when = "no reset time, waiting a window" if hint.window is not None else "no reset time"
     return f"{hint.source}: {hint.remaining} remaining{of}{per}, {when}"
-
-
-class _NoPermit:
-    __slots__ = ()
-
-    def release(self) -> None:
-        pass
-
-
-_NO_PERMIT = _NoPermit()
-
-
-class PauseGate:
-    """A :class:`~asyncingest.limits.limiter.Limit` that only pauses: for an API whose config
-    declares no rate windows, so a 429 still has a shared budget to pause. Waits on one timer."""
-
-    def __init__(self, clock: Clock, name: str = "") -> None:
-        self.name = name
-        self._clock = clock
-        self._paused_until = -math.inf
-        self._waiters: list[asyncio.Future[None]] = []
-        self._timer: TimerHandle | None = None
-
-    def pause_until(self, when: float) -> None:
-        """Grant nothing before monotonic time ``when``. Only ever extends the pause."""
-        if when <= self._paused_until:
-            return
-        self._paused_until = when
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._waiters:
-            self._timer = self._clock.call_at(when, self._wake)
-
-    @property
-    def paused_until(self) -> float | None:
-        return self._paused_until if self._paused_until > self._clock.time() else None
-
-    def try_acquire(self, key: str = "") -> Permit | None:
-        return _NO_PERMIT if self._clock.time() >= self._paused_until else None
-
-    async def acquire(self, key: str = "") -> Permit:
-        while self._clock.time() < self._paused_until:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            if self._timer is None:
-                self._timer = self._clock.call_at(self._paused_until, self._wake)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-        return _NO_PERMIT
-
-    def _wake(self) -> None:
-        self._timer = None
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def __repr__(self) -> str:
-        paused = self.paused_until
-        state = f"paused for {paused - self._clock.time():g}s" if paused is not None else "open"
-        return f"PauseGate({self.name!r}, {state}, waiting={len(self._waiters)})"

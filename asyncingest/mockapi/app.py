@@ -62,6 +62,7 @@ class _Pipeline:
         self.token_path = s.oauth.token_path if s.oauth is not None else None
         self.protected = s.token is not None or s.oauth is not None
         self.slow_body_seconds = s.slow_body_seconds
+        self.fault_retry_after = s.fault_retry_after
         self.latency = s.latency_ms / 1000 if s.has_latency else None
         self.jitter = s.latency_jitter_ms / 1000
         self.rng = random.Random(f"latency:{s.seed}")
@@ -108,7 +109,11 @@ class _Pipeline:
         if fault is not None:
             stats.faults[fault] += 1
             response = await send_fault(
-                fault, request, reply or Reply(200, b"{}"), self.slow_body_seconds
+                fault,
+                request,
+                reply or Reply(200, b"{}"),
+                self.slow_body_seconds,
+                self.fault_retry_after,
             )
         else:
             assert reply is not None
@@ -212,6 +217,8 @@ class MockAPI:
         return self._url
 
     async def start(self) -> None:
+        """Bind the port (0: any free one) and serve; :attr:`url` is then set. Raises if already
+        running."""
         if self._runner is not None:
             raise RuntimeError("MockAPI is already running")
         server = web.Server(_Pipeline(self), access_log=None)
@@ -229,6 +236,7 @@ class MockAPI:
         self._runner, self._url = runner, f"http://{host}:{port}"
 
     async def close(self) -> None:
+        """Stop serving (connections closed, at most 0.5 s of grace). Idempotent."""
         runner, self._runner, self._url = self._runner, None, None
         if runner is not None:
             await runner.cleanup()

@@ -127,6 +127,7 @@ class Dataset:
 
     @classmethod
     def build(cls, settings: MockSettings) -> Dataset:
+        """The dataset ``settings`` describe; the same settings always build the same data."""
         return _build(settings)
 
     def for_session(self, table: str, session_key: int) -> list[Record]:
@@ -138,6 +139,7 @@ class Dataset:
         return user_record(self.seed, user_id, self.unknown_user_rate)
 
     def association_records(self, engagement_id: str) -> list[Record]:
+        """What ``/crm/v4/.../associations/contacts`` returns for one engagement."""
         return [
             {"toObjectId": cid, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 9}]}
             for cid in self.associations[engagement_id]

@@ -11,7 +11,7 @@ The kinds (:func:`send_fault`):
 =================== ============================================================================
 status_500          500 with a JSON error body
 status_503          503 with a JSON error body
-status_429          429 with ``Retry-After: 1`` (a limit the referee did not impose)
+status_429          429, ``Retry-After: <fault_retry_after>`` (a limit the referee did not set)
 reset_mid_body      chunked response; headers and half the body, then the connection is reset (RST)
 truncated_body      ``Content-Length`` of the full body, half of it sent, then the connection closed
 malformed_json      the real status, ``application/json``, and the first half of the body (invalid)
@@ -113,6 +113,7 @@ class FaultPlan:
         return self._attempts.get(url_key(path, query_string), 0)
 
     def reset(self) -> None:
+        """Forget how often each URL was requested: every URL starts again at attempt 0."""
         self._attempts.clear()
 
     def __repr__(self) -> str:
@@ -129,15 +130,20 @@ def _error(status: int, kind: str, headers: Mapping[str, str] | None = None) -> 
 
 
 async def send_fault(
-    kind: FaultKind, request: web.BaseRequest, reply: Reply, slow_body_seconds: float
+    kind: FaultKind,
+    request: web.BaseRequest,
+    reply: Reply,
+    slow_body_seconds: float,
+    retry_after: float = 1.0,
 ) -> web.StreamResponse:
-    """Answer ``request`` with fault ``kind`` instead of ``reply`` (whose body it may reuse)."""
+    """Answer ``request`` with fault ``kind`` instead of ``reply`` (whose body it may reuse);
+    ``status_429`` says ``Retry-After: <retry_after>`` (``f"{retry_after:g}"``)."""
     if kind == "status_500":
         return _error(500, kind)
     if kind == "status_503":
         return _error(503, kind)
     if kind == "status_429":
-        return _error(429, kind, {"Retry-After": "1"})
+        return _error(429, kind, {"Retry-After": f"{retry_after:g}"})
     if kind == "reset_before_answer":
         if request.transport is not None:
             request.transport.close()

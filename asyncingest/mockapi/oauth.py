@@ -38,6 +38,7 @@ class TokenStats:
         self.last_form: dict[str, str] = {}  # the last token request's form, secret removed
 
     def to_dict(self) -> dict[str, object]:
+        """The counters as a dict (token requests, issued, refused, failed, bearers rejected)."""
         return {
             "requests": self.requests,
             "issued": self.issued,
@@ -61,6 +62,8 @@ class TokenIssuer:
         self._serial = itertools.count(1)
 
     def token_request(self, headers: Mapping[str, str], body: bytes, now: float) -> Reply:
+        """Answer one token request at loop time ``now``: 503 for the first ``fail_first``, then a
+        token for the right client credentials (HTTP Basic or form), else the OAuth error."""
         s = self.settings
         st = self.stats
         st.requests += 1

@@ -75,6 +75,7 @@ class SlidingWindowReferee:
 
     @property
     def total_violations(self) -> int:
+        """Arrivals that broke any window, summed over the windows."""
         return sum(self.violations)
 
     def __repr__(self) -> str:

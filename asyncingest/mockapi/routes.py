@@ -142,6 +142,8 @@ class Routes:
         self._weather_rows = sorted(dataset.weather, key=lambda r: (r["date"], r["session_key"]))
 
     def resolve(self, path: str) -> tuple[Route, str | None] | None:
+        """The route for ``path`` and its path parameter (a user or engagement id), or None when no
+        route serves it."""
         route = self.fixed.get(path)
         if route is not None:
             return route, None
@@ -162,9 +164,11 @@ class Routes:
         return rows
 
     def meetings(self, call: Call) -> Reply:
+        """``/v1/meetings``: a plain list, filtered by ``year`` and ``meeting_key``."""
         return json_reply(self._filtered(self.dataset.meetings, call.query, "year", "meeting_key"))
 
     def sessions(self, call: Call) -> Reply:
+        """``/v1/sessions``: a plain list, filtered by ``meeting_key`` and ``session_key``."""
         return json_reply(
             self._filtered(self.dataset.sessions, call.query, "meeting_key", "session_key")
         )
@@ -179,11 +183,15 @@ class Routes:
         return json_reply(self._rows(table, call.query))
 
     def laps(self, call: Call) -> Reply:
+        """``/v1/laps``: offset pagination (``offset``, ``limit``), records under ``results`` with a
+        ``total``."""
         rows = self._rows("laps", call.query)
         offset, limit = _int(call.query, "offset", 0), _limit(call.query)
         return json_reply({"results": rows[offset : offset + limit], "total": len(rows)})
 
     def race_control(self, call: Call) -> Reply:
+        """``/v1/race_control``: page-number pagination, records under ``data.items``, ``meta`` with
+        the totals."""
         rows = self._rows("race_control", call.query)
         page = _int(call.query, "page", 1, low=1)
         size = _limit(call.query, "page_size", default=20)
@@ -197,6 +205,8 @@ class Routes:
         )
 
     def team_radio(self, call: Call) -> Reply:
+        """``/v1/team_radio``: cursor pagination, records under ``items``, the next page's full URL
+        in ``next``."""
         rows = self._rows("team_radio", call.query)
         start, limit = _cursor(call.query, "cursor"), _limit(call.query, default=20)
         end = start + limit
@@ -232,6 +242,8 @@ class Routes:
         return json_reply(body)
 
     def companies(self, call: Call) -> Reply:
+        """``/crm/v3/objects/companies``: a plain list per page, the next page in a ``Link:
+        rel=next`` header."""
         rows = self.dataset.companies
         start, limit = _cursor(call.query, "cursor"), _limit(call.query, default=10)
         end = start + limit
@@ -242,6 +254,7 @@ class Routes:
         return json_reply(rows[start:end], headers=headers)
 
     def associations(self, call: Call) -> Reply:
+        """One engagement's contact associations (``results``), or 404 for an unknown engagement."""
         eid = call.param or ""
         if eid not in self.dataset.associations:
             return json_reply(
@@ -256,9 +269,12 @@ class Routes:
 
     # -- partner --------------------------------------------------------------------------
     def user(self, call: Call) -> Reply:
+        """``/partner/users/{id}``: one user object (404 for unknown ids)."""
         return self._user_reply(call.param or "")
 
     def score(self, call: Call) -> Reply:
+        """``POST /partner/score`` with ``{"user_id": ...}``: that user's object; 400 for any other
+        body."""
         try:
             payload = orjson.loads(call.body)
         except orjson.JSONDecodeError:

@@ -98,6 +98,10 @@ class MockSettings(BaseModel):
     oauth: OAuthSettings | None = None
     """A token endpoint, and every other route then needs one of its bearer tokens."""
     slow_body_seconds: float = Field(default=2.0, gt=0.0)
+    fault_retry_after: float = Field(default=1.0, gt=0.0)
+    """The ``Retry-After`` (seconds) the ``status_429`` fault sends. Whole seconds are what HTTP
+    allows; a fraction (which asyncingest reads, as many clients do) keeps test runs short:
+    :meth:`small` uses 0.2."""
 
     @model_validator(mode="after")
     def _faults_need_kinds(self) -> Self:
@@ -107,6 +111,7 @@ class MockSettings(BaseModel):
 
     @property
     def has_latency(self) -> bool:
+        """True when answers are delayed (a latency or a jitter is set)."""
         return self.latency_ms > 0 or self.latency_jitter_ms > 0
 
     @classmethod
@@ -125,6 +130,7 @@ class MockSettings(BaseModel):
             "n_engagements": 15,
             "n_companies": 12,
             "n_users": 10,
+            "fault_retry_after": 0.2,  # not 1 s: every injected 429 would cost a second
         }
         return cls.model_validate(base | overrides)
 

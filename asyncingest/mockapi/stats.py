@@ -44,19 +44,23 @@ class MockStats:
         self.log: deque[LogEntry] = deque(maxlen=LOG_SIZE)
 
     def finish(self, time: float, method: str, path: str, status: int) -> None:
+        """Record an answered request: its status counted, an entry in :attr:`log`."""
         self.by_status[status] += 1
         self.log.append(LogEntry(time, method, path, status))
 
     @property
     def sent_429(self) -> int:
+        """How many answers were 429 (the referee's and injected ones)."""
         return self.by_status[429]
 
     @property
     def violations(self) -> int:
+        """Arrivals that broke a rate window (0 for a client that keeps the limits)."""
         return self._referee.total_violations
 
     @property
     def violations_by_window(self) -> list[int]:
+        """Violations per configured window, in the order of ``rate_limits``."""
         return list(self._referee.violations)
 
     @property
@@ -65,6 +69,7 @@ class MockStats:
         return list(self._referee.max_in_window)
 
     def reset(self) -> None:
+        """Zero every counter and the log (the referee's windows keep their arrivals)."""
         self.requests = 0
         self.by_path.clear()
         self.by_status.clear()

@@ -75,10 +75,12 @@ class Span:
 
     @classmethod
     def exact(cls, value: float) -> Span:
+        """A span known exactly: low, value and high all ``value``."""
         return cls(value, value, value)
 
     @property
     def is_exact(self) -> bool:
+        """True when low, value and high are equal."""
         return self.low == self.value == self.high
 
     def __mul__(self, other: Span) -> Span:
@@ -90,6 +92,7 @@ class Span:
         return Span(self.value + other.value, self.low + other.low, high)
 
     def to_dict(self) -> dict[str, float | None]:
+        """``{"value", "low", "high"}`` for ``plan --json``."""
         return {"value": self.value, "low": self.low, "high": self.high}
 
 

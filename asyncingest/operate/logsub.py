@@ -322,6 +322,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, event, message, then the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line: level, event name, message, the event's fields, and the
+        exception's traceback when there is one."""
         fields = getattr(record, "event_fields", None)
         extra: dict[str, Any] = dict(fields) if isinstance(fields, Mapping) else {}
         if record.exc_info:

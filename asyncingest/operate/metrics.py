@@ -259,9 +259,11 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
+        """Where Prometheus scrapes: ``http://host:port/metrics``."""
         return f"http://{self.host}:{self.port}/metrics"
 
     async def close(self) -> None:
+        """Stop serving and free the port."""
         await self._runner.cleanup()
 
     async def __aenter__(self) -> MetricsServer:

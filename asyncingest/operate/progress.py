@@ -252,6 +252,7 @@ class LiveProgress:
         self.model(event)
 
     def refresh(self) -> None:
+        """Redraw the table from the model now."""
         self.model.refresh()
         self._live.update(render_progress(self.model, self.title), refresh=True)
 
@@ -308,6 +309,7 @@ class PlainProgress:
             self._write([f"{event.endpoint}: {event.reason}"])  # at once: it may be hours
 
     def report(self) -> None:
+        """Write one line per active endpoint (and the budget and pause, if any) to the stream."""
         self.model.refresh()
         lines = [plain_line(self.model, r) for r in self.model.rows.values() if _active(r)]
         if lines and (budget := budget_text(self.model)) is not None:

@@ -77,6 +77,7 @@ class RateMeter:
         self._buckets: deque[list[int]] = deque()  # [bucket index, count], oldest first
 
     def add(self, now: float, count: int = 1) -> None:
+        """Count ``count`` events at time ``now``."""
         i = int(now // self._width)
         if self._buckets and self._buckets[-1][0] == i:
             self._buckets[-1][1] += count
@@ -85,6 +86,8 @@ class RateMeter:
         self._trim(i)
 
     def rate(self, now: float, since: float) -> float:
+        """Events per second over the last ``window`` seconds before ``now``, not counting time
+        before ``since``."""
         i = int(now // self._width)
         self._trim(i)
         span = now - max(since, (i - self._n + 1) * self._width)
@@ -225,6 +228,7 @@ class ProgressModel:
         return self._windows
 
     def row(self, name: str) -> EndpointProgress:
+        """The row of endpoint ``name`` (made empty on first use)."""
         row = self.rows.get(name)
         if row is None:
             row = self.rows[name] = EndpointProgress(name)
@@ -281,6 +285,7 @@ class ProgressModel:
     # -- derived -------------------------------------------------------------------------------
 
     def rate(self, row: EndpointProgress) -> float:
+        """The endpoint's recent requests per second (0 before it starts; fixed once it ends)."""
         if row.started is None:
             return 0.0
         if self.snapshot is not None:
@@ -292,6 +297,8 @@ class ProgressModel:
         return row.waited / row.requests if row.requests else 0.0
 
     def in_flight(self, row: EndpointProgress) -> int:
+        """Requests of the endpoint in flight now: from the engine's sampler if attached, else
+        started minus answered."""
         if self.in_flight_sampler is not None:
             return self.in_flight_sampler(row.name)
         if self.snapshot is not None:
@@ -299,6 +306,8 @@ class ProgressModel:
         return max(0, row.started_requests - row.requests)
 
     def progress(self, row: EndpointProgress) -> Progress | None:
+        """How far the endpoint is: jobs of a known total, jobs queued so far, or records of an
+        announced total; None when nothing says."""
         if row.total_jobs is not None:
             return Progress(row.jobs_done, row.total_jobs, "jobs", True)
         if row.jobs_queued:

@@ -56,6 +56,7 @@ class Reporter:
         )
 
     def error(self, event: str, text: str, **fields: Any) -> None:
+        """Say ``text`` at error level (see :meth:`say`)."""
         self.say(event, text, "error", **fields)
 
     def _json(self, level: str, event: str, text: str, fields: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from ..core.pagination import (
     number_or_none,
     paginator_for,
 )
-from ..core.records import Job, bind_children, copy_parent_fields, decide_retry, parse_page
+from ..core.records import Job, bind_children, copy_parent_fields, parse_page
 from ..core.request import (
     Page,
     Record,
@@ -70,10 +70,12 @@ class Sampled:
 
     @property
     def requests(self) -> int:
+        """How many requests the sample sent (one latency each)."""
         return len(self.latencies)
 
     @property
     def mean_latency(self) -> float | None:
+        """Mean seconds per request, or None when nothing was sent."""
         return statistics.fmean(self.latencies) if self.latencies else None
 
 
@@ -97,7 +99,7 @@ async def sample(
 ) -> Sampled:
     """Sample every endpoint of ``cfg`` (see the module docstring)."""
     clock = clock or LoopClock()
-    async with HttpClient(cfg.api, credentials_from_env(cfg)) as client:
+    async with HttpClient(cfg.api, credentials_from_env(cfg), clock=clock) as client:
         sampler = _Sampler(cfg, client, clock, walks, max_pages)
         tasks: dict[str, asyncio.Task[list[Record]]] = {}
         for e in cfg.order():
@@ -241,9 +243,7 @@ class _Sampler:
                 outcome = result
             if isinstance(outcome, Page):
                 return outcome
-            decision = decide_retry(
-                self.policy, outcome, attempt, clock.time() - started, clock.wall(), self.rng
-            )
+            decision = self.policy.decide(attempt, clock.time() - started, outcome, self.rng)
             if not decision.retry:
                 return Failure(outcome.kind, self.client.redact(decision.reason), outcome.status)
             await clock.sleep(decision.wait)

@@ -47,11 +47,15 @@ class WorkerMetrics(ShardObserver):
         )
 
     def shard_done(self, shard: Shard, seconds: float, requests: int, replayed: bool) -> None:
+        """Count a shard processed to the end (``already_committed`` when ``replayed``), its
+        duration and its requests."""
         self.processed.labels("already_committed" if replayed else "committed").inc()
         self.duration.observe(seconds)
         self.requests.inc(requests)
 
     def shard_failed(self, shard: Shard | None, reason: str, dead: bool) -> None:
+        """Count a failed shard as an error (``dead_lettered`` or ``requeued``); a dead-lettered one
+        is also processed."""
         self.errors.labels("dead_lettered" if dead else "requeued").inc()
         if dead:
             self.processed.labels("dead_lettered").inc()

@@ -62,9 +62,11 @@ class QueueNames:
 
     @property
     def dead(self) -> str:
+        """The dead-letter queue of the shard queue: ``<shards>.dead``."""
         return f"{self.shards}.dead"
 
     def run_record(self, run_id: str) -> str:
+        """The queue that holds run ``run_id``'s record: ``<shards>.run.<run_id>``."""
         return f"{self.shards}.run.{run_id}"
 
 

@@ -56,15 +56,19 @@ class RunFolder:
 
     @property
     def record(self) -> Path:
+        """The run record's path, ``run.json``."""
         return self.root / "run.json"
 
     def manifest(self, shard_id: str) -> Path:
+        """Where shard ``shard_id``'s commit manifest is (``committed/<shard>.json``)."""
         return self.root / "committed" / f"{shard_id}.json"
 
     def failure(self, shard_id: str) -> Path:
+        """Where shard ``shard_id``'s failure record is (``failed/<shard>.json``)."""
         return self.root / "failed" / f"{shard_id}.json"
 
     def inflight(self, shard_id: str) -> Path:
+        """Shard ``shard_id``'s in-flight marker (``inflight/<shard>``)."""
         return self.root / "inflight" / shard_id
 
     def new_staging(self, shard_id: str) -> Path:
@@ -76,6 +80,8 @@ class RunFolder:
     # -------------------------------------------------------------- the run record
 
     def write_record(self, record: dict[str, Any]) -> None:
+        """Write the run record durably: a fsynced temporary file renamed over ``run.json``, then
+        the folder fsynced."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.record.with_name(f".run.json.{uuid.uuid4().hex[:8]}.tmp")
         _write_durably(tmp, orjson.dumps(record, option=orjson.OPT_INDENT_2))
@@ -83,6 +89,7 @@ class RunFolder:
         _fsync_dir(self.root)
 
     def read_record(self) -> dict[str, Any] | None:
+        """The run record, or None when none was written."""
         try:
             out: dict[str, Any] = orjson.loads(self.record.read_bytes())
         except FileNotFoundError:
@@ -100,12 +107,14 @@ class RunFolder:
         return out
 
     def committed_ids(self) -> set[str]:
+        """The ids of the shards with a commit manifest."""
         folder = self.root / "committed"
         if not folder.is_dir():
             return set()
         return {p.name[: -len(".json")] for p in folder.glob("*.json")}
 
     def failed_ids(self) -> set[str]:
+        """The ids of the shards with a failure record (dead-lettered)."""
         folder = self.root / "failed"
         if not folder.is_dir():
             return set()
@@ -215,6 +224,8 @@ class RunFolder:
                 shutil.rmtree(p, ignore_errors=True)
 
     def record_failure(self, shard_id: str, reason: str, deliveries: int) -> None:
+        """Write shard ``shard_id``'s failure record durably (reason, deliveries, when, which
+        worker), replacing any earlier one."""
         path = self.failure(shard_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
@@ -231,6 +242,8 @@ class RunFolder:
         _fsync_dir(path.parent)
 
     def children_marker(self, shard_id: str) -> Path:
+        """Where shard ``shard_id``'s record of published child shards is
+        (``children/<shard>.json``)."""
         return self.root / "children" / f"{shard_id}.json"
 
     def children_published(self, shard_id: str) -> list[str] | None:
@@ -242,6 +255,8 @@ class RunFolder:
         return out
 
     def record_children(self, shard_id: str, children: list[str]) -> None:
+        """Record durably that shard ``shard_id`` published ``children`` (rename into place, folder
+        fsynced)."""
         path = self.children_marker(shard_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
@@ -257,6 +272,8 @@ class RunFolder:
             return 0
 
     def count_failure(self, shard_id: str) -> int:
+        """Count one more failed attempt at shard ``shard_id`` and return the count (for queues
+        without ``x-delivery-count``)."""
         path = self.root / "attempts" / shard_id
         path.parent.mkdir(parents=True, exist_ok=True)
         n = self.failed_attempts(shard_id) + 1
@@ -266,9 +283,11 @@ class RunFolder:
         return n
 
     def touch_inflight(self, shard_id: str) -> None:
+        """Create or touch shard ``shard_id``'s in-flight marker (a worker holds it now)."""
         path = self.inflight(shard_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
 
     def clear_inflight(self, shard_id: str) -> None:
+        """Remove shard ``shard_id``'s in-flight marker (nothing if absent)."""
         self.inflight(shard_id).unlink(missing_ok=True)

@@ -53,13 +53,16 @@ class Shard(BaseModel):
 
     @property
     def message_id(self) -> str:
+        """The message id, ``<run_id>/<shard_id>``: the same for every delivery of the shard."""
         return f"{self.run_id}/{self.shard_id}"
 
     def to_bytes(self) -> bytes:
+        """The shard as a JSON message body (what :meth:`from_bytes` reads)."""
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
     def from_bytes(cls, body: bytes) -> Shard:
+        """The shard a message body holds; a pydantic ``ValidationError`` for anything else."""
         return cls.model_validate(orjson.loads(body))
 
 

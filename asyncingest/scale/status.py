@@ -37,9 +37,11 @@ class RunStatus:
 
     @property
     def waiting(self) -> int:
+        """Shards neither done, failed nor in flight."""
         return max(0, self.total - self.done - self.failed - self.in_flight)
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts as a dict, ``waiting`` included (for ``--json``)."""
         out = dict(self.__dict__)
         out["waiting"] = self.waiting
         return out

@@ -39,6 +39,8 @@ class Submitted:
 
 
 def new_run_id() -> str:
+    """A fresh run id: the UTC time to the second and six random hex digits
+    (``20261130T090000Z-1a2b3c``)."""
     import uuid
 
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]

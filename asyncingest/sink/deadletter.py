@@ -137,6 +137,7 @@ class DeadLetters:
         return self.nbytes
 
     def close(self) -> None:
+        """Close the file (what was not synced is lost, and not named in the state). Idempotent."""
         if self._fh is not None:
             fh, self._fh = self._fh, None
             # A full disk may fail the flush; what was not synced is not in the state.

@@ -109,6 +109,7 @@ class EndpointState:
     compaction: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """This state as JSON-ready data (the form :meth:`from_json` reads)."""
         return {
             "files": self.files,
             "done": self.done.ranges(),
@@ -122,6 +123,7 @@ class EndpointState:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> EndpointState:
+        """The state :meth:`to_json` wrote."""
         return cls(
             files=list(d["files"]),
             done=RangeSet(tuple(r) for r in d["done"]),
@@ -150,6 +152,7 @@ class RunState:
     identity: dict[str, Any] | None = None
 
     def endpoint(self, name: str) -> EndpointState:
+        """The state of endpoint ``name`` (made empty on first use)."""
         return self.endpoints.setdefault(name, EndpointState())
 
     def to_bytes(self) -> bytes:
@@ -170,6 +173,7 @@ class RunState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RunState:
+        """The state a state file holds; ValueError for another version."""
         d = json_loads(data)
         if d.get("version") != STATE_VERSION:
             raise ValueError(f"state version {d.get('version')} is not {STATE_VERSION}")
@@ -243,6 +247,8 @@ class Journal:
         self._fh, self.lines, self.nbytes = fh, lines, nbytes
 
     def append(self, variables: dict[str, Any], copy: dict[str, Any]) -> int:
+        """Append one child job (its variables and copied fields); returns its line number, the
+        job's number. Not durable until :meth:`sync`."""
         assert self._fh is not None
         line = json_dumps({"v": variables, "c": copy}, default=str) + b"\n"  # ints exact
         self._fh.write(line)
@@ -251,12 +257,14 @@ class Journal:
         return self.lines - 1
 
     def sync(self) -> tuple[int, int]:
+        """Flush and fsync; returns ``(lines, nbytes)`` now durable, for the state to name."""
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
         return self.lines, self.nbytes
 
     def close(self) -> None:
+        """Close the file (what was not synced is lost, and not named in the state). Idempotent."""
         if self._fh is not None:
             fh, self._fh = self._fh, None
             # A full disk may fail the flush; what was not synced is not in the state.

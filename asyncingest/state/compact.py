@@ -75,6 +75,7 @@ class CompactOptions:
 
     @classmethod
     def from_config(cls, output: OutputConfig) -> CompactOptions:
+        """The compaction settings of an ``output`` section."""
         return cls(
             compression=output.compression,
             row_group_rows=output.row_group_rows,

@@ -64,9 +64,11 @@ class EndpointLedger:
         self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
 
     def url(self, request: Request) -> str:
+        """The request's URL for events and dead letters (the secret redacted)."""
         return self._redact(str(request.full_url))
 
     def summary(self) -> EndpointSummary:
+        """A snapshot of the endpoint's counters (thread-safe)."""
         with self._lock:
             return self.stats.summary()
 
@@ -110,6 +112,8 @@ class EndpointLedger:
                 self._emit(event)
 
     def retrying(self, request: Request, failure: Failure, attempt: int, wait: float) -> None:
+        """Count a retry of ``request`` after ``failure`` and emit :class:`RequestRetried` (``wait``
+        seconds before the next attempt)."""
         event = RequestRetried(
             self.name,
             self.url(request),
@@ -171,15 +175,18 @@ class EndpointLedger:
     # -- jobs and records ----------------------------------------------------------------------
 
     def jobs_submitted(self, n: int) -> None:
+        """Count ``n`` jobs given to the endpoint."""
         with self._lock:
             self.stats.jobs += n
 
     def jobs_queued(self, n: int) -> None:
+        """Emit :class:`JobsQueued` for ``n`` child jobs (nothing for 0)."""
         if n:
             with self._lock:
                 self._emit(JobsQueued(self.name, n))
 
     def received(self, n: int) -> None:
+        """Count ``n`` records received (before writing)."""
         with self._lock:
             self.stats.records_received += n
 
@@ -229,10 +236,12 @@ class EndpointLedger:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def started(self, now: float) -> None:
+        """Note when the endpoint started (monotonic seconds)."""
         with self._lock:
             self.stats.started = now
 
     def finished(self, now: float) -> None:
+        """Note when the endpoint finished (monotonic seconds)."""
         with self._lock:
             self.stats.finished = now
 

@@ -55,6 +55,7 @@ class OutputLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Drop the lock (closing its descriptor). Idempotent."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the only descriptor of the open file drops the lock

@@ -28,6 +28,8 @@ class Progress:
     partial: dict[int, Request] = field(default_factory=dict)
 
     def add(self, token: Token) -> None:
+        """Apply one written page's token: its job is done (no next request) or continues from
+        ``token.next``."""
         if token.next is None:
             self.done.add(token.job)
             self.partial.pop(token.job, None)

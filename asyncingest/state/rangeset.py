@@ -29,6 +29,7 @@ class RangeSet:
                 self._add_range(start, end)
 
     def add(self, n: int) -> None:
+        """Add ``n`` (merging adjacent ranges)."""
         self._add_range(n, n + 1)
 
     def add_range(self, start: int, end: int) -> None:
@@ -70,6 +71,7 @@ class RangeSet:
         return bool(self._starts)
 
     def ranges(self) -> list[tuple[int, int]]:
+        """The set as sorted, disjoint half-open ``(start, end)`` ranges."""
         return list(zip(self._starts, self._ends, strict=True))
 
     def __iter__(self) -> Iterator[int]:

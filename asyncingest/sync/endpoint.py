@@ -25,7 +25,6 @@ from ..core.records import (
     Job,
     bind_children,
     copy_parent_fields,
-    decide_retry,
     missing_key_reason,
     parse_page,
     split_by_key,
@@ -84,6 +83,7 @@ class SyncEndpoint:
         self._pk = endpoint.primary_key
 
     def link(self, children: list[SyncEndpoint], submit: Submit) -> None:
+        """Make ``children`` the endpoints this one's records bind; ``submit`` queues their jobs."""
         self.children = [(c, c.endpoint.for_each) for c in children if c.endpoint.for_each]
         self._submit = submit
 
@@ -143,7 +143,7 @@ class SyncEndpoint:
             if isinstance(outcome, Page):
                 return outcome
             elapsed = time.monotonic() - started
-            decision = decide_retry(self.policy, outcome, attempt, elapsed, time.time(), self.rng)
+            decision = self.policy.decide(attempt, elapsed, outcome, self.rng)
             if not decision.retry:
                 self.dead.add(self.ledger.gave_up(request, job, outcome, attempt, decision.reason))
                 return None
@@ -193,10 +193,12 @@ class LockedDeadLetters:
         self._lock = threading.Lock()
 
     def add(self, letter: DeadLetter) -> None:
+        """Write one dead letter (one thread at a time)."""
         with self._lock:
             self._dead.add(letter)
 
     def close(self) -> None:
+        """Close the dead-letter file (one thread at a time)."""
         with self._lock:
             self._dead.close()
 

@@ -72,6 +72,7 @@ class LockedBus:
         self.listening = self._bus.listening  # per-request events only when someone listens
 
     def emit(self, event: Event) -> None:
+        """Give ``event`` to the subscribers, one thread at a time (nothing without subscribers)."""
         if self._bus:
             with self._lock:
                 self._bus.emit(event)

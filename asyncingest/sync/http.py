@@ -82,6 +82,7 @@ class SyncHttpClient:
             )
 
     def close(self) -> None:
+        """Close every thread's session (their pooled connections)."""
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, []
         if self._token_session is not None:
@@ -252,12 +253,8 @@ class SyncHttpClient:
         data = b"".join(chunks)
         status = resp.status_code
         if status >= 300:
-            return Failure(
-                FailureKind.HTTP_STATUS,
-                f"HTTP {status}{snippet(data)}",
-                status=status,
-                retry_after=resp.headers.get("Retry-After"),
-                headers=resp.headers,
+            return Failure.answered(
+                status, f"HTTP {status}{snippet(data)}", resp.headers, time.time()
             )
         return Response(status, resp.headers, data, resp.url)
 

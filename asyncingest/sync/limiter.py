@@ -90,6 +90,8 @@ class ThreadSlidingWindowLimiter:
         self._closed = False
 
     def acquire(self, key: str = "") -> Permit:
+        """Block until every window has room, first come first served; a permit (its slot counts
+        from now until released, then for the window). Raises :class:`LimiterClosed` once closed."""
         with self._lock:
             if self._closed:
                 raise LimiterClosed(self.name)
@@ -113,6 +115,7 @@ class ThreadSlidingWindowLimiter:
                 self._leave(me)
 
     def close(self) -> None:
+        """Refuse new acquires and wake every waiter (each raises :class:`LimiterClosed`)."""
         with self._lock:
             self._closed = True
             for waiter in self._queue:
@@ -120,13 +123,16 @@ class ThreadSlidingWindowLimiter:
 
     @property
     def in_flight(self) -> int:
+        """Permits granted and not yet released."""
         return self._in_flight
 
     @property
     def granted(self) -> int:
+        """Permits granted since the start."""
         return self._granted
 
     def usage(self) -> tuple[WindowUsage, ...]:
+        """How full each window is now (in flight plus releases still counting)."""
         with self._lock:
             now = self._clock()
             return tuple(
@@ -193,6 +199,8 @@ class ThreadConcurrencyLimit:
         self._closed = False
 
     def acquire(self, key: str = "") -> Permit:
+        """Block until fewer than ``limit`` permits are held; raises :class:`LimiterClosed` once
+        closed."""
         with self._cond:
             while self._in_use >= self.limit and not self._closed:
                 self._cond.wait()
@@ -202,6 +210,7 @@ class ThreadConcurrencyLimit:
         return _Permit(self._release)
 
     def close(self) -> None:
+        """Refuse new acquires and wake every waiter."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -223,6 +232,7 @@ class ThreadLimits:
         self.limits = tuple(limits)
 
     def acquire(self, key: str = "") -> Permit:
+        """One permit of every limit, in order (all released if any acquire fails)."""
         held: list[Permit] = []
         try:
             for limit in self.limits:
@@ -233,6 +243,7 @@ class ThreadLimits:
         return Permits(held)
 
     def close(self) -> None:
+        """Close every limit, waking their waiters."""
         for limit in self.limits:
             limit.close()
 

@@ -14,11 +14,10 @@ from collections.abc import Callable
 
 import requests
 
-from ..core.records import decide_retry
-from ..core.retry import Failure, FailureKind, RetryPolicy
+from ..core.retry import Failure, FailureKind, RetryPolicy, parse_retry_after
 from ..http.oauth import MAX_TOKEN_BODY, OAuthCredentials, Token, down, read_token_answer
 
-FetchToken = Callable[[], tuple[int, bytes, str | None] | Failure]
+FetchToken = Callable[[], tuple[int, bytes, float | None] | Failure]
 
 
 class SyncTokenKeeper:
@@ -80,6 +79,7 @@ class SyncTokenKeeper:
             self.dropped += 1
 
     def refused_again(self, token: str) -> None:
+        """``token``, fetched after a 401, was refused too: a 401 will not drop it again."""
         self._stuck = token
 
     def _obtain(self) -> str:
@@ -108,9 +108,7 @@ class SyncTokenKeeper:
                     answer.status,
                     answer.retry_after,
                 )
-                decision = decide_retry(
-                    self._policy, failure, attempt, self._now() - started, time.time(), self._rng
-                )
+                decision = self._policy.decide(attempt, self._now() - started, failure, self._rng)
                 if not decision.retry:
                     raise down(self.credentials.config, decision.reason)
                 self._sleep(decision.wait)
@@ -128,8 +126,9 @@ class SyncTokenKeeper:
 
 def request_token(
     session: requests.Session, credentials: OAuthCredentials, timeout: tuple[float, float]
-) -> tuple[int, bytes, str | None] | Failure:
-    """One token request with ``requests`` (redirects not followed), as the async client's."""
+) -> tuple[int, bytes, float | None] | Failure:
+    """One token request with ``requests`` (redirects not followed), as the async client's:
+    status, body and ``Retry-After`` in seconds, or the failure."""
     form, headers = credentials.token_request()
     try:
         with session.post(
@@ -141,7 +140,8 @@ def request_token(
             stream=True,
         ) as resp:
             body = resp.raw.read(MAX_TOKEN_BODY, decode_content=True)
-            return resp.status_code, body, resp.headers.get("Retry-After")
+            wait = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+            return resp.status_code, body, wait
     except requests.Timeout:
         return Failure(FailureKind.TIMEOUT, "token endpoint: timed out")
     except (requests.RequestException, OSError) as exc:

@@ -164,6 +164,7 @@ class Scheduler:
     # -- state --------------------------------------------------------------------------------
 
     def peak_queued(self, endpoint: str) -> int:
+        """The most jobs of ``endpoint`` ever queued at once (tests check the bound)."""
         return self._lanes[endpoint].peak
 
     def run_inline(self, endpoint: str) -> int:

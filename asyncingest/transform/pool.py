@@ -112,6 +112,7 @@ class TransformOutcome:
     """Time spent in the worker: decode, transform, encode."""
 
     def records(self) -> list[dict[str, Any]]:
+        """The batch's output records; ValueError when the batch failed."""
         if self.output is None:
             raise ValueError(f"no output: {self.error}")
         out: list[dict[str, Any]] = json_loads(self.output)  # integers beyond 64 bits exact
