@@ -602,3 +602,57 @@ def parse_metrics(text: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+def _redis_up() -> bool:
+    try:
+        import redis  # noqa: F401  -- the optional extra asyncingest[scale]
+
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+WINDOW = (20, 0.5)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis-budget", "own-windows"])
+async def test_workers_share_one_budget_through_redis(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory, shared: bool
+) -> None:
+    """Test 1's bound across workers: 2 workers x 2 shards at once send through one Redis budget,
+    so the server never counts more than the window; each shard on its own windows (the
+    control) breaks it, which shows the test can fail."""
+    if not _redis_up():
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI=true: the Redis at 127.0.0.1:6379 (and redis-py) are required")
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    api = await start_mock_api(
+        MockSettings.small(rate_limits=(WINDOW,), enforce_rate_limit=False, latency_ms=5)
+    )
+    write_ids(tmp_path, 160 if shared else 80)
+    out = tmp_path / "out"
+    raw = job(api.url, out, tmp_path / "ids.csv", crawl=False).model_dump(mode="json")
+    raw["api"]["rate_limits"] = [{"requests": WINDOW[0], "per_seconds": WINDOW[1]}]
+    run_id = f"budget-{uuid.uuid4().hex[:8]}"
+    cfg = config_from_dict(raw)
+    done = await submit(cfg, BROKER, run_id=run_id, output=out, shard_size=20, names=names)
+    budget = ("--budget", "redis://127.0.0.1:6379/0") if shared else ()
+    workers = [await start_worker(names, None, "--shards-at-once", "2", *budget) for _ in range(2)]
+    try:
+        await all_committed(out, run_id, done.shards, workers)
+    finally:
+        for w in workers:
+            await w.stop()
+        import aio_pika
+
+        connection = await aio_pika.connect(BROKER)
+        async with connection:
+            await (await connection.channel()).queue_delete(names.run_record(run_id))
+    stats = api.stats
+    if shared:
+        assert stats.violations == 0 and stats.max_in_window[0] <= WINDOW[0], stats
+        assert stats.max_in_window[0] == WINDOW[0]  # and the budget was used up to its limit
+    else:
+        assert stats.violations > 0 and stats.max_in_window[0] > WINDOW[0], stats

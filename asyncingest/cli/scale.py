@@ -180,18 +180,16 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
 def _budget_note(url: str | None) -> str:
     if url is None:
         return (
-            "budget: in-process (each worker keeps the configured windows on its own; "
-            "N workers may send up to N times the limit; --budget redis://... shares one)"
+            "budget: in-process (the shards of a run in this worker share the configured "
+            "windows; other workers keep their own, so N workers may send up to N times the "
+            "limit; --budget redis://... shares one between all of them)"
         )
-    return (
-        f"budget {redact(url)}: the Redis budget is not part of this version yet; each "
-        "worker keeps the configured windows on its own (N workers may send up to N times "
-        "the limit)"
-    )
+    return f"budget {redact(url)}: one per run, shared by every worker through Redis"
 
 
 def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     from ..operate.logsub import configure_logging
+    from ..scale.budgets import Budgets
     from ..scale.worker import QueueSource, Worker
 
     if args.budget is not None and not args.budget.startswith(("redis://", "rediss://")):
@@ -206,13 +204,7 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
             "command line", [Problem("--output/--set", "only with --config (a from_queue job)")]
         )
     configure_logging(args.log_level, "text", everything=True)
-    note = _budget_note(args.budget)
-    if args.shards_at_once > 1:
-        note += (
-            f"; each of the {args.shards_at_once} shards this worker runs at once also keeps "
-            "them on its own"
-        )
-    out.say("budget", note, "warning")
+    out.say("budget", _budget_note(args.budget), "warning" if args.budget is None else "info")
 
     async def main() -> int:
         observer = None
@@ -221,8 +213,11 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
                 observer = await stack.enter_async_context(
                     _metrics(args.metrics_port, args.metrics_host, out)
                 )
+            budgets = Budgets(args.budget)
+            stack.push_async_callback(budgets.aclose)
             worker = Worker(
                 args.broker,
+                budgets=budgets,
                 names=names,
                 shards_at_once=args.shards_at_once,
                 delivery_limit=args.delivery_limit,

@@ -24,16 +24,9 @@ import orjson
 
 from ..core.crashpoints import crash_point
 from ..errors import EnvironmentFailure
+from ..sink.durable import fsync_dir
 
 _PART = re.compile(r"part-(\d+)\.parquet")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -86,7 +79,7 @@ class RunFolder:
         tmp = self.record.with_name(f".run.json.{uuid.uuid4().hex[:8]}.tmp")
         _write_durably(tmp, orjson.dumps(record, option=orjson.OPT_INDENT_2))
         os.replace(tmp, self.record)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def read_record(self) -> dict[str, Any] | None:
         """The run record, or None when none was written."""
@@ -185,7 +178,7 @@ class RunFolder:
             won = False
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if won:
             crash_point("scale-committed")
         return won
@@ -210,7 +203,7 @@ class RunFolder:
                     ) from None
             touched.add(dst.parent)
         for folder in touched:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self.discard_staging(manifest["shard_id"])
 
     def discard_staging(self, shard_id: str, only: Path | None = None) -> None:
@@ -239,7 +232,7 @@ class RunFolder:
         }
         _write_durably(tmp, orjson.dumps(record, option=orjson.OPT_INDENT_2))
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def children_marker(self, shard_id: str) -> Path:
         """Where shard ``shard_id``'s record of published child shards is
@@ -262,7 +255,7 @@ class RunFolder:
         tmp = path.with_name(f".{shard_id}.{uuid.uuid4().hex[:8]}.tmp")
         _write_durably(tmp, orjson.dumps(children))
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def failed_attempts(self, shard_id: str) -> int:
         """Failures counted so far (for queues without ``x-delivery-count``)."""

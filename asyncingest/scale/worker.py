@@ -30,6 +30,7 @@ from ..core.crashpoints import crash_point
 from ..engine.pipeline import Pipeline
 from ..errors import ConfigError, EnvironmentFailure, Problem
 from .broker import DELIVERY_LIMIT, QueueNames, connect, declare, redact
+from .budgets import Budgets
 from .commit import RunFolder
 from .shards import Shard, child_shards, config_json, message_shard, shard_config
 
@@ -135,8 +136,10 @@ class Worker:
         observer: ShardObserver | None = None,
         engine_options: Callable[[], dict[str, Any]] | None = None,
         source: QueueSource | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.broker = broker
+        self.budgets = budgets or Budgets()
         self.source = source
         self.names = QueueNames(source.queue) if source is not None else (names or QueueNames())
         self.shards_at_once = shards_at_once
@@ -338,7 +341,8 @@ class Worker:
         pipeline: Pipeline | None = None
         try:
             cfg = await asyncio.to_thread(shard_config, shard, staging)
-            pipeline = Pipeline(cfg, output=staging, fresh=True, **self.engine_options())
+            options = {"budget": self.budgets.for_run(shard.run_id, cfg), **self.engine_options()}
+            pipeline = Pipeline(cfg, output=staging, fresh=True, **options)
             await pipeline.start()
             self._pipelines.add(pipeline)
             if self._hard_stop:
