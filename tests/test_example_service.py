@@ -19,6 +19,9 @@ from examples.service.app import SERVICE, make_app
 
 from .conftest import F1_KEYS, MockAPIFactory, assert_same_records, read_records
 
+# Whole crawls through the service, in both modes: the full suite runs them, the quick set not.
+pytestmark = pytest.mark.slow
+
 # The endpoints of config/f1_crawl.yaml, the service's default job.
 F1_CRAWL = ("meetings", "sessions", "drivers", "laps", "weather", "pit", "stints", "race_control")
 #: Where the service runs its pipelines: its own loop, or a loop of their own on a second thread.

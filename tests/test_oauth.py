@@ -105,6 +105,7 @@ async def test_every_request_in_flight_shares_one_token_request(
 
 
 @pytest.mark.parametrize("mock_api", [oauth_api(expires_in=1.5)], indirect=True)
+@pytest.mark.slow  # tokens of 1.5 s, outlived in real time
 async def test_a_token_expiring_mid_run_is_replaced_before_it_expires(
     engine: Runner, mock_api: MockAPI, tmp_path: Path
 ) -> None:

@@ -77,6 +77,7 @@ async def spawn(*args: str) -> asyncio.subprocess.Process:
 BURST, LONG = (10, 0.25), (34, 2.0)
 
 
+@pytest.mark.slow  # spawns processes, or waits out windows in real time
 async def test_three_processes_share_one_budget_never_over_and_use_it_all(
     start_mock_api: MockAPIFactory,
 ) -> None:
@@ -133,6 +134,7 @@ async def test_a_hung_redis_times_out_and_grants_nothing() -> None:
         server.close()
 
 
+@pytest.mark.slow  # spawns processes, or waits out windows in real time
 async def test_state_lost_mid_run_keeps_every_window(
     start_mock_api: MockAPIFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -167,6 +169,7 @@ async def test_state_lost_mid_run_keeps_every_window(
     assert any("lost its state" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow  # spawns processes, or waits out windows in real time
 async def test_a_killed_holders_slot_returns_when_its_lease_runs_out() -> None:
     key = prefix()
     holder = await spawn("--hold", REDIS, key, "0.6", "1/0.2")
