@@ -44,24 +44,13 @@ def iter_id_rows(
     if not path.is_file():
         raise ConfigError(spec.path, [Problem("from_file.path", "input file not found")])
     out: list[tuple[int, Any, dict[str, Any]]] = []
-    with path.open("rb") as fh:
-        for line_no, line in enumerate(io.BufferedReader(fh)):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise ConfigError(
-                    spec.path, [Problem(f"line {line_no + 1}", f"invalid JSON: {exc}")]
-                ) from None
-            if not isinstance(obj, dict):
-                continue
-            value = obj.get(spec.column)
-            if value is not None and value != "":
-                out.append((line_no, value, {k: obj.get(k) for k in spec.copy_fields}))
-                if len(out) >= chunk:
-                    yield out
-                    out = []
+    for line_no, obj in _jsonl_objects(path, spec):
+        value = obj.get(spec.column)
+        if value is not None and value != "":
+            out.append((line_no, value, {k: obj.get(k) for k in spec.copy_fields}))
+            if len(out) >= chunk:
+                yield out
+                out = []
     if out:
         yield out
 
@@ -125,8 +114,9 @@ def _csv(path: Path, spec: FromFile, chunk: int) -> Iterator[list[tuple[int, Any
             yield out
 
 
-def _jsonl(path: Path, spec: FromFile, chunk: int) -> Iterator[list[tuple[int, Any]]]:
-    out: list[tuple[int, Any]] = []
+def _jsonl_objects(path: Path, spec: FromFile) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line_number, object)`` for each JSON object line; blank lines and non-objects are
+    skipped, invalid JSON is a :class:`ConfigError` naming the line."""
     with path.open("rb") as fh:
         for line_no, line in enumerate(io.BufferedReader(fh)):
             if not line.strip():
@@ -137,12 +127,19 @@ def _jsonl(path: Path, spec: FromFile, chunk: int) -> Iterator[list[tuple[int, A
                 raise ConfigError(
                     spec.path, [Problem(f"line {line_no + 1}", f"invalid JSON: {exc}")]
                 ) from None
-            value = obj.get(spec.column) if isinstance(obj, dict) else None
-            if value is not None and value != "":
-                out.append((line_no, value))
-                if len(out) >= chunk:
-                    yield out
-                    out = []
+            if isinstance(obj, dict):
+                yield line_no, obj
+
+
+def _jsonl(path: Path, spec: FromFile, chunk: int) -> Iterator[list[tuple[int, Any]]]:
+    out: list[tuple[int, Any]] = []
+    for line_no, obj in _jsonl_objects(path, spec):
+        value = obj.get(spec.column)
+        if value is not None and value != "":
+            out.append((line_no, value))
+            if len(out) >= chunk:
+                yield out
+                out = []
     if out:
         yield out
 
