@@ -199,6 +199,34 @@ def read_token_answer(
     return Token(token, now + life - margin, now + life)
 
 
+def settle_token_request(
+    credentials: OAuthCredentials,
+    sent: tuple[int, bytes, float | None] | Failure,
+    policy: RetryPolicy,
+    rng: random.Random,
+    attempt: int,
+    elapsed: float,
+    now: float,
+) -> Token | float:
+    """One token request's outcome, for both engines' token keepers: the :class:`Token`, or the
+    seconds to wait before asking again (``api.retry``); raises :func:`down` when the policy
+    gives up, ``ConfigError`` for an answer no retry fixes."""
+    if isinstance(sent, Failure):
+        answer: Token | Failure = sent
+    else:
+        status, body, retry_after = sent
+        answer = read_token_answer(credentials, status, body, now, retry_after)
+    if isinstance(answer, Token):
+        return answer
+    failure = Failure(
+        answer.kind, credentials.redact(answer.detail), answer.status, answer.retry_after
+    )
+    decision = policy.decide(attempt, elapsed, failure, rng)
+    if not decision.retry:
+        raise down(credentials.config, decision.reason)
+    return decision.wait
+
+
 def _snippet(credentials: Credentials, body: bytes) -> str:
     """``": <start of the body>"`` (secrets redacted) for a message, or ``""``."""
     text = body[:160].decode("utf-8", "replace").strip().replace("\n", " ")
@@ -328,34 +356,22 @@ class TokenKeeper:
 
     async def _obtain(self) -> str:
         """Token requests until one gives a token (retried by ``api.retry``), or the error."""
-        clock, config = self._clock, self.credentials.config
+        clock = self._clock
         started = clock.time()
         attempt = 0
         while True:
             attempt += 1
             self.requests += 1
             sent = await self._fetch()
-            if isinstance(sent, Failure):
-                answer: Token | Failure = sent
-            else:
-                status, body, retry_after = sent
-                answer = read_token_answer(
-                    self.credentials, status, body, clock.time(), retry_after
-                )
-            if isinstance(answer, Token):
-                self._token = answer
-                self.issued += 1
-                return answer.value
-            failure = Failure(
-                answer.kind,
-                self.credentials.redact(answer.detail),
-                answer.status,
-                answer.retry_after,
+            now = clock.time()
+            got = settle_token_request(
+                self.credentials, sent, self._policy, self._rng, attempt, now - started, now
             )
-            decision = self._policy.decide(attempt, clock.time() - started, failure, self._rng)
-            if not decision.retry:
-                raise down(config, decision.reason)
-            await clock.sleep(decision.wait)
+            if isinstance(got, Token):
+                self._token = got
+                self.issued += 1
+                return got.value
+            await clock.sleep(got)
 
     async def close(self) -> None:
         """Cancel a fetch in progress (the client is closing)."""

@@ -15,7 +15,12 @@ from collections.abc import Callable
 import requests
 
 from ..core.retry import Failure, FailureKind, RetryPolicy, parse_retry_after
-from ..http.oauth import MAX_TOKEN_BODY, OAuthCredentials, Token, down, read_token_answer
+from ..http.oauth import (
+    MAX_TOKEN_BODY,
+    OAuthCredentials,
+    Token,
+    settle_token_request,
+)
 
 FetchToken = Callable[[], tuple[int, bytes, float | None] | Failure]
 
@@ -91,27 +96,15 @@ class SyncTokenKeeper:
                 attempt += 1
                 self.requests += 1
                 sent = self._fetch()
-                if isinstance(sent, Failure):
-                    answer: Token | Failure = sent
-                else:
-                    status, body, retry_after = sent
-                    answer = read_token_answer(
-                        self.credentials, status, body, self._now(), retry_after
-                    )
-                if isinstance(answer, Token):
-                    self._token = answer
-                    self.issued += 1
-                    return answer.value
-                failure = Failure(
-                    answer.kind,
-                    self.credentials.redact(answer.detail),
-                    answer.status,
-                    answer.retry_after,
+                now = self._now()
+                got = settle_token_request(
+                    self.credentials, sent, self._policy, self._rng, attempt, now - started, now
                 )
-                decision = self._policy.decide(attempt, self._now() - started, failure, self._rng)
-                if not decision.retry:
-                    raise down(self.credentials.config, decision.reason)
-                self._sleep(decision.wait)
+                if isinstance(got, Token):
+                    self._token = got
+                    self.issued += 1
+                    return got.value
+                self._sleep(got)
         except Exception as exc:
             self._error = exc
             raise
