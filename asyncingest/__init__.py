@@ -56,6 +56,7 @@ from .core.request import Page, Request
 from .core.result import EndpointSummary, RunResult
 from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
 from .engine.engine import Engine
+from .engine.loop_thread import PipelineThread
 from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
 from .errors import (
     AsyncIngestError,
@@ -111,6 +112,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "PipelineStateError",
     "Budget",
     "RedisBudget",
+    "PipelineThread",
     "tune_gc",
     # results and snapshots
     "Snapshot",
