@@ -113,3 +113,17 @@ async def test_close_cancels_what_still_runs_ends_the_thread_and_refuses_more() 
 
     with pytest.raises(RuntimeError, match="closed"):
         await pipelines.run(nothing)
+
+
+def test_tune_gc_freezes_start_up_and_keeps_young_collections_short() -> None:
+    """The thresholds tune_gc sets (operate/tuning.py says why); put back afterwards."""
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        asyncingest.tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (20_000, 5, max(before[2], 400))
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
