@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -428,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The host's decision, taken here for this process: a full collection of everything the
     # imports made held the loop ~40 ms at a time while ingesting (benchmarks/RESULTS.md).
     asyncingest.tune_gc()
+    if args.pipelines_thread:
+        # The service's loop waits for the GIL in every pass while the pipelines' thread runs:
+        # at most 1 ms instead of Python's 5 (benchmarks/RESULTS.md, issue 12, helper speed).
+        sys.setswitchinterval(0.001)
     web.run_app(app, host=args.host, port=args.port)
 
 
