@@ -177,7 +177,13 @@ class Pipeline:
 
     def snapshot(self) -> Snapshot:
         """Where the run is now (see :class:`~asyncingest.Snapshot`): O(endpoints), safe at any
-        moment, before the start and after the end."""
+        moment, before the start and after the end.
+
+        Call it from the thread running the pipeline's event loop: the counters it reads are
+        updated by that loop without locks. From another thread, ask the loop for it
+        (``asyncio.run_coroutine_threadsafe`` of a coroutine that returns ``p.snapshot()``, or
+        ``loop.call_soon_threadsafe``); the :class:`~asyncingest.Snapshot` it returns is frozen
+        and may then be read anywhere."""
         return self._engine.snapshot()
 
     def batches(self, endpoint: str) -> BatchStream:
