@@ -294,3 +294,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value)
     return str(value)
+
+
+def union(a: Kind, b: Kind) -> Kind:
+    """The narrowest kind both ``a`` and ``b`` widen to (:func:`conform_array` takes columns of
+    either to it): undecided takes the other, struct fields are united by name (``a``'s order
+    first), list elements united, int64 with float64 or decimal as in :func:`widen`, JSON text
+    absorbs anything. Two kinds no value could widen between (text and numbers, an object and a
+    list) raise :class:`Untypable`; the caller falls back to JSON text for the column."""
+    if a is None:
+        return b
+    if b is None or a == b:
+        return a
+    if a == "json" or b == "json":
+        return "json"
+    if type(a) is tuple and type(b) is tuple and a[0] == b[0]:
+        if a[0] == "list":
+            return ("list", union(a[1], b[1]))
+        fields = dict(a[1])
+        for name, kind in b[1].items():
+            fields[name] = union(fields[name], kind) if name in fields else kind
+        return ("struct", fields)
+    wider = _WIDER.get((a, b)) if type(a) is str and type(b) is str else None
+    if wider is None:
+        raise Untypable(f"{describe(b)} where {describe(a)} was")
+    return wider
