@@ -281,7 +281,9 @@ def conform_array(array: pa.Array, source: Kind, target: Kind) -> pa.Array:
             child_type = arrow_type(kind)
             fields.append(pa.field(name, child_type))
             old = source[1].get(name)
-            if old is None or arrow_type(old) == PLACEHOLDER:  # absent, or null so far
+            if old is None or (is_nested(old) and arrow_type(old) == PLACEHOLDER):
+                # absent, null so far, or an object without keys so far (stored as null); a
+                # string or JSON text child is pa.string() too, and is kept
                 children.append(pa.nulls(len(array), child_type))
             else:  # .field() of a slice is sliced too
                 children.append(conform_array(array.field(name), old, kind))

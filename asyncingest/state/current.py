@@ -31,9 +31,9 @@ How (``current(n) = current(n-1) merged with increment n``)
     Every rebuild therefore reads and writes the whole table once (streamed), and the files are
     ``max_rows_per_file`` rows each (row groups of ``row_group_rows``), not one per increment.
 
-    Deleted keys are kept as tombstones (the deleted version's row) in a hidden file of the
-    version, ``.tombstones.pq``, so an older version of the key arriving later (a lagging page)
-    does not bring it back. With a ``token`` cursor or none, a later increment always wins and
+    Deleted keys are kept as tombstones (the deleted version's row) beside the table, in the
+    version's ``tombstones.parquet``, so an older version of the key arriving later (a lagging
+    page) does not bring it back. With a ``token`` cursor or none, a later increment always wins and
     no tombstones are kept.
 
 Schema
@@ -43,13 +43,20 @@ Schema
     column added later. ``replace=True`` takes the increment's schema alone.
 
 Atomic publication (readers only ever see a complete version)
-    ``OUTPUT/<endpoint>_current`` is a symbolic link to a hidden version folder,
-    ``OUTPUT/.<endpoint>_current.v<n>/`` (hidden from ``pyarrow.dataset`` discovery and from
-    ``*`` globs). A rebuild:
+    ``OUTPUT/<endpoint>_current`` is a symbolic link to the ``data`` folder of a hidden version
+    folder (hidden from ``pyarrow.dataset`` discovery and from ``*`` globs)::
+
+        OUTPUT/.<endpoint>_current.v<n>/data/part-NNNNN.parquet   the table (nothing else:
+                                                                  polars refuses a folder of
+                                                                  mixed files)
+        OUTPUT/.<endpoint>_current.v<n>/tombstones.parquet        deleted keys (see above)
+        OUTPUT/.<endpoint>_current.v<n>/manifest.json             the figures; written last
+
+    A rebuild:
 
     1. deletes a leftover ``v<n>`` folder (a killed attempt), writes the new version into it,
-       fsyncs every file, writes ``.manifest.json`` (the figures) and fsyncs the folder and
-       ``OUTPUT``. Crash points ``current-partial`` (after the first file) and
+       fsyncs every file, writes ``manifest.json`` and fsyncs the folders and ``OUTPUT``.
+       Crash points ``current-partial`` (after the first file) and
        ``current-staged``: a kill leaves the old link, and the next call redoes the version.
     2. switches: a link ``.<endpoint>_current.tmp`` to the new folder is made and renamed over
        ``<endpoint>_current`` (``os.replace``: atomic), and ``OUTPUT`` is fsynced. This is the
@@ -110,8 +117,9 @@ CursorType = Literal["timestamp", "epoch_s", "epoch_ms", "integer", "token"]
 CURSOR_TYPES: Final[tuple[str, ...]] = ("timestamp", "epoch_s", "epoch_ms", "integer", "token")
 
 SUFFIX: Final = "_current"
-TOMBSTONES: Final = ".tombstones.pq"
-MANIFEST: Final = ".manifest.json"
+DATA: Final = "data"
+TOMBSTONES: Final = "tombstones.parquet"
+MANIFEST: Final = "manifest.json"
 _PART: Final = re.compile(r"part-(\d+)\.parquet")
 _FALSE_TEXT: Final = frozenset({"", "false", "0", "no"})
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -182,8 +190,8 @@ def current_version(output: Path, endpoint: str) -> int | None:
             )
         return None
     target = os.readlink(link)
-    m = re.fullmatch(re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)", target)
-    if m is None or not (link.parent / target / MANIFEST).is_file():
+    m = re.fullmatch(re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)/" + DATA, target)
+    if m is None or not (link.parent / target).parent.joinpath(MANIFEST).is_file():
         raise StateCorrupt(
             str(link),
             f"the current table's link points at {target!r}, which is not a complete version",
@@ -259,6 +267,7 @@ def rebuild_current(
             deleted_field=deleted_field,
             options=options,
         ).run(folder, previous if not replace else None, increment_files)
+        fsync_dir(folder / DATA)
         manifest = {
             "endpoint": endpoint,
             "version": increment,
@@ -275,7 +284,7 @@ def rebuild_current(
         shutil.rmtree(folder, ignore_errors=True)  # never published: nothing else changed
         raise
     crash_point("current-staged")
-    _switch(output, link, folder.name)
+    _switch(output, link, f"{folder.name}/{DATA}")
     crash_point("current-switched")
     _clean_up(output, endpoint, increment, keep=published)
     crash_point("current-cleaned")
@@ -371,7 +380,7 @@ class _Merge:
     def run(
         self, folder: Path, previous: Path | None, increment_files: Sequence[Path]
     ) -> dict[str, int]:
-        before = [] if previous is None else _parts(previous)
+        before = [] if previous is None else _parts(previous / DATA)
         tomb_before = None if previous is None else previous / TOMBSTONES
         if tomb_before is not None and not tomb_before.exists():
             tomb_before = None
@@ -392,11 +401,13 @@ class _Merge:
                 winners[key] = (rank, row)
         stale: set[tuple[Any, ...]] = set()  # keys whose previous version is newer
         first: pa.Array | None = None  # the first key column's values, for pc.is_in
-        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            first = pa.array([k[0] for k in winners], type=_key_type(schema, self.key[0]))
+        if winners:
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                first = pa.array([k[0] for k in winners], type=_key_type(schema, self.key[0]))
 
         # 2. The previous version, streamed.
-        parts = _Parts(folder, schema, self.options)
+        (folder / DATA).mkdir()
+        parts = _Parts(folder / DATA, schema, self.options)
         tombs = _Tombstones(folder, schema, self.options) if self.keep_tombstones else None
         try:
             for path in before:
@@ -646,7 +657,7 @@ class _Parts:
 
 
 class _Tombstones(_Parts):
-    """The deleted versions, in one hidden file (``.tombstones.pq``), only when there are any."""
+    """The deleted versions, in one file beside the table, only when there are any."""
 
     crash_after_first = None
 
