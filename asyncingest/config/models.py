@@ -508,9 +508,12 @@ class IncrementalConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> IncrementalConfig:
         if self.cursor_type is None:
+            why = "only an ISO 8601 initial says timestamp on its own"
+            if isinstance(self.initial, str):
+                why = f"initial {self.initial!r} is not ISO 8601 text, so it says no type"
             raise ValueError(
-                "cursor_type is needed: one of timestamp, epoch_s, epoch_ms, integer, token "
-                "(only an ISO 8601 initial says timestamp on its own)"
+                f"cursor_type is needed: one of timestamp, epoch_s, epoch_ms, integer, token "
+                f"({why})"
             )
         kind = CursorKind(self.cursor_type)
         if self.cursor_type == "token":

@@ -123,7 +123,7 @@ class WindowSummary:
     committed (over every run of the increment, a resumed one included)."""
 
     endpoint: str
-    incremental: bool  # False: fetched in full every increment
+    incremental: bool  # False: fetched in full every increment (or for its parent's records)
     start: Any  # the window's start as sent (None: no filter, the first increment)
     end: Any  # a bounded backfill's end
     high: Any  # the highest cursor committed (a token cursor: the newest token)
@@ -132,9 +132,12 @@ class WindowSummary:
     skipped: bool = False  # a bounded backfill already done: not fetched
     held: bool = False  # failed requests: the mark did not move (the next window starts here)
     unreadable: int = 0  # records without a readable cursor (they do not move the mark)
+    parent: str | None = None  # for_each: fetched for the parent records of the increment
 
     def __str__(self) -> str:
         """``contacts: 2024-01-01T00:00:00Z -> 2024-01-02T09:30:00Z, 120 rows``."""
+        if not self.incremental and self.parent is not None:
+            return f"{self.endpoint}: for the {self.parent} of this increment, {self.rows:,} rows"
         if not self.incremental:
             return f"{self.endpoint}: fetched in full, {self.rows:,} rows"
         if self.skipped:

@@ -761,6 +761,7 @@ class Engine:
                 skipped=w.skipped,
                 held=w.held,
                 unreadable=w.unreadable,
+                parent=w.parent,
             )
             for name, w in inc.windows.items()
         )

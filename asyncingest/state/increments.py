@@ -51,7 +51,8 @@ class Window:
     high: Any = None  # highest cursor (newest token) of the durable records so far
     rows: int = 0  # records made durable
     unreadable: int = 0  # records whose cursor was missing or unreadable
-    incremental: bool = True  # False: fetched in full each increment
+    incremental: bool = True  # False: fetched in full each increment (or for_each: parent)
+    parent: str | None = None  # for_each: fetched for the parent records of the increment
     full_refresh: bool = False  # fetched from initial (--full-refresh)
     skipped: bool = False  # a bounded backfill already done: not fetched
     held: bool = False  # completed with failed requests: the mark did not move
@@ -67,6 +68,7 @@ class Window:
             "rows": self.rows,
             "unreadable": self.unreadable,
             "incremental": self.incremental,
+            "parent": self.parent,
             "full_refresh": self.full_refresh,
             "skipped": self.skipped,
             "held": self.held,
@@ -171,6 +173,7 @@ def plan_increment(
         inc = e.incremental
         if inc is None:
             w.incremental = False
+            w.parent = e.parent
         else:
             kind = inc.kind
             w.full_refresh = e.name in refresh
