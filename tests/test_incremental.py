@@ -220,8 +220,12 @@ def test_the_window_goes_into_params_and_body() -> None:
 # -- against the mock API --------------------------------------------------------------------------
 
 
-def _crm(url: str, out: Path, **inc: Any) -> dict[str, Any]:
+def _crm(url: str, out: Path, merge: bool = False, **inc: Any) -> dict[str, Any]:
     cursor_page = {"type": "cursor", "cursor_path": "paging.next.after", "limit": PAGE}
+    contacts_merge: dict[str, Any] = {}
+    if merge:
+        contacts_merge = {"merge": "latest"}
+        inc = {"deleted_field": "archived", **inc}
     return {
         "api": {"base_url": url, "retry": FAST_RETRY},
         "output": {"directory": str(out), "checkpoint_seconds": 0.05, "row_group_rows": 20},
@@ -233,6 +237,7 @@ def _crm(url: str, out: Path, **inc: Any) -> dict[str, Any]:
                 "pagination": cursor_page,
                 "primary_key": "id",
                 "incremental": {**_timestamps(lag=60), **inc},
+                **contacts_merge,
             },
             {
                 "name": "engagements",
@@ -521,3 +526,85 @@ async def test_an_interrupted_increment_refuses_a_new_full_refresh(tmp_path: Pat
         done = await asyncingest.run(cfg)
         assert done.note == "resumed" and done.increment is not None
         assert done.increment.number == 1
+
+
+# -- the current table (merge: latest) ------------------------------------------------------------
+
+
+def _current(out: Path, endpoint: str = "contacts") -> dict[str, dict[str, Any]]:
+    rows = ds.dataset(out / f"{endpoint}_current", format="parquet").to_table().to_pylist()
+    table = {str(r["id"]): r for r in rows}
+    assert len(table) == len(rows), "one row per key"
+    return table
+
+
+def _live(api: MockAPI) -> dict[str, str]:
+    """The API's final state: live records by id, with their updatedAt."""
+    return {str(r["id"]): r["updatedAt"] for r in api.dataset.contacts if not r.get("archived")}
+
+
+async def test_the_current_table_is_the_apis_final_state_after_three_increments(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=300, n_engagements=10)) as api:
+        cfg = config_from_dict(_crm(api.url, out, merge=True))
+        for n in (1, 2, 3):
+            result = await asyncingest.run(cfg)
+            assert result.exit_code == 0 and result.increment is not None
+            current = _current(out)
+            assert {k: v["updatedAt"] for k, v in current.items()} == _live(api), n
+            state = load_state(out)
+            assert state is not None
+            assert state.increments[-1].windows["contacts"].current == "done"
+            if n < 3:
+                _change(api, n)
+        archived = [r["id"] for r in api.dataset.contacts if r.get("archived")]
+        assert archived and not set(archived) & set(current)  # deletes left the table
+        # A full refresh replaces the table with what the API lists now.
+        api.dataset.archive([next(iter(current))])
+        refreshed = await asyncingest.run(cfg, full_refresh=["contacts"])
+        assert (
+            refreshed.increment is not None and refreshed.increment.window("contacts").full_refresh
+        )
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+        # --fresh deletes the current table too and starts again at increment 1.
+        again = await asyncingest.run(cfg, fresh=True)
+        assert again.increment is not None and again.increment.number == 1
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+        assert not list(out.glob(".contacts_current.v[2-9]*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "crash_at",
+    ["current-partial", "current-staged", "current-switched", "current-cleaned"],
+)
+async def test_a_kill_during_the_current_table_rebuild_is_finished_by_the_next_run(
+    tmp_path: Path, crash_at: str
+) -> None:
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=300, n_engagements=10)) as api:
+        path = tmp_path / "job.yaml"
+        raw = _crm(api.url, out, merge=True)
+        raw["output"]["max_rows_per_file"] = 100  # several files: current-partial is reached
+        raw["output"]["row_group_rows"] = 50
+        path.write_text(yaml.safe_dump(raw))
+        code, text = await run_cli(path)
+        assert code == 0, text
+        _change(api, 1)
+        snapshot = [dict(r) for r in api.dataset.contacts]
+        code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": f"{crash_at}:1"})
+        assert code == -9, text
+        state = load_state(out)
+        assert state is not None and state.increment == 2
+        # The next run finishes increment 2's table before it begins increment 3.
+        _change(api, 2)
+        code, text = await run_cli(path)
+        assert code == 0, text
+        state = load_state(out)
+        assert state is not None and state.increment == 3 and state.status == "complete"
+        assert all(i.windows["contacts"].current == "done" for i in state.increments)
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+        union = _union(out, "contacts")
+        assert _versions(snapshot) <= _versions(union)

@@ -652,7 +652,7 @@ class Engine:
                 folder = runner.endpoint.transform_folder
                 assert folder is not None
                 tsink = ParquetSink(*self._sink_place(folder), options)
-                runner.writer.attach_transform(pool, t, tsink)
+                runner.writer.attach_transform(pool, t, tsink, folder)
             tap = self._taps.get(name)
             if tap is not None:
                 self._attach(runner, tap)
@@ -832,11 +832,13 @@ class Engine:
         options = CompactOptions.from_config(self.config.output)
         loop = asyncio.get_running_loop()
         for r in self._runners.values():
-            sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
-            for sink in sinks:
+            # The state's folder names (a sink's directory may be an increment's partition).
+            sinks = [(r.name, r.writer.sink)]
+            if r.writer.tsink is not None:
+                sinks.append((r.writer.tfolder, r.writer.tsink))
+            for folder, sink in sinks:
                 if not isinstance(sink, ParquetSink):
                     continue  # output: none
-                folder = sink.directory.name
                 before = list(state.endpoint(folder).files)
                 done = await loop.run_in_executor(
                     self._files,

@@ -131,6 +131,7 @@ class Writer:
         # The CPU stage, when the endpoint has a transform (attach_transform).
         self.pipe: TransformPipe | None = None
         self.tsink: ParquetSink | None = None
+        self.tfolder = ""  # the transform's output folder (attach_transform)
         self.keep_raw = True
         self._tcommitted = 0
         self.tap: BatchTap | None = None  # Pipeline.batches: the consumer of this endpoint
@@ -211,10 +212,13 @@ class Writer:
             self._barrier_queued = None
 
     def attach_transform(
-        self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink
+        self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink, folder: str
     ) -> None:
         """Send this endpoint's records through ``pool`` (the transform ``spec``) in order; what it
-        returns goes to ``sink``. Call before :meth:`start`."""
+        returns goes to ``sink``, the output folder ``folder`` (the state's name for it; the
+        sink's directory may be an increment's partition inside it). Call before
+        :meth:`start`."""
+        self.tfolder = folder
         self.pipe = TransformPipe(
             pool, spec, self._write_transformed, self._set_aside, self._release
         )
@@ -470,7 +474,7 @@ class Writer:
             dead_letter_bytes=self.dead.nbytes,
             finished=finished,
             extra_files=(
-                {self.tsink.directory.name: [Path(p).name for p in self.tsink.files]}
+                {self.tfolder: [Path(p).name for p in self.tsink.files]}
                 if self.tsink is not None
                 else {}
             ),

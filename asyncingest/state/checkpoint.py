@@ -360,7 +360,16 @@ def wipe(output: Path, folders: list[str], tables: Sequence[str] = ()) -> None:
             if part.is_dir():
                 shutil.rmtree(part)
         shutil.rmtree(output / DEAD_LETTER_FOLDER / f, ignore_errors=True)
-    for t in tables:
-        shutil.rmtree(output / t, ignore_errors=True)
+    for t in tables:  # a link to hidden version folders (state/current.py): both go
+        link = output / t
+        if link.is_symlink():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        for hidden in output.glob(f".{t}.*"):
+            if hidden.is_symlink() or hidden.is_file():
+                hidden.unlink()
+            else:
+                shutil.rmtree(hidden, ignore_errors=True)
     shutil.rmtree(output / STATE_FOLDER / "jobs", ignore_errors=True)
     state_path(output).unlink(missing_ok=True)
