@@ -608,3 +608,24 @@ async def test_a_kill_during_the_current_table_rebuild_is_finished_by_the_next_r
         assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
         union = _union(out, "contacts")
         assert _versions(snapshot) <= _versions(union)
+
+
+def test_a_new_increments_sink_keeps_the_columns_and_types_of_the_last_one(
+    tmp_path: Path,
+) -> None:
+    from asyncingest.sink.parquet import ParquetSink, SinkOptions
+
+    first = ParquetSink(tmp_path / "contacts", "increment=1", SinkOptions())
+    first.write([{"id": "1", "score": 1, "note": "x"}])
+    first.close()
+    second = ParquetSink(
+        tmp_path / "contacts",
+        "increment=2",
+        SinkOptions(),
+        seed_from=tmp_path / "contacts" / "increment=1",
+    )
+    second.write([{"id": "2", "score": 2}])  # no note in this increment
+    second.close()
+    table = ds.dataset(tmp_path / "contacts", format="parquet", partitioning="hive").to_table()
+    assert table.schema.field("score").type == "int64"
+    assert sorted(table.column("note").to_pylist(), key=str) == [None, "x"]

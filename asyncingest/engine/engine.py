@@ -69,6 +69,7 @@ from ..state.increments import (
     check_full_refresh,
     complete_increment,
     fold_high,
+    partition_name,
 )
 from ..state.lock import OutputLock
 from ..state.resume import (
@@ -621,7 +622,13 @@ class Engine:
             if self.batches_only:
                 sink = BatchSink(self.output, e.name, e.schema_, e.columns)
             else:
-                sink = ParquetSink(*self._sink_place(e.name), options, e.schema_, e.columns)
+                sink = ParquetSink(
+                    *self._sink_place(e.name),
+                    options,
+                    e.schema_,
+                    e.columns,
+                    seed_from=self._earlier_partition(e.name),
+                )
             endpoint = e
             window = self._increment.windows.get(e.name) if self._increment is not None else None
             if window is not None and e.incremental is not None:
@@ -651,7 +658,9 @@ class Engine:
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
                 assert folder is not None
-                tsink = ParquetSink(*self._sink_place(folder), options)
+                tsink = ParquetSink(
+                    *self._sink_place(folder), options, seed_from=self._earlier_partition(folder)
+                )
                 runner.writer.attach_transform(pool, t, tsink, folder)
             tap = self._taps.get(name)
             if tap is not None:
@@ -666,6 +675,18 @@ class Engine:
         assert state is not None
         place = state.folder_path(self.output, folder)
         return place.parent, place.name
+
+    def _earlier_partition(self, folder: str) -> Path | None:
+        """The newest earlier increment's partition of ``folder`` holding files: a new
+        increment's sink starts from its column types, so the partitions agree (None: not
+        incremental, or no earlier files)."""
+        state = self._state
+        assert state is not None
+        for n in range(state.increment - 1, 0, -1):
+            place = self.output / folder / partition_name(n)
+            if any(place.glob("part-*.parquet")):
+                return place
+        return None
 
     # ------------------------------------------------------------------ increments
 

@@ -129,8 +129,12 @@ class ParquetSink:
         options: SinkOptions,
         schema: Mapping[str, FieldType] | None = None,
         columns: Columns = "all",
+        seed_from: Path | None = None,
     ) -> None:
         self.name = name
+        # A folder whose newest file's column kinds this sink starts from when its own folder
+        # has none (the previous increment's partition: later increments keep its types).
+        self._seed_from = seed_from
         self.options = options
         self.directory = Path(root) / safe_dir_name(name)
         self._converter = BatchConverter(schema, columns)
@@ -175,6 +179,15 @@ class ParquetSink:
             kinds = kinds_of(newest)
             assert kinds is not None
             self._converter.seed(kinds, fallbacks_of(newest))
+        elif self._seed_from is not None and self._seed_from.is_dir():
+            found = [
+                (int(m[1]), p) for p in self._seed_from.iterdir() if (m := _PART.fullmatch(p.name))
+            ]
+            if found:
+                newest = committed.read_schema(max(found)[1])
+                kinds = kinds_of(newest)
+                if kinds is not None:
+                    self._converter.seed(kinds, fallbacks_of(newest))
 
     # -- state ---------------------------------------------------------------------------------
 
