@@ -17,6 +17,7 @@ from .config.models import (
     ForEach,
     FromFile,
     HttpConfig,
+    IncrementalConfig,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
@@ -53,7 +54,7 @@ from .core.events import (
 )
 from .core.pagination import Paginator
 from .core.request import Page, Request
-from .core.result import EndpointSummary, RunResult
+from .core.result import EndpointSummary, IncrementSummary, RunResult, WindowSummary
 from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
 from .engine.engine import Engine
 from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
@@ -89,6 +90,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "ConcurrencyConfig",
     "OutputConfig",
     "EndpointConfig",
+    "IncrementalConfig",
     "ForEach",
     "FromFile",
     "NoPagination",
@@ -118,6 +120,8 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "WindowUsage",
     "RunResult",
     "EndpointSummary",
+    "IncrementSummary",
+    "WindowSummary",
     # events
     "Event",
     "EventBus",

@@ -629,3 +629,55 @@ def test_a_new_increments_sink_keeps_the_columns_and_types_of_the_last_one(
     table = ds.dataset(tmp_path / "contacts", format="parquet", partitioning="hive").to_table()
     assert table.schema.field("score").type == "int64"
     assert sorted(table.column("note").to_pylist(), key=str) == [None, "x"]
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bench_incremental
+
+    assert bench_incremental.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "day 1: increment" in out and "day 1: full refetch" in out
+
+
+async def test_retry_failed_with_nothing_to_retry_starts_no_new_increment(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=30, n_engagements=5)) as api:
+        cfg = config_from_dict(_crm(api.url, out))
+        await asyncingest.run(cfg)
+        again = await asyncingest.run(cfg, retry_failed=True)
+        assert again.note == "already complete" and again.increment is None
+        state = load_state(out)
+        assert state is not None and state.increment == 1
+
+
+async def test_an_increment_with_failed_requests_keeps_the_mark_so_nothing_is_skipped(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    # Each contacts page fails twice (both attempts of an increment), then answers.
+    broken = MockSettings.small(
+        n_contacts=80, n_engagements=5, forced_faults={CONTACTS: ("status_500",) * 2}
+    )
+    async with MockAPI(broken) as api:
+        raw = _crm(api.url, out)
+        raw["api"]["retry"] = {**FAST_RETRY, "max_attempts": 2}
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 1 and first.increment is not None
+        assert first.increment.window("contacts").held
+        assert not first.increment.window("engagements").held
+        state = load_state(out)
+        assert state is not None and "contacts" not in state.marks
+        assert "engagements" in state.marks
+        for _ in range(3):  # page 1 answers in increment 2, page 2 in increment 3
+            later = await asyncingest.run(cfg)
+            assert later.increment is not None
+            w = later.increment.window("contacts")
+            assert w.start == "2020-01-01T00:00:00Z"  # the mark stayed: the window is re-read
+            assert later.increment.window("engagements").start != "2020-01-01T00:00:00Z"
+            if not w.held:
+                break
+    assert not w.held and w.rows == 80
+    state = load_state(out)
+    assert state is not None and state.marks["contacts"] == w.high

@@ -708,6 +708,8 @@ class Engine:
                     ],
                 )
             return None
+        if self._retry_failed and state.status == "complete":
+            return None  # nothing was put back: the last increment stands; no new one
         last = state.current_increment
         finished = last is None or state.status == "complete"
         running = None if finished else last
