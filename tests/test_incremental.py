@@ -453,12 +453,17 @@ async def test_a_token_cursor_sends_back_the_token_of_the_last_complete_incremen
         assert state is not None and state.marks["contacts"] == w.high
 
 
-def test_sync_mode_and_submit_refuse_incremental_configs(tmp_path: Path) -> None:
+async def test_sync_mode_and_submit_refuse_incremental_configs(tmp_path: Path) -> None:
+    pytest.importorskip("aio_pika")
+    from asyncingest.scale.submit import submit
     from asyncingest.sync.engine import unsupported
 
     cfg = config_from_dict(_crm("http://127.0.0.1:1/", tmp_path / "out"))
     problems = unsupported(cfg)
     assert any(p.location == "endpoints[contacts].incremental" for p in problems)
+    with pytest.raises(ConfigError, match="scale-out runs have no increments"):
+        # Refused before any broker is reached (nothing listens on port 1).
+        await submit(cfg, "amqp://127.0.0.1:1/", run_id="r1", output=tmp_path / "out")
 
 
 def test_the_cli_refuses_full_refresh_with_fresh_or_sync_mode(
