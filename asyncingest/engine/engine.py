@@ -740,7 +740,10 @@ class Engine:
             window = increment.windows.get(e.name)
             if window is None or window.current != "pending":
                 continue
-            await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
+            if state.endpoint(e.name).files or window.full_refresh:
+                # (No files and no full refresh: nothing changes; the table stays at its
+                # version, and the next rebuild merges onto it.)
+                await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
             window.current = "done"
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
 
