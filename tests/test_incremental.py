@@ -482,9 +482,8 @@ def test_the_cli_refuses_full_refresh_with_fresh_or_sync_mode(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("crash_at", ["page:3", "state:2", "state:3"])
-async def test_a_kill_in_the_middle_of_an_increment_resumes_it_and_skips_no_change(
-    tmp_path: Path, crash_at: str
+async def test_kills_in_the_middle_of_an_increment_resume_it_and_skip_no_change(
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small(n_contacts=400, n_engagements=20)) as api:
@@ -495,14 +494,19 @@ async def test_a_kill_in_the_middle_of_an_increment_resumes_it_and_skips_no_chan
         _change(api, 1)
         api.dataset.edit(0.3, seed=9)  # a big increment: several pages, several checkpoints
         snapshot = [dict(r) for r in api.dataset.contacts]
-        code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": crash_at})
-        assert code == -9, text
-        state = load_state(out)
-        assert state is not None and state.increment == 2 and state.status != "complete"
-        window = state.increments[-1].windows["contacts"]
-        start = window.start
+        start = None
+        # Killed after a fetched page, then (resuming) at a state save: twice part way.
+        for crash_at in ("page:3", "state:3"):
+            code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": crash_at})
+            assert code == -9, text
+            state = load_state(out)
+            assert state is not None and state.increment == 2 and state.status != "complete"
+            window = state.increments[-1].windows["contacts"]
+            assert start is None or window.start == start  # the same window every time
+            start = window.start
         code, text = await run_cli(path)  # resumes increment 2, same window
         assert code == 0, text
+        assert "increment 2" in text
         state = load_state(out)
         assert state is not None and state.increment == 2 and state.status == "complete"
         assert state.increments[-1].windows["contacts"].start == start
@@ -581,13 +585,12 @@ async def test_the_current_table_is_the_apis_final_state_after_three_increments(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "crash_at",
-    ["current-partial", "current-staged", "current-switched", "current-cleaned"],
-)
-async def test_a_kill_during_the_current_table_rebuild_is_finished_by_the_next_run(
-    tmp_path: Path, crash_at: str
+async def test_kills_during_the_current_table_rebuild_are_finished_by_the_next_run(
+    tmp_path: Path,
 ) -> None:
+    """Killed at each crash point of state/current.py in turn: the first during increment 2's
+    rebuild, the next ones while the following run finishes that rebuild (and, once it is
+    published, during increment 3's); the last run finishes everything and runs increment 4."""
     out = tmp_path / "out"
     async with MockAPI(MockSettings.small(n_contacts=300, n_engagements=10)) as api:
         path = tmp_path / "job.yaml"
@@ -599,16 +602,22 @@ async def test_a_kill_during_the_current_table_rebuild_is_finished_by_the_next_r
         assert code == 0, text
         _change(api, 1)
         snapshot = [dict(r) for r in api.dataset.contacts]
-        code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": f"{crash_at}:1"})
-        assert code == -9, text
-        state = load_state(out)
-        assert state is not None and state.increment == 2
-        # The next run finishes increment 2's table before it begins increment 3.
+        for crash_at in ("current-partial", "current-staged", "current-switched"):
+            code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": crash_at})
+            assert code == -9, (crash_at, text)
+            state = load_state(out)
+            assert state is not None and state.increment == 2, crash_at
+            assert state.increments[-1].windows["contacts"].current == "pending"
         _change(api, 2)
+        # Increment 2's table was published before the kill: this run cleans up, begins
+        # increment 3 and is killed in its rebuild, after the switch.
+        code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": "current-cleaned"})
+        assert code == -9, text
+        # The next run finishes increment 3's table, then runs increment 4 (as any run does).
         code, text = await run_cli(path)
         assert code == 0, text
         state = load_state(out)
-        assert state is not None and state.increment == 3 and state.status == "complete"
+        assert state is not None and state.increment == 4 and state.status == "complete"
         assert all(i.windows["contacts"].current == "done" for i in state.increments)
         assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
         union = _union(out, "contacts")
