@@ -411,6 +411,20 @@ def test_an_increment_without_files_republishes_the_table(tmp_path: Path) -> Non
     assert current_version(tmp_path, "items") == 2
 
 
+def test_a_first_increment_without_rows_publishes_an_empty_table_every_reader_opens(
+    tmp_path: Path,
+) -> None:
+    result = rebuild(tmp_path, 1, [])
+    assert (result.rows, result.files) == (0, 1)
+    link = current_path(tmp_path, "items")
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{link}/*.parquet')").fetchall() == [(0,)]
+    assert ds.dataset(link, format="parquet").schema.names == ["id"]
+    rows = [{"id": 7, "updatedAt": iso(T0), "deleted": False}]
+    rebuild(tmp_path, 2, write_increment(tmp_path, "items", 2, rows))
+    assert pq.read_schema(_parts(tmp_path)[0]).field("id").type == pa.int64()  # decided now
+    assert [r["id"] for r in current_rows(tmp_path)] == [7]
+
+
 def test_a_folder_or_a_dangling_link_in_the_tables_place_is_reported(tmp_path: Path) -> None:
     assert current_version(tmp_path, "items") is None
     (tmp_path / "items_current").mkdir()

@@ -101,7 +101,7 @@ from ..errors import StateCorrupt
 from ..sink import committed
 from ..sink.durable import fsync_dir, fsync_file
 from ..sink.parquet import safe_dir_name
-from ..sink.schema import conform, union_schema
+from ..sink.schema import TYPES_KEY, UNDECIDED_TYPE, conform, union_schema
 
 __all__ = [
     "CURSOR_TYPES",
@@ -385,8 +385,12 @@ class _Merge:
         if tomb_before is not None and not tomb_before.exists():
             tomb_before = None
         schemas = [committed.read_schema(p) for p in [*before[:1], *increment_files]]
-        schema = union_schema(schemas) if schemas else pa.schema([])
-        for column in self.key if schemas else ():
+        if not schemas:  # no rows yet at all: the key columns, undecided, for every reader
+            names = dict.fromkeys(k.split(".")[0] for k in self.key)
+            metadata = {TYPES_KEY: orjson.dumps(dict.fromkeys(names))}
+            schemas = [pa.schema([(n, UNDECIDED_TYPE) for n in names], metadata=metadata)]
+        schema = union_schema(schemas)
+        for column in self.key:
             if column.split(".")[0] not in schema.names:
                 raise ValueError(f"primary_key field {column!r} is in no file of the increment")
 
