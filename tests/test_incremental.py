@@ -695,3 +695,35 @@ async def test_an_increment_with_failed_requests_keeps_the_mark_so_nothing_is_sk
     assert not w.held and w.rows == 80
     state = load_state(out)
     assert state is not None and state.marks["contacts"] == w.high
+
+
+async def test_a_search_style_placeholder_and_a_transform_work_per_increment(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=90, n_engagements=4)) as api:
+        raw = _crm(api.url, out)
+        contacts = raw["endpoints"][0]
+        contacts["incremental"].pop("param")
+        contacts["params"] = {"updatedSince": "{incremental.start}"}  # at or after the start
+        contacts["transform"] = {
+            "function": "tests.transform_helpers:identity",
+            "batch_size": 20,
+            "output": "contacts_t",
+        }
+        raw["api"]["concurrency"] = {"cpu_workers": 1}
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 0 and first.increment is not None
+        api.dataset.clock.advance(3600)
+        changed = api.dataset.edit(0.1, seed=3)
+        second = await asyncingest.run(cfg)
+        assert second.exit_code == 0 and second.increment is not None
+    w = second.increment.window("contacts")
+    assert w.rows >= len(changed)
+    transformed = ds.dataset(out / "contacts_t", format="parquet", partitioning="hive").to_table()
+    assert sorted(set(transformed.column("increment").to_pylist())) == [1, 2]
+    assert transformed.num_rows == 90 + w.rows
+    state = load_state(out)
+    assert state is not None and "increment=1" not in state.endpoints  # folders by name
+    assert state.endpoints["contacts_t"].files  # the transform's partition of increment 2
