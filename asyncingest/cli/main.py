@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a pipeline config (resumes an interrupted run in the same output)",
         description="Run a pipeline config. Running the same command again after an "
         "interruption (Ctrl-C, SIGTERM, a crash, SIGKILL) resumes where the last checkpoint "
-        "left off: every record ends up in Parquet exactly once.",
+        "left off: every record ends up in Parquet exactly once. With an incremental "
+        "endpoint, running it on a finished output runs the next increment: only what changed "
+        "since the last one.",
     )
     run.add_argument("config", help="pipeline config (YAML or JSON)")
     _run_options(run)

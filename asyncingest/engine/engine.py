@@ -135,7 +135,8 @@ class Engine:
         full_refresh: Iterable[str] = (),
     ) -> None:
         self.config = config
-        self._full_refresh = tuple(dict.fromkeys(full_refresh))
+        names = (full_refresh,) if isinstance(full_refresh, str) else full_refresh  # one name
+        self._full_refresh = tuple(dict.fromkeys(names))
         self.batches_only = config.output.format == "none"
         self._ephemeral = False  # output: none without state_dir: a temporary state folder
         if self.batches_only:
