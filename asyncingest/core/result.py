@@ -145,6 +145,8 @@ class WindowSummary:
         start = "the beginning" if self.start is None else _short(self.start)
         high = "nothing new" if self.high is None else _short(self.high)
         text = f"{self.endpoint}: {start} -> {high}, {self.rows:,} rows"
+        if self.unreadable:
+            text += f", {self.unreadable:,} without a readable cursor"
         if self.full_refresh:
             text += " (full refresh)"
         if self.held:

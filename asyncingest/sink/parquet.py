@@ -32,7 +32,10 @@ Schema (types live in :mod:`asyncingest.sink.schema`)
     files whose schema differs are rewritten to the final schema, one row group at a time and
     with the same staging/fsync/rename steps, so the folder has one schema again. That
     includes files an earlier run of this output committed (a resume): the sink starts from
-    the kinds the newest of them recorded.
+    the kinds the newest of them recorded. A sink on an empty folder given ``seed_from`` (an
+    incremental run's new partition, with the last increment's partition) starts from the
+    kinds of that folder's newest file instead, so the increments of an endpoint agree; files
+    there are never rewritten.
 """
 
 from __future__ import annotations
