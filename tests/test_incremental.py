@@ -735,3 +735,24 @@ async def test_a_search_style_placeholder_and_a_transform_work_per_increment(
     state = load_state(out)
     assert state is not None and "increment=1" not in state.endpoints  # folders by name
     assert state.endpoints["contacts_t"].files  # the transform's partition of increment 2
+
+
+async def test_an_empty_increment_publishes_an_empty_table_first_then_leaves_it(
+    tmp_path: Path,
+) -> None:
+    from asyncingest.state.current import current_version
+
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=20, n_engagements=2)) as api:
+        raw = _crm(api.url, out, merge=True, initial="2030-01-01T00:00:00Z")
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 0 and first.increment is not None
+        assert first.increment.window("contacts").rows == 0
+        assert current_version(out, "contacts") == 1
+        assert _current(out) == {}
+        second = await asyncingest.run(cfg)
+        assert second.increment is not None and second.increment.number == 2
+        assert current_version(out, "contacts") == 1  # nothing changed: not rewritten
+        state = load_state(out)
+        assert state is not None and state.increments[-1].windows["contacts"].current == "done"

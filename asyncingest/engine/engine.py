@@ -741,9 +741,9 @@ class Engine:
             window = increment.windows.get(e.name)
             if window is None or window.current != "pending":
                 continue
-            if state.endpoint(e.name).files or window.full_refresh:
-                # (No files and no full refresh: nothing changes; the table stays at its
-                # version, and the next rebuild merges onto it.)
+            if state.endpoint(e.name).files or window.full_refresh or increment.number == 1:
+                # (Else nothing changes: the table stays at its version, and the next rebuild
+                # merges onto it. The first increment publishes a table even when empty.)
                 await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
             window.current = "done"
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
