@@ -503,8 +503,9 @@ async def test_kills_in_the_middle_of_an_increment_resume_it_and_skip_no_change(
         api.dataset.edit(0.3, seed=9)  # a big increment: several pages, several checkpoints
         snapshot = [dict(r) for r in api.dataset.contacts]
         start = None
-        # Killed after a fetched page, then (resuming) at a state save: twice part way.
-        for crash_at in ("page:3", "state:3"):
+        # Killed after a fetched page, then (resuming) at its second state save: a periodic
+        # checkpoint, or the one that would complete the increment (killed before its rename).
+        for crash_at in ("page:3", "state:2"):
             code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": crash_at})
             assert code == -9, text
             state = load_state(out)
@@ -756,3 +757,29 @@ async def test_an_empty_increment_publishes_an_empty_table_first_then_leaves_it(
         assert current_version(out, "contacts") == 1  # nothing changed: not rewritten
         state = load_state(out)
         assert state is not None and state.increments[-1].windows["contacts"].current == "done"
+
+
+async def test_each_run_announces_its_increment_and_windows_before_fetching(
+    tmp_path: Path,
+) -> None:
+    from asyncingest.operate.logsub import _increment_started
+
+    out = tmp_path / "out"
+    seen: list[Any] = []
+
+    def listen(event: Any) -> None:
+        seen.append(event)
+
+    listen.event_types = (asyncingest.IncrementStarted, asyncingest.RequestFinished)  # type: ignore[attr-defined]
+    async with MockAPI(MockSettings.small(n_contacts=30, n_engagements=3)) as api:
+        cfg = config_from_dict(_crm(api.url, out))
+        await asyncingest.run(cfg, subscribers=[listen])
+        await asyncingest.run(cfg, subscribers=[listen], full_refresh=["contacts"])
+    starts = [e for e in seen if isinstance(e, asyncingest.IncrementStarted)]
+    assert [e.increment.number for e in starts] == [1, 2]
+    assert isinstance(seen[0], asyncingest.IncrementStarted)  # before any request
+    assert not starts[1].resumed
+    _, name, message, fields = _increment_started(starts[1])
+    assert name == "increment_started"
+    assert "increment 2 began" in message and "(full refresh)" in message
+    assert fields["windows"][0]["endpoint"] == "contacts"

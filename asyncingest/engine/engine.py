@@ -34,6 +34,7 @@ from ..core.events import (
     EndpointFinished,
     EndpointStarted,
     EventBus,
+    IncrementStarted,
     JobsQueued,
     RunFinished,
     RunStarted,
@@ -491,6 +492,9 @@ class Engine:
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
             )
+            summary = self._increment_summary()
+            if summary is not None:
+                self.events.emit(IncrementStarted(summary, resumed))
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
             # The endpoints run in a task of their own, so that a cancellation of this one
