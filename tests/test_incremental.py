@@ -783,3 +783,51 @@ async def test_each_run_announces_its_increment_and_windows_before_fetching(
     assert name == "increment_started"
     assert "increment 2 began" in message and "(full refresh)" in message
     assert fields["windows"][0]["endpoint"] == "contacts"
+
+
+async def test_a_from_file_endpoint_sends_the_window_with_every_id(tmp_path: Path) -> None:
+    from .conftest import write_ids
+
+    ids_path, ids = write_ids(tmp_path, 12)
+    out = tmp_path / "out"
+    urls: list[str] = []
+
+    def listen(event: Any) -> None:
+        urls.append(event.url)
+
+    listen.event_types = (asyncingest.RequestStarted,)  # type: ignore[attr-defined]
+    async with MockAPI(MockSettings.small()) as api:
+        raw = {
+            "api": {"base_url": api.url, "retry": FAST_RETRY},
+            "output": {"directory": str(out)},
+            "endpoints": [
+                {
+                    "name": "users",
+                    "path": "/partner/users/{user_id}",
+                    "single_record": True,
+                    "primary_key": "user_id",
+                    "from_file": {"path": str(ids_path), "column": "user_id"},
+                    # An epoch-seconds cursor (the mock's users carry no time: their score
+                    # stands in for one) sent as ?since=.
+                    "incremental": {
+                        "cursor_field": "score",
+                        "cursor_type": "epoch_s",
+                        "param": "since",
+                        "initial": 100,
+                        "lag": 10,
+                    },
+                }
+            ],
+        }
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg, subscribers=[listen])
+        assert first.increment is not None
+        top = max(api.dataset.user(i)["score"] for i in ids)  # type: ignore[index]
+        assert first.increment.window("users").high == top
+        assert len(urls) == 12 and all("since=100" in u for u in urls)
+        urls.clear()
+        second = await asyncingest.run(cfg, subscribers=[listen])
+    assert second.increment is not None
+    start = second.increment.window("users").start
+    assert start == pytest.approx(top - 10)
+    assert len(urls) == 12 and all(f"since={start}" in u for u in urls)
