@@ -122,8 +122,8 @@ def _endpoint(**over: Any) -> Any:
         (
             _timestamps(initial="soon", cursor_type="timestamp"),
             {},
-            "incremental",
-            "initial: 'soon' is not an ISO",
+            "incremental.initial",
+            "'soon' is not an ISO",
         ),
         (_timestamps(end="2019-01-01T00:00:00Z"), {}, "incremental", "is before initial"),
         (_timestamps(lag=-1), {}, "incremental.lag", "greater than or equal to 0"),

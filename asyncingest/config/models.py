@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from .cursor import CursorError, CursorKind, CursorType, format_timestamp, infer_type
+from .cursor import CursorKind, CursorType, format_timestamp, infer_type
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -505,6 +505,17 @@ class IncrementalConfig(_Model):
                 data = {**data, "cursor_type": inferred}
         return data
 
+    @field_validator("initial", "end")
+    @classmethod
+    def _value(cls, v: Any, info: ValidationInfo) -> Any:
+        """A cursor value of the type: stored as the state and the report write it (ISO UTC
+        text for a timestamp, YAML's own timestamps included; a number otherwise)."""
+        cursor_type = info.data.get("cursor_type")
+        if v is None or cursor_type in (None, "token"):
+            return v
+        key = CursorKind(cursor_type).parse(v)  # CursorError is a ValueError: reported here
+        return format_timestamp(key) if cursor_type == "timestamp" else v
+
     @model_validator(mode="after")
     def _check(self) -> IncrementalConfig:
         if self.cursor_type is None:
@@ -530,17 +541,6 @@ class IncrementalConfig(_Model):
                 raise ValueError(f"cursor_type {self.cursor_type} needs cursor_field")
             if self.token_path:
                 raise ValueError("token_path: only for cursor_type token")
-        for name in ("initial", "end"):
-            value = getattr(self, name)
-            if value is None or self.cursor_type == "token":
-                continue
-            try:
-                key = kind.parse(value)
-            except CursorError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-            # Stored as the state and the report write it: ISO UTC text, or a number.
-            normal = format_timestamp(key) if self.cursor_type == "timestamp" else value
-            object.__setattr__(self, name, normal)
         if (
             self.initial is not None
             and self.end is not None
