@@ -135,6 +135,12 @@ def _endpoint(**over: Any) -> Any:
             "cannot be stepped back",
         ),
         ({"param": "p", "cursor_type": "integer"}, {}, "incremental", "needs cursor_field"),
+        (
+            {"param": "p", "cursor_type": "integer", "cursor_field": "v", "lag": 1.5},
+            {},
+            "incremental",
+            "a count for an integer cursor",
+        ),
         (None, {"merge": "latest"}, "contacts", "merge: latest needs incremental"),
         (_timestamps(), {"merge": "latest", "primary_key": []}, "contacts", "needs primary_key"),
         (_timestamps(deleted_field="archived"), {}, "contacts", "only used by merge: latest"),

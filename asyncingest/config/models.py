@@ -541,6 +541,8 @@ class IncrementalConfig(_Model):
                 raise ValueError(f"cursor_type {self.cursor_type} needs cursor_field")
             if self.token_path:
                 raise ValueError("token_path: only for cursor_type token")
+            if self.cursor_type == "integer" and not float(self.lag).is_integer():
+                raise ValueError(f"lag: a count for an integer cursor, got {self.lag:g}")
         if (
             self.initial is not None
             and self.end is not None
