@@ -54,6 +54,9 @@ class Pipeline:
     ``stop()``, for the stop to complete); the run's error is raised there. An exception or a
     cancellation inside the block cancels the run (see the module docstring for what a cancel
     keeps). A pipeline runs once.
+
+    For a config with ``incremental:`` endpoints a run is one increment (README, "Incremental
+    runs"): ``full_refresh`` names endpoints refetched from their ``initial`` this time.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Pipeline:
         clock: Clock | None = None,
         fresh: bool = False,
         retry_failed: bool = False,
+        full_refresh: Iterable[str] = (),
     ) -> None:
         self.config = config
         self._engine = Engine(
@@ -76,6 +80,7 @@ class Pipeline:
             fresh=fresh,
             retry_failed=retry_failed,
             budget=budget,
+            full_refresh=full_refresh,
         )
         self._task: asyncio.Task[RunResult] | None = None
         self._began: asyncio.Future[None] | None = None
@@ -259,6 +264,7 @@ async def run(
     fresh: bool = False,
     retry_failed: bool = False,
     budget: RateBudget | None = None,
+    full_refresh: Iterable[str] = (),
 ) -> RunResult:
     """Run a pipeline to completion in the current event loop and return what it did (a
     :class:`Pipeline` run to its end; cancelling the caller cancels the run). ``budget``: an
@@ -271,6 +277,7 @@ async def run(
         clock=clock,
         fresh=fresh,
         retry_failed=retry_failed,
+        full_refresh=full_refresh,
     )
     await pipeline.start()
     return await pipeline.wait()
@@ -285,6 +292,7 @@ def run_sync(
     fresh: bool = False,
     retry_failed: bool = False,
     budget: RateBudget | None = None,
+    full_refresh: Iterable[str] = (),
 ) -> RunResult:
     """:func:`run` for scripts: runs the pipeline in a new event loop (``asyncio.run``) and returns
     the result. Inside a running event loop, use ``await asyncingest.run(...)`` instead. A
@@ -307,5 +315,6 @@ def run_sync(
             clock=clock,
             fresh=fresh,
             retry_failed=retry_failed,
+            full_refresh=full_refresh,
         )
     )

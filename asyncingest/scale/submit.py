@@ -61,6 +61,19 @@ async def submit(
     ``split_children``, children found at run time are published as shards by the workers."""
     import aio_pika
 
+    incremental = [e.name for e in cfg.endpoints if e.incremental is not None]
+    if incremental:
+        raise ConfigError(
+            f"run {run_id}",
+            [
+                Problem(
+                    f"endpoints[{incremental[0]}].incremental",
+                    "scale-out runs have no increments yet (each shard would fetch from "
+                    "initial, and no high-water mark is kept); run an incremental config with "
+                    "python -m asyncingest run",
+                )
+            ],
+        )
     names = names or QueueNames()
     if not output.is_absolute():
         raise ValueError(f"output must be an absolute path, got {output}")

@@ -93,6 +93,15 @@ class QueueSource:
                     "its children; submit the others",
                 )
             )
+        problems += [
+            Problem(
+                f"endpoints[{e.name}].incremental",
+                "not with a queue worker: a worker's messages have no increments (run it with "
+                "python -m asyncingest run)",
+            )
+            for e in cfg.endpoints
+            if e.incremental is not None
+        ]
         if problems:
             raise ConfigError("--config", problems)
         spec = queued[0].from_queue
