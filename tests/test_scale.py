@@ -307,7 +307,7 @@ async def test_sigterm_finishes_the_shard_in_hand_and_takes_no_more(
     cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
     await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     worker = await start_worker(names)
-    inflight = RunFolder(out, "r1").root / "inflight"
+    inflight = out / "_asyncingest" / "scale" / "r1" / "inflight"
     for _ in range(1200):
         if inflight.is_dir() and any(inflight.iterdir()):
             break
@@ -393,7 +393,7 @@ async def test_a_shard_that_keeps_failing_is_dead_lettered_with_the_reason(
     out = tmp_path / "out"
     cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
     await submit(cfg, BROKER, run_id="r1", output=out, shard_size=10, names=names)
-    shard = orjson.loads(RunFolder(out, "r1").record.read_bytes())
+    shard = RunFolder(out, "r1").read_record() or {}
     assert shard["shards"] == ["users-00000", "users-00001", "users-00002"]
     broken = {
         "run_id": "r1",
@@ -422,7 +422,7 @@ async def test_a_shard_that_keeps_failing_is_dead_lettered_with_the_reason(
             reasons[message.body[:8]] = str(message.headers["x-asyncingest-reason"])
     assert reasons[b"not json"].startswith("not a shard message")
     assert "ValidationError" in reasons[orjson.dumps(broken)[:8]]
-    failure = orjson.loads(RunFolder(out, "r1").failure("broken-00000").read_bytes())
+    failure = RunFolder(out, "r1").failure("broken-00000") or {}
     assert failure["deliveries"] == 5 and "ValidationError" in failure["reason"]
     check_output(api, out, ids, crawl=False)
 

@@ -32,7 +32,11 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
     _broker_options(submit)
     submit.add_argument("--run-id", default=None, help="the run's id (default: a new one)")
     submit.add_argument(
-        "--output", "-o", default=None, help="shared output folder (default: output.directory)"
+        "--output",
+        "-o",
+        default=None,
+        help="shared output folder, or an object store URI such as s3://bucket/prefix "
+        "(default: output.directory)",
     )
     submit.add_argument(
         "--shard-size",
@@ -151,7 +155,7 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
             [Problem("--run-id", "expected 1-100 letters, digits, '_', '-', '.'")],
         )
     cfg = load_config(args.config, args.overrides)
-    output = Path(args.output if args.output is not None else cfg.output.directory).resolve()
+    output = _output(args.output if args.output is not None else cfg.output.directory)
     done = asyncio.run(
         submit(
             cfg,
@@ -177,6 +181,16 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     return 0
 
 
+def _output(where: str) -> str:
+    """The shared output: an object store URI as given (refused with credentials in it), or
+    a folder made absolute (every worker must see the same path)."""
+    from ..scale.store import check_output, is_uri
+
+    if is_uri(where):
+        return check_output(where, "--output")
+    return str(Path(where).resolve())
+
+
 def _budget_note(url: str | None) -> str:
     if url is None:
         return (
@@ -197,8 +211,8 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     source = None
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
-        output = Path(args.output if args.output is not None else cfg.output.directory)
-        source = QueueSource.from_config(cfg, str(output.resolve()))
+        output = _output(args.output if args.output is not None else cfg.output.directory)
+        source = QueueSource.from_config(cfg, output)
     elif args.output is not None or args.overrides:
         raise ConfigError(
             "command line", [Problem("--output/--set", "only with --config (a from_queue job)")]

@@ -20,6 +20,7 @@ from ..errors import ConfigError, Problem
 from .broker import QueueNames, connect, declare
 from .commit import RunFolder
 from .shards import DEFAULT_SHARD_SIZE, Shard, cut
+from .store import check_output, is_uri
 
 PUBLISH_WINDOW = 64
 """Publishes awaiting their confirm at once."""
@@ -51,7 +52,7 @@ async def submit(
     broker: str,
     *,
     run_id: str,
-    output: Path,
+    output: str | Path,
     shard_size: int = DEFAULT_SHARD_SIZE,
     names: QueueNames | None = None,
     split_children: bool = True,
@@ -62,8 +63,10 @@ async def submit(
     import aio_pika
 
     names = names or QueueNames()
-    if not output.is_absolute():
-        raise ValueError(f"output must be an absolute path, got {output}")
+    output = str(output)
+    if not is_uri(output) and not Path(output).is_absolute():
+        raise ValueError(f"output must be an absolute path or a URI, got {output}")
+    check_output(output, "--output")
     folder = RunFolder(output, run_id)
     previous = await asyncio.to_thread(folder.read_record)
     if previous is not None:
@@ -104,7 +107,7 @@ async def submit(
             await task
         record = {
             "run_id": run_id,
-            "output": str(output),
+            "output": output,
             "queue": names.shards,
             "shards": shard_ids,
             "shard_size": shard_size,
@@ -127,7 +130,7 @@ async def submit(
             ),
             routing_key=run_queue.name,
         )
-    return Submitted(run_id, str(output), len(shard_ids), published, skipped, names.shards)
+    return Submitted(run_id, output, len(shard_ids), published, skipped, names.shards)
 
 
 def _same_job(

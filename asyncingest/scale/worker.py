@@ -365,7 +365,7 @@ class Worker:
                 "exit_code": result.exit_code,
             }
             manifest = await asyncio.to_thread(
-                folder.manifest_for, shard.shard_id, staging, summary
+                folder.manifest_for, shard.shard_id, staging, summary, cfg.output.compression
             )
             won = await asyncio.to_thread(folder.commit, manifest)
             if not won:  # another delivery of this shard committed first: use its files
@@ -382,6 +382,8 @@ class Worker:
             if pipeline is not None:
                 self._pipelines.discard(pipeline)
             heartbeat.cancel()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(folder.release, staging)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(folder.clear_inflight, shard.shard_id)
 
