@@ -27,10 +27,10 @@ changes it atomically, on Redis ``TIME`` (never a worker's clock: skew cannot ov
   waiter retries with back-off (up to ``2 s``), and the outage is logged once (and its end).
   Releases that cannot be recorded are retried; if they never are, the lease runs out.
 * **History lost** (Redis restarted without persistence, flushed): a worker that was talking to
-  Redis notices (its epoch is gone while it should still be there) and the script presumes every
-  window full for its whole length from then: nothing is granted for the longest window. A worker
-  started fresh into an emptied Redis cannot tell; that is the limit of this design without a
-  durable ledger.
+  Redis notices (its epoch is gone while it should still be there, or another one is there: a
+  newcomer found Redis empty first) and the script presumes every window full for its whole
+  length from then: nothing is granted for the longest window. A worker started fresh into an
+  emptied Redis cannot tell; that is the limit of this design without a durable ledger.
 
 All workers sharing a budget must be given the same windows and ``name`` (and ``prefix``).
 """
