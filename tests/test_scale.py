@@ -256,6 +256,22 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     assert rc == 0, err
     status = orjson.loads(text)
     assert (status["total"], status["done"], status["failed"]) == (9, 9, 0), status
+    import aio_pika
+
+    connection = await aio_pika.connect(BROKER)
+    async with connection:  # the record expires a week after its last use ...
+        channel = await connection.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="x-expires"):
+            await channel.declare_queue(names.run_record("r1"), durable=True)
+        channel = await connection.channel()
+        await channel.queue_delete(names.run_record("r1"))
+    rc, text, err = await cli("status", "r1", "--broker", BROKER, "--queue", names.shards)
+    assert rc == 2 and "--output" in err, err
+    rc, text, err = await cli(  # ... and then the output's record answers
+        "status", "r1", "--broker", BROKER, "--queue", names.shards, "--output", str(out), "--json"
+    )
+    assert rc == 0, err
+    assert orjson.loads(text)["done"] == 9, text
     again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     assert (again.published, again.skipped) == (0, 7)
     with pytest.raises(ConfigError, match="--shard-size"):  # other shards under the same ids
@@ -444,7 +460,7 @@ async def user_queue(names: QueueNames) -> AsyncIterator[str]:
     connection = await aio_pika.connect(BROKER)
     async with connection:
         channel = await connection.channel()
-        for q in (name, f"{name}.dead"):
+        for q in (name, f"{name}.dead", QueueNames(name).run_record(queue_run_id(name))):
             await channel.queue_delete(q)
 
 
@@ -533,6 +549,11 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
             if sum(m[key] for m in scraped) >= len(sessions):
                 break
             await asyncio.sleep(0.05)
+    rc, text, err = await cli("status", queue_run_id(user_queue), "--broker", BROKER, "--json")
+    assert rc == 0, err
+    status = orjson.loads(text)
+    assert status["source"] == "from_queue" and status["queue"] == user_queue, status
+    assert (status["done"], status["failed"], status["total"]) == (len(sessions), 0, len(sessions))
     for w in workers:
         assert await w.stop() == 0, w.text
     keys = ["session_key", "driver_number", "lap_number"]
@@ -688,6 +709,13 @@ async def test_three_workers_share_the_issue_budget_for_a_minute(
         config_from_dict(raw), BROKER, run_id=run_id, output=out, shard_size=20, names=names
     )
     try:
+        for _ in range(1200):  # into the first long window
+            if api.stats.requests >= 150:
+                break
+            await asyncio.sleep(0.05)
+        rc, text, err = await cli(
+            "status", run_id, "--broker", BROKER, "--queue", names.shards, "--json", *budget
+        )
         await all_committed(out, run_id, done.shards, workers)
     finally:
         for w in workers:
@@ -697,6 +725,11 @@ async def test_three_workers_share_the_issue_budget_for_a_minute(
         connection = await aio_pika.connect(BROKER)
         async with connection:
             await (await connection.channel()).queue_delete(names.run_record(run_id))
+    assert rc == 0, err
+    use = orjson.loads(text)["budget"]  # read from Redis while the workers sent
+    assert use["error"] is None, use
+    assert [(w["limit"], w["seconds"]) for w in use["windows"]] == list(ISSUE_WINDOWS)
+    assert 0 < use["windows"][1]["used"] <= 170, use
     stats = api.stats
     arrivals = sorted(e.time for e in stats.log if e.path.startswith("/partner/users"))
     t0 = arrivals[0]

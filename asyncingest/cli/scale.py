@@ -111,12 +111,25 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
 
     status = sub.add_parser(
         "status",
-        help="shards done, in flight and failed of a submitted run",
-        description="How far a submitted run is: shards done, in flight, failed, waiting.",
+        help="shards done, in flight and failed of a run; with --budget, window use",
+        description="How far a run is: shards done, in flight, failed, waiting (a from_queue "
+        "run is queue-<its queue>); with --budget, each rate window's use of the shared budget.",
     )
     status.add_argument("run_id", metavar="ID")
     _broker_options(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--budget",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="the workers' --budget: also show each rate window's use, read from Redis",
+    )
+    status.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="the run's output (folder or URI), for a run whose record the broker no longer has",
+    )
 
 
 def _broker_options(p: argparse.ArgumentParser) -> None:
@@ -263,7 +276,12 @@ async def _metrics(port: int, host: str, out: Reporter) -> AsyncIterator[Any]:
 def _status(args: argparse.Namespace, names: QueueNames) -> int:
     from ..scale.status import run_status
 
-    status = asyncio.run(run_status(args.run_id, args.broker, names))
+    if args.budget is not None and not args.budget.startswith(("redis://", "rediss://")):
+        raise ConfigError("command line", [Problem("--budget", "expected redis://HOST:PORT/DB")])
+    output = _output(args.output) if args.output is not None else None
+    status = asyncio.run(
+        run_status(args.run_id, args.broker, names, budget=args.budget, output=output)
+    )
     if args.json:
         print(orjson.dumps(status.to_dict()).decode())
     else:
