@@ -502,9 +502,10 @@ async def committed(out: Path, queue: str, n: int, workers: list[Any]) -> None:
 async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
     tmp_path: Path, user_queue: str, start_mock_api: MockAPIFactory
 ) -> None:
-    """Test 8: session ids published on a plain queue -> 2 workers x 2 pool processes (two
-    messages at once, a pool of one each) -> raw laps and lap statistics in Parquet, each
-    record once; each worker's Prometheus metrics count the messages, durations and errors."""
+    """Test 8: session ids published on a plain queue -> 2 workers x 2 pool processes (one
+    pool per worker, shared by the two messages it runs at once and by every later one) -> raw
+    laps and lap statistics in Parquet, each record once; each worker's Prometheus metrics
+    count the messages, durations and errors."""
     api = await start_mock_api()
     laps = dict(next(e for e in F1_ENDPOINTS if e["name"] == "laps"))
     del laps["for_each"]
@@ -517,7 +518,7 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
     out = tmp_path / "out"
     cfg = tmp_path / "telemetry.json"
     raw = {
-        "api": {"base_url": api.url, "concurrency": {"cpu_workers": 1}},
+        "api": {"base_url": api.url, "concurrency": {"cpu_workers": 2}},
         "output": {"directory": str(out)},
         "endpoints": [laps],
     }
@@ -556,6 +557,7 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
     assert (status["done"], status["failed"], status["total"]) == (len(sessions), 0, len(sessions))
     for w in workers:
         assert await w.stop() == 0, w.text
+        assert w.text.count("transform pool of 2 process(es) started") == 1, w.text
     keys = ["session_key", "driver_number", "lap_number"]
     assert_same_records(read_records(out, "laps"), api.dataset.laps, keys)
     stats = read_records(out, "laps_out")

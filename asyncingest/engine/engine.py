@@ -108,8 +108,10 @@ class Engine:
         fresh: bool = False,
         retry_failed: bool = False,
         budget: RateBudget | None = None,
+        pool: TransformPool | None = None,
     ) -> None:
         self.config = config
+        self._shared_pool = pool  # entered and closed by its owner, not by this run
         self.batches_only = config.output.format == "none"
         self._ephemeral = False  # output: none without state_dir: a temporary state folder
         if self.batches_only:
@@ -432,9 +434,9 @@ class Engine:
         compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
-            pool = TransformPool(cfg.api.concurrency.cpu_workers)
+            pool = self._shared_pool or TransformPool(cfg.api.concurrency.cpu_workers)
         async with contextlib.AsyncExitStack() as stack:
-            if pool is not None:
+            if pool is not None and pool is not self._shared_pool:
                 await stack.enter_async_context(pool)
             client = await stack.enter_async_context(
                 HttpClient(cfg.api, credentials, clock=self._clock)

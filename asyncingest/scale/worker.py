@@ -32,6 +32,7 @@ from ..errors import ConfigError, EnvironmentFailure, Problem
 from .broker import DELIVERY_LIMIT, QueueNames, connect, declare, declare_run_record, redact
 from .budgets import Budgets
 from .commit import RunFolder
+from .pools import Pools
 from .shards import (
     Shard,
     child_shards,
@@ -146,9 +147,11 @@ class Worker:
         engine_options: Callable[[], dict[str, Any]] | None = None,
         source: QueueSource | None = None,
         budgets: Budgets | None = None,
+        pools: Pools | None = None,
     ) -> None:
         self.broker = broker
         self.budgets = budgets or Budgets()
+        self.pools = pools or Pools()
         self.source = source
         self.names = QueueNames(source.queue) if source is not None else (names or QueueNames())
         self.shards_at_once = shards_at_once
@@ -221,6 +224,7 @@ class Worker:
                 self._channel.close_callbacks.discard(self._connection_lost)
             with contextlib.suppress(Exception):
                 await connection.close()
+            await self.pools.aclose()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -382,7 +386,11 @@ class Worker:
         pipeline: Pipeline | None = None
         try:
             cfg = await asyncio.to_thread(shard_config, shard, staging)
-            options = {"budget": self.budgets.for_run(shard.run_id, cfg), **self.engine_options()}
+            options = {
+                "budget": self.budgets.for_run(shard.run_id, cfg),
+                "pool": await self.pools.for_config(cfg),
+                **self.engine_options(),
+            }
             pipeline = Pipeline(cfg, output=staging, fresh=True, **options)
             await pipeline.start()
             self._pipelines.add(pipeline)
