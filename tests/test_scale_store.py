@@ -205,3 +205,15 @@ def _read_s3(bucket: str, endpoint: str) -> list[dict[str, Any]]:
 
     fs, base = pf.FileSystem.from_uri(f"s3://{bucket}/run/{endpoint}")
     return ds.dataset(base, filesystem=fs, format="parquet").to_table().to_pylist()  # type: ignore[no-any-return]
+
+
+def test_a_single_process_run_refuses_an_object_store_output(tmp_path: Path) -> None:
+    """``run`` writes to a folder: an ``s3://`` output is refused (exit 2 on the CLI), never a
+    folder named ``s3:`` in the working directory."""
+    cfg = job("http://127.0.0.1:9", tmp_path / "unused", tmp_path / "ids.csv", crawl=False)
+    cfg = cfg.model_copy(
+        update={"output": cfg.output.model_copy(update={"directory": "s3://bucket/run?x=1"})}
+    )
+    with pytest.raises(ConfigError, match="scale-out commands"):
+        asyncingest.run_sync(cfg)
+    assert not Path("s3:").exists()

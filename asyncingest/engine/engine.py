@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -43,7 +44,7 @@ from ..core.request import Request, base_url_of
 from ..core.result import Compaction, RunResult
 from ..core.retry import RetryPolicy, retry_policy
 from ..core.snapshot import EndpointSnapshot, RunPhase, Snapshot
-from ..errors import environment_failure
+from ..errors import ConfigError, Problem, environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
@@ -123,7 +124,19 @@ class Engine:
             self._ephemeral = config.output.state_dir is None
             self.output = Path(config.output.state_dir or tempfile.gettempdir())
         else:
-            self.output = Path(output if output is not None else config.output.directory)
+            where = os.fspath(output if output is not None else config.output.directory)
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", where) and not where.startswith("file:"):
+                raise ConfigError(  # not a folder named "s3:" in the working directory
+                    "output.directory",
+                    [
+                        Problem(
+                            where.split("?")[0],
+                            "an object store is an output of the scale-out commands (submit, "
+                            "worker); a run in one process writes to a folder",
+                        )
+                    ],
+                )
+            self.output = Path(where)
         self._taps: dict[str, BatchTap] = {}
         self._ended = False
         self._checkpoint_wanted = False
