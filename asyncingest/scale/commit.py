@@ -180,6 +180,9 @@ class RunFolder:
         shard_id = manifest["shard_id"]
         key = self._key("committed", f"{shard_id}.json")
         won = self.store.create(key, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        if won and not self.store.local:  # no conditional PUT: read it back, the last one wins
+            there = self.committed(shard_id) or {}
+            won = there.get("staging") == manifest["staging"]
         if won:
             crash_point("scale-committed")
         return won
