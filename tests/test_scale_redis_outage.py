@@ -195,7 +195,9 @@ async def test_redis_stopped_then_restarted_empty_no_request_and_no_window_over(
     after_loss = between(t_kill + GRACE, t_kill + LONG[1] - 0.05)
     summary = (
         f"{len(arrivals)} arrivals; stop {t_stop:.2f}-{t_cont:.2f}: {between(t_stop, t_cont)} "
-        f"({stopped} after the grace); kill {t_kill:.2f}, up {t_up:.2f}: {after_loss} in the "
+        f"({stopped} after the grace); {between(t_cont, t_kill)} between SIGCONT and the kill "
+        f"({between(t_stop - (t_kill - t_cont), t_stop)} in as long before the stop); "
+        f"kill {t_kill:.2f}, up {t_up:.2f}: {after_loss} in the "
         f"longest window after; after it {between(t_up + LONG[1], arrivals[-1] + 1)}; "
         f"max in window {api.stats.max_in_window}, violations {api.stats.violations}"
     )
@@ -210,3 +212,23 @@ async def test_redis_stopped_then_restarted_empty_no_request_and_no_window_over(
     assert most_in_any_window(arrivals, LONG[1]) <= LONG[0], summary
     text = "\n".join(outputs)
     assert "does not answer" in text and "lost its state" in text, text
+
+
+async def test_asks_a_stopped_redis_runs_late_are_given_back(own_redis: OwnRedis) -> None:
+    """A SIGSTOPped Redis runs the asks it had received once it resumes, after the worker gave
+    up on them: each would hold a slot, granted to nobody, until its lease ran out. The worker
+    gives them back, so no slot stays held once Redis answers again."""
+    from asyncingest.limits.redis_budget import RedisBudget
+
+    windows = [(10, 1.0)]
+    budget = RedisBudget(own_redis.url, windows, prefix="orphans", timeout=0.2)
+    await budget.peek()
+    own_redis.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(budget.acquire("k"), 1.5)
+    finally:
+        own_redis.signal(signal.SIGCONT)
+    await budget.aclose()  # the give-backs reach Redis
+    async with RedisBudget(own_redis.url, windows, prefix="orphans") as check:
+        assert check.in_flight == 0
