@@ -25,6 +25,7 @@ from .conftest import F1_ENDPOINTS, ROOT, MockAPIFactory, pipeline, service_requ
 
 REDIS = "redis://127.0.0.1:6379/0"
 FLUSH_DB = 13  # only test_state_lost_... uses it
+NEWCOMER_DB = 14  # only test_a_newcomer_... uses it
 
 
 def _redis_up() -> bool:
@@ -166,6 +167,30 @@ async def test_state_lost_mid_run_keeps_every_window(
     stats = api.stats
     assert stats.requests == 2 * window[0]
     assert (stats.violations, stats.sent_429) == (0, 0)
+    assert any("lost its state" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_newcomer_first_to_find_redis_empty_does_not_hide_the_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis loses its state; a fresh client (a new worker, ``status``) asks first and starts a
+    new history. A worker that was sending before still learns of the loss (its epoch is not
+    the one there) and counts every window full, instead of starting from empty windows."""
+    window = (3, 30.0)
+    url = f"redis://127.0.0.1:6379/{NEWCOMER_DB}"
+    key = prefix()
+    caplog.set_level(logging.WARNING, logger="asyncingest.budget")
+    async with RedisBudget(url, [window], prefix=key) as old:
+        for _ in range(window[0]):
+            (await old.acquire("k")).release()
+        await old.aclose()  # the releases recorded
+        async with Redis.from_url(url) as admin:
+            await admin.flushdb()
+        async with RedisBudget(url, [window], prefix=key) as newcomer:
+            assert newcomer.usage()[0].used == 0  # it cannot tell
+        await old.peek()
+        assert old.usage()[0].used == window[0]  # full again, for a whole window
+        assert old.time_until_capacity() == pytest.approx(window[1], abs=1.0)
     assert any("lost its state" in r.getMessage() for r in caplog.records)
 
 

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -134,8 +135,10 @@ class Engine:
         retry_failed: bool = False,
         budget: RateBudget | None = None,
         full_refresh: Iterable[str] = (),
+        pool: TransformPool | None = None,
     ) -> None:
         self.config = config
+        self._shared_pool = pool  # entered and closed by its owner, not by this run
         names = (full_refresh,) if isinstance(full_refresh, str) else full_refresh  # one name
         self._full_refresh = tuple(dict.fromkeys(names))
         self.batches_only = config.output.format == "none"
@@ -149,7 +152,19 @@ class Engine:
             self._ephemeral = config.output.state_dir is None
             self.output = Path(config.output.state_dir or tempfile.gettempdir())
         else:
-            self.output = Path(output if output is not None else config.output.directory)
+            where = os.fspath(output if output is not None else config.output.directory)
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", where) and not where.startswith("file:"):
+                raise ConfigError(  # not a folder named "s3:" in the working directory
+                    "output.directory",
+                    [
+                        Problem(
+                            where.split("?")[0],
+                            "an object store is an output of the scale-out commands (submit, "
+                            "worker); a run in one process writes to a folder",
+                        )
+                    ],
+                )
+            self.output = Path(where)
         self._taps: dict[str, BatchTap] = {}
         self._ended = False
         self._checkpoint_wanted = False
@@ -467,9 +482,9 @@ class Engine:
         compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
-            pool = TransformPool(cfg.api.concurrency.cpu_workers)
+            pool = self._shared_pool or TransformPool(cfg.api.concurrency.cpu_workers)
         async with contextlib.AsyncExitStack() as stack:
-            if pool is not None:
+            if pool is not None and pool is not self._shared_pool:
                 await stack.enter_async_context(pool)
             client = await stack.enter_async_context(
                 HttpClient(cfg.api, credentials, clock=self._clock)

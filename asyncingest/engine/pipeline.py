@@ -32,6 +32,7 @@ from ..core.result import RunResult
 from ..core.snapshot import Snapshot
 from ..limits.clock import Clock
 from ..limits.rate_budget import RateBudget
+from ..transform.pool import TransformPool
 from .engine import Engine
 from .tap import BatchStream
 
@@ -53,7 +54,9 @@ class Pipeline:
     ``async with`` starts the run and, on leaving the block, waits for its end (or, after
     ``stop()``, for the stop to complete); the run's error is raised there. An exception or a
     cancellation inside the block cancels the run (see the module docstring for what a cancel
-    keeps). A pipeline runs once.
+    keeps). A pipeline runs once. ``pool``: a :class:`~asyncingest.transform.pool.TransformPool`
+    its owner entered and will close, shared by pipelines run one after another or side by side
+    (a scale-out worker's, so each shard does not start processes of its own).
 
     For a config with ``incremental:`` endpoints a run is one increment (README, "Incremental
     runs"): ``full_refresh`` names endpoints refetched from their ``initial`` this time.
@@ -70,6 +73,7 @@ class Pipeline:
         fresh: bool = False,
         retry_failed: bool = False,
         full_refresh: Iterable[str] = (),
+        pool: TransformPool | None = None,
     ) -> None:
         self.config = config
         self._engine = Engine(
@@ -81,6 +85,7 @@ class Pipeline:
             retry_failed=retry_failed,
             budget=budget,
             full_refresh=full_refresh,
+            pool=pool,
         )
         self._task: asyncio.Task[RunResult] | None = None
         self._began: asyncio.Future[None] | None = None
