@@ -164,6 +164,8 @@ MUTANT_MODULES: dict[str, Target] = {
     ),
 }
 _KILLED = {1, 3, 24, -24, 36, 152, 255}  # tests failed, pytest error, timeouts (mutmut's codes)
+# the ci examples of the property tests, a failure not shrunk (tests/conftest.py)
+_MUTMUT_ENV = {"HYPOTHESIS_PROFILE": "mutants"}
 _MUTANT_NAME = re.compile(r"asyncingest\.[\w.ǁ]+__mutmut_\d+")
 
 
@@ -189,7 +191,9 @@ def mutants(session: nox.Session) -> None:
             session.log(f"mutants: {module} ({', '.join(target.files)})")
             begin = time.monotonic()
             with session.chdir(folder):
-                session.run("mutmut", "run", "--max-children", children, *target.names)
+                session.run(
+                    "mutmut", "run", "--max-children", children, *target.names, env=_MUTMUT_ENV
+                )
             (folder / "seconds.txt").write_text(f"{time.monotonic() - begin:.0f}\n")
         session.log(f"mutants: {time.monotonic() - started:.0f} s for {len(chosen)} modules")
     table = kill_rates(root, chosen)

@@ -23,7 +23,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 import yaml
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 import asyncingest
 from asyncingest import RunResult, config_from_dict
@@ -483,4 +483,9 @@ settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=40, database=None, print_blob=True
 )
 settings.register_profile("thorough", deadline=None, max_examples=2000)
+# "mutants" (set by `nox -s mutants`): the ci examples, but a failure is not shrunk. mutmut only
+# needs to know that a test failed, and shrinking a mutant's failure can outlast the test.
+settings.register_profile(
+    "mutants", settings.get_profile("ci"), phases=(Phase.explicit, Phase.generate)
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
