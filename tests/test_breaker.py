@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -435,3 +436,59 @@ async def test_ticket_repr_and_no_verdict_after_abandon(clock: FakeClock) -> Non
     probe.abandon()
     probe.record(True)  # too late: the abandon was its verdict
     assert breaker.state is HALF_OPEN
+
+
+def test_settings_at_their_edges(clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="cooldown"):
+        CircuitBreaker(1, math.inf, clock)
+    CircuitBreaker(1, 1.0, clock, backoff=1.0)  # a constant cooldown is allowed
+    CircuitBreaker(1, 1.0, clock, backoff=1.5)
+    breaker = CircuitBreaker(1, 2.5, clock)
+    assert (breaker.name, breaker.cooldown, breaker.opened_at) == ("", 2.5, None)
+    assert breaker.max_cooldown == 20.0  # eight cooldowns unless told
+    assert repr(breaker) == "CircuitBreaker('', closed, failures=0/1, cooldown=2.5s, waiting=0)"
+
+
+async def test_failed_probes_grow_the_cooldown_up_to_eight_times_by_default(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(1, 1.0, clock)
+    await fail(breaker, 1)
+    seen = [breaker.cooldown]
+    for _ in range(5):
+        await clock.advance(breaker.cooldown)
+        (await breaker.before_request()).record(False)
+        seen.append(breaker.cooldown)
+    assert seen == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+async def test_a_deadline_at_the_next_probe_waits_for_it(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    waiter = asyncio.create_task(breaker.before_request(deadline=10.0))
+    await clock.advance(10.0)
+    assert (await waiter).probe
+
+
+async def test_circuit_open_at_once_says_how_long_from_now(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(4.0)
+    with pytest.raises(CircuitOpen) as info:
+        await breaker.before_request(deadline=5.0)
+    assert info.value.reopens_in == 6.0
+
+
+async def test_cancelled_as_its_deadline_fails_it_the_waiter_is_just_cancelled(
+    clock: FakeClock,
+) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    await breaker.before_request()  # the probe, still out
+    waiter = asyncio.create_task(breaker.before_request(deadline=12.0))
+    await clock.advance(0.0)
+    clock.call_at(12.0, waiter.cancel)  # the same step the deadline fails it
+    await clock.advance(2.0)
+    assert waiter.cancelled()
+    assert breaker.waiting == 0
