@@ -149,7 +149,15 @@ MUTANT_MODULES: dict[str, Target] = {
     ),
     "engine/writer": Target(
         ("asyncingest/engine/writer.py",),
-        (f"{_T}writer.py", f"{_T}batches.py", f"{_T}writer_failure.py", f"{_T}commit_order.py"),
+        (
+            f"{_T}writer.py",
+            f"{_T}batches.py",
+            f"{_T}writer_failure.py",
+            f"{_T}commit_order.py",
+            f"{_T}give_up_paths.py",
+            f"{_T}transform_engine.py",
+            f"{_T}pipeline.py",
+        ),
     ),
     # redaction: the credentials, and the client's redact / scrub / display_url
     "http/redaction": Target(
@@ -164,6 +172,7 @@ MUTANT_MODULES: dict[str, Target] = {
     ),
 }
 _KILLED = {1, 3, 24, -24, 36, 152, 255}  # tests failed, pytest error, timeouts (mutmut's codes)
+_SURVIVED = {0, 5, 33}  # tests passed, or no selected test reaches the function
 # the ci examples of the property tests, a failure not shrunk (tests/conftest.py)
 _MUTMUT_ENV = {"HYPOTHESIS_PROFILE": "mutants"}
 _MUTANT_NAME = re.compile(r"asyncingest\.[\w.ǁ]+__mutmut_\d+")
@@ -223,6 +232,15 @@ def _module_folder(root: Path, module: str, target: Target) -> Path:
     text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", lambda _: section + "\n", text)
     if not (folder / "pyproject.toml").exists() or (folder / "pyproject.toml").read_text() != text:
         (folder / "pyproject.toml").write_text(text)
+    # mutmut keeps a verdict until the function changes, even when new tests would kill it:
+    # survivors are tested again on every run (killed ones stay killed)
+    for file in target.files:
+        meta = folder / "mutants" / f"{file}.meta"
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            codes = data["exit_code_by_key"]
+            data["exit_code_by_key"] = {k: None if c in _SURVIVED else c for k, c in codes.items()}
+            meta.write_text(json.dumps(data))
     # mutmut copies a source it does not mutate once and never again: drop stale copies
     for copy in (folder / "mutants" / "asyncingest").rglob("*.py"):
         source = root / copy.relative_to(folder / "mutants")
