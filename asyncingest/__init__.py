@@ -58,6 +58,7 @@ from .core.request import Page, Request
 from .core.result import EndpointSummary, IncrementSummary, RunResult, WindowSummary
 from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
 from .engine.engine import Engine
+from .engine.loop_thread import PipelineThread
 from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
 from .errors import (
     AsyncIngestError,
@@ -114,6 +115,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "PipelineStateError",
     "Budget",
     "RedisBudget",
+    "PipelineThread",
     "tune_gc",
     # results and snapshots
     "Snapshot",

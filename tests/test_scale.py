@@ -654,13 +654,17 @@ async def test_workers_share_one_budget_through_redis(
     api = await start_mock_api(
         MockSettings.small(rate_limits=(WINDOW,), enforce_rate_limit=False, latency_ms=5)
     )
-    write_ids(tmp_path, 160 if shared else 80)
+    # The control's shards last 1 s each at least (40 ids at 20 per 0.5 s), so two of them
+    # always overlap by a window: with 20-id shards (one burst each) a loaded machine started
+    # each shard's pipeline after the previous had finished, and the control saw no violation.
+    write_ids(tmp_path, 160)
     out = tmp_path / "out"
     raw = job(api.url, out, tmp_path / "ids.csv", crawl=False).model_dump(mode="json")
     raw["api"]["rate_limits"] = [{"requests": WINDOW[0], "per_seconds": WINDOW[1]}]
     run_id = f"budget-{uuid.uuid4().hex[:8]}"
     cfg = config_from_dict(raw)
-    done = await submit(cfg, BROKER, run_id=run_id, output=out, shard_size=20, names=names)
+    shard = 20 if shared else 40
+    done = await submit(cfg, BROKER, run_id=run_id, output=out, shard_size=shard, names=names)
     budget = ("--budget", "redis://127.0.0.1:6379/0") if shared else ()
     workers = [await start_worker(names, None, "--shards-at-once", "2", *budget) for _ in range(2)]
     try:

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,52 +95,25 @@ def result_dict(result: asyncingest.RunResult) -> dict[str, Any]:
 
 class PipelineLoop:
     """Where the pipelines run: the service's own event loop, or (``thread=True``) an event loop
-    of their own on a second thread. A pipeline, and the budget they share, belong to one loop;
-    everything that touches them goes through :meth:`run`."""
+    of their own on a second thread (:class:`asyncingest.PipelineThread`). A pipeline, and the
+    budget they share, belong to one loop; everything that touches them goes through
+    :meth:`run`."""
 
     def __init__(self, *, thread: bool) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        if thread:
-            started = threading.Event()
-            self._thread = threading.Thread(
-                target=self._serve, args=(started,), name="pipelines", daemon=True
-            )
-            self._thread.start()
-            started.wait()
-
-    def _serve(self, started: threading.Event) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # this thread's
-        loop.call_soon(started.set)
-        try:
-            loop.run_forever()
-        finally:  # as asyncio.run ends: cancel what is left, then the executor's threads
-            left = asyncio.all_tasks(loop)
-            for task in left:
-                task.cancel()
-            if left:
-                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
+        self._thread = asyncingest.PipelineThread() if thread else None
 
     async def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """``await fn()`` in the pipelines' loop. Shielded: cancelling the caller (a client
         hanging up) does not cancel it; cancelling a pipeline's start or stop would cancel the
         run."""
-        if self._loop is None:
+        if self._thread is None:
             return await asyncio.shield(fn())
-        future = asyncio.run_coroutine_threadsafe(fn(), self._loop)
-        return await asyncio.shield(asyncio.wrap_future(future))
+        return await self._thread.run(fn)
 
     async def close(self) -> None:
         """End the pipelines' thread, if any (after the pipelines have ended)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.to_thread(thread.join)
+        if self._thread is not None:
+            await self._thread.close()
 
 
 class IngestService:
