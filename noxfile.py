@@ -1,8 +1,12 @@
 """Sessions: tests (the README's test command), lint, typecheck; quick, bench, mutants (not by
 default)."""
 
-import fnmatch
 import json
+import re
+import time
+import tomllib
+from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import nox
@@ -59,73 +63,245 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run_all.py", *session.posargs)
 
 
-# The modules where a bug loses data, exceeds a limit or leaks a secret, as mutmut mutant-name
-# patterns (``module.function`` or ``module.xǁClassǁmethod``); the files are in
-# [tool.mutmut] only_mutate. docs/testing.md has the rates, the survivors and why.
-MUTANT_MODULES = {
-    "limits/limiter": ["asyncingest.limits.limiter.*"],
-    "limits/breaker": ["asyncingest.limits.breaker.*"],
-    "core/retry": ["asyncingest.core.retry.*"],
-    "core/ratelimit_headers": ["asyncingest.core.ratelimit_headers.*"],
-    "core/pagination": ["asyncingest.core.pagination.*"],
-    "sink/parquet": ["asyncingest.sink.parquet.*"],
-    "sink/durable": ["asyncingest.sink.durable.*"],
-    "sink/schema": ["asyncingest.sink.schema.*"],
-    "sink/deadletter": ["asyncingest.sink.deadletter.*"],
-    "state/checkpoint": ["asyncingest.state.checkpoint.*"],
-    "state/resume": ["asyncingest.state.resume.*"],
-    "state/rangeset": ["asyncingest.state.rangeset.*"],
-    "state/ledger": ["asyncingest.state.ledger.*"],
-    "engine/writer": ["asyncingest.engine.writer.*"],
-    # redaction: the credentials, and the client's redact/scrub of URLs, links and messages
-    "http/client (redaction)": [
-        "asyncingest.http.client.xǁCredentialsǁ*",
-        "asyncingest.http.client.x_scrub*",
-        "asyncingest.http.client.xǁHttpClientǁredact*",
-        "asyncingest.http.client.xǁHttpClientǁscrub*",
-        "asyncingest.http.client.xǁHttpClientǁdisplay_url*",
-    ],
+# Mutation testing (mutmut). Each module runs in a folder of its own, mutants/<slug>/, with its
+# own [tool.mutmut]: the shared settings from pyproject.toml, only its files mutated and only
+# its tests selected (a `Target`). So mutmut's stats run (every selected test once, traced)
+# and each mutant's test list stay small, and one module's verdicts survive a run of another
+# (mutmut resets every verdict when its test selection changes). The modules are those where a
+# bug loses data, exceeds a limit or leaks a secret; docs/testing.md has the rates, the
+# accepted (equivalent) survivors and why.
+@dataclass(frozen=True)
+class Target:
+    """One module of the mutation run: the files mutated, the tests selected for them."""
+
+    files: tuple[str, ...]
+    tests: tuple[str, ...]
+    names: tuple[str, ...] = ()  # mutant-name patterns, when only part of a file is in scope
+
+
+_T = "tests/test_"
+MUTANT_MODULES: dict[str, Target] = {
+    "limits/limiter": Target(
+        ("asyncingest/limits/limiter.py",),
+        (
+            f"{_T}limiter.py",
+            f"{_T}throttle.py",
+            f"{_T}budget.py",
+            f"{_T}adaptive.py",
+            f"{_T}guards.py",
+            f"{_T}properties.py",
+        ),
+    ),
+    "limits/breaker": Target(
+        ("asyncingest/limits/breaker.py",),
+        (f"{_T}breaker.py", f"{_T}guards.py", f"{_T}ledger_books.py", f"{_T}give_up_paths.py"),
+    ),
+    "core/retry": Target(
+        ("asyncingest/core/retry.py",),
+        (
+            f"{_T}retry.py",
+            f"{_T}breaker.py",
+            f"{_T}guards.py",
+            f"{_T}dead_letter.py",
+            f"{_T}ledger_books.py",
+            f"{_T}give_up_paths.py",
+        ),
+    ),
+    "core/ratelimit_headers": Target(
+        ("asyncingest/core/ratelimit_headers.py",),
+        (f"{_T}ratelimit_headers.py", f"{_T}throttle.py"),
+    ),
+    "core/pagination": Target(
+        ("asyncingest/core/pagination.py",),
+        (f"{_T}pagination.py", f"{_T}custom_pagination.py", f"{_T}properties.py"),
+    ),
+    "sink/parquet": Target(
+        ("asyncingest/sink/parquet.py",),
+        (
+            f"{_T}sink.py",
+            f"{_T}sink_nested_nulls.py",
+            f"{_T}commit_order.py",
+            f"{_T}durable.py",
+            f"{_T}writer_failure.py",
+            f"{_T}properties.py",
+        ),
+    ),
+    "sink/durable": Target(
+        ("asyncingest/sink/durable.py",), (f"{_T}durable.py", f"{_T}commit_order.py")
+    ),
+    "sink/schema": Target(
+        ("asyncingest/sink/schema.py",),
+        (f"{_T}sink.py", f"{_T}sink_nested_nulls.py", f"{_T}schema_run.py", f"{_T}properties.py"),
+    ),
+    "sink/deadletter": Target(
+        ("asyncingest/sink/deadletter.py",),
+        (f"{_T}dead_letter.py", f"{_T}ledger_books.py", f"{_T}writer.py", f"{_T}give_up_paths.py"),
+    ),
+    "state/checkpoint": Target(
+        ("asyncingest/state/checkpoint.py",),
+        (
+            f"{_T}checkpoint.py",
+            f"{_T}commit_order.py",
+            f"{_T}writer.py",
+            f"{_T}polish_bigint_state.py",
+            f"{_T}pipeline.py",
+        ),
+    ),
+    "state/resume": Target(
+        ("asyncingest/state/resume.py",),
+        (f"{_T}checkpoint.py", f"{_T}pipeline.py", f"{_T}writer.py"),
+    ),
+    "state/rangeset": Target(
+        ("asyncingest/state/rangeset.py",), (f"{_T}rangeset.py", f"{_T}properties.py")
+    ),
+    "state/ledger": Target(
+        ("asyncingest/state/ledger.py",),
+        (f"{_T}ledger_books.py", f"{_T}dead_letter.py", f"{_T}writer.py"),
+    ),
+    "engine/writer": Target(
+        ("asyncingest/engine/writer.py",),
+        (
+            f"{_T}writer.py",
+            f"{_T}batches.py",
+            f"{_T}writer_failure.py",
+            f"{_T}commit_order.py",
+            f"{_T}give_up_paths.py",
+            f"{_T}transform_engine.py",
+            f"{_T}pipeline.py",
+        ),
+    ),
+    # redaction: the credentials, and the client's redact / scrub / display_url
+    "http/redaction": Target(
+        ("asyncingest/http/credentials.py", "asyncingest/http/client.py"),
+        (f"{_T}credentials.py", f"{_T}secrets.py", f"{_T}secrets_retried.py", f"{_T}oauth.py"),
+        names=(
+            "asyncingest.http.credentials.*",
+            "asyncingest.http.client.xǁHttpClientǁredact*",
+            "asyncingest.http.client.xǁHttpClientǁscrub*",
+            "asyncingest.http.client.xǁHttpClientǁdisplay_url*",
+        ),
+    ),
 }
 _KILLED = {1, 3, 24, -24, 36, 152, 255}  # tests failed, pytest error, timeouts (mutmut's codes)
-_SURVIVED = {0, 5, 33}  # tests passed, or no test ran the mutated function
+_SURVIVED = {0, 5, 33}  # tests passed, or no selected test reaches the function
+# the ci examples of the property tests, a failure not shrunk (tests/conftest.py)
+_MUTMUT_ENV = {"HYPOTHESIS_PROFILE": "mutants"}
+_MUTANT_NAME = re.compile(r"asyncingest\.[\w.ǁ]+__mutmut_\d+")
 
 
 @nox.session(python="3.11")
 def mutants(session: nox.Session) -> None:
-    """Mutation testing (mutmut) of the critical modules, then the kill rate per module.
+    """Mutation testing (mutmut) of the critical modules, one at a time, then the kill rate per
+    module (killed / killed + survivors not accepted as equivalent in docs/testing.md).
 
     ``nox -s mutants -- limiter rangeset`` runs the modules whose name holds an argument;
-    ``nox -s mutants -- report`` only prints the rates of the last run. Results are kept in
-    ``mutants/`` (a rerun tests only what changed). See docs/testing.md.
+    ``-- report`` only prints the rates of the last run; ``-- -j1`` runs one mutant at a time
+    (default two). Results stay in ``mutants/<module>/`` (a rerun tests only what changed).
     """
-    args = [a for a in session.posargs if a != "report"]
-    chosen = {m: p for m, p in MUTANT_MODULES.items() if not args or any(a in m for a in args)}
-    if "report" not in session.posargs:
+    flags = {a for a in session.posargs if a == "report" or a.startswith("-j")}
+    words = [a for a in session.posargs if a not in flags]
+    chosen = {m: t for m, t in MUTANT_MODULES.items() if not words or any(w in m for w in words)}
+    children = next((a[2:] for a in flags if a.startswith("-j")), "2")
+    root = Path.cwd()
+    if "report" not in flags:
         session.install("-e", ".[test]", "mutmut>=3.8,<4")
-        patterns = [p for pats in chosen.values() for p in pats]
-        session.run("mutmut", "run", *patterns)
-    table = kill_rates(Path("mutants"), chosen)
-    session.log("kill rate per module (mutmut show NAME prints a survivor):\n" + table)
+        started = time.monotonic()
+        for module, target in chosen.items():
+            folder = _module_folder(root, module, target)
+            session.log(f"mutants: {module} ({', '.join(target.files)})")
+            begin = time.monotonic()
+            with session.chdir(folder):
+                session.run(
+                    "mutmut", "run", "--max-children", children, *target.names, env=_MUTMUT_ENV
+                )
+            (folder / "seconds.txt").write_text(f"{time.monotonic() - begin:.0f}\n")
+        session.log(f"mutants: {time.monotonic() - started:.0f} s for {len(chosen)} modules")
+    table = kill_rates(root, chosen)
+    session.log("kill rate per module (in mutants/<module>/: mutmut show NAME):\n" + table)
 
 
-def kill_rates(folder: Path, chosen: dict[str, list[str]]) -> str:
-    """mutmut's verdicts (``mutants/**/*.py.meta``) as killed / tested per module, with the
-    survivors' names."""
-    codes: dict[str, int | None] = {}
-    for meta in folder.rglob("*.py.meta"):
-        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
-    lines = [f"{'module':<26} {'killed':>7} {'tested':>7} {'rate':>7}  survivors"]
-    total_killed = total_tested = 0
-    for module, patterns in chosen.items():
-        mine = {k: c for k, c in codes.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
-        tested = {k: c for k, c in mine.items() if c is not None and c != 34}  # 34: skipped
+def _slug(module: str) -> str:
+    return module.replace("/", "-")
+
+
+def _module_folder(root: Path, module: str, target: Target) -> Path:
+    """``mutants/<slug>/``: links to the sources and tests, and a pyproject.toml whose
+    [tool.mutmut] mutates ``target.files`` only and selects ``target.tests`` (not slow)."""
+    folder = root / "mutants" / _slug(module)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("asyncingest", "tests", "docs", "README.md"):
+        if not (folder / name).is_symlink():
+            (folder / name).symlink_to(root / name)
+    text = (root / "pyproject.toml").read_text()
+    settings = tomllib.loads(text)["tool"]["mutmut"]
+    settings |= {
+        "only_mutate": list(target.files),
+        "pytest_add_cli_args_test_selection": ["-m", "not slow", *target.tests],
+        "use_git_change_detection": False,
+    }
+    section = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", lambda _: section + "\n", text)
+    if not (folder / "pyproject.toml").exists() or (folder / "pyproject.toml").read_text() != text:
+        (folder / "pyproject.toml").write_text(text)
+    # mutmut keeps a verdict until the function changes, even when new tests would kill it:
+    # survivors are tested again on every run (killed ones stay killed)
+    for file in target.files:
+        meta = folder / "mutants" / f"{file}.meta"
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            codes = data["exit_code_by_key"]
+            data["exit_code_by_key"] = {k: None if c in _SURVIVED else c for k, c in codes.items()}
+            meta.write_text(json.dumps(data))
+    # mutmut copies a source it does not mutate once and never again: drop stale copies
+    for copy in (folder / "mutants" / "asyncingest").rglob("*.py"):
+        source = root / copy.relative_to(folder / "mutants")
+        mutated = str(source.relative_to(root)) in target.files
+        if not mutated and (not source.exists() or source.read_bytes() != copy.read_bytes()):
+            copy.unlink()
+    return folder
+
+
+def _equivalent(root: Path) -> set[str]:
+    """The survivors accepted as equivalent: every mutant name in docs/testing.md."""
+    return set(_MUTANT_NAME.findall((root / "docs" / "testing.md").read_text()))
+
+
+def kill_rates(root: Path, chosen: dict[str, Target]) -> str:
+    """mutmut's verdicts (``mutants/<module>/mutants/**/*.py.meta``) per module: killed, the
+    survivors not listed as equivalent in docs/testing.md (named), the rate without and with
+    the equivalent ones, and the module's last run time."""
+    equivalent = _equivalent(root)
+    head = f"{'module':<24} {'mutants':>7} {'killed':>6} {'surv.':>5} {'equiv.':>6}"
+    lines = [f"{head} {'rate':>6} {'raw':>6} {'time':>6}  (rate: killed / killed + surv.)"]
+    totals = [0, 0, 0, 0]
+    for module, target in chosen.items():
+        folder = root / "mutants" / _slug(module)
+        codes: dict[str, int | None] = {}
+        for file in target.files:
+            meta = folder / "mutants" / f"{file}.meta"
+            if meta.exists():
+                codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+        if target.names:
+            codes = {k: c for k, c in codes.items() if any(fnmatch(k, p) for p in target.names)}
+        tested = {k: c for k, c in codes.items() if c is not None and c != 34}  # 34: skipped
         killed = [k for k, c in tested.items() if c in _KILLED]
-        survived = sorted(k for k in tested if k not in killed)
-        total_killed, total_tested = total_killed + len(killed), total_tested + len(tested)
-        rate = f"{100 * len(killed) / len(tested):.1f}%" if tested else "-"
-        lines.append(f"{module:<26} {len(killed):>7} {len(tested):>7} {rate:>7}  {len(survived)}")
-        lines.extend(f"    {k}" for k in survived)
-    if total_tested:
-        rate = f"{100 * total_killed / total_tested:.1f}%"
-        lines.append(f"{'all':<26} {total_killed:>7} {total_tested:>7} {rate:>7}")
+        accepted = sorted(k for k in tested if k not in killed and k in equivalent)
+        survived = sorted(k for k in tested if k not in killed and k not in equivalent)
+        seconds = folder / "seconds.txt"
+        took = f"{seconds.read_text().strip()}s" if seconds.exists() else "-"
+        counts = (len(tested), len(killed), len(survived), len(accepted))
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        lines.append(f"{module:<24} {_row(*counts)} {took:>6}")
+        lines.extend(f"    {k}  ({_verdict(tested[k])})" for k in survived)
+    lines.append(f"{'all':<24} {_row(*totals)}")
     return "\n".join(lines)
+
+
+def _row(tested: int, killed: int, survived: int, accepted: int) -> str:
+    rate = f"{100 * killed / (killed + survived):.1f}%" if killed + survived else "-"
+    raw = f"{100 * killed / tested:.1f}%" if tested else "-"
+    return f"{tested:>7} {killed:>6} {survived:>5} {accepted:>6} {rate:>6} {raw:>6}"
+
+
+def _verdict(code: int | None) -> str:
+    return "no tests" if code in (5, 33) else "survived" if code == 0 else f"exit {code}"

@@ -17,6 +17,7 @@ from .config.models import (
     ForEach,
     FromFile,
     HttpConfig,
+    IncrementalConfig,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
@@ -37,6 +38,7 @@ from .core.events import (
     Event,
     EventBus,
     FileCommitted,
+    IncrementStarted,
     JobFinished,
     JobsQueued,
     RatePaused,
@@ -53,7 +55,7 @@ from .core.events import (
 )
 from .core.pagination import Paginator
 from .core.request import Page, Request
-from .core.result import EndpointSummary, RunResult
+from .core.result import EndpointSummary, IncrementSummary, RunResult, WindowSummary
 from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
 from .engine.engine import Engine
 from .engine.loop_thread import PipelineThread
@@ -90,6 +92,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "ConcurrencyConfig",
     "OutputConfig",
     "EndpointConfig",
+    "IncrementalConfig",
     "ForEach",
     "FromFile",
     "NoPagination",
@@ -120,11 +123,14 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "WindowUsage",
     "RunResult",
     "EndpointSummary",
+    "IncrementSummary",
+    "WindowSummary",
     # events
     "Event",
     "EventBus",
     "Subscriber",
     "RunStarted",
+    "IncrementStarted",
     "RunFinished",
     "EndpointStarted",
     "EndpointFinished",

@@ -23,7 +23,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 import yaml
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 import asyncingest
 from asyncingest import RunResult, config_from_dict
@@ -483,4 +483,13 @@ settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=40, database=None, print_blob=True
 )
 settings.register_profile("thorough", deadline=None, max_examples=2000)
+# "mutants" (set by `nox -s mutants`): deterministic like ci, 15 examples, and a failure is not
+# shrunk. mutmut only needs to know that a test failed; every surviving mutant of the sink runs
+# the sink's property (8 s at 40 examples here), and shrinking can outlast the test.
+settings.register_profile(
+    "mutants",
+    settings.get_profile("ci"),
+    max_examples=15,
+    phases=(Phase.explicit, Phase.generate),
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

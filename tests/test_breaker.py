@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -302,3 +303,192 @@ async def test_transitions_say_how_many_failures_and_how_long(clock: FakeClock) 
         Transition(OPEN, HALF_OPEN, 2, 0.0),
         Transition(HALF_OPEN, OPEN, 3, 10.0),
     ]
+
+
+# -- edges mutation testing found unguarded (nox -s mutants -- breaker) ------------------------
+
+
+async def test_try_pass_when_closed_gives_plain_passes(clock: FakeClock) -> None:
+    breaker = make(clock)
+    ticket = breaker.try_pass()
+    assert ticket is not None and not ticket.probe
+    ticket.record(False)  # one failure of three: a plain pass, not a failed probe
+    assert (breaker.state, breaker.consecutive_failures) == (CLOSED, 1)
+
+
+async def test_try_pass_in_half_open_gives_the_one_probe(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    assert breaker.try_pass() is None  # open
+    await clock.advance(10.0)
+    probe = breaker.try_pass()
+    assert probe is not None and probe.probe
+    assert breaker.try_pass() is None  # the probe is out
+    assert repr(breaker) == (
+        "CircuitBreaker('laps', half-open, failures=3/3, cooldown=10s, probe out, waiting=0)"
+    )
+    probe.record(True)
+    assert breaker.state is CLOSED
+    assert breaker.opened_at is None and breaker.reopens_at is None
+
+
+async def test_repr_while_open_and_awaiting_the_probe(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(9.5)
+    assert repr(breaker) == (
+        "CircuitBreaker('laps', open, failures=3/3, cooldown=10s, probe in 0.5s, waiting=0)"
+    )
+    await clock.advance(0.5)
+    assert repr(breaker) == (
+        "CircuitBreaker('laps', half-open, failures=3/3, cooldown=10s, awaiting probe, waiting=0)"
+    )
+
+
+async def test_waiters_let_through_on_close_count_in_the_new_period(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    probe = await breaker.before_request()
+    waiters = [asyncio.create_task(breaker.before_request()) for _ in range(3)]
+    await clock.advance(0.0)
+    probe.record(True)
+    tickets = [await w for w in waiters]
+    assert not any(t.probe for t in tickets)
+    for t in tickets:
+        t.record(False)
+    assert breaker.state is OPEN  # their failures count: three in a row open it again
+
+
+async def test_a_pass_from_an_earlier_closed_period_does_not_count(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    (await breaker.before_request()).record(True)  # closed again
+    old = await breaker.before_request()  # a pass of this closed period ...
+    await fail(breaker, 3)  # ... which then opens, probes and closes again
+    await clock.advance(10.0)
+    (await breaker.before_request()).record(True)
+    old.record(False)
+    assert (breaker.state, breaker.consecutive_failures) == (CLOSED, 0)
+
+
+async def test_a_deadline_at_the_reopening_instant_waits_for_it(clock: FakeClock) -> None:
+    """Only a deadline *before* the next probe fails when the breaker (re)opens; one at that
+    very instant waits, and at that instant it is still open: the caller hears it is due."""
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    probe = await breaker.before_request()
+    waiter = asyncio.create_task(breaker.before_request(deadline=30.0))
+    await clock.advance(0.0)
+    probe.record(False)  # open again until 10 + 20 = 30
+    await clock.advance(19.0)
+    assert not waiter.done()
+    await clock.advance(1.0)
+    with pytest.raises(CircuitOpen, match=r"^circuit open for laps \(next probe in 0s\)$") as info:
+        await waiter
+    assert (info.value.name, info.value.reopens_in) == ("laps", 0.0)
+
+
+async def test_waiters_failed_when_the_probe_fails_hear_the_new_cooldown(
+    clock: FakeClock,
+) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    probe = await breaker.before_request()
+    short = asyncio.create_task(breaker.before_request(deadline=25.0))
+    await clock.advance(0.0)
+    probe.record(False)
+    with pytest.raises(CircuitOpen, match=r"^circuit open for laps \(next probe in 20s\)$") as info:
+        await short
+    assert (info.value.name, info.value.reopens_in) == ("laps", 20.0)
+
+
+def test_circuit_open_names_the_endpoint_and_the_wait() -> None:
+    error = CircuitOpen("", None)
+    assert (str(error), error.name, error.reopens_in) == (
+        "circuit open for endpoint (probe pending)",
+        "",
+        None,
+    )
+    error = CircuitOpen("laps", 2.5)
+    assert (str(error), error.name, error.reopens_in) == (
+        "circuit open for laps (next probe in 2.5s)",
+        "laps",
+        2.5,
+    )
+
+
+async def test_ticket_repr_and_no_verdict_after_abandon(clock: FakeClock) -> None:
+    breaker = make(clock)
+    ticket = await breaker.before_request()
+    assert repr(ticket) == "<pass of 'laps' epoch 0>"
+    ticket.abandon()
+    assert repr(ticket) == "<pass of 'laps' epoch 0 done>"
+    ticket.record(False)
+    assert breaker.consecutive_failures == 0
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    probe = await breaker.before_request()
+    assert repr(probe) == "<probe of 'laps' epoch 2>"
+    probe.abandon()
+    probe.record(True)  # too late: the abandon was its verdict
+    assert breaker.state is HALF_OPEN
+
+
+def test_settings_at_their_edges(clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="cooldown"):
+        CircuitBreaker(1, math.inf, clock)
+    CircuitBreaker(1, 1.0, clock, backoff=1.0)  # a constant cooldown is allowed
+    CircuitBreaker(1, 1.0, clock, backoff=1.5)
+    breaker = CircuitBreaker(1, 2.5, clock)
+    assert (breaker.name, breaker.cooldown, breaker.opened_at) == ("", 2.5, None)
+    assert breaker.max_cooldown == 20.0  # eight cooldowns unless told
+    assert repr(breaker) == "CircuitBreaker('', closed, failures=0/1, cooldown=2.5s, waiting=0)"
+
+
+async def test_failed_probes_grow_the_cooldown_up_to_eight_times_by_default(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(1, 1.0, clock)
+    await fail(breaker, 1)
+    seen = [breaker.cooldown]
+    for _ in range(5):
+        await clock.advance(breaker.cooldown)
+        (await breaker.before_request()).record(False)
+        seen.append(breaker.cooldown)
+    assert seen == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+async def test_a_deadline_at_the_next_probe_waits_for_it(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    waiter = asyncio.create_task(breaker.before_request(deadline=10.0))
+    await clock.advance(10.0)
+    assert (await waiter).probe
+
+
+async def test_circuit_open_at_once_says_how_long_from_now(clock: FakeClock) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(4.0)
+    with pytest.raises(CircuitOpen) as info:
+        await breaker.before_request(deadline=5.0)
+    assert info.value.reopens_in == 6.0
+
+
+async def test_cancelled_as_its_deadline_fails_it_the_waiter_is_just_cancelled(
+    clock: FakeClock,
+) -> None:
+    breaker = make(clock)
+    await fail(breaker, 3)
+    await clock.advance(10.0)
+    await breaker.before_request()  # the probe, still out
+    waiter = asyncio.create_task(breaker.before_request(deadline=12.0))
+    await clock.advance(0.0)
+    clock.call_at(12.0, waiter.cancel)  # the same step the deadline fails it
+    await clock.advance(2.0)
+    assert waiter.cancelled()
+    assert breaker.waiting == 0

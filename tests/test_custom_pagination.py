@@ -232,3 +232,49 @@ async def test_validate_names_the_custom_paginator(
     code = await asyncio.to_thread(main, ["validate", str(cfg)])
     assert code == 0
     assert f"custom ({KEYSET})" in capsys.readouterr().out
+
+
+# -- edges mutation testing found unguarded (nox -s mutants -- pagination) --------------------
+
+
+class ReturnsWhatItIsTold:
+    """A custom paginator whose answers the test sets."""
+
+    first_answer: object = None
+    next_answer: object = None
+
+    def first(self, request: Request) -> Request:
+        return self.first_answer  # type: ignore[return-value]
+
+    def next(self, page: Page) -> Request | None:
+        return self.next_answer  # type: ignore[return-value]
+
+
+def test_a_custom_paginator_held_to_the_protocol_names_itself_and_the_method() -> None:
+    from yarl import URL
+
+    from asyncingest.config.models import CustomPagination
+    from asyncingest.core.pagination import CustomPaginator, PaginatorFailed
+
+    ref = f"{__name__}:ReturnsWhatItIsTold"
+    paginator = CustomPaginator(CustomPagination(type="custom", function=ref))
+    inner = paginator.inner
+    assert isinstance(inner, ReturnsWhatItIsTold)
+    request = Request("GET", URL("http://h/x"), page=3)
+    inner.first_answer = 7
+    with pytest.raises(PaginatorFailed, match=rf"^{ref}: first\(\) returned int, not a Request$"):
+        paginator.first(request)
+    inner.first_answer = Request("GET", URL("http://h/x"), state={1})
+    with pytest.raises(
+        PaginatorFailed,
+        match=rf"^{ref}: first\(\) returned a request whose state is not JSON data \(TypeError",
+    ):
+        paginator.first(request)
+    inner.first_answer = Request("GET", URL("http://h/x"), page=0)
+    assert paginator.first(request).page == 3  # numbered as the request it was given
+    page = Page(request, 200, {}, {}, [])
+    inner.next_answer = {"url": "x"}
+    with pytest.raises(
+        PaginatorFailed, match=rf"^{ref}: next\(\) returned dict, not a Request \(or None\)$"
+    ):
+        paginator.next(page)

@@ -428,3 +428,201 @@ async def test_limits_nest(clock: FakeClock) -> None:
     async with clock.auto_advance():
         await asyncio.gather(*(request() for _ in range(3)))
     assert rec == [1000.0, 1001.0, 1002.0]
+
+
+# -- edges mutation testing found unguarded (nox -s mutants -- limiter) ------------------------
+
+
+class _SlowOnly:
+    """A limit with no fast path (only ``acquire``), like a custom one."""
+
+    async def acquire(self, key: str = "") -> Permit:
+        raise AssertionError("not called by try_acquire")
+
+
+async def test_limits_try_acquire_takes_all_or_nothing(clock: FakeClock) -> None:
+    conc = ConcurrencyLimit(2)
+    window = SlidingWindowLimiter([(1, 10.0)], clock)
+    limits = Limits([conc, window])
+    permit = limits.try_acquire("k")
+    assert permit is not None
+    assert (conc.in_use, window.in_flight, window.granted) == (1, 1, 1)
+    # the window is full: the concurrency slot taken on the way is given back at once
+    assert limits.try_acquire("k") is None
+    assert (conc.in_use, window.in_flight, window.granted) == (1, 1, 1)
+    permit.release()
+    assert (conc.in_use, window.in_flight) == (0, 0)
+    assert window.usage()[0].used == 1  # released: counts for the window length
+    assert window.stats() == {"k": KeyStats(1, 0.0, 0)}
+
+
+async def test_a_limit_without_a_fast_path_makes_try_acquire_fail_cleanly(
+    clock: FakeClock,
+) -> None:
+    window = SlidingWindowLimiter([(5, 10.0)], clock)
+    limits = Limits([window, _SlowOnly()])  # type: ignore[list-item]
+    assert limits.try_acquire("k") is None
+    assert (window.in_flight, window.granted, window.usage()[0].used) == (0, 0, 0)
+
+
+async def test_permits_give_back_frees_window_slots_at_once(clock: FakeClock) -> None:
+    conc = ConcurrencyLimit(1)
+    window = SlidingWindowLimiter([(1, 10.0)], clock)
+    permit = Limits([conc, window]).try_acquire()
+    assert permit is not None
+    permit.give_back()  # type: ignore[attr-defined]
+    permit.give_back()  # type: ignore[attr-defined]
+    assert (conc.in_use, window.in_flight, window.granted, window.usage()[0].used) == (0, 0, 0, 0)
+    assert window.try_acquire() is not None  # no expiry to wait out
+    assert window.stats() == {"": KeyStats(1, 0.0, 0)}
+
+
+async def test_a_given_back_permit_cannot_be_released_too(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(3, 10.0)], clock)
+    kept = window.try_acquire("a")
+    back = window.try_acquire("a")
+    assert kept is not None and back is not None
+    back.give_back()
+    back.release()
+    back.give_back()
+    assert (window.in_flight, window.granted, window.usage()[0].used) == (1, 1, 1)
+    kept.release()
+    assert window.usage()[0].used == 1
+
+
+async def test_concurrency_try_acquire(clock: FakeClock) -> None:
+    limit = ConcurrencyLimit(2)
+    first, second = limit.try_acquire("k"), limit.try_acquire("k")
+    assert first is not None and second is not None and limit.in_use == 2
+    assert limit.try_acquire("k") is None
+    first.release()
+    waiter = asyncio.create_task(limit.acquire("w"))  # the freed slot: taken at once
+    await clock.advance(0)
+    assert waiter.done() and limit.in_use == 2
+    late = asyncio.create_task(limit.acquire("w"))
+    await clock.advance(0)
+    second.release()  # handed to the waiter: still nothing free for try_acquire
+    assert limit.try_acquire("k") is None
+    await clock.advance(0)
+    assert late.done() and limit.in_use == 2
+
+
+def test_concurrency_limit_needs_one_slot() -> None:
+    with pytest.raises(ValueError, match="ConcurrencyLimit needs limit >= 1, got 0"):
+        ConcurrencyLimit(0)
+
+
+async def test_concurrency_waiters_take_turns_between_groups_then_keys(clock: FakeClock) -> None:
+    limit = ConcurrencyLimit(1)
+    held = await limit.acquire("x")
+    order: list[str] = []
+
+    async def ask(key: str, group: str) -> None:
+        permit = await limit.acquire(key, group=group)
+        order.append(f"{group}/{key}")
+        permit.release()
+
+    tasks = [
+        asyncio.create_task(ask("k1", "a")),
+        asyncio.create_task(ask("k2", "a")),
+        asyncio.create_task(ask("k3", "b")),
+    ]
+    await clock.advance(0)
+    held.release()
+    await asyncio.gather(*tasks)
+    assert order == ["a/k1", "b/k3", "a/k2"]
+
+
+async def test_a_cancelled_key_does_not_cost_its_group_a_turn(clock: FakeClock) -> None:
+    limit = ConcurrencyLimit(1)
+    held = await limit.acquire("x")
+    order: list[str] = []
+
+    async def ask(key: str, group: str) -> None:
+        permit = await limit.acquire(key, group=group)
+        order.append(f"{group}/{key}")
+        permit.release()
+
+    gone = asyncio.create_task(ask("k1", "a"))
+    tasks = [asyncio.create_task(ask("k2", "a")), asyncio.create_task(ask("k3", "b"))]
+    await clock.advance(0)
+    gone.cancel()
+    await clock.advance(0)
+    held.release()
+    await asyncio.gather(*tasks)
+    assert order == ["a/k2", "b/k3"]
+
+
+async def test_default_keys_are_the_empty_key(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(5, 10.0)], clock)
+    (await Limits([window]).acquire()).release()
+    permit = Limits([window]).try_acquire()
+    assert permit is not None
+    assert window.try_acquire() is not None
+    (await window.acquire()).release()
+    assert list(window.stats()) == [""]
+    conc = ConcurrencyLimit(1)
+    held = conc.try_acquire()
+    assert held is not None
+    waiter = asyncio.create_task(conc.acquire())
+    await clock.advance(0)
+    assert repr(conc) == "ConcurrencyLimit('', in_use=1/1, waiting=1 (=1))"
+    held.release()
+    await waiter
+
+
+async def test_stats_of_keys_waiting_with_and_without_grants(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(1, 10.0)], clock)
+    held = await window.acquire("a")
+    await clock.advance(2)
+    waiters = [asyncio.create_task(window.acquire(k)) for k in ("a", "b", "b")]
+    await clock.advance(0)
+    assert window.stats() == {"a": KeyStats(1, 0.0, 1), "b": KeyStats(0, 0.0, 2)}
+    held.release()
+    for w in waiters:
+        w.cancel()
+    await clock.advance(0)
+    assert window.stats() == {"a": KeyStats(1, 0.0, 0)}
+
+
+async def test_try_acquire_at_the_instant_a_pause_ends(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(1, 1.0)], clock)
+    (await window.acquire()).release()
+    window.pause_until(clock.time() + 5)
+    assert window.try_acquire() is None
+    await clock.advance(5)
+    assert window.try_acquire() is not None  # the earlier release expired; pause over
+
+
+async def test_a_new_waiter_after_a_cancelled_one_is_still_woken(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(1, 10.0)], clock)
+    (await window.acquire("a")).release()
+    first = asyncio.create_task(window.acquire("b"))  # waits for the expiry at +10
+    await clock.advance(1)
+    first.cancel()  # the timer goes with it
+    await clock.advance(0)
+    second = asyncio.create_task(window.acquire("c"))
+    await clock.advance(9)
+    assert second.done()
+    second.result().release()
+
+
+async def test_move_to_refuses_a_limiter_with_a_slot_in_flight(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(2, 1.0)], clock, name="api")
+    permit = await window.acquire()
+    with pytest.raises(RuntimeError, match="'api' has 1 slots in flight and 0 waiters"):
+        window.move_to(FakeClock())
+    permit.release()
+    window.move_to(FakeClock())
+
+
+async def test_reprs_when_idle(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(2, 1.0)], clock, name="api")
+    assert repr(window) == ("SlidingWindowLimiter('api', [2/1s used 0], in_flight=0, waiting=0)")
+    conc = ConcurrencyLimit(2, name="c")
+    assert repr(conc) == "ConcurrencyLimit('c', in_use=0/2, waiting=0)"
+    permit = await window.acquire("k")
+    assert repr(permit) == "<permit 'k' of 'api'>"
+    permit.release()
+    assert repr(permit) == "<permit 'k' of 'api' released>"
+    assert repr(Limits([conc])) == "Limits([ConcurrencyLimit('c', in_use=0/2, waiting=0)])"

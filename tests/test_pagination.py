@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -12,10 +13,16 @@ from asyncingest.config.models import (
     CursorPagination,
     LinkHeaderPagination,
     NextUrlPagination,
+    NoPagination,
     OffsetPagination,
     PagePagination,
 )
-from asyncingest.core.pagination import PaginationLoop, paginator_for, parse_link_header
+from asyncingest.core.pagination import (
+    PaginationLoop,
+    number_or_none,
+    paginator_for,
+    parse_link_header,
+)
 from asyncingest.core.request import Page, Request, WrongShape, extract_records, lookup
 
 BASE = Request("GET", URL("http://api.test/v1/items"), (("q", "x"),))
@@ -181,3 +188,112 @@ def test_compiled_request_template_builds_what_the_general_rendering_builds(
         got = template.build({"id": value})
         assert str(got.full_url) == str(want.full_url)
         assert (got.method, got.params, got.json_body) == (want.method, want.params, want.json_body)
+
+
+# -- edges mutation testing found unguarded (nox -s mutants -- pagination) --------------------
+
+
+def test_every_next_request_is_the_next_page_index() -> None:
+    """``page`` numbers a walk's requests (checkpoints, dead letters, events): 0, 1, 2, ..."""
+    walks: list[tuple[Any, Any, Any]] = [
+        (OffsetPagination(type="offset", limit=1), {}, {}),
+        (PagePagination(type="page", size=1), {}, {}),
+        (CursorPagination(type="cursor", cursor_path="c"), {"c": "x1"}, {"c": "x2"}),
+        (
+            NextUrlPagination(type="next_url", next_path="n"),
+            {"n": "/v1/items?p=1"},
+            {"n": "/v1/items?p=2"},
+        ),
+    ]
+    for cfg, body1, body2 in walks:
+        p = paginator_for(cfg)
+        r0 = p.first(BASE)
+        r1 = p.next(page(r0, body1, 1))
+        assert r1 is not None
+        r2 = p.next(page(r1, body2, 1))
+        assert r2 is not None
+        assert (r0.page, r1.page, r2.page) == (0, 1, 2), cfg.type
+
+
+def test_a_followed_link_is_the_whole_url_and_the_state() -> None:
+    p = paginator_for(NextUrlPagination(type="next_url", next_path="n"))
+    nxt = p.next(page(BASE, {"n": "http://api.test/v1/items?cursor=9"}, 1))
+    assert nxt is not None
+    assert nxt.params == ()  # the link's query replaces the configured parameters
+    assert nxt.state == "http://api.test/v1/items?cursor=9"
+    assert nxt.url == URL("http://api.test/v1/items?cursor=9")
+
+
+@pytest.mark.parametrize("link", ["", 5, {"href": "/x"}, ["/x"], True])
+def test_a_next_link_that_is_not_a_string_ends_the_walk(link: object) -> None:
+    p = paginator_for(NextUrlPagination(type="next_url", next_path="n"))
+    assert p.next(page(BASE, {"n": link}, 1)) is None
+
+
+def test_a_link_to_the_current_page_is_a_loop_naming_it() -> None:
+    p = paginator_for(NextUrlPagination(type="next_url", next_path="n"))
+    with pytest.raises(
+        PaginationLoop,
+        match=r"^the next-page link points at the current page \(http://api.test/v1/items\?q=x\)$",
+    ):
+        p.next(page(BASE, {"n": "http://api.test/v1/items?q=x"}, 1))
+
+
+def test_a_lowercase_link_header_in_a_plain_mapping() -> None:
+    p = paginator_for(LinkHeaderPagination(type="link_header"))
+    req = BASE
+    plain = Page(req, 200, {"link": '<http://api.test/v1/items?c=2>; rel="next"'}, [], [])
+    nxt = p.next(plain)
+    assert nxt is not None and str(nxt.full_url) == "http://api.test/v1/items?c=2"
+
+
+def test_a_link_with_an_empty_rel_names_nothing() -> None:
+    assert parse_link_header('<a>; rel="", <b>; rel="next"') == {"next": "b"}
+
+
+def test_cursor_first_sets_the_limit_only_when_both_are_configured() -> None:
+    both = paginator_for(CursorPagination(type="cursor", cursor_path="c", limit=25))
+    assert params(both.first(BASE)) == {"q": "x", "limit": "25"}
+    no_limit = paginator_for(CursorPagination(type="cursor", cursor_path="c", limit=None))
+    assert params(no_limit.first(BASE)) == {"q": "x"}
+    no_param = paginator_for(CursorPagination(type="cursor", cursor_path="c", limit_param=None))
+    assert params(no_param.first(BASE)) == {"q": "x"}
+    resumed = replace(BASE, state="old-cursor")
+    assert both.first(resumed).state is None  # no cursor yet
+
+
+@pytest.mark.parametrize("cursor", ["", {}, {"a": 1}, [], [1], None])
+def test_an_empty_or_structured_cursor_ends_the_walk(cursor: object) -> None:
+    p = paginator_for(CursorPagination(type="cursor", cursor_path="c"))
+    assert p.next(page(p.first(BASE), {"c": cursor}, 1)) is None
+
+
+def test_a_repeated_cursor_names_its_path() -> None:
+    p = paginator_for(CursorPagination(type="cursor", cursor_path="paging.next"))
+    r1 = p.next(page(p.first(BASE), {"paging": {"next": 7}}, 1))
+    assert r1 is not None and r1.state == "7" and params(r1)["after"] == "7"
+    with pytest.raises(
+        PaginationLoop, match=r"^the API returned the same cursor twice \(paging.next\)$"
+    ):
+        p.next(page(r1, {"paging": {"next": "7"}}, 1))
+
+
+def test_page_first_sets_the_page_size() -> None:
+    p = paginator_for(PagePagination(type="page", size=7, start=0))
+    assert params(p.first(BASE)) == {"q": "x", "page": "0", "page_size": "7"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(5, 5), (5.9, 5), ("12", 12), (" 12 ", 12), ("1.5", None), ("x", None), (True, None)],
+)
+def test_number_or_none(value: object, expected: int | None) -> None:
+    assert number_or_none(value) == expected
+
+
+def test_paginator_for_no_pagination_and_an_unknown_kind() -> None:
+    p = paginator_for(NoPagination(type="none"))
+    assert p.first(BASE) == BASE
+    assert p.next(page(BASE, {}, 10)) is None
+    with pytest.raises(TypeError, match=r"^unknown pagination 'offset'$"):
+        paginator_for("offset")  # type: ignore[arg-type]

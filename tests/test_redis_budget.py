@@ -174,6 +174,33 @@ async def test_state_lost_mid_run_keeps_every_window(
     assert any("lost its state" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_newcomer_first_to_find_redis_empty_does_not_hide_the_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis loses its state; a fresh client (a new worker, ``status``) asks first and starts a
+    new history. A worker that was sending before still learns of the loss (its epoch is not
+    the one there) and counts every window full, instead of starting from empty windows."""
+    window = (3, 30.0)
+    url = REDIS
+    key = prefix()
+    caplog.set_level(logging.WARNING, logger="asyncingest.budget")
+    async with RedisBudget(url, [window], prefix=key) as old:
+        for _ in range(window[0]):
+            (await old.acquire("k")).release()
+        await old.aclose()  # the releases recorded
+        async with Redis.from_url(url) as admin:
+            # the state lost: this budget's keys, and only those (the Redis is shared)
+            lost = [k async for k in admin.scan_iter(match=f"{key}:*")]
+            assert lost
+            await admin.delete(*lost)
+        async with RedisBudget(url, [window], prefix=key) as newcomer:
+            assert newcomer.usage()[0].used == 0  # it cannot tell
+        await old.peek()
+        assert old.usage()[0].used == window[0]  # full again, for a whole window
+        assert old.time_until_capacity() == pytest.approx(window[1], abs=1.0)
+    assert any("lost its state" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.slow  # spawns processes, or waits out windows in real time
 async def test_a_killed_holders_slot_returns_when_its_lease_runs_out() -> None:
     key = prefix()

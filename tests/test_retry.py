@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
 
+from asyncingest.config.models import RetryConfig
 from asyncingest.core.retry import (
     Failure,
     FailureKind,
+    RetryDecision,
     RetryPolicy,
     parse_retry_after,
+    retry_policy,
 )
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -250,3 +255,93 @@ def test_invalid_policies_are_refused() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(backoff_max=float("inf"))
+
+
+# -- edges mutation testing found unguarded (nox -s mutants -- retry) -------------------------
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is not UTC (a server, a laptop)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_an_http_date_without_a_zone_is_utc_whatever_the_local_zone(new_york: None) -> None:
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 -0000", NOW) == 30.0
+    assert parse_retry_after(http_date(NOW + 30), NOW) == 30.0
+
+
+def test_retry_policy_is_the_config_field_by_field() -> None:
+    cfg = RetryConfig(
+        max_attempts=7,
+        max_time=99.0,
+        backoff_base=0.25,
+        backoff_max=3.0,
+        jitter=False,
+        retry_statuses=frozenset({418}),
+        retry_all_5xx=False,
+        max_retry_after=11.0,
+    )
+    assert retry_policy(cfg) == RetryPolicy(
+        max_attempts=7,
+        max_time=99.0,
+        backoff_base=0.25,
+        backoff_max=3.0,
+        jitter=False,
+        retry_statuses=frozenset({418}),
+        max_retry_after=11.0,
+    )
+
+
+def test_retry_all_5xx_adds_exactly_500_to_599() -> None:
+    statuses = retry_policy(RetryConfig(retry_statuses=frozenset({418}))).retry_statuses
+    assert statuses == {418, *range(500, 600)}
+
+
+def test_a_give_up_is_no_retry_no_wait_and_why() -> None:
+    decision = RetryPolicy().decide(1, 0.0, Failure.http(404), random.Random(0))
+    assert decision == RetryDecision(False, 0.0, "HTTP 404 (not retryable)")
+    assert Failure.http(503) == Failure(FailureKind.HTTP_STATUS, "", 503, None)
+
+
+def test_zero_times_are_allowed() -> None:
+    policy = RetryPolicy(max_time=0.0, backoff_base=0.0, backoff_max=0.0, max_retry_after=0.0)
+    assert policy.backoff_ceiling(3) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_attempts": 0}, "max_attempts must be >= 1, got 0"),
+        ({"max_time": -1.0}, "max_time must be a finite number >= 0, got -1.0"),
+        ({"backoff_max": float("inf")}, "backoff_max must be a finite number >= 0, got inf"),
+    ],
+)
+def test_invalid_policies_say_what_is_wrong(settings: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        RetryPolicy(**settings)  # type: ignore[arg-type]
+
+
+def test_attempts_are_one_based() -> None:
+    with pytest.raises(ValueError, match=r"^attempt is 1-based, got 0$"):
+        RetryPolicy().backoff_ceiling(0)
+    with pytest.raises(ValueError, match=r"^attempt is 1-based, got 0$"):
+        RetryPolicy().decide(0, 0.0, Failure.http(503))
+
+
+def test_a_retry_after_that_ends_exactly_at_max_time_is_waited() -> None:
+    policy = RetryPolicy(max_time=10.0, max_retry_after=60.0, backoff_max=1.0)
+    decision = policy.decide(1, 4.0, Failure.http(503, retry_after=6.0), random.Random(0))
+    assert decision.retry and decision.wait == 6.0
+
+
+def test_decide_draws_its_jitter_from_the_rng_given_or_its_own() -> None:
+    policy = RetryPolicy(backoff_base=8.0, backoff_max=8.0, max_time=1000.0)
+    waits = [policy.decide(1, 0.0, Failure.http(503), random.Random(7)).wait for _ in range(2)]
+    assert waits == [random.Random(7).uniform(0.0, 8.0)] * 2
+    unseeded = policy.decide(1, 0.0, Failure.http(503))
+    assert unseeded.retry and 0.0 <= unseeded.wait <= 8.0

@@ -39,7 +39,13 @@ def identity(cfg: PipelineConfig, *, masked: bool = True) -> dict[str, Any]:
         "endpoints": [
             e.model_dump(
                 mode="json",
-                exclude={"rate_limits", "concurrency"},
+                # The window's tuning may change between increments: it decides where the
+                # next increment starts, not what a resumed one fetches (its window is saved).
+                exclude={
+                    "rate_limits": True,
+                    "concurrency": True,
+                    "incremental": {"lag", "initial", "end"},
+                },
                 by_alias=True,
                 exclude_defaults=True,  # a setting added later, at its default, changes nothing
             )

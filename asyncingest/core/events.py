@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
-    from .result import EndpointSummary, RunResult
+    from .result import EndpointSummary, IncrementSummary, RunResult
 
 log = logging.getLogger("asyncingest")
 
@@ -130,6 +130,15 @@ class EndpointFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class IncrementStarted:
+    """An incremental config's run began an increment (``resumed``: went on with one a kill or a
+    stop interrupted): its number and each endpoint's window, before the first request."""
+
+    increment: IncrementSummary
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """The run is over (finished, stopped or failed); the last event of a run."""
 
@@ -202,6 +211,7 @@ class ConcurrencyChanged:
 
 Event = (
     RunStarted
+    | IncrementStarted
     | EndpointStarted
     | JobsQueued
     | RequestFinished

@@ -130,6 +130,9 @@ class EndpointRunner:
         self.guards: EndpointGuards | None = None
         pagination = endpoint.pagination
         self._total_path: str | None = getattr(pagination, "total_path", None)
+        inc = endpoint.incremental
+        # A token cursor: where each page's "changes since" token is (the writer keeps it).
+        self._token_path = inc.token_path if inc is not None else None
 
     def stop(self) -> None:
         """Graceful stop: requests in flight finish; waits for the limiter or a back-off end."""
@@ -442,7 +445,8 @@ class EndpointRunner:
                     dead.append(DeadLetter.rejected_record(r, why))
                     self.ledger.rejected(why)
         self.ledger.received(len(records))
-        children = await self.writer.put_page(records, Token(job.number, next_request), dead)
+        mark = lookup(page.body, self._token_path) if self._token_path else None
+        children = await self.writer.put_page(records, Token(job.number, next_request), dead, mark)
         for link, jobs in children:
             child = self._children_by_name[link.name]
             await child.submit_many(jobs)

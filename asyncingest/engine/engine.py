@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -29,10 +30,12 @@ from pathlib import Path
 
 from ..config.models import EndpointConfig, FromFile, PipelineConfig
 from ..config.sources import check_ids_file, count_ids, iter_id_rows, iter_ids
+from ..core.cursor import CursorMax, bind_window
 from ..core.events import (
     EndpointFinished,
     EndpointStarted,
     EventBus,
+    IncrementStarted,
     JobsQueued,
     RunFinished,
     RunStarted,
@@ -40,10 +43,10 @@ from ..core.events import (
 )
 from ..core.records import Job
 from ..core.request import Request, base_url_of
-from ..core.result import Compaction, RunResult
+from ..core.result import Compaction, IncrementSummary, RunResult, WindowSummary
 from ..core.retry import RetryPolicy, retry_policy
 from ..core.snapshot import EndpointSnapshot, RunPhase, Snapshot
-from ..errors import environment_failure
+from ..errors import ConfigError, Problem, environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
@@ -62,8 +65,23 @@ from ..state.checkpoint import (
     save_state,
 )
 from ..state.compact import CommittedFile, CompactOptions, compact_folders, compact_running, recover
+from ..state.increments import (
+    Increment,
+    begin_increment,
+    check_full_refresh,
+    complete_increment,
+    fold_high,
+    partition_name,
+)
 from ..state.lock import OutputLock
-from ..state.resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
+from ..state.resume import (
+    JobPlan,
+    apply,
+    dead_letters_left,
+    dead_requests_by_endpoint,
+    prepare,
+    write_run_report,
+)
 from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
@@ -92,6 +110,14 @@ class Engine:
     ``budget``: the API's rate budget, shared with other pipelines given the same one (it then
     replaces ``config.api.rate_limits``); without it the engine makes its own from the config.
 
+    A config with an ``incremental:`` endpoint runs as increments (``state/increments.py``): on a
+    finished output a run starts the next increment (each endpoint's window from the committed
+    high-water mark), on an interrupted one it resumes the increment under way with its saved
+    window; ``full_refresh`` names endpoints refetched from ``initial`` (their current table
+    replaced). After an increment's files are committed, each ``merge: latest`` endpoint's
+    current table is rebuilt (``state/current.py``); a rebuild a kill interrupted is finished
+    when the next run starts.
+
     With ``output: none`` nothing is written as Parquet: the state (checkpoint, journals, dead
     letters, run reports) goes to ``output.state_dir``, or, without one, to a temporary
     folder deleted at the end (every run starts afresh).
@@ -108,8 +134,13 @@ class Engine:
         fresh: bool = False,
         retry_failed: bool = False,
         budget: RateBudget | None = None,
+        full_refresh: Iterable[str] = (),
+        pool: TransformPool | None = None,
     ) -> None:
         self.config = config
+        self._shared_pool = pool  # entered and closed by its owner, not by this run
+        names = (full_refresh,) if isinstance(full_refresh, str) else full_refresh  # one name
+        self._full_refresh = tuple(dict.fromkeys(names))
         self.batches_only = config.output.format == "none"
         self._ephemeral = False  # output: none without state_dir: a temporary state folder
         if self.batches_only:
@@ -121,7 +152,19 @@ class Engine:
             self._ephemeral = config.output.state_dir is None
             self.output = Path(config.output.state_dir or tempfile.gettempdir())
         else:
-            self.output = Path(output if output is not None else config.output.directory)
+            where = os.fspath(output if output is not None else config.output.directory)
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", where) and not where.startswith("file:"):
+                raise ConfigError(  # not a folder named "s3:" in the working directory
+                    "output.directory",
+                    [
+                        Problem(
+                            where.split("?")[0],
+                            "an object store is an output of the scale-out commands (submit, "
+                            "worker); a run in one process writes to a folder",
+                        )
+                    ],
+                )
+            self.output = Path(where)
         self._taps: dict[str, BatchTap] = {}
         self._ended = False
         self._checkpoint_wanted = False
@@ -142,6 +185,8 @@ class Engine:
         self._checkpointer: asyncio.Task[None] | None = None
         self._own_limiters: dict[str, SlidingWindowLimiter] = {}
         self._state: RunState | None = None
+        self._increment: Increment | None = None  # incremental configs: the one this run runs
+        self._began_increment = False  # this run began it (else it resumes one under way)
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
         # Compaction during the run (asyncingest.state.compact.compact_running): the file thread it
@@ -401,7 +446,8 @@ class Engine:
         # staging files deleted (it was not); an output already complete gets it done now.
         if await asyncio.to_thread(recover, self.output, state):
             await asyncio.to_thread(save_state, self.output, state)
-        if start.already_complete:
+        increment = await self._start_increment(state, parquet)
+        if start.already_complete and increment is None:
             merged = await self._compact(list(parquet))
             dead, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
             return RunResult(
@@ -414,6 +460,10 @@ class Engine:
                 dead_requests=dead,
                 dead_records=refused,
             )
+        resumed = start.resumed
+        if increment is not None:  # a new increment's windows, or the one under way (resumed)
+            self._increment = increment
+            resumed = resumed and not self._began_increment
         await asyncio.to_thread(discard_uncommitted, self.output, state, parquet)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
@@ -432,9 +482,9 @@ class Engine:
         compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
-            pool = TransformPool(cfg.api.concurrency.cpu_workers)
+            pool = self._shared_pool or TransformPool(cfg.api.concurrency.cpu_workers)
         async with contextlib.AsyncExitStack() as stack:
-            if pool is not None:
+            if pool is not None and pool is not self._shared_pool:
                 await stack.enter_async_context(pool)
             client = await stack.enter_async_context(
                 HttpClient(cfg.api, credentials, clock=self._clock)
@@ -457,6 +507,9 @@ class Engine:
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
             )
+            summary = self._increment_summary()
+            if summary is not None:
+                self.events.emit(IncrementStarted(summary, resumed))
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
             # The endpoints run in a task of their own, so that a cancellation of this one
@@ -472,6 +525,8 @@ class Engine:
                 work.result()  # the first error of an endpoint or a checkpoint, if any
                 await self._checkpoint(final=True)
                 compacted = await self._compact(list(parquet))
+                if self._increment is not None and state.status == "complete":
+                    await self._rebuild_current(self._increment)
                 if state.status == "complete":
                     left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
@@ -494,10 +549,11 @@ class Engine:
                     duration=self._clock.time() - started,
                     cancelled=cancelled,
                     stopped=self._stopping and not cancelled,
-                    note=self._stop_reason or ("resumed" if start.resumed else ""),
+                    note=self._stop_reason or ("resumed" if resumed else ""),
                     dead_requests=left[0],
                     dead_records=left[1],
                     compacted=compacted,
+                    increment=self._increment_summary(),
                 )
                 self._result = result
                 try:
@@ -586,9 +642,19 @@ class Engine:
             if self.batches_only:
                 sink = BatchSink(self.output, e.name, e.schema_, e.columns)
             else:
-                sink = ParquetSink(self.output, e.name, options, e.schema_, e.columns)
+                sink = ParquetSink(
+                    *self._sink_place(e.name),
+                    options,
+                    e.schema_,
+                    e.columns,
+                    seed_from=self._earlier_partition(e.name),
+                )
+            endpoint = e
+            window = self._increment.windows.get(e.name) if self._increment is not None else None
+            if window is not None and e.incremental is not None:
+                endpoint = bind_window(e, window.start, window.end)
             self._runners[e.name] = EndpointRunner(
-                e,
+                endpoint,
                 base_url=base,
                 client=client,
                 limits=self._limits_for(e, workers),
@@ -605,16 +671,147 @@ class Engine:
             )
         for name, runner in self._runners.items():
             runner.link([self._runners[c.name] for c in cfg.children(name)])
+            inc = runner.endpoint.incremental
+            if inc is not None and self._increment is not None:
+                runner.writer.cursor = CursorMax(inc)
             t = runner.endpoint.transform
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
                 assert folder is not None
-                runner.writer.attach_transform(pool, t, ParquetSink(self.output, folder, options))
+                tsink = ParquetSink(
+                    *self._sink_place(folder), options, seed_from=self._earlier_partition(folder)
+                )
+                runner.writer.attach_transform(pool, t, tsink, folder)
             tap = self._taps.get(name)
             if tap is not None:
                 self._attach(runner, tap)
             runner.budget = self._budget_watch(runner.endpoint)
             runner.guards = self._guards_for(runner.endpoint)
+
+    def _sink_place(self, folder: str) -> tuple[Path, str]:
+        """Where ``folder``'s sink writes: ``(output, folder)``, or for an incremental config
+        ``(output/folder, increment=<n>)``, the increment's partition."""
+        state = self._state
+        assert state is not None
+        place = state.folder_path(self.output, folder)
+        return place.parent, place.name
+
+    def _earlier_partition(self, folder: str) -> Path | None:
+        """The newest earlier increment's partition of ``folder`` holding files: a new
+        increment's sink starts from its column types, so the partitions agree (None: not
+        incremental, or no earlier files)."""
+        state = self._state
+        assert state is not None
+        for n in range(state.increment - 1, 0, -1):
+            place = self.output / folder / partition_name(n)
+            if any(place.glob("part-*.parquet")):
+                return place
+        return None
+
+    # ------------------------------------------------------------------ increments
+
+    async def _start_increment(self, state: RunState, parquet: dict[str, str]) -> Increment | None:
+        """For an incremental config: finish what the last increment left (compaction, current
+        tables), then begin the next increment, or return the one under way (resumed). None for
+        a config that is not incremental (``full_refresh`` is refused there)."""
+        cfg = self.config
+        if not cfg.incremental:
+            if self._full_refresh:
+                raise ConfigError(
+                    str(self.output),
+                    [
+                        Problem(
+                            f"--full-refresh {self._full_refresh[0]}",
+                            "no endpoint of this config is incremental: every run fetches "
+                            "everything (or resumes)",
+                        )
+                    ],
+                )
+            return None
+        if self._retry_failed and state.status == "complete":
+            return None  # nothing was put back: the last increment stands; no new one
+        last = state.current_increment
+        finished = last is None or state.status == "complete"
+        running = None if finished else last
+        problems = check_full_refresh(cfg, self._full_refresh, running)
+        if problems:
+            raise ConfigError(str(self.output), problems)
+        if running is not None:
+            return running
+        if last is not None:  # killed after the last increment's final save: finish its work
+            if any(es.files for es in state.endpoints.values()):
+                for c in await self._compact(list(parquet)):
+                    log.info("increment %d: %s", last.number, c)
+            await self._rebuild_current(last)
+        dead = await asyncio.to_thread(dead_requests_by_endpoint, self.output, state)
+        new = begin_increment(cfg, state, self._full_refresh, dead)
+        self._began_increment = True
+        self._compacted.clear()  # the last increment's compactions are not this run's
+        await asyncio.to_thread(save_state, self.output, state)
+        return new
+
+    async def _rebuild_current(self, increment: Increment) -> None:
+        """Rebuild the current table of every ``merge: latest`` endpoint whose rebuild for
+        ``increment`` is pending, from the increment's committed files; each one done is
+        saved in the state. Idempotent: a rebuild a kill interrupted is redone."""
+        state = self._state
+        assert state is not None
+        for e in self.config.endpoints:
+            window = increment.windows.get(e.name)
+            if window is None or window.current != "pending":
+                continue
+            if state.endpoint(e.name).files or window.full_refresh or increment.number == 1:
+                # (Else nothing changes: the table stays at its version, and the next rebuild
+                # merges onto it. The first increment publishes a table even when empty.)
+                await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
+            window.current = "done"
+            await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+
+    def _rebuild_one(self, e: EndpointConfig, increment: Increment) -> None:
+        """One endpoint's current table from ``increment``'s files (state/current.py)."""
+        from ..state.current import rebuild_current
+
+        state = self._state
+        assert state is not None and e.incremental is not None
+        folder = self.output / e.name / increment.folder
+        files = [folder / name for name in state.endpoint(e.name).files]
+        inc = e.incremental
+        assert inc.cursor_type is not None
+        rebuild_current(
+            self.output,
+            e.name,
+            increment.number,
+            files,
+            primary_key=e.primary_key,
+            cursor_field=inc.cursor_field,
+            cursor_type=inc.cursor_type,
+            deleted_field=inc.deleted_field,
+            replace=increment.windows[e.name].full_refresh,
+            options=CompactOptions.from_config(self.config.output),
+        )
+
+    def _increment_summary(self) -> IncrementSummary | None:
+        """The increment this run ran, for the result and the report."""
+        inc = self._increment
+        if inc is None:
+            return None
+        windows = tuple(
+            WindowSummary(
+                endpoint=name,
+                incremental=w.incremental,
+                start=w.start,
+                end=w.end,
+                high=w.high,
+                rows=w.rows,
+                full_refresh=w.full_refresh,
+                skipped=w.skipped,
+                held=w.held,
+                unreadable=w.unreadable,
+                parent=w.parent,
+            )
+            for name, w in inc.windows.items()
+        )
+        return IncrementSummary(inc.number, inc.status == "complete", windows)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -646,8 +843,13 @@ class Engine:
             futures = [r.writer.barrier() for r in runners]  # one synchronous step
             results = await asyncio.gather(*futures)
             complete = final and not self._stopping
+            increment = self._increment
             for r, res in zip(runners, results, strict=True):
                 apply(state, r.name, self._prior_files[r.name], res, complete)
+                if increment is not None and r.name in increment.windows:
+                    window = increment.windows[r.name]
+                    fold_high(self.config, window, r.name, res.cursor, res.rows)
+                    window.unreadable += res.unreadable
                 for folder, names in res.extra_files.items():
                     prior = self._prior_files[folder]
                     state.endpoint(folder).files = prior + [n for n in names if n not in prior]
@@ -657,6 +859,10 @@ class Engine:
             if final:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self._stop_reason
+                if complete and increment is not None:
+                    # The marks move in the save that completes the increment (checkpoint rule).
+                    dead = await asyncio.to_thread(dead_requests_by_endpoint, self.output, state)
+                    complete_increment(self.config, state, dead)
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
             for r in runners:
                 if r.writer.tap is not None:
@@ -672,11 +878,13 @@ class Engine:
         options = CompactOptions.from_config(self.config.output)
         loop = asyncio.get_running_loop()
         for r in self._runners.values():
-            sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
-            for sink in sinks:
+            # The state's folder names (a sink's directory may be an increment's partition).
+            sinks = [(r.name, r.writer.sink)]
+            if r.writer.tsink is not None:
+                sinks.append((r.writer.tfolder, r.writer.tsink))
+            for folder, sink in sinks:
                 if not isinstance(sink, ParquetSink):
                     continue  # output: none
-                folder = sink.directory.name
                 before = list(state.endpoint(folder).files)
                 done = await loop.run_in_executor(
                     self._files,
@@ -789,6 +997,10 @@ class Engine:
     async def _feed_root(self, runner: EndpointRunner) -> None:
         spec = runner.endpoint.from_file
         plan = self._plan(runner)
+        increment = self._increment
+        if increment is not None and increment.windows[runner.name].skipped:
+            await runner.producer_done()  # a bounded backfill already done: nothing to fetch
+            return
         if spec is None:
             await runner.submit_many(self._planned(plan, [Job(0, {})]))
         else:

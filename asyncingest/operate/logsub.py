@@ -34,6 +34,7 @@ from ..core.events import (
     EndpointStarted,
     Event,
     FileCommitted,
+    IncrementStarted,
     JobsQueued,
     RatePaused,
     RecordsExpected,
@@ -204,6 +205,35 @@ def _run_started(e: RunStarted) -> Entry:
     return logging.INFO, "run_started", msg, f
 
 
+def _increment_started(e: IncrementStarted) -> Entry:
+    inc = e.increment
+    f: Fields = {
+        "increment": inc.number,
+        "resumed": e.resumed,
+        "windows": [
+            {"endpoint": w.endpoint, "start": w.start, "end": w.end, "full_refresh": w.full_refresh}
+            for w in inc.windows
+            if w.incremental
+        ],
+    }
+    parts = []
+    for w in inc.windows:
+        if not w.incremental:
+            continue
+        if w.skipped:
+            parts.append(f"{w.endpoint} skipped (backfill through {w.end} done)")
+            continue
+        start = "the beginning" if w.start is None else str(w.start)[:40]
+        parts.append(
+            f"{w.endpoint} from {start}"
+            + (f" to {w.end}" if w.end is not None else "")
+            + (" (full refresh)" if w.full_refresh else "")
+        )
+    how = "resumed" if e.resumed else "began"
+    msg = f"increment {inc.number} {how}: {'; '.join(parts)}"
+    return logging.INFO, "increment_started", msg, f
+
+
 def _run_finished(e: RunFinished) -> Entry:
     r = e.result
     f: Fields = {
@@ -292,6 +322,7 @@ _DESCRIBE: dict[type, Callable[[Any], Entry]] = {
     EndpointStarted: _endpoint_started,
     EndpointFinished: _endpoint_finished,
     RunStarted: _run_started,
+    IncrementStarted: _increment_started,
     RunFinished: _run_finished,
     BreakerChanged: _breaker_changed,
     RatePaused: _rate_paused,

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import iter_ids
+from ..core.cursor import bind_window
 from ..core.pagination import (
     PaginationLoop,
     Paginator,
@@ -146,6 +147,8 @@ class _Sampler:
         """Sample ``e``'s walks; returns their records (parent fields copied) for children."""
         jobs = self._jobs(e, await parent if parent is not None else [])
         paginator = paginator_for(e.pagination)
+        if e.incremental is not None:  # the first increment's window: what a first run fetches
+            e = bind_window(e, e.incremental.initial, e.incremental.end)
         template = RequestTemplate(self.base, e)
         limits = self._limits(e)
         done = await asyncio.gather(

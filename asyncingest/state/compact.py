@@ -104,7 +104,7 @@ def recover(output: Path, state: RunState) -> bool:
     """
     changed = False
     for folder, es in state.endpoints.items():
-        directory = output / folder
+        directory = state.folder_path(output, folder)
         if es.compaction is not None:
             _finish(directory, es.compaction)
             es.compaction = None
@@ -198,7 +198,7 @@ def compact_running(
     )
     if merged is None:
         return None
-    directory = output / folder
+    directory = state.folder_path(output, folder)
     for old, new, schema in merged.groups:
         sink.replaced([directory / n for n in old], [directory / n for n in new], schema)
         for name in old:
@@ -223,7 +223,7 @@ def _compact_folder(
     names: Iterator[Path] | None = None,
     known: dict[str, CommittedFile] | None = None,
 ) -> _Merged | None:
-    directory = output / folder
+    directory = state.folder_path(output, folder)
     small = _small_files(directory, es.files, options.min_rows_per_file, known)
     groups = [g for g in plan(small, options.min_rows_per_file) if sum(f.rows for f in g) >= enough]
     if not groups:
