@@ -495,6 +495,13 @@ class IncrementalConfig(_Model):
         description="cursor_type token: dotted path of the next 'changes since' token in a "
         "response body (the newest one seen is kept)",
     )
+    future_tolerance: float | None = Field(
+        86_400,
+        ge=0,
+        description="time cursors: a record whose cursor is later than the run's start plus "
+        "this many seconds (bad data: year 9999, epoch ms sent as s) is written but does not "
+        "move the high-water mark, and is reported; null: no guard",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -543,6 +550,15 @@ class IncrementalConfig(_Model):
                 raise ValueError("token_path: only for cursor_type token")
             if self.cursor_type == "integer" and not float(self.lag).is_integer():
                 raise ValueError(f"lag: a count for an integer cursor, got {self.lag:g}")
+        if (
+            not kind.timed
+            and "future_tolerance" in self.model_fields_set
+            and self.future_tolerance is not None
+        ):
+            raise ValueError(
+                f"future_tolerance: only for time cursors (timestamp, epoch_s, epoch_ms), "
+                f"not {self.cursor_type}; leave it out"
+            )
         if (
             self.initial is not None
             and self.end is not None

@@ -133,6 +133,7 @@ class WindowSummary:
     held: bool = False  # failed requests: the mark did not move (the next window starts here)
     unreadable: int = 0  # records without a readable cursor (they do not move the mark)
     parent: str | None = None  # for_each: fetched for the parent records of the increment
+    future: int = 0  # records with a cursor beyond the run's start + future_tolerance (idem)
 
     def __str__(self) -> str:
         """``contacts: 2024-01-01T00:00:00Z -> 2024-01-02T09:30:00Z, 120 rows``."""
@@ -147,6 +148,8 @@ class WindowSummary:
         text = f"{self.endpoint}: {start} -> {high}, {self.rows:,} rows"
         if self.unreadable:
             text += f", {self.unreadable:,} without a readable cursor"
+        if self.future:
+            text += f", {self.future:,} with a cursor in the future (not moving the mark)"
         if self.full_refresh:
             text += " (full refresh)"
         if self.held:

@@ -27,11 +27,13 @@ import uuid
 from collections.abc import Awaitable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ..config.models import EndpointConfig, FromFile, PipelineConfig
 from ..config.sources import check_ids_file, count_ids, iter_id_rows, iter_ids
 from ..core.cursor import CursorMax, bind_window
 from ..core.events import (
+    CursorAhead,
     EndpointFinished,
     EndpointStarted,
     EventBus,
@@ -180,6 +182,7 @@ class Engine:
         self._stop_reason = ""
         self._phase: RunPhase = "new"
         self._started_at: float | None = None  # on the run's clock
+        self._wall_start: float | None = None  # seconds since the epoch (the cursor guard)
         self._ended_at: float | None = None
         self._result: RunResult | None = None
         self._checkpointer: asyncio.Task[None] | None = None
@@ -428,6 +431,7 @@ class Engine:
 
     async def _run(self) -> RunResult:
         cfg = self.config
+        self._wall_start = self._clock.wall()
         self._make_limits()
         credentials = credentials_from_env(cfg)
         for e in cfg.endpoints:
@@ -673,7 +677,7 @@ class Engine:
             runner.link([self._runners[c.name] for c in cfg.children(name)])
             inc = runner.endpoint.incremental
             if inc is not None and self._increment is not None:
-                runner.writer.cursor = CursorMax(inc)
+                runner.writer.cursor = CursorMax(inc, now=self._wall_start)
             t = runner.endpoint.transform
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
@@ -760,10 +764,16 @@ class Engine:
             window = increment.windows.get(e.name)
             if window is None or window.current != "pending":
                 continue
-            if state.endpoint(e.name).files or window.full_refresh or increment.number == 1:
+            # A --retry-failed that reopened a completed increment (revision > 0) and made no
+            # record durable leaves the published table as it is.
+            unchanged = window.revision > 0 and window.rows == window.built_rows
+            if not unchanged and (
+                state.endpoint(e.name).files or window.full_refresh or increment.number == 1
+            ):
                 # (Else nothing changes: the table stays at its version, and the next rebuild
                 # merges onto it. The first increment publishes a table even when empty.)
                 await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
+            window.built_rows = window.rows
             window.current = "done"
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
 
@@ -788,7 +798,16 @@ class Engine:
             deleted_field=inc.deleted_field,
             replace=increment.windows[e.name].full_refresh,
             options=CompactOptions.from_config(self.config.output),
+            revision=increment.windows[e.name].revision,
         )
+
+    def _cursor_ahead(self, runner: EndpointRunner, records: int, value: Any) -> None:
+        """Report records whose cursor was beyond the run's start + ``future_tolerance``."""
+        inc = runner.endpoint.incremental
+        cursor = runner.writer.cursor
+        assert inc is not None and cursor is not None
+        limit = None if cursor.limit is None else inc.kind.to_json(cursor.limit)
+        self.events.emit(CursorAhead(runner.name, str(inc.cursor_field), value, limit, records))
 
     def _increment_summary(self) -> IncrementSummary | None:
         """The increment this run ran, for the result and the report."""
@@ -808,6 +827,7 @@ class Engine:
                 held=w.held,
                 unreadable=w.unreadable,
                 parent=w.parent,
+                future=w.future,
             )
             for name, w in inc.windows.items()
         )
@@ -850,6 +870,9 @@ class Engine:
                     window = increment.windows[r.name]
                     fold_high(self.config, window, r.name, res.cursor, res.rows)
                     window.unreadable += res.unreadable
+                    if res.future:
+                        window.future += res.future
+                        self._cursor_ahead(r, res.future, res.future_value)
                 for folder, names in res.extra_files.items():
                     prior = self._prior_files[folder]
                     state.endpoint(folder).files = prior + [n for n in names if n not in prior]

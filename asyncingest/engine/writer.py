@@ -461,12 +461,13 @@ class Writer:
 
     def _snapshot(self, progress: Progress | None = None, finished: bool = False) -> BarrierResult:
         self._announce_files()
-        cursor, rows, unreadable = None, 0, 0
+        cursor, rows, unreadable, future, future_value = None, 0, 0, 0, None
         if progress is not None:  # handed out once, like the progress
             rows, self._rows = self._rows, 0
             if self.cursor is not None:
                 cursor = self.cursor.take()
                 unreadable, self.cursor.unreadable = self.cursor.unreadable, 0
+                future, future_value = self.cursor.take_future()
         return BarrierResult(
             progress=progress if progress is not None else Progress(),
             files=[Path(p).name for p in self.sink.files],
@@ -481,6 +482,8 @@ class Writer:
             cursor=cursor,
             rows=rows,
             unreadable=unreadable,
+            future=future,
+            future_value=future_value,
         )
 
     def _announce_files(self) -> None:

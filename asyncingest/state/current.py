@@ -76,6 +76,18 @@ Atomic publication (readers only ever see a complete version)
 Idempotent: called again for the same ``n`` after a kill at any point, it finishes (published
 already: clean up and return the recorded figures; a partial ``v<n>``: delete and redo). The
 engine asks :func:`current_version` whether a rebuild finished.
+
+Revisions (``--retry-failed``)
+    A retry reopens increment ``n`` after its table was published, and adds files to it. The
+    engine then asks for *revision* ``r`` (1, 2, ... one per retry, kept in the state) of
+    version ``n``: it is built exactly like a version, into ``.<endpoint>_current.v<n>.r<r>/``,
+    as the published table merged with **all** of increment ``n``'s files (the ones already
+    merged and the retry's). Merging rows already merged changes nothing (the same winner per
+    key, the same ties to the later row, deletes kept as tombstones), so the result is what a
+    single rebuild of ``n`` from all its files gives, and the commit protocol, the crash points
+    and the idempotence are the version's: a kill before the switch leaves revision ``r - 1``
+    published and the next call redoes ``r``; after it, the next call only cleans up.
+    :func:`current_revision` names the published ``(version, revision)``.
 """
 
 from __future__ import annotations
@@ -109,6 +121,7 @@ __all__ = [
     "CursorType",
     "LayoutOptions",
     "current_path",
+    "current_revision",
     "current_version",
     "rebuild_current",
 ]
@@ -160,6 +173,8 @@ class CurrentResult:
     """Deleted keys remembered (hidden), so an older version cannot bring them back."""
     replaced: bool
     """A full refresh: the increment alone made the table."""
+    revision: int = 0
+    """Rebuilds of this version after a ``--retry-failed`` added files to it (0: none)."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -170,8 +185,14 @@ def current_path(output: Path, endpoint: str) -> Path:
     return Path(output) / safe_dir_name(endpoint + SUFFIX)
 
 
-def _version_name(endpoint: str, version: int) -> str:
-    return f".{endpoint}{SUFFIX}.v{version}"
+def _version_name(endpoint: str, version: int, revision: int = 0) -> str:
+    name = f".{endpoint}{SUFFIX}.v{version}"
+    return f"{name}.r{revision}" if revision else name
+
+
+def _version_pattern(endpoint: str) -> str:
+    """A version folder's name: groups 1 (version) and 2 (revision, absent for 0)."""
+    return re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)(?:\.r(\d+))?"
 
 
 def current_version(output: Path, endpoint: str) -> int | None:
@@ -180,6 +201,13 @@ def current_version(output: Path, endpoint: str) -> int | None:
     Raises :class:`~asyncingest.errors.StateCorrupt` when ``<endpoint>_current`` is there but
     not a link to a complete version folder (deleted by hand, or made by something else).
     """
+    published = current_revision(output, endpoint)
+    return None if published is None else published[0]
+
+
+def current_revision(output: Path, endpoint: str) -> tuple[int, int] | None:
+    """The published ``(version, revision)`` (revision 0 until a ``--retry-failed`` of that
+    increment rebuilt it), or None; raises like :func:`current_version`."""
     link = current_path(output, endpoint)
     if not link.is_symlink():
         if link.exists():
@@ -190,14 +218,14 @@ def current_version(output: Path, endpoint: str) -> int | None:
             )
         return None
     target = os.readlink(link)
-    m = re.fullmatch(re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)/" + DATA, target)
+    m = re.fullmatch(_version_pattern(endpoint) + "/" + DATA, target)
     if m is None or not (link.parent / target).parent.joinpath(MANIFEST).is_file():
         raise StateCorrupt(
             str(link),
             f"the current table's link points at {target!r}, which is not a complete version",
             "delete the link; the next run publishes the current table again",
         )
-    return int(m[1])
+    return int(m[1]), int(m[2] or 0)
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -225,6 +253,7 @@ def rebuild_current(
     deleted_field: str | None,
     replace: bool,
     options: LayoutOptions,
+    revision: int = 0,
 ) -> CurrentResult:
     """Publish ``OUTPUT/<endpoint>_current`` at version ``increment``: the previous version
     merged with ``increment_files`` (see the module docstring for the rules, the memory bound
@@ -233,8 +262,10 @@ def rebuild_current(
     ``increment_files``: the increment's committed Parquet files in order (normally increment
     ``n``'s; after a version that was never built, those of every increment since the
     published one, oldest first). ``primary_key``, ``cursor_field`` and ``deleted_field`` may
-    be dotted paths into struct columns. Idempotent for one ``increment``; an ``increment``
-    lower than the published version raises ``ValueError``.
+    be dotted paths into struct columns. ``revision`` > 0: a rebuild of version ``increment``
+    after a retry added files to it (module docstring, "Revisions"): the published table
+    merged with all of them. Idempotent for one ``(increment, revision)``; one lower than the
+    published one raises ``ValueError``.
     """
     if not primary_key:
         raise ValueError("a current table needs a primary_key")
@@ -242,18 +273,22 @@ def rebuild_current(
         raise ValueError(f"cursor_type must be one of {CURSOR_TYPES}, got {cursor_type!r}")
     if increment < 0:
         raise ValueError(f"increment must be >= 0, got {increment}")
+    if revision < 0:
+        raise ValueError(f"revision must be >= 0, got {revision}")
     output = Path(output)
     link = current_path(output, endpoint)
-    published = current_version(output, endpoint)
-    if published is not None and published > increment:
+    target = (increment, revision)
+    published = current_revision(output, endpoint)
+    if published is not None and published > target:
         raise ValueError(
-            f"{link.name} is already at increment {published}; cannot rebuild {increment}"
+            f"{link.name} is already at increment {published[0]} (revision {published[1]}); "
+            f"cannot rebuild {increment} (revision {revision})"
         )
-    if published == increment:
-        _clean_up(output, endpoint, increment, keep=None)
-        return _result_from(output, endpoint, increment)
-    previous = None if published is None else output / _version_name(endpoint, published)
-    folder = output / _version_name(endpoint, increment)
+    if published == target:
+        _clean_up(output, endpoint, target, keep=None)
+        return _result_from(output, endpoint, target)
+    previous = None if published is None else output / _version_name(endpoint, *published)
+    folder = output / _version_name(endpoint, increment, revision)
     if folder.exists() or folder.is_symlink():
         shutil.rmtree(folder)  # a killed attempt at this version: redo it
         fsync_dir(output)
@@ -271,6 +306,7 @@ def rebuild_current(
         manifest = {
             "endpoint": endpoint,
             "version": increment,
+            "revision": revision,
             "replaced": replace,
             "primary_key": list(primary_key),
             "cursor_field": cursor_field,
@@ -286,9 +322,9 @@ def rebuild_current(
     crash_point("current-staged")
     _switch(output, link, f"{folder.name}/{DATA}")
     crash_point("current-switched")
-    _clean_up(output, endpoint, increment, keep=published)
+    _clean_up(output, endpoint, target, keep=published)
     crash_point("current-cleaned")
-    return _result_from(output, endpoint, increment)
+    return _result_from(output, endpoint, target)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -308,7 +344,9 @@ def _switch(output: Path, link: Path, target: str) -> None:
     fsync_dir(output)
 
 
-def _clean_up(output: Path, endpoint: str, version: int, keep: int | None) -> None:
+def _clean_up(
+    output: Path, endpoint: str, version: tuple[int, int], keep: tuple[int, int] | None
+) -> None:
     """Delete every version folder but ``version`` and ``keep`` (the one it replaced, which a
     reader may still be reading), and a leftover temporary link. When ``keep`` is None (a
     re-run), the newest older version is kept."""
@@ -328,11 +366,11 @@ def _clean_up(output: Path, endpoint: str, version: int, keep: int | None) -> No
         fsync_dir(output)
 
 
-def _result_from(output: Path, endpoint: str, version: int) -> CurrentResult:
-    m = _read_manifest(output / _version_name(endpoint, version))
+def _result_from(output: Path, endpoint: str, version: tuple[int, int]) -> CurrentResult:
+    m = _read_manifest(output / _version_name(endpoint, *version))
     return CurrentResult(
         endpoint=endpoint,
-        version=version,
+        version=version[0],
         path=current_path(output, endpoint),
         rows=m["rows"],
         files=m["files"],
@@ -341,6 +379,7 @@ def _result_from(output: Path, endpoint: str, version: int) -> CurrentResult:
         stale=m["stale"],
         tombstones=m["tombstones"],
         replaced=m["replaced"],
+        revision=m.get("revision", 0),
     )
 
 
@@ -687,9 +726,9 @@ class _Tombstones(_Parts):
             self._pending_rows -= size
 
 
-def _iter_versions(output: Path, endpoint: str) -> Iterator[tuple[int, Path]]:
-    pattern = re.compile(re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)")
+def _iter_versions(output: Path, endpoint: str) -> Iterator[tuple[tuple[int, int], Path]]:
+    pattern = re.compile(_version_pattern(endpoint))
     for p in output.iterdir():
         m = pattern.fullmatch(p.name)
         if m is not None:
-            yield int(m[1]), p
+            yield (int(m[1]), int(m[2] or 0)), p

@@ -51,6 +51,7 @@ class Window:
     high: Any = None  # highest cursor (newest token) of the durable records so far
     rows: int = 0  # records made durable
     unreadable: int = 0  # records whose cursor was missing or unreadable
+    future: int = 0  # records whose cursor was beyond the run's start + future_tolerance
     incremental: bool = True  # False: fetched in full each increment (or for_each: parent)
     parent: str | None = None  # for_each: fetched for the parent records of the increment
     full_refresh: bool = False  # fetched from initial (--full-refresh)
@@ -58,6 +59,8 @@ class Window:
     held: bool = False  # completed with failed requests: the mark did not move
     dead_at_start: int = 0  # failed requests in its dead letters when the increment began
     current: str | None = None  # merge: latest: "pending" until the current table is rebuilt
+    revision: int = 0  # current-table rebuilds of this increment after --retry-failed reopened it
+    built_rows: int | None = None  # rows when the current table was last rebuilt for it
 
     def to_json(self) -> dict[str, Any]:
         """This window as JSON data (what :meth:`from_json` reads)."""
@@ -67,6 +70,7 @@ class Window:
             "high": self.high,
             "rows": self.rows,
             "unreadable": self.unreadable,
+            "future": self.future,
             "incremental": self.incremental,
             "parent": self.parent,
             "full_refresh": self.full_refresh,
@@ -74,6 +78,8 @@ class Window:
             "held": self.held,
             "dead_at_start": self.dead_at_start,
             "current": self.current,
+            "revision": self.revision,
+            "built_rows": self.built_rows,
         }
 
     @classmethod
@@ -231,7 +237,9 @@ def complete_increment(
     """Mark the increment under way complete and move each endpoint's mark to the highest
     cursor it committed (a full refresh replaces the mark; a token replaces it), unless
     the endpoint's increment left failed requests (``held``). Merge endpoints get their
-    current table rebuild marked pending. Call in the save that completes the run."""
+    current table rebuild marked pending (an increment completed again after
+    ``--retry-failed`` reopened it: as its next revision, ``state/current.py``). Call in the
+    save that completes the run."""
     inc = state.current_increment
     assert inc is not None
     for e in cfg.endpoints:
@@ -239,6 +247,8 @@ def complete_increment(
         if w is None:
             continue
         if e.current_folder is not None:
+            if w.current is not None:  # completed before: --retry-failed reopened it
+                w.revision += 1  # its table is rebuilt as a new revision of this version
             w.current = "pending"
         spec = e.incremental
         if spec is None or w.skipped:

@@ -1,0 +1,301 @@
+"""Incremental runs, the gaps issue #14's first cut left (against the bundled mock API):
+``--retry-failed`` rebuilds the current table of the increment it reopens, a cursor value far in
+the future does not move the high-water mark, ``for_each: {parents: all}``, and ``plan`` on an
+existing output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncingest
+from asyncingest.config.loading import config_from_dict
+from asyncingest.mockapi import MockAPI, MockSettings
+from asyncingest.mockapi.changes import Window as MockWindow
+from asyncingest.mockapi.changes import parse_instant
+from asyncingest.mockapi.data import Dataset
+from asyncingest.state.checkpoint import load_state
+from asyncingest.state.current import current_revision
+
+from .test_incremental import CONTACTS, PAGE, _change, _crm, _current, _live
+
+INITIAL = "2020-01-01T00:00:00Z"
+
+
+def _page_url(dataset: Dataset, page: int) -> str:
+    """The exact URL (as the mock's fault plan keys it) of the ``page``-th page (0-based) of
+    the first increment's contacts walk: ``updatedAfter=<initial>``, keyset ``after``."""
+    window = MockWindow(parse_instant(INITIAL) + 1, None, None)
+    after = None
+    for _ in range(page):
+        _, after = dataset.crm("contacts").by_update(window, after, PAGE)
+        assert after is not None
+    query = [f"limit={PAGE}", f"updatedAfter={INITIAL}"]
+    if after is not None:
+        query.append(f"after={after[0]}-{after[1]}")
+    return CONTACTS + "?" + "&".join(query)
+
+
+# -- 1. --retry-failed rebuilds the current table ------------------------------------------------
+
+
+async def test_retry_failed_rebuilds_the_current_table_of_the_increment_it_reopens(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    settings = MockSettings.small(n_contacts=200, n_engagements=5)
+    dataset = Dataset.build(settings)
+    # The second page of the first walk fails both attempts: the increment completes with a
+    # dead letter, its current table published from the first page alone.
+    broken = settings.model_copy(
+        update={"forced_faults": {_page_url(dataset, 1): ("status_500",) * 2}}
+    )
+    async with MockAPI(broken, dataset=dataset) as api:
+        raw = _crm(api.url, out, merge=True)
+        raw["api"]["retry"] = {**raw["api"]["retry"], "max_attempts": 2}
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 1 and first.dead_requests == 1, first
+        assert first.increment is not None and first.increment.window("contacts").held
+        assert len(_current(out)) == PAGE  # the first page only
+        assert current_revision(out, "contacts") == (1, 0)
+
+        retried = await asyncingest.run(cfg, retry_failed=True)
+        assert retried.exit_code == 0 and retried.dead_requests == 0, retried
+        assert retried.increment is not None and retried.increment.number == 1
+        assert not retried.increment.window("contacts").held
+        # The table now holds every record of the mock, at its version, without the archived.
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+        assert current_revision(out, "contacts") == (1, 1)
+        state = load_state(out)
+        assert state is not None and state.increment == 1 and state.status == "complete"
+        window = state.increments[-1].windows["contacts"]
+        assert window.current == "done" and window.revision == 1 and window.built_rows == 200
+        # The next increment merges onto the retried table as usual.
+        _change(api, 1)
+        later = await asyncingest.run(cfg)
+        assert later.exit_code == 0 and later.increment is not None
+        assert later.increment.number == 2
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+        assert current_revision(out, "contacts") == (2, 0)
+        # The version it replaced is kept for readers until the next rebuild; v1 r0 is gone.
+        hidden = sorted(p.name for p in out.glob(".contacts_current.v*"))
+        assert hidden == [".contacts_current.v1.r1", ".contacts_current.v2"]
+
+
+RETRY_POINTS = ["current-partial", "current-staged", "current-switched", "current-cleaned"]
+
+
+def _retry_files(out: Path) -> tuple[list[Path], list[Path]]:
+    """Increment 2 of tests/test_current_crash.py split in two: what its first completion
+    committed (``a``), and what a retry added (``b``: the rest, a newer version of a key of
+    ``a`` and the delete of a key of increment 1)."""
+    from asyncingest.sink.parquet import ParquetSink
+
+    from .test_current_crash import OPTIONS, versions
+
+    rows = versions(2)
+    extra = [
+        {"id": rows[0]["id"], "updatedAt": "2024-01-02T06:00:00Z", "deleted": False},
+        {"id": "k29", "updatedAt": "2024-01-02T07:00:00Z", "deleted": True},
+    ]
+    made = []
+    for name, part in (("a", rows[:5]), ("b", rows[5:] + extra)):
+        folder = out / "items" / name
+        if folder.exists():
+            made.append(sorted(folder.glob("*.parquet")))
+            continue
+        sink = ParquetSink(out / "items", name, OPTIONS)
+        sink.write(part)
+        made.append(sink.close())
+    return made[0], made[1]
+
+
+def retry_rebuild(out: Path, revision: int) -> Any:
+    """Version 2 of ``items`` from the first part of increment 2 (revision 0) or from all of it
+    (revision 1, a retry's rebuild); version 1 first when it is not there."""
+    from asyncingest.state.current import rebuild_current
+
+    from .test_current_crash import OPTIONS, files_of
+
+    a, b = _retry_files(out)
+    common: dict[str, Any] = {
+        "primary_key": ("id",),
+        "cursor_field": "updatedAt",
+        "cursor_type": "timestamp",
+        "deleted_field": "deleted",
+        "replace": False,
+        "options": OPTIONS,
+    }
+    if current_revision(out, "items") is None:
+        rebuild_current(out, "items", 1, files_of(out, 1), **common)
+    files = a if revision == 0 else a + b
+    return rebuild_current(out, "items", 2, files, revision=revision, **common)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", RETRY_POINTS)
+def test_a_retrys_rebuild_killed_at_a_crash_point_then_run_again_gives_one_rebuilds_table(
+    tmp_path: Path, point: str
+) -> None:
+    """A revision is as crash-safe as a version: killed at each crash point, readers see the
+    old revision or the new one whole, and running it again gives the table of a single
+    rebuild of version 2 from all of its files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .test_current_crash import ROOT, assert_no_key_twice, files_of, table
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    a, b = _retry_files(reference)
+    from asyncingest.state.current import rebuild_current
+
+    from .test_current_crash import OPTIONS
+
+    common: dict[str, Any] = {
+        "primary_key": ("id",),
+        "cursor_field": "updatedAt",
+        "cursor_type": "timestamp",
+        "deleted_field": "deleted",
+        "replace": False,
+        "options": OPTIONS,
+    }
+    rebuild_current(reference, "items", 1, files_of(reference, 1), **common)
+    rebuild_current(reference, "items", 2, a + b, **common)
+    expected = table(reference)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    retry_rebuild(out, 0)
+    before = table(out)
+    assert before != expected  # the retry's rows are not in it yet
+    code = (
+        "import sys; from pathlib import Path; "
+        "from tests.test_incremental_polish import retry_rebuild; "
+        "retry_rebuild(Path(sys.argv[1]), 1)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        cwd=ROOT,
+        env={**os.environ, "ASYNCINGEST_CRASH_AT": f"{point}:1", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    committed = point in ("current-switched", "current-cleaned")
+    assert current_revision(out, "items") == ((2, 1) if committed else (2, 0))
+    assert table(out) == (expected if committed else before)
+    assert_no_key_twice(out)
+    result = retry_rebuild(out, 1)
+    assert result.version == 2 and result.revision == 1
+    assert table(out) == expected
+    hidden = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    assert hidden == [".items_current.v2", ".items_current.v2.r1"]
+    with pytest.raises(ValueError, match="revision 1"):
+        retry_rebuild(out, 0)  # older than the published revision
+
+
+# -- 2. a cursor far in the future does not move the mark -----------------------------------------
+
+
+def test_a_time_cursor_beyond_the_limit_does_not_move_the_mark_and_is_counted() -> None:
+    from asyncingest.config.models import IncrementalConfig
+    from asyncingest.core.cursor import CursorMax
+
+    now = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+    spec = IncrementalConfig(cursor_field="t", cursor_type="epoch_s", future_tolerance=3600)
+    cursor = CursorMax(spec, now=now)
+    # Epoch milliseconds where seconds are expected; a value just inside the tolerance counts.
+    cursor.fold([{"t": 1_699_990_000}, {"t": 1_700_000_000_123}, {"t": now + 3600}])
+    assert cursor.take() == now + 3600
+    assert cursor.take_future() == (1, 1_700_000_000_123)
+    assert cursor.take_future() == (0, None)  # handed out once
+
+    stamp = IncrementalConfig(cursor_field="u", initial="2023-01-01T00:00:00Z")
+    assert stamp.cursor_type == "timestamp" and stamp.future_tolerance == 86_400
+    cursor = CursorMax(stamp, now=now)
+    cursor.fold([{"u": "9999-12-31T23:59:59Z"}, {"u": "2023-11-14T00:00:00+02:00"}])
+    assert stamp.kind.to_json(cursor.take()) == "2023-11-13T22:00:00Z"
+    assert cursor.take_future() == (1, "9999-12-31T23:59:59Z")
+    ms = IncrementalConfig(cursor_field="t", cursor_type="epoch_ms")
+    cursor = CursorMax(ms, now=now)
+    cursor.fold([{"t": 1_700_000_000_000}, {"t": 1_700_000_000_000_000}])  # us given as ms
+    assert cursor.take() == 1_700_000_000_000 and cursor.future == 1
+
+    off = IncrementalConfig(cursor_field="u", initial="2023-01-01T00:00:00Z", future_tolerance=None)
+    cursor = CursorMax(off, now=now)
+    cursor.fold([{"u": "9999-12-31T23:59:59Z"}])
+    assert cursor.future == 0 and cursor.take() is not None  # the guard is off
+    # Integers and tokens are no instants: no guard, and asking for one is refused.
+    count = IncrementalConfig(cursor_field="v", cursor_type="integer")
+    cursor = CursorMax(count, now=now)
+    cursor.fold([{"v": 10**15}])
+    assert cursor.take() == 10**15 and cursor.future == 0
+    with pytest.raises(ValueError, match="future_tolerance: only for time cursors"):
+        IncrementalConfig(cursor_field="v", cursor_type="integer", future_tolerance=10)
+
+
+async def test_a_record_dated_year_9999_is_written_reported_and_skips_no_later_change(
+    tmp_path: Path,
+) -> None:
+    import io
+
+    from asyncingest.operate.logsub import configure_logging
+
+    from .test_incremental import _union, _versions
+
+    out = tmp_path / "out"
+    seen: list[Any] = []
+
+    def listen(event: Any) -> None:
+        seen.append(event)
+
+    listen.event_types = (asyncingest.CursorAhead,)  # type: ignore[attr-defined]
+    stream = io.StringIO()
+    logs = configure_logging("warning", "text", stream)
+    async with MockAPI(MockSettings.small(n_contacts=120, n_engagements=5)) as api:
+        cfg = config_from_dict(_crm(api.url, out, merge=True))
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 0
+        _change(api, 1)
+        table = api.dataset.crm("contacts")
+        bad = dict(table.rows[5])
+        bad["updatedAt"] = "9999-12-31T00:00:00Z"  # bad data at the source
+        table.replace(bad)
+        second = await asyncingest.run(cfg, subscribers=[listen, logs])
+        assert second.exit_code == 0 and second.increment is not None
+        window = second.increment.window("contacts")
+        assert window.future == 1
+        assert "1 with a cursor in the future (not moving the mark)" in str(window)
+        # Written, not lost: in the increment's partition and in the current table.
+        rows = [r for r in _union(out, "contacts") if r["id"] == bad["id"]]
+        assert any(r["updatedAt"] == bad["updatedAt"] and r["increment"] == 2 for r in rows)
+        assert _current(out)[bad["id"]]["updatedAt"] == bad["updatedAt"]
+        # The mark is the newest believable cursor, not year 9999.
+        state = load_state(out)
+        assert state is not None
+        assert state.marks["contacts"] == window.high and window.high.startswith("20")
+        # Reported: an event and a warning naming the endpoint, the field and the value.
+        [event] = seen
+        assert (event.endpoint, event.field, event.value) == (
+            "contacts",
+            "updatedAt",
+            "9999-12-31T00:00:00Z",
+        )
+        assert event.records == 1 and str(event.limit).startswith("20")
+        text = stream.getvalue()
+        assert "WARNING" in text and "contacts: updatedAt '9999-12-31T00:00:00Z'" in text
+        # The next increment still sees the changes made after it (none skipped).
+        _change(api, 2)
+        snapshot = [dict(r) for r in api.dataset.contacts]
+        third = await asyncingest.run(cfg)
+        assert third.exit_code == 0
+        assert _versions(snapshot) <= _versions(_union(out, "contacts"))
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
