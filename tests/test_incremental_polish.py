@@ -299,3 +299,97 @@ async def test_a_record_dated_year_9999_is_written_reported_and_skips_no_later_c
         assert third.exit_code == 0
         assert _versions(snapshot) <= _versions(_union(out, "contacts"))
         assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+
+
+# -- 3. for_each: {parents: all} ------------------------------------------------------------------
+
+
+def _all_parents(url: str, out: Path) -> dict[str, Any]:
+    raw = _crm(url, out)
+    engagements, children = raw["endpoints"][1], raw["endpoints"][2]
+    engagements["merge"] = "latest"
+    children["for_each"] = {
+        "endpoint": "engagements",
+        "bind": {"engagement_id": "id"},
+        "copy": {"engagement_id": "id"},
+        "parents": "all",
+    }
+    return raw
+
+
+def _child_parents(out: Path, increment: int) -> list[str]:
+    """The engagement ids of increment ``increment``'s association records (one per row)."""
+    from .test_incremental import _union
+
+    rows = [r for r in _union(out, "engagement_contacts") if r["increment"] == increment]
+    return [str(r["engagement_id"]) for r in rows]
+
+
+async def test_parents_all_fetches_children_for_every_key_of_the_parents_current_table(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=60, n_engagements=45)) as api:
+        raw = _all_parents(api.url, out)
+        raw["output"]["row_group_rows"] = 10  # the sweep streams the table in batches
+        cfg = config_from_dict(raw)
+        first = await asyncingest.run(cfg)
+        assert first.exit_code == 0
+        engagements = set(_current(out, "engagements"))
+        assert len(engagements) == 45
+        _change(api, 1)  # 10% of the engagements edited
+        second = await asyncingest.run(cfg)
+        assert second.exit_code == 0 and second.increment is not None
+        changed = second.increment.window("engagements").rows
+        assert 0 < changed < 45
+        # Children of every engagement, the changed ones (from the pages) and the others
+        # (swept from the table), each exactly once.
+        # (Some engagements have no associations: their one request gives no row.)
+        assert second.endpoint("engagement_contacts").requests == 45
+        assert sorted(_child_parents(out, 2)) == sorted(_child_parents(out, 1))
+        assert "for every engagements_current key" in str(
+            second.increment.window("engagement_contacts")
+        )
+        state = load_state(out)
+        assert state is not None
+        window = state.increments[-1].windows["engagements"]
+        assert window.sweep == ".engagements_current.v1" and window.swept == window.sweep_rows
+        assert window.sweep_rows == 45
+
+
+def test_parents_all_needs_a_current_table_on_the_parent(tmp_path: Path) -> None:
+    from asyncingest.errors import ConfigError
+
+    raw = _all_parents("http://127.0.0.1:1", tmp_path / "out")
+    del raw["endpoints"][1]["merge"]
+    with pytest.raises(ConfigError, match=r"parents: all .* needs merge: latest"):
+        config_from_dict(raw)
+
+
+@pytest.mark.slow
+async def test_a_sweep_killed_part_way_is_resumed_and_misses_no_parent(tmp_path: Path) -> None:
+    import yaml
+
+    from .conftest import run_cli
+
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=60, n_engagements=45)) as api:
+        raw = _all_parents(api.url, out)
+        raw["output"]["row_group_rows"] = 5
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        code, text = await run_cli(path)
+        assert code == 0, text
+        _change(api, 1)
+        code, text = await run_cli(path, env={"ASYNCINGEST_CRASH_AT": "sweep:4"})
+        assert code == -9, text
+        state = load_state(out)
+        assert state is not None and state.increment == 2 and state.status != "complete"
+        code, text = await run_cli(path)
+        assert code == 0, text
+        # Every engagement's associations, each once (nothing fetched twice into the output).
+        assert sorted(_child_parents(out, 2)) == sorted(_child_parents(out, 1))
+        state = load_state(out)
+        assert state is not None
+        window = state.increments[-1].windows["engagements"]
+        assert window.swept == window.sweep_rows == 45

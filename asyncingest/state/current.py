@@ -123,7 +123,10 @@ __all__ = [
     "current_path",
     "current_revision",
     "current_version",
+    "published_folder",
     "rebuild_current",
+    "sweep_rows",
+    "table_keys",
 ]
 
 CursorType = Literal["timestamp", "epoch_s", "epoch_ms", "integer", "token"]
@@ -226,6 +229,71 @@ def current_revision(output: Path, endpoint: str) -> tuple[int, int] | None:
             "delete the link; the next run publishes the current table again",
         )
     return int(m[1]), int(m[2] or 0)
+
+
+def published_folder(output: Path, endpoint: str) -> tuple[str, int] | None:
+    """The published version's folder name (``.<endpoint>_current.v<n>[.r<r>]``) and its rows,
+    or None when no table is published."""
+    published = current_revision(output, endpoint)
+    if published is None:
+        return None
+    name = _version_name(endpoint, *published)
+    return name, int(_read_manifest(Path(output) / name)["rows"])
+
+
+def table_keys(files: Sequence[Path], primary_key: tuple[str, ...]) -> set[tuple[Any, ...]]:
+    """The primary keys of the rows of ``files`` (only the key columns are read)."""
+    keys: set[tuple[Any, ...]] = set()
+    for path in files:
+        names = committed.read_schema(path).names
+        columns = list(
+            dict.fromkeys(k.split(".")[0] for k in primary_key if k.split(".")[0] in names)
+        )
+        for batch in _projected(path, columns, 65_536):
+            keys.update(_keys(batch, primary_key))
+    return keys
+
+
+def sweep_rows(
+    output: Path,
+    folder: str,
+    fields: Sequence[str],
+    primary_key: tuple[str, ...],
+    batch_size: int,
+    skip: int,
+) -> Iterator[tuple[list[dict[str, Any]], list[tuple[Any, ...]], int]]:
+    """The rows of the current-table version ``folder`` (a name :func:`published_folder`
+    gave), after the first ``skip``, in a fixed order (parts in order, rows in file order):
+    ``(rows, keys, consumed)`` per batch of at most ``batch_size``, each row a dict of the
+    top-level columns that ``fields`` (dotted paths) and ``primary_key`` name. Streamed: memory
+    is one batch."""
+    data = Path(output) / folder / DATA
+    wanted = list(dict.fromkeys(f.split(".")[0] for f in [*fields, *primary_key]))
+    seen = 0
+    for path in _parts(data):
+        rows_in_file = committed.describe(path)[0]
+        if seen + rows_in_file <= skip:
+            seen += rows_in_file
+            continue
+        names = committed.read_schema(path).names
+        columns = [c for c in wanted if c in names]
+        for batch in _projected(path, columns, batch_size):
+            if seen + batch.num_rows <= skip:
+                seen += batch.num_rows
+                continue
+            if seen < skip:
+                batch = batch.slice(skip - seen)
+                seen = skip
+            seen += batch.num_rows
+            yield batch.to_pylist(), _keys(batch, primary_key), batch.num_rows
+
+
+def _projected(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+    """``path``'s rows as tables of ``columns`` only, at most ``batch_size`` rows each."""
+    pf = pq.ParquetFile(path)
+    with pf:
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
+            yield pa.Table.from_batches([batch])
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

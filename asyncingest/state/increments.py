@@ -18,7 +18,10 @@ committed the same way: only once every record of the increment is durable.
 
 Non-incremental endpoints of such a config are fetched in full every increment (into their own
 partition); a ``for_each`` child of an incremental parent is fetched for the parents seen in
-the increment (what the walk gives).
+the increment (what the walk gives), and with ``for_each: {parents: all}`` also for every other
+key of the parent's current table: once the parent's own walks are done, the engine sweeps the
+table published when the increment began (``Window.sweep``), and ``Window.swept`` counts the
+rows swept in the saves that commit their child jobs (so a resumed sweep goes on from there).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Window:
     future: int = 0  # records whose cursor was beyond the run's start + future_tolerance
     incremental: bool = True  # False: fetched in full each increment (or for_each: parent)
     parent: str | None = None  # for_each: fetched for the parent records of the increment
+    all_parents: bool = False  # for_each parents: all: for every key of the parent's table too
     full_refresh: bool = False  # fetched from initial (--full-refresh)
     skipped: bool = False  # a bounded backfill already done: not fetched
     held: bool = False  # completed with failed requests: the mark did not move
@@ -61,6 +65,11 @@ class Window:
     current: str | None = None  # merge: latest: "pending" until the current table is rebuilt
     revision: int = 0  # current-table rebuilds of this increment after --retry-failed reopened it
     built_rows: int | None = None  # rows when the current table was last rebuilt for it
+    # A parent of for_each children with parents: all: the current-table version folder swept
+    # for them (the one published when the sweep began), its rows, and how many are swept.
+    sweep: str | None = None
+    sweep_rows: int = 0
+    swept: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """This window as JSON data (what :meth:`from_json` reads)."""
@@ -73,6 +82,7 @@ class Window:
             "future": self.future,
             "incremental": self.incremental,
             "parent": self.parent,
+            "all_parents": self.all_parents,
             "full_refresh": self.full_refresh,
             "skipped": self.skipped,
             "held": self.held,
@@ -80,6 +90,9 @@ class Window:
             "current": self.current,
             "revision": self.revision,
             "built_rows": self.built_rows,
+            "sweep": self.sweep,
+            "sweep_rows": self.sweep_rows,
+            "swept": self.swept,
         }
 
     @classmethod
@@ -180,6 +193,7 @@ def plan_increment(
         if inc is None:
             w.incremental = False
             w.parent = e.parent
+            w.all_parents = e.for_each is not None and e.for_each.parents == "all"
         else:
             kind = inc.kind
             w.full_refresh = e.name in refresh

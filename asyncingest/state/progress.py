@@ -60,3 +60,6 @@ class BarrierResult:
     # move the mark), and the first one's cursor value as the record had it.
     future: int = 0
     future_value: Any = None
+    # for_each parents: all: rows of the parent's current table swept into child jobs (their
+    # jobs are in the journal lines this barrier committed).
+    swept: int = 0
