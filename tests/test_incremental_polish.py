@@ -393,3 +393,39 @@ async def test_a_sweep_killed_part_way_is_resumed_and_misses_no_parent(tmp_path:
         assert state is not None
         window = state.increments[-1].windows["engagements"]
         assert window.swept == window.sweep_rows == 45
+
+
+# -- 4. plan on an existing output estimates the next increment -----------------------------------
+
+
+async def test_plan_on_an_existing_output_samples_the_next_increments_window(
+    tmp_path: Path,
+) -> None:
+    from asyncingest.operate.sample import plan
+
+    out = tmp_path / "out"
+    async with MockAPI(MockSettings.small(n_contacts=600, n_engagements=10)) as api:
+        cfg = config_from_dict(_crm(api.url, out))
+        first = await plan(cfg, walks=3)
+        assert first.increment is None  # no output yet: the first increment, from initial
+        by_name = {r.name: r for r in first.endpoints}
+        assert by_name["contacts"].requests is not None
+        assert by_name["contacts"].requests.value >= 600 / PAGE
+        result = await asyncingest.run(cfg)
+        assert result.exit_code == 0
+        _change(api, 1)  # an hour of changes: a page of contacts
+        nxt = await plan(cfg, walks=3)
+        assert nxt.increment == 2 and nxt.to_dict()["increment"] == 2
+        by_name = {r.name: r for r in nxt.endpoints}
+        contacts = by_name["contacts"].requests
+        assert contacts is not None and contacts.value <= 2
+        from rich.console import Console
+
+        console = Console(record=True, width=200)
+        console.print(nxt)
+        assert "increment 2: the windows the next run fetches" in console.export_text()
+        second = await asyncingest.run(cfg)
+        assert second.increment is not None and second.increment.number == 2
+        assert second.endpoint("contacts").requests <= 2
+        # Without sampling too, the estimate names the increment.
+        assert (await plan(cfg, walks=0)).increment == 3

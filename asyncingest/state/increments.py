@@ -217,6 +217,19 @@ def plan_increment(
     return Increment(number, windows=windows)
 
 
+def upcoming_increment(cfg: PipelineConfig, state: RunState | None) -> Increment | None:
+    """What the next run of ``cfg`` on an output with ``state`` fetches, without changing
+    anything: the increment under way (its saved windows, a resume), or the next one planned
+    from the committed marks (``plan_increment``, no ``--full-refresh``). None when there is
+    no state (the first increment: windows from ``initial``), or ``cfg`` is not incremental."""
+    if state is None or not cfg.incremental:
+        return None
+    last = state.current_increment
+    if last is not None and state.status != "complete":
+        return last
+    return plan_increment(cfg, state, state.increment + 1, (), {})
+
+
 def begin_increment(
     cfg: PipelineConfig,
     state: RunState,
