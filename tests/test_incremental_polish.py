@@ -15,7 +15,7 @@ import asyncingest
 from asyncingest.config.loading import config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.mockapi.changes import Window as MockWindow
-from asyncingest.mockapi.changes import parse_instant
+from asyncingest.mockapi.changes import iso_z, parse_instant
 from asyncingest.mockapi.data import Dataset
 from asyncingest.state.checkpoint import load_state
 from asyncingest.state.current import current_revision
@@ -292,12 +292,18 @@ async def test_a_record_dated_year_9999_is_written_reported_and_skips_no_later_c
         assert event.records == 1 and str(event.limit).startswith("20")
         text = stream.getvalue()
         assert "WARNING" in text and "contacts: updatedAt '9999-12-31T00:00:00Z'" in text
-        # The next increment still sees the changes made after it (none skipped).
+        # The next increment still sees the changes made after it (none skipped), and the
+        # record fixed at the source replaces the year-9999 version in the current table
+        # (a cursor beyond the limit ranks below every believable one).
         _change(api, 2)
+        fixed = dict(bad)
+        fixed["updatedAt"] = iso_z(api.dataset.clock.now)
+        table.replace(fixed)
         snapshot = [dict(r) for r in api.dataset.contacts]
         third = await asyncingest.run(cfg)
         assert third.exit_code == 0
         assert _versions(snapshot) <= _versions(_union(out, "contacts"))
+        assert _current(out)[bad["id"]]["updatedAt"] == fixed["updatedAt"]
         assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
 
 

@@ -680,6 +680,10 @@ class Engine:
             inc = runner.endpoint.incremental
             if inc is not None and self._increment is not None:
                 runner.writer.cursor = CursorMax(inc, now=self._wall_start)
+                window = self._increment.windows.get(name)
+                if window is not None and inc.kind.timed and inc.future_tolerance is not None:
+                    assert self._wall_start is not None
+                    window.future_limit = self._wall_start + inc.future_tolerance
             t = runner.endpoint.transform
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
@@ -803,6 +807,7 @@ class Engine:
             replace=increment.windows[e.name].full_refresh,
             options=CompactOptions.from_config(self.config.output),
             revision=increment.windows[e.name].revision,
+            future_limit=increment.windows[e.name].future_limit,
         )
 
     async def _sweep_parents(self, runner: EndpointRunner) -> None:

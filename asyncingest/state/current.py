@@ -36,6 +36,11 @@ How (``current(n) = current(n-1) merged with increment n``)
     page) does not bring it back. With a ``token`` cursor or none, a later increment always wins and
     no tombstones are kept.
 
+    A time cursor beyond ``future_limit`` (the run's start plus ``future_tolerance``: bad data,
+    year 9999) ranks at the limit in the increment that brings it (it replaces the believable
+    versions before it, as the API's latest) and like an unreadable one once it is in the
+    table, so any later version replaces it: it cannot hold its key for good.
+
 Schema
     The new version's schema is the union (:func:`asyncingest.sink.schema.union_schema`) of the
     previous version's and the increment files' schemas, as the sink widens them (new columns,
@@ -322,6 +327,7 @@ def rebuild_current(
     replace: bool,
     options: LayoutOptions,
     revision: int = 0,
+    future_limit: float | None = None,
 ) -> CurrentResult:
     """Publish ``OUTPUT/<endpoint>_current`` at version ``increment``: the previous version
     merged with ``increment_files`` (see the module docstring for the rules, the memory bound
@@ -333,7 +339,10 @@ def rebuild_current(
     be dotted paths into struct columns. ``revision`` > 0: a rebuild of version ``increment``
     after a retry added files to it (module docstring, "Revisions"): the published table
     merged with all of them. Idempotent for one ``(increment, revision)``; one lower than the
-    published one raises ``ValueError``.
+    published one raises ``ValueError``. ``future_limit``: seconds since the epoch; a time
+    cursor (``timestamp``, ``epoch_s``, ``epoch_ms``) later than it is bad data: it ranks at
+    the limit among the increment's rows, and below every value among the previous version's
+    (module docstring, "Which version of a key wins").
     """
     if not primary_key:
         raise ValueError("a current table needs a primary_key")
@@ -369,6 +378,7 @@ def rebuild_current(
             cursor_type=cursor_type,
             deleted_field=deleted_field,
             options=options,
+            future_limit=future_limit,
         ).run(folder, previous if not replace else None, increment_files)
         fsync_dir(folder / DATA)
         manifest = {
@@ -475,12 +485,14 @@ class _Merge:
         cursor_type: str,
         deleted_field: str | None,
         options: LayoutOptions,
+        future_limit: float | None = None,
     ) -> None:
         self.key = primary_key
         self.cursor_field = cursor_field
         self.cursor_type = cursor_type
         self.deleted_field = deleted_field
         self.options = options
+        self.future_limit = future_limit  # seconds since the epoch, or None
         # Without a cursor the later increment always wins: nothing to remember of deletes.
         self.keep_tombstones = cursor_field is not None
 
@@ -578,7 +590,11 @@ class _Merge:
             return batch
         sub = batch.take(pa.array(rows, type=pa.int64()))
         keys = _keys(sub, self.key)
-        ranks = None if self.cursor_field is None else self._ranks(sub, range(sub.num_rows))
+        ranks = (
+            None
+            if self.cursor_field is None
+            else self._ranks(sub, range(sub.num_rows), previous=True)
+        )
         drop: list[int] = []
         for i, key in enumerate(keys):
             won = winners.get(key)
@@ -595,18 +611,33 @@ class _Merge:
             mask[r] = False
         return batch.filter(pa.array(mask, type=pa.bool_()))
 
-    def _ranks(self, table: pa.Table, rows: range) -> list[Any]:
+    def _ranks(self, table: pa.Table, rows: range, previous: bool = False) -> list[Any]:
         """Each row's cursor as a comparable ``(1, value)``, or ``(0, 0)`` (null, unreadable, no
-        cursor): equal ranks fall to the later row or increment."""
+        cursor): equal ranks fall to the later row or increment. A time cursor beyond
+        ``future_limit`` ranks at the limit in the increment (newer than every believable
+        version before it) and low in the ``previous`` version (older than every version
+        after it)."""
         if self.cursor_field is None:
             return [_LOW] * len(rows)
         column = _column(table, self.cursor_field)
         if pa.types.is_timestamp(column.type):
             column = pc.cast(column, pa.timestamp("us", tz="UTC"))
             values = pc.cast(column, pa.int64()).to_pylist()
-            return [_LOW if v is None else (1, v) for v in values]
+            ranks = [_LOW if v is None else (1, v) for v in values]
+            return self._believable(ranks, 1_000_000, previous)
         read = _instant if self.cursor_type == "timestamp" else _number
-        return [_rank(read, v) for v in column.to_pylist()]
+        ranks = [_rank(read, v) for v in column.to_pylist()]
+        scale = {"timestamp": 1_000_000, "epoch_s": 1, "epoch_ms": 1000}.get(self.cursor_type)
+        return ranks if scale is None else self._believable(ranks, scale, previous)
+
+    def _believable(self, ranks: list[Any], scale: int, previous: bool) -> list[Any]:
+        """``ranks`` with those beyond ``future_limit`` (in units of ``1/scale`` s) at the
+        limit, or low for a ``previous`` version's rows."""
+        if self.future_limit is None:
+            return ranks
+        limit = self.future_limit * scale
+        beyond = _LOW if previous else (1, limit)
+        return [beyond if r is not _LOW and r[1] > limit else r for r in ranks]
 
     def _deleted(self, table: pa.Table) -> list[bool]:
         if self.deleted_field is None or table.num_rows == 0:

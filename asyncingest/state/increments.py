@@ -55,6 +55,7 @@ class Window:
     rows: int = 0  # records made durable
     unreadable: int = 0  # records whose cursor was missing or unreadable
     future: int = 0  # records whose cursor was beyond the run's start + future_tolerance
+    future_limit: float | None = None  # that limit, seconds since the epoch (time cursors)
     incremental: bool = True  # False: fetched in full each increment (or for_each: parent)
     parent: str | None = None  # for_each: fetched for the parent records of the increment
     all_parents: bool = False  # for_each parents: all: for every key of the parent's table too
@@ -80,6 +81,7 @@ class Window:
             "rows": self.rows,
             "unreadable": self.unreadable,
             "future": self.future,
+            "future_limit": self.future_limit,
             "incremental": self.incremental,
             "parent": self.parent,
             "all_parents": self.all_parents,
