@@ -86,6 +86,46 @@ async def test_retry_failed_rebuilds_the_current_table_of_the_increment_it_reope
         assert hidden == [".contacts_current.v1.r1", ".contacts_current.v2"]
 
 
+@pytest.mark.slow
+async def test_a_retry_killed_in_its_rebuild_is_finished_by_the_next_run(tmp_path: Path) -> None:
+    """The command line, SIGKILLed while ``--retry-failed`` rebuilds the table (before the
+    switch): the next run finishes that revision before it begins increment 2."""
+    import yaml
+
+    from .conftest import run_cli
+
+    out = tmp_path / "out"
+    settings = MockSettings.small(n_contacts=200, n_engagements=5)
+    dataset = Dataset.build(settings)
+    broken = settings.model_copy(
+        update={"forced_faults": {_page_url(dataset, 1): ("status_500",) * 2}}
+    )
+    async with MockAPI(broken, dataset=dataset) as api:
+        raw = _crm(api.url, out, merge=True)
+        raw["api"]["retry"] = {**raw["api"]["retry"], "max_attempts": 2}
+        raw["output"]["max_rows_per_file"] = 60  # several files: current-partial is reached
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        code, text = await run_cli(path)
+        assert code == 1, text
+        assert len(_current(out)) == PAGE
+        code, text = await run_cli(
+            path, "--retry-failed", env={"ASYNCINGEST_CRASH_AT": "current-partial"}
+        )
+        assert code == -9, text
+        state = load_state(out)
+        assert state is not None and state.status == "complete"
+        window = state.increments[-1].windows["contacts"]
+        assert (window.current, window.revision) == ("pending", 1)
+        assert len(_current(out)) == PAGE  # readers still see the published revision
+        code, text = await run_cli(path)
+        assert code == 0, text
+        state = load_state(out)
+        assert state is not None and state.increment == 2
+        assert state.increments[0].windows["contacts"].current == "done"
+        assert {k: v["updatedAt"] for k, v in _current(out).items()} == _live(api)
+
+
 RETRY_POINTS = ["current-partial", "current-staged", "current-switched", "current-cleaned"]
 
 
@@ -363,13 +403,29 @@ async def test_parents_all_fetches_children_for_every_key_of_the_parents_current
         assert window.sweep_rows == 45
 
 
-def test_parents_all_needs_a_current_table_on_the_parent(tmp_path: Path) -> None:
+def test_parents_all_needs_a_current_table_on_the_parent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+    from rich.console import Console
+
+    from asyncingest.cli.main import main
     from asyncingest.errors import ConfigError
+    from asyncingest.operate.validate_report import describe_plan
 
     raw = _all_parents("http://127.0.0.1:1", tmp_path / "out")
+    console = Console(record=True, width=200)
+    console.print(describe_plan(config_from_dict(raw), source="job.yaml"))
+    assert "for every key of engagements_current" in console.export_text()
     del raw["endpoints"][1]["merge"]
     with pytest.raises(ConfigError, match=r"parents: all .* needs merge: latest"):
         config_from_dict(raw)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'engagements' needs merge: latest" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
