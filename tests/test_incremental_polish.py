@@ -491,3 +491,16 @@ async def test_plan_on_an_existing_output_samples_the_next_increments_window(
         assert second.endpoint("contacts").requests <= 2
         # Without sampling too, the estimate names the increment.
         assert (await plan(cfg, walks=0)).increment == 3
+
+
+def test_parents_and_future_tolerance_may_change_between_increments(tmp_path: Path) -> None:
+    from asyncingest.config.identity import fingerprint
+
+    raw = _crm("http://127.0.0.1:1", tmp_path / "out", merge=True)
+    raw["endpoints"][1]["merge"] = "latest"
+    before = fingerprint(config_from_dict(raw))
+    raw["endpoints"][2]["for_each"]["parents"] = "all"
+    raw["endpoints"][0]["incremental"]["future_tolerance"] = 60
+    assert fingerprint(config_from_dict(raw)) == before
+    raw["endpoints"][2]["for_each"]["bind"] = {"engagement_id": "uuid"}
+    assert fingerprint(config_from_dict(raw)) != before  # what a job fetches: refused

@@ -294,11 +294,10 @@ def sweep_rows(
 
 
 def _projected(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
-    """``path``'s rows as tables of ``columns`` only, at most ``batch_size`` rows each."""
-    pf = pq.ParquetFile(path)
-    with pf:
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            yield pa.Table.from_batches([batch])
+    """``path``'s rows as tables of ``columns`` only, at most ``batch_size`` rows each (read as
+    every committed file is: a damaged one is an environment failure naming it)."""
+    for batch in committed.batches(path, batch_size):
+        yield batch.select(columns)
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
