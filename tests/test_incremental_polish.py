@@ -504,3 +504,57 @@ def test_parents_and_future_tolerance_may_change_between_increments(tmp_path: Pa
     assert fingerprint(config_from_dict(raw)) == before
     raw["endpoints"][2]["for_each"]["bind"] = {"engagement_id": "uuid"}
     assert fingerprint(config_from_dict(raw)) != before  # what a job fetches: refused
+
+
+def test_the_sweep_streams_the_table_in_batches_from_where_it_stopped(tmp_path: Path) -> None:
+    """``state.current.sweep_rows``: the rows in a fixed order, after ``skip``, in batches of at
+    most ``batch_size`` with their keys; Arrow holds about one batch at a time, not the table."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from asyncingest.sink.parquet import ParquetSink, SinkOptions
+    from asyncingest.state.current import published_folder, rebuild_current, sweep_rows
+
+    options = SinkOptions(row_group_rows=500, max_rows_per_file=3_000)
+    sink = ParquetSink(tmp_path / "items", "increment=1", options)
+    n = 20_000
+    sink.write(
+        [
+            {
+                "id": i,
+                "owner": {"id": f"o{i}"},
+                "note": "x" * 40,
+                "updatedAt": "2024-01-01T00:00:00Z",
+            }
+            for i in range(n)
+        ]
+    )
+    files = sink.close()
+    rebuild_current(
+        tmp_path,
+        "items",
+        1,
+        files,
+        primary_key=("id",),
+        cursor_field="updatedAt",
+        cursor_type="timestamp",
+        deleted_field=None,
+        replace=False,
+        options=options,
+    )
+    published = published_folder(tmp_path, "items")
+    assert published == (".items_current.v1", n)
+    whole = pads.dataset(tmp_path / "items_current", format="parquet").to_table().nbytes
+    before = pa.total_allocated_bytes()
+    peak, seen, ids = 0, 0, []
+    for rows, keys, consumed in sweep_rows(
+        tmp_path, published[0], ["owner.id"], ("id",), 500, 4_321
+    ):
+        peak = max(peak, pa.total_allocated_bytes() - before)
+        assert 0 < consumed <= 500 and len(rows) == len(keys) == consumed
+        assert all(set(r) == {"owner", "id"} for r in rows)  # only the columns asked for
+        assert keys == [(r["id"],) for r in rows]
+        ids.extend(r["id"] for r in rows)
+        seen += consumed
+    assert seen == n - 4_321 and ids == list(range(4_321, n))
+    assert peak < whole / 4, (peak, whole)
