@@ -57,6 +57,22 @@ class CursorKind:
         """Whether values compare (every type but ``token``)."""
         return self.type != "token"
 
+    @property
+    def timed(self) -> bool:
+        """Whether values are instants (``timestamp``, ``epoch_s``, ``epoch_ms``)."""
+        return self.type in ("timestamp", "epoch_s", "epoch_ms")
+
+    def at(self, seconds: float) -> Key | None:
+        """The key of the instant ``seconds`` since the epoch (None for ``integer`` and
+        ``token``, which are no instants)."""
+        if self.type == "timestamp":
+            return round(seconds * _US)
+        if self.type == "epoch_s":
+            return seconds
+        if self.type == "epoch_ms":
+            return seconds * 1000
+        return None
+
     def parse(self, value: Any) -> Key:
         """The comparable key of ``value``; :class:`CursorError` when it is not one."""
         t = self.type

@@ -44,7 +44,9 @@ def identity(cfg: PipelineConfig, *, masked: bool = True) -> dict[str, Any]:
                 exclude={
                     "rate_limits": True,
                     "concurrency": True,
-                    "incremental": {"lag", "initial", "end"},
+                    "incremental": {"lag", "initial", "end", "future_tolerance"},
+                    # Which parents an increment's children are fetched for, likewise.
+                    "for_each": {"parents"},
                 },
                 by_alias=True,
                 exclude_defaults=True,  # a setting added later, at its default, changes nothing

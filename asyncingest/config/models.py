@@ -324,7 +324,8 @@ Pagination = Annotated[
 
 
 class ForEach(_Model):
-    """One request (or paginated walk) per record of a parent endpoint."""
+    """One request (or paginated walk) per record of a parent endpoint (of an incremental parent:
+    per record of each increment, or with ``parents: all`` per key of its current table)."""
 
     endpoint: str
     bind: dict[str, str] = Field(
@@ -334,6 +335,12 @@ class ForEach(_Model):
         default_factory=dict,
         alias="copy",
         description="child record field -> parent field copied into every child record",
+    )
+    parents: Literal["increment", "all"] = Field(
+        "increment",
+        description="incremental parent: 'increment' fetches children for the parent records "
+        "of each increment; 'all' for every key of the parent's current table (the parent "
+        "needs merge: latest)",
     )
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -495,6 +502,13 @@ class IncrementalConfig(_Model):
         description="cursor_type token: dotted path of the next 'changes since' token in a "
         "response body (the newest one seen is kept)",
     )
+    future_tolerance: float | None = Field(
+        86_400,
+        ge=0,
+        description="time cursors: a record whose cursor is later than the run's start plus "
+        "this many seconds (bad data: year 9999, epoch ms sent as s) is written but does not "
+        "move the high-water mark, and is reported; null: no guard",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -543,6 +557,15 @@ class IncrementalConfig(_Model):
                 raise ValueError("token_path: only for cursor_type token")
             if self.cursor_type == "integer" and not float(self.lag).is_integer():
                 raise ValueError(f"lag: a count for an integer cursor, got {self.lag:g}")
+        if (
+            not kind.timed
+            and "future_tolerance" in self.model_fields_set
+            and self.future_tolerance is not None
+        ):
+            raise ValueError(
+                f"future_tolerance: only for time cursors (timestamp, epoch_s, epoch_ms), "
+                f"not {self.cursor_type}; leave it out"
+            )
         if (
             self.initial is not None
             and self.end is not None
@@ -871,6 +894,15 @@ class PipelineConfig(_Model):
                 )
             if e.for_each and e.for_each.endpoint == e.name:
                 raise ValueError(f"endpoint '{e.name}' cannot iterate over itself")
+            if e.for_each and e.for_each.parents == "all":
+                parent = next(p for p in self.endpoints if p.name == e.for_each.endpoint)
+                if parent.merge != "latest":
+                    raise ValueError(
+                        f"endpoint '{e.name}': for_each.parents: all walks every key of "
+                        f"'{parent.name}'s current table, so '{parent.name}' needs "
+                        "merge: latest (with primary_key and incremental); add it, or use "
+                        "parents: increment (the default: the parent records of each increment)"
+                    )
         self.order()  # raises on cycles
         return self
 

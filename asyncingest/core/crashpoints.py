@@ -7,7 +7,8 @@ fetched but not yet handed to the writer; ``compact-staged``, ``compact-state``,
 ``compact-deleted``, ``compact-renamed``: after each step of a compaction, see
 :mod:`asyncingest.state.compact`; ``current-partial``, ``current-staged``,
 ``current-switched``, ``current-cleaned``: during a current table's rebuild, see
-:mod:`asyncingest.state.current`). Unset (always, outside those tests) a point
+:mod:`asyncingest.state.current`; ``sweep``: a batch of a ``for_each: {parents: all}`` sweep
+was handed to the writer and its jobs queued). Unset (always, outside those tests) a point
 costs one dictionary lookup.
 """
 

@@ -5,8 +5,12 @@ The writer folds every page into one :class:`CursorMax` and hands its value out 
 (:meth:`take`): what it hands out is exactly the records made durable by that barrier, so the
 checkpoint that saves it advances the mark only with durable records. Values are keys of
 :class:`asyncingest.config.cursor.CursorKind` (comparable); a record whose cursor is missing or
-unreadable does not move the mark and is counted (``unreadable``). :func:`bind_window` puts an
-increment's window into an endpoint's request template.
+unreadable does not move the mark and is counted (``unreadable``). So does, for a time cursor,
+a record whose cursor is beyond ``limit`` (the run's start plus ``future_tolerance``: bad data
+such as year 9999, or epoch milliseconds where seconds are expected, which would otherwise
+jump the mark and skip every later change): counted (``future``), the first such raw value kept
+for the warning. :func:`bind_window` puts an increment's window into an endpoint's request
+template.
 """
 
 from __future__ import annotations
@@ -45,25 +49,45 @@ class CursorMax:
     """The highest cursor of the records (or the newest token) folded since the last
     :meth:`take`."""
 
-    __slots__ = ("_get", "_last_raw", "kind", "unreadable", "value")
+    __slots__ = (
+        "_get",
+        "_last_raw",
+        "future",
+        "future_value",
+        "kind",
+        "limit",
+        "unreadable",
+        "value",
+    )
 
-    def __init__(self, spec: IncrementalConfig) -> None:
+    def __init__(self, spec: IncrementalConfig, now: float | None = None) -> None:
+        """``now``: the run's start, seconds since the epoch; with a time cursor and
+        ``spec.future_tolerance`` set, cursors beyond ``now + future_tolerance`` do not count
+        (``future``). None: no guard."""
         self.kind: CursorKind = spec.kind
         field = spec.cursor_field if spec.cursor_type != "token" else None
         self._get = _getter(field) if field else None
         self.value: Key | None = None
         self.unreadable = 0  # records whose cursor was missing or not of its type
+        self.limit: Key | None = None  # the latest cursor that may move the mark
+        if now is not None and spec.future_tolerance is not None:
+            self.limit = self.kind.at(now + spec.future_tolerance)
+        self.future = 0  # records whose cursor was beyond the limit
+        self.future_value: Any = None  # the first of them (as the record has it)
         self._last_raw: Any = None
 
     def __repr__(self) -> str:
-        return f"CursorMax({self.kind.type}, {self.value!r}, unreadable={self.unreadable})"
+        return (
+            f"CursorMax({self.kind.type}, {self.value!r}, unreadable={self.unreadable}, "
+            f"future={self.future})"
+        )
 
     def fold(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Fold the cursors of ``records`` (no-op for a token cursor)."""
         get = self._get
         if get is None:
             return
-        kind, best, last_raw = self.kind, self.value, self._last_raw
+        kind, best, last_raw, limit = self.kind, self.value, self._last_raw, self.limit
         for r in records:
             raw = get(r)
             if raw is None:
@@ -75,10 +99,22 @@ class CursorMax:
             if key is None:
                 self.unreadable += 1
                 continue
+            if limit is not None and key > limit:  # bad data: it must not jump the mark
+                self.future += 1
+                if self.future_value is None:
+                    self.future_value = raw
+                continue
             last_raw = raw
             if best is None or key > best:
                 best = key
         self.value, self._last_raw = best, last_raw
+
+    def take_future(self) -> tuple[int, Any]:
+        """The records beyond the limit since the last call, and the first one's cursor; and
+        start again."""
+        found = (self.future, self.future_value)
+        self.future, self.future_value = 0, None
+        return found
 
     def fold_token(self, token: Any) -> None:
         """A page's "changes since" token (None: the page carried none)."""

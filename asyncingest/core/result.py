@@ -133,9 +133,13 @@ class WindowSummary:
     held: bool = False  # failed requests: the mark did not move (the next window starts here)
     unreadable: int = 0  # records without a readable cursor (they do not move the mark)
     parent: str | None = None  # for_each: fetched for the parent records of the increment
+    future: int = 0  # records with a cursor beyond the run's start + future_tolerance (idem)
+    all_parents: bool = False  # for_each parents: all: for every key of the parent's table
 
     def __str__(self) -> str:
         """``contacts: 2024-01-01T00:00:00Z -> 2024-01-02T09:30:00Z, 120 rows``."""
+        if not self.incremental and self.parent is not None and self.all_parents:
+            return f"{self.endpoint}: for every {self.parent}_current key, {self.rows:,} rows"
         if not self.incremental and self.parent is not None:
             return f"{self.endpoint}: for the {self.parent} of this increment, {self.rows:,} rows"
         if not self.incremental:
@@ -147,6 +151,8 @@ class WindowSummary:
         text = f"{self.endpoint}: {start} -> {high}, {self.rows:,} rows"
         if self.unreadable:
             text += f", {self.unreadable:,} without a readable cursor"
+        if self.future:
+            text += f", {self.future:,} with a cursor in the future (not moving the mark)"
         if self.full_refresh:
             text += " (full refresh)"
         if self.held:

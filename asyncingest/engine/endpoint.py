@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -128,6 +128,9 @@ class EndpointRunner:
         self._waiting: set[asyncio.Task[Any]] = set()  # workers waiting on limits or back-off
         self.budget: BudgetWatch | None = None
         self.guards: EndpointGuards | None = None
+        # Run once its own walks are done, before its writer finishes (the engine's sweep of a
+        # current table for for_each children with parents: all); not on a stop.
+        self.before_finish: Callable[[], Awaitable[None]] | None = None
         pagination = endpoint.pagination
         self._total_path: str | None = getattr(pagination, "total_path", None)
         inc = endpoint.incremental
@@ -237,6 +240,8 @@ class EndpointRunner:
                 await writer
                 return
             await all_workers
+            if self.before_finish is not None and not self.stopping:
+                await self.before_finish()
             self.writer.finish()
             await writer
         except BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -27,11 +28,14 @@ import uuid
 from collections.abc import Awaitable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ..config.models import EndpointConfig, FromFile, PipelineConfig
 from ..config.sources import check_ids_file, count_ids, iter_id_rows, iter_ids
+from ..core.crashpoints import crash_point
 from ..core.cursor import CursorMax, bind_window
 from ..core.events import (
+    CursorAhead,
     EndpointFinished,
     EndpointStarted,
     EventBus,
@@ -180,6 +184,7 @@ class Engine:
         self._stop_reason = ""
         self._phase: RunPhase = "new"
         self._started_at: float | None = None  # on the run's clock
+        self._wall_start: float | None = None  # seconds since the epoch (the cursor guard)
         self._ended_at: float | None = None
         self._result: RunResult | None = None
         self._checkpointer: asyncio.Task[None] | None = None
@@ -428,6 +433,7 @@ class Engine:
 
     async def _run(self) -> RunResult:
         cfg = self.config
+        self._wall_start = self._clock.wall()
         self._make_limits()
         credentials = credentials_from_env(cfg)
         for e in cfg.endpoints:
@@ -673,7 +679,11 @@ class Engine:
             runner.link([self._runners[c.name] for c in cfg.children(name)])
             inc = runner.endpoint.incremental
             if inc is not None and self._increment is not None:
-                runner.writer.cursor = CursorMax(inc)
+                runner.writer.cursor = CursorMax(inc, now=self._wall_start)
+                window = self._increment.windows.get(name)
+                if window is not None and inc.kind.timed and inc.future_tolerance is not None:
+                    assert self._wall_start is not None
+                    window.future_limit = self._wall_start + inc.future_tolerance
             t = runner.endpoint.transform
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
@@ -687,6 +697,8 @@ class Engine:
                 self._attach(runner, tap)
             runner.budget = self._budget_watch(runner.endpoint)
             runner.guards = self._guards_for(runner.endpoint)
+            if self._increment is not None and any(_sweeps(c.endpoint) for c in runner.children):
+                runner.before_finish = functools.partial(self._sweep_parents, runner)
 
     def _sink_place(self, folder: str) -> tuple[Path, str]:
         """Where ``folder``'s sink writes: ``(output, folder)``, or for an incremental config
@@ -760,10 +772,16 @@ class Engine:
             window = increment.windows.get(e.name)
             if window is None or window.current != "pending":
                 continue
-            if state.endpoint(e.name).files or window.full_refresh or increment.number == 1:
+            # A --retry-failed that reopened a completed increment (revision > 0) and made no
+            # record durable leaves the published table as it is.
+            unchanged = window.revision > 0 and window.rows == window.built_rows
+            if not unchanged and (
+                state.endpoint(e.name).files or window.full_refresh or increment.number == 1
+            ):
                 # (Else nothing changes: the table stays at its version, and the next rebuild
                 # merges onto it. The first increment publishes a table even when empty.)
                 await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
+            window.built_rows = window.rows
             window.current = "done"
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
 
@@ -788,7 +806,72 @@ class Engine:
             deleted_field=inc.deleted_field,
             replace=increment.windows[e.name].full_refresh,
             options=CompactOptions.from_config(self.config.output),
+            revision=increment.windows[e.name].revision,
+            future_limit=increment.windows[e.name].future_limit,
         )
+
+    async def _sweep_parents(self, runner: EndpointRunner) -> None:
+        """``for_each: {parents: all}``: once ``runner`` (a ``merge: latest`` parent) has walked
+        its window, give its ``parents: all`` children a job for every row of its current
+        table (the version published when the sweep began) whose key no record of this
+        increment has (those had their jobs from the pages, at their new version).
+
+        The increment's keys are read back from its committed files (a checkpoint first makes
+        every record durable), so memory follows the increment; the table is streamed in
+        ``row_group_rows`` batches in a fixed order, and ``Window.swept`` counts the rows
+        swept in the saves that commit their jobs' journal lines: a resumed run goes on where
+        the last save left it, and a finished sweep is not done again (``--retry-failed``)."""
+        from ..state.current import published_folder, sweep_rows, table_keys
+
+        state, increment = self._state, self._increment
+        assert state is not None and increment is not None
+        e = runner.endpoint
+        window = increment.windows[runner.name]
+        if window.full_refresh:
+            return  # the increment holds every parent key now: the pages gave every job
+        if window.sweep is None:
+            published = await asyncio.to_thread(published_folder, self.output, e.name)
+            if published is None:
+                return  # the first increment: every parent is a record of it
+            window.sweep, window.sweep_rows = published
+        if window.swept >= window.sweep_rows:
+            return
+        await self._checkpoint()  # the increment's parent records durable, in its files
+        folder = self.output / e.name / increment.folder
+        files = [folder / n for n in state.endpoint(e.name).files]
+        keys = await asyncio.to_thread(table_keys, files, e.primary_key)
+        links = [c for c in runner.children if _sweeps(c.endpoint)]
+        fields = [p for c in links for p in _for_each_paths(c.endpoint)]
+        batches = sweep_rows(
+            self.output,
+            window.sweep,
+            fields,
+            e.primary_key,
+            self.config.output.row_group_rows,
+            window.swept,
+        )
+        names = {c.name for c in links}
+        by_name = {c.name: c for c in links}
+        while not runner.stopping:
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                break
+            rows, row_keys, consumed = batch
+            todo = [r for r, k in zip(rows, row_keys, strict=True) if k not in keys]
+            children = await runner.writer.put_children(todo, consumed, names)
+            for link, jobs in children:
+                child = by_name[link.name]
+                await child.submit_many(jobs)
+                child.ledger.jobs_queued(len(jobs))
+            crash_point("sweep")
+
+    def _cursor_ahead(self, runner: EndpointRunner, records: int, value: Any) -> None:
+        """Report records whose cursor was beyond the run's start + ``future_tolerance``."""
+        inc = runner.endpoint.incremental
+        cursor = runner.writer.cursor
+        assert inc is not None and cursor is not None
+        limit = None if cursor.limit is None else inc.kind.to_json(cursor.limit)
+        self.events.emit(CursorAhead(runner.name, str(inc.cursor_field), value, limit, records))
 
     def _increment_summary(self) -> IncrementSummary | None:
         """The increment this run ran, for the result and the report."""
@@ -808,6 +891,8 @@ class Engine:
                 held=w.held,
                 unreadable=w.unreadable,
                 parent=w.parent,
+                future=w.future,
+                all_parents=w.all_parents,
             )
             for name, w in inc.windows.items()
         )
@@ -850,6 +935,10 @@ class Engine:
                     window = increment.windows[r.name]
                     fold_high(self.config, window, r.name, res.cursor, res.rows)
                     window.unreadable += res.unreadable
+                    window.swept += res.swept
+                    if res.future:
+                        window.future += res.future
+                        self._cursor_ahead(r, res.future, res.future_value)
                 for folder, names in res.extra_files.items():
                     prior = self._prior_files[folder]
                     state.endpoint(folder).files = prior + [n for n in names if n not in prior]
@@ -1054,6 +1143,18 @@ class Engine:
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
+
+
+def _sweeps(e: EndpointConfig) -> bool:
+    """Whether ``e`` is a ``for_each`` child with ``parents: all``."""
+    return e.for_each is not None and e.for_each.parents == "all"
+
+
+def _for_each_paths(e: EndpointConfig) -> list[str]:
+    """The parent fields a ``for_each`` child binds and copies."""
+    spec = e.for_each
+    assert spec is not None
+    return [*spec.bind.values(), *spec.copy_fields.values()]
 
 
 async def _bounded(aw: Awaitable[object], seconds: float | None) -> bool:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +78,7 @@ class PageDone:
     children: Sequence[tuple[ChildLink, list[Job]]] = ()
     dead: Sequence[DeadLetter] = ()
     mark: Any = None  # a token cursor's "changes since" token the page carried
+    swept: int = 0  # parents: all: current-table rows of the parent this item swept
 
 
 class Barrier:
@@ -146,6 +147,7 @@ class Writer:
         # barrier, and their count; a barrier hands both out with what it made durable.
         self.cursor: CursorMax | None = None
         self._rows = 0
+        self._swept = 0  # parents: all: current-table rows swept since the last barrier
 
     def attach_tap(self, tap: BatchTap) -> None:
         """Hand every batch the sink makes to ``tap``; only before any record reached it."""
@@ -299,6 +301,29 @@ class Writer:
         inbox.put_nowait(PageDone(records, token, children, dead, mark))
         return children
 
+    async def put_children(
+        self, rows: list[Record], swept: int, links: Collection[str]
+    ) -> Sequence[tuple[ChildLink, list[Job]]]:
+        """Hand over parent rows that are not records of this run (``for_each: {parents:
+        all}``: the rows of the parent's current table no record of the increment replaced):
+        bind them to the jobs of the children named ``links``, numbered into their journals
+        like a page's, and count ``swept`` rows as done in the barrier answers. Nothing is
+        written and no cursor moves; a row that cannot be bound is skipped (it was
+        dead-lettered when it was fetched). Returns the jobs per child, as :meth:`put_page`."""
+        inbox = self._inbox
+        if inbox.full():
+            await inbox.wait_for_room()
+        children: list[tuple[ChildLink, list[Job]]] = []
+        for link in self._links:
+            if link.name not in links:
+                continue
+            jobs, _ = bind_children(rows, link.spec, link.name, itertools.count(link.next_number))
+            link.next_number += len(jobs)
+            if jobs:
+                children.append((link, jobs))
+        inbox.put_nowait(PageDone([], None, children, (), None, swept))
+        return children
+
     def barrier(self) -> asyncio.Future[BarrierResult]:
         """Synchronously enqueue a barrier; the future answers once all before it is durable.
 
@@ -404,6 +429,7 @@ class Writer:
         if item.records and self.keep_raw:
             self._buffer.extend(item.records)
         self._rows += len(item.records)
+        self._swept += item.swept
         if self.cursor is not None:
             if item.records:
                 self.cursor.fold(item.records)
@@ -461,12 +487,14 @@ class Writer:
 
     def _snapshot(self, progress: Progress | None = None, finished: bool = False) -> BarrierResult:
         self._announce_files()
-        cursor, rows, unreadable = None, 0, 0
+        cursor, rows, unreadable, future, future_value, swept = None, 0, 0, 0, None, 0
         if progress is not None:  # handed out once, like the progress
             rows, self._rows = self._rows, 0
+            swept, self._swept = self._swept, 0
             if self.cursor is not None:
                 cursor = self.cursor.take()
                 unreadable, self.cursor.unreadable = self.cursor.unreadable, 0
+                future, future_value = self.cursor.take_future()
         return BarrierResult(
             progress=progress if progress is not None else Progress(),
             files=[Path(p).name for p in self.sink.files],
@@ -481,6 +509,9 @@ class Writer:
             cursor=cursor,
             rows=rows,
             unreadable=unreadable,
+            future=future,
+            future_value=future_value,
+            swept=swept,
         )
 
     def _announce_files(self) -> None:

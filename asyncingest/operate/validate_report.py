@@ -114,6 +114,8 @@ def incremental_text(e: EndpointConfig) -> str:
     config is fetched)."""
     inc = e.incremental
     if inc is None:
+        if e.parent is not None and e.for_each is not None and e.for_each.parents == "all":
+            return f"for every key of {e.parent}_current, each increment (parents: all)"
         if e.parent is not None:
             return f"for the {e.parent} records of each increment"
         return "fetched in full every increment"

@@ -36,6 +36,11 @@ How (``current(n) = current(n-1) merged with increment n``)
     page) does not bring it back. With a ``token`` cursor or none, a later increment always wins and
     no tombstones are kept.
 
+    A time cursor beyond ``future_limit`` (the run's start plus ``future_tolerance``: bad data,
+    year 9999) ranks at the limit in the increment that brings it (it replaces the believable
+    versions before it, as the API's latest) and like an unreadable one once it is in the
+    table, so any later version replaces it: it cannot hold its key for good.
+
 Schema
     The new version's schema is the union (:func:`asyncingest.sink.schema.union_schema`) of the
     previous version's and the increment files' schemas, as the sink widens them (new columns,
@@ -76,6 +81,18 @@ Atomic publication (readers only ever see a complete version)
 Idempotent: called again for the same ``n`` after a kill at any point, it finishes (published
 already: clean up and return the recorded figures; a partial ``v<n>``: delete and redo). The
 engine asks :func:`current_version` whether a rebuild finished.
+
+Revisions (``--retry-failed``)
+    A retry reopens increment ``n`` after its table was published, and adds files to it. The
+    engine then asks for *revision* ``r`` (1, 2, ... one per retry, kept in the state) of
+    version ``n``: it is built exactly like a version, into ``.<endpoint>_current.v<n>.r<r>/``,
+    as the published table merged with **all** of increment ``n``'s files (the ones already
+    merged and the retry's). Merging rows already merged changes nothing (the same winner per
+    key, the same ties to the later row, deletes kept as tombstones), so the result is what a
+    single rebuild of ``n`` from all its files gives, and the commit protocol, the crash points
+    and the idempotence are the version's: a kill before the switch leaves revision ``r - 1``
+    published and the next call redoes ``r``; after it, the next call only cleans up.
+    :func:`current_revision` names the published ``(version, revision)``.
 """
 
 from __future__ import annotations
@@ -109,8 +126,12 @@ __all__ = [
     "CursorType",
     "LayoutOptions",
     "current_path",
+    "current_revision",
     "current_version",
+    "published_folder",
     "rebuild_current",
+    "sweep_rows",
+    "table_keys",
 ]
 
 CursorType = Literal["timestamp", "epoch_s", "epoch_ms", "integer", "token"]
@@ -160,6 +181,8 @@ class CurrentResult:
     """Deleted keys remembered (hidden), so an older version cannot bring them back."""
     replaced: bool
     """A full refresh: the increment alone made the table."""
+    revision: int = 0
+    """Rebuilds of this version after a ``--retry-failed`` added files to it (0: none)."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -170,8 +193,14 @@ def current_path(output: Path, endpoint: str) -> Path:
     return Path(output) / safe_dir_name(endpoint + SUFFIX)
 
 
-def _version_name(endpoint: str, version: int) -> str:
-    return f".{endpoint}{SUFFIX}.v{version}"
+def _version_name(endpoint: str, version: int, revision: int = 0) -> str:
+    name = f".{endpoint}{SUFFIX}.v{version}"
+    return f"{name}.r{revision}" if revision else name
+
+
+def _version_pattern(endpoint: str) -> str:
+    """A version folder's name: groups 1 (version) and 2 (revision, absent for 0)."""
+    return re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)(?:\.r(\d+))?"
 
 
 def current_version(output: Path, endpoint: str) -> int | None:
@@ -180,6 +209,13 @@ def current_version(output: Path, endpoint: str) -> int | None:
     Raises :class:`~asyncingest.errors.StateCorrupt` when ``<endpoint>_current`` is there but
     not a link to a complete version folder (deleted by hand, or made by something else).
     """
+    published = current_revision(output, endpoint)
+    return None if published is None else published[0]
+
+
+def current_revision(output: Path, endpoint: str) -> tuple[int, int] | None:
+    """The published ``(version, revision)`` (revision 0 until a ``--retry-failed`` of that
+    increment rebuilt it), or None; raises like :func:`current_version`."""
     link = current_path(output, endpoint)
     if not link.is_symlink():
         if link.exists():
@@ -190,14 +226,78 @@ def current_version(output: Path, endpoint: str) -> int | None:
             )
         return None
     target = os.readlink(link)
-    m = re.fullmatch(re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)/" + DATA, target)
+    m = re.fullmatch(_version_pattern(endpoint) + "/" + DATA, target)
     if m is None or not (link.parent / target).parent.joinpath(MANIFEST).is_file():
         raise StateCorrupt(
             str(link),
             f"the current table's link points at {target!r}, which is not a complete version",
             "delete the link; the next run publishes the current table again",
         )
-    return int(m[1])
+    return int(m[1]), int(m[2] or 0)
+
+
+def published_folder(output: Path, endpoint: str) -> tuple[str, int] | None:
+    """The published version's folder name (``.<endpoint>_current.v<n>[.r<r>]``) and its rows,
+    or None when no table is published."""
+    published = current_revision(output, endpoint)
+    if published is None:
+        return None
+    name = _version_name(endpoint, *published)
+    return name, int(_read_manifest(Path(output) / name)["rows"])
+
+
+def table_keys(files: Sequence[Path], primary_key: tuple[str, ...]) -> set[tuple[Any, ...]]:
+    """The primary keys of the rows of ``files`` (only the key columns are read)."""
+    keys: set[tuple[Any, ...]] = set()
+    for path in files:
+        names = committed.read_schema(path).names
+        columns = list(
+            dict.fromkeys(k.split(".")[0] for k in primary_key if k.split(".")[0] in names)
+        )
+        for batch in _projected(path, columns, 65_536):
+            keys.update(_keys(batch, primary_key))
+    return keys
+
+
+def sweep_rows(
+    output: Path,
+    folder: str,
+    fields: Sequence[str],
+    primary_key: tuple[str, ...],
+    batch_size: int,
+    skip: int,
+) -> Iterator[tuple[list[dict[str, Any]], list[tuple[Any, ...]], int]]:
+    """The rows of the current-table version ``folder`` (a name :func:`published_folder`
+    gave), after the first ``skip``, in a fixed order (parts in order, rows in file order):
+    ``(rows, keys, consumed)`` per batch of at most ``batch_size``, each row a dict of the
+    top-level columns that ``fields`` (dotted paths) and ``primary_key`` name. Streamed: memory
+    is one batch."""
+    data = Path(output) / folder / DATA
+    wanted = list(dict.fromkeys(f.split(".")[0] for f in [*fields, *primary_key]))
+    seen = 0
+    for path in _parts(data):
+        rows_in_file = committed.describe(path)[0]
+        if seen + rows_in_file <= skip:
+            seen += rows_in_file
+            continue
+        names = committed.read_schema(path).names
+        columns = [c for c in wanted if c in names]
+        for batch in _projected(path, columns, batch_size):
+            if seen + batch.num_rows <= skip:
+                seen += batch.num_rows
+                continue
+            if seen < skip:
+                batch = batch.slice(skip - seen)
+                seen = skip
+            seen += batch.num_rows
+            yield batch.to_pylist(), _keys(batch, primary_key), batch.num_rows
+
+
+def _projected(path: Path, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+    """``path``'s rows as tables of ``columns`` only, at most ``batch_size`` rows each (read as
+    every committed file is: a damaged one is an environment failure naming it)."""
+    for batch in committed.batches(path, batch_size):
+        yield batch.select(columns)
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -225,6 +325,8 @@ def rebuild_current(
     deleted_field: str | None,
     replace: bool,
     options: LayoutOptions,
+    revision: int = 0,
+    future_limit: float | None = None,
 ) -> CurrentResult:
     """Publish ``OUTPUT/<endpoint>_current`` at version ``increment``: the previous version
     merged with ``increment_files`` (see the module docstring for the rules, the memory bound
@@ -233,8 +335,13 @@ def rebuild_current(
     ``increment_files``: the increment's committed Parquet files in order (normally increment
     ``n``'s; after a version that was never built, those of every increment since the
     published one, oldest first). ``primary_key``, ``cursor_field`` and ``deleted_field`` may
-    be dotted paths into struct columns. Idempotent for one ``increment``; an ``increment``
-    lower than the published version raises ``ValueError``.
+    be dotted paths into struct columns. ``revision`` > 0: a rebuild of version ``increment``
+    after a retry added files to it (module docstring, "Revisions"): the published table
+    merged with all of them. Idempotent for one ``(increment, revision)``; one lower than the
+    published one raises ``ValueError``. ``future_limit``: seconds since the epoch; a time
+    cursor (``timestamp``, ``epoch_s``, ``epoch_ms``) later than it is bad data: it ranks at
+    the limit among the increment's rows, and below every value among the previous version's
+    (module docstring, "Which version of a key wins").
     """
     if not primary_key:
         raise ValueError("a current table needs a primary_key")
@@ -242,18 +349,22 @@ def rebuild_current(
         raise ValueError(f"cursor_type must be one of {CURSOR_TYPES}, got {cursor_type!r}")
     if increment < 0:
         raise ValueError(f"increment must be >= 0, got {increment}")
+    if revision < 0:
+        raise ValueError(f"revision must be >= 0, got {revision}")
     output = Path(output)
     link = current_path(output, endpoint)
-    published = current_version(output, endpoint)
-    if published is not None and published > increment:
+    target = (increment, revision)
+    published = current_revision(output, endpoint)
+    if published is not None and published > target:
         raise ValueError(
-            f"{link.name} is already at increment {published}; cannot rebuild {increment}"
+            f"{link.name} is already at increment {published[0]} (revision {published[1]}); "
+            f"cannot rebuild {increment} (revision {revision})"
         )
-    if published == increment:
-        _clean_up(output, endpoint, increment, keep=None)
-        return _result_from(output, endpoint, increment)
-    previous = None if published is None else output / _version_name(endpoint, published)
-    folder = output / _version_name(endpoint, increment)
+    if published == target:
+        _clean_up(output, endpoint, target, keep=None)
+        return _result_from(output, endpoint, target)
+    previous = None if published is None else output / _version_name(endpoint, *published)
+    folder = output / _version_name(endpoint, increment, revision)
     if folder.exists() or folder.is_symlink():
         shutil.rmtree(folder)  # a killed attempt at this version: redo it
         fsync_dir(output)
@@ -266,11 +377,13 @@ def rebuild_current(
             cursor_type=cursor_type,
             deleted_field=deleted_field,
             options=options,
+            future_limit=future_limit,
         ).run(folder, previous if not replace else None, increment_files)
         fsync_dir(folder / DATA)
         manifest = {
             "endpoint": endpoint,
             "version": increment,
+            "revision": revision,
             "replaced": replace,
             "primary_key": list(primary_key),
             "cursor_field": cursor_field,
@@ -286,9 +399,9 @@ def rebuild_current(
     crash_point("current-staged")
     _switch(output, link, f"{folder.name}/{DATA}")
     crash_point("current-switched")
-    _clean_up(output, endpoint, increment, keep=published)
+    _clean_up(output, endpoint, target, keep=published)
     crash_point("current-cleaned")
-    return _result_from(output, endpoint, increment)
+    return _result_from(output, endpoint, target)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -308,7 +421,9 @@ def _switch(output: Path, link: Path, target: str) -> None:
     fsync_dir(output)
 
 
-def _clean_up(output: Path, endpoint: str, version: int, keep: int | None) -> None:
+def _clean_up(
+    output: Path, endpoint: str, version: tuple[int, int], keep: tuple[int, int] | None
+) -> None:
     """Delete every version folder but ``version`` and ``keep`` (the one it replaced, which a
     reader may still be reading), and a leftover temporary link. When ``keep`` is None (a
     re-run), the newest older version is kept."""
@@ -328,11 +443,11 @@ def _clean_up(output: Path, endpoint: str, version: int, keep: int | None) -> No
         fsync_dir(output)
 
 
-def _result_from(output: Path, endpoint: str, version: int) -> CurrentResult:
-    m = _read_manifest(output / _version_name(endpoint, version))
+def _result_from(output: Path, endpoint: str, version: tuple[int, int]) -> CurrentResult:
+    m = _read_manifest(output / _version_name(endpoint, *version))
     return CurrentResult(
         endpoint=endpoint,
-        version=version,
+        version=version[0],
         path=current_path(output, endpoint),
         rows=m["rows"],
         files=m["files"],
@@ -341,6 +456,7 @@ def _result_from(output: Path, endpoint: str, version: int) -> CurrentResult:
         stale=m["stale"],
         tombstones=m["tombstones"],
         replaced=m["replaced"],
+        revision=m.get("revision", 0),
     )
 
 
@@ -368,12 +484,14 @@ class _Merge:
         cursor_type: str,
         deleted_field: str | None,
         options: LayoutOptions,
+        future_limit: float | None = None,
     ) -> None:
         self.key = primary_key
         self.cursor_field = cursor_field
         self.cursor_type = cursor_type
         self.deleted_field = deleted_field
         self.options = options
+        self.future_limit = future_limit  # seconds since the epoch, or None
         # Without a cursor the later increment always wins: nothing to remember of deletes.
         self.keep_tombstones = cursor_field is not None
 
@@ -471,7 +589,11 @@ class _Merge:
             return batch
         sub = batch.take(pa.array(rows, type=pa.int64()))
         keys = _keys(sub, self.key)
-        ranks = None if self.cursor_field is None else self._ranks(sub, range(sub.num_rows))
+        ranks = (
+            None
+            if self.cursor_field is None
+            else self._ranks(sub, range(sub.num_rows), previous=True)
+        )
         drop: list[int] = []
         for i, key in enumerate(keys):
             won = winners.get(key)
@@ -488,18 +610,33 @@ class _Merge:
             mask[r] = False
         return batch.filter(pa.array(mask, type=pa.bool_()))
 
-    def _ranks(self, table: pa.Table, rows: range) -> list[Any]:
+    def _ranks(self, table: pa.Table, rows: range, previous: bool = False) -> list[Any]:
         """Each row's cursor as a comparable ``(1, value)``, or ``(0, 0)`` (null, unreadable, no
-        cursor): equal ranks fall to the later row or increment."""
+        cursor): equal ranks fall to the later row or increment. A time cursor beyond
+        ``future_limit`` ranks at the limit in the increment (newer than every believable
+        version before it) and low in the ``previous`` version (older than every version
+        after it)."""
         if self.cursor_field is None:
             return [_LOW] * len(rows)
         column = _column(table, self.cursor_field)
         if pa.types.is_timestamp(column.type):
             column = pc.cast(column, pa.timestamp("us", tz="UTC"))
             values = pc.cast(column, pa.int64()).to_pylist()
-            return [_LOW if v is None else (1, v) for v in values]
+            ranks = [_LOW if v is None else (1, v) for v in values]
+            return self._believable(ranks, 1_000_000, previous)
         read = _instant if self.cursor_type == "timestamp" else _number
-        return [_rank(read, v) for v in column.to_pylist()]
+        ranks = [_rank(read, v) for v in column.to_pylist()]
+        scale = {"timestamp": 1_000_000, "epoch_s": 1, "epoch_ms": 1000}.get(self.cursor_type)
+        return ranks if scale is None else self._believable(ranks, scale, previous)
+
+    def _believable(self, ranks: list[Any], scale: int, previous: bool) -> list[Any]:
+        """``ranks`` with those beyond ``future_limit`` (in units of ``1/scale`` s) at the
+        limit, or low for a ``previous`` version's rows."""
+        if self.future_limit is None:
+            return ranks
+        limit = self.future_limit * scale
+        beyond = _LOW if previous else (1, limit)
+        return [beyond if r is not _LOW and r[1] > limit else r for r in ranks]
 
     def _deleted(self, table: pa.Table) -> list[bool]:
         if self.deleted_field is None or table.num_rows == 0:
@@ -687,9 +824,9 @@ class _Tombstones(_Parts):
             self._pending_rows -= size
 
 
-def _iter_versions(output: Path, endpoint: str) -> Iterator[tuple[int, Path]]:
-    pattern = re.compile(re.escape(f".{endpoint}{SUFFIX}.v") + r"(\d+)")
+def _iter_versions(output: Path, endpoint: str) -> Iterator[tuple[tuple[int, int], Path]]:
+    pattern = re.compile(_version_pattern(endpoint))
     for p in output.iterdir():
         m = pattern.fullmatch(p.name)
         if m is not None:
-            yield int(m[1]), p
+            yield (int(m[1]), int(m[2] or 0)), p

@@ -18,7 +18,10 @@ committed the same way: only once every record of the increment is durable.
 
 Non-incremental endpoints of such a config are fetched in full every increment (into their own
 partition); a ``for_each`` child of an incremental parent is fetched for the parents seen in
-the increment (what the walk gives).
+the increment (what the walk gives), and with ``for_each: {parents: all}`` also for every other
+key of the parent's current table: once the parent's own walks are done, the engine sweeps the
+table published when the increment began (``Window.sweep``), and ``Window.swept`` counts the
+rows swept in the saves that commit their child jobs (so a resumed sweep goes on from there).
 """
 
 from __future__ import annotations
@@ -51,13 +54,23 @@ class Window:
     high: Any = None  # highest cursor (newest token) of the durable records so far
     rows: int = 0  # records made durable
     unreadable: int = 0  # records whose cursor was missing or unreadable
+    future: int = 0  # records whose cursor was beyond the run's start + future_tolerance
+    future_limit: float | None = None  # that limit, seconds since the epoch (time cursors)
     incremental: bool = True  # False: fetched in full each increment (or for_each: parent)
     parent: str | None = None  # for_each: fetched for the parent records of the increment
+    all_parents: bool = False  # for_each parents: all: for every key of the parent's table too
     full_refresh: bool = False  # fetched from initial (--full-refresh)
     skipped: bool = False  # a bounded backfill already done: not fetched
     held: bool = False  # completed with failed requests: the mark did not move
     dead_at_start: int = 0  # failed requests in its dead letters when the increment began
     current: str | None = None  # merge: latest: "pending" until the current table is rebuilt
+    revision: int = 0  # current-table rebuilds of this increment after --retry-failed reopened it
+    built_rows: int | None = None  # rows when the current table was last rebuilt for it
+    # A parent of for_each children with parents: all: the current-table version folder swept
+    # for them (the one published when the sweep began), its rows, and how many are swept.
+    sweep: str | None = None
+    sweep_rows: int = 0
+    swept: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """This window as JSON data (what :meth:`from_json` reads)."""
@@ -67,13 +80,21 @@ class Window:
             "high": self.high,
             "rows": self.rows,
             "unreadable": self.unreadable,
+            "future": self.future,
+            "future_limit": self.future_limit,
             "incremental": self.incremental,
             "parent": self.parent,
+            "all_parents": self.all_parents,
             "full_refresh": self.full_refresh,
             "skipped": self.skipped,
             "held": self.held,
             "dead_at_start": self.dead_at_start,
             "current": self.current,
+            "revision": self.revision,
+            "built_rows": self.built_rows,
+            "sweep": self.sweep,
+            "sweep_rows": self.sweep_rows,
+            "swept": self.swept,
         }
 
     @classmethod
@@ -174,6 +195,7 @@ def plan_increment(
         if inc is None:
             w.incremental = False
             w.parent = e.parent
+            w.all_parents = e.for_each is not None and e.for_each.parents == "all"
         else:
             kind = inc.kind
             w.full_refresh = e.name in refresh
@@ -195,6 +217,19 @@ def plan_increment(
             w.current = None
         windows[e.name] = w
     return Increment(number, windows=windows)
+
+
+def upcoming_increment(cfg: PipelineConfig, state: RunState | None) -> Increment | None:
+    """What the next run of ``cfg`` on an output with ``state`` fetches, without changing
+    anything: the increment under way (its saved windows, a resume), or the next one planned
+    from the committed marks (``plan_increment``, no ``--full-refresh``). None when there is
+    no state (the first increment: windows from ``initial``), or ``cfg`` is not incremental."""
+    if state is None or not cfg.incremental:
+        return None
+    last = state.current_increment
+    if last is not None and state.status != "complete":
+        return last
+    return plan_increment(cfg, state, state.increment + 1, (), {})
 
 
 def begin_increment(
@@ -231,7 +266,9 @@ def complete_increment(
     """Mark the increment under way complete and move each endpoint's mark to the highest
     cursor it committed (a full refresh replaces the mark; a token replaces it), unless
     the endpoint's increment left failed requests (``held``). Merge endpoints get their
-    current table rebuild marked pending. Call in the save that completes the run."""
+    current table rebuild marked pending (an increment completed again after
+    ``--retry-failed`` reopened it: as its next revision, ``state/current.py``). Call in the
+    save that completes the run."""
     inc = state.current_increment
     assert inc is not None
     for e in cfg.endpoints:
@@ -239,6 +276,8 @@ def complete_increment(
         if w is None:
             continue
         if e.current_folder is not None:
+            if w.current is not None:  # completed before: --retry-failed reopened it
+                w.revision += 1  # its table is rebuilt as a new revision of this version
             w.current = "pending"
         spec = e.incremental
         if spec is None or w.skipped:

@@ -56,3 +56,10 @@ class BarrierResult:
     cursor: Any = None
     rows: int = 0
     unreadable: int = 0
+    # Records whose (time) cursor was beyond the run's start + future_tolerance (they do not
+    # move the mark), and the first one's cursor value as the record had it.
+    future: int = 0
+    future_value: Any = None
+    # for_each parents: all: rows of the parent's current table swept into child jobs (their
+    # jobs are in the journal lines this barrier committed).
+    swept: int = 0
