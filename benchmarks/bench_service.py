@@ -346,12 +346,12 @@ async def bench(
     """Two services in this process's loop, alike but for where they run their pipelines: in
     the service's loop (the default) or in a loop of their own on a second thread."""
     idle = Phase("idle")
-    busy = Phase(f"ingesting, {pipelines} crawls in the service's loop (default)")
+    busy = Phase(f"ingesting, {pipelines} crawls in the service's loop (--in-loop)")
     threaded = Phase(f"ingesting, {pipelines} crawls in a pipelines thread")
     load = os.getloadavg()[0]
     with MockServer(settings) as server:
         async with AsyncExitStack() as stack:
-            app = make_app(server.url, out / "loop", rate_limits=[])
+            app = make_app(server.url, out / "loop", rate_limits=[], pipelines_thread=False)
             other = make_app(server.url, out / "thread", rate_limits=[], pipelines_thread=True)
             url, other_url = await serve(stack, app), await serve(stack, other)
             ticker = Ticker()
