@@ -98,6 +98,7 @@ Revisions (``--retry-failed``)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -111,12 +112,12 @@ from typing import Any, Final, Literal, Protocol
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..core.crashpoints import crash_point
 from ..errors import StateCorrupt
 from ..sink import committed
-from ..sink.durable import fsync_dir, fsync_file
+from ..sink.chunked import ChunkedWriter
+from ..sink.durable import fsync_dir
 from ..sink.parquet import safe_dir_name
 from ..sink.schema import TYPES_KEY, UNDECIDED_TYPE, conform, union_schema
 
@@ -529,8 +530,8 @@ class _Merge:
 
         # 2. The previous version, streamed.
         (folder / DATA).mkdir()
-        parts = _Parts(folder / DATA, schema, self.options)
-        tombs = _Tombstones(folder, schema, self.options) if self.keep_tombstones else None
+        parts = _data_writer(folder / DATA, schema, self.options)
+        tombs = _tombstone_writer(folder, schema, self.options) if self.keep_tombstones else None
         try:
             for path in before:
                 for batch in committed.batches(path, self.options.row_group_rows):
@@ -547,8 +548,12 @@ class _Merge:
             parts.add(live)
             if tombs is not None:
                 tombs.add(taken.filter(pa.array(deleted, type=pa.bool_())))
-            rows, files = parts.close()
-            tombstones = tombs.close()[0] if tombs is not None else 0
+            parts.close(at_least_one_file=True)
+            rows, files = parts.rows, len(parts.files)
+            tombstones = 0
+            if tombs is not None:
+                tombs.close()
+                tombstones = tombs.rows
         except BaseException:
             parts.abort()
             if tombs is not None:
@@ -723,105 +728,37 @@ def _read_all(files: Sequence[Path], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-class _Parts:
+def _data_writer(folder: Path, schema: pa.Schema, options: LayoutOptions) -> ChunkedWriter:
     """Rows into ``part-NNNNN.parquet`` files of ``max_rows_per_file`` rows (row groups of
-    ``row_group_rows``), each fsynced when closed. At least one file, even empty, so readers
-    always find the schema."""
+    ``row_group_rows``), each fsynced when closed; the first one closed is the
+    ``current-partial`` crash point. Close it with ``at_least_one_file``, so readers always
+    find the schema."""
+    numbers = itertools.count()
+    first = folder / "part-00000.parquet"
 
-    crash_after_first: str | None = "current-partial"
+    def after_close(path: Path) -> None:
+        if path == first:
+            crash_point("current-partial")
 
-    def __init__(self, folder: Path, schema: pa.Schema, options: LayoutOptions) -> None:
-        self.folder = folder
-        self.schema = schema
-        self.options = options
-        self.made: list[Path] = []
-        self.rows = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._in_file = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self._pending.append(table)
-            self._pending_rows += table.num_rows
-            self._drain(everything=False)
-
-    def close(self) -> tuple[int, int]:
-        self._drain(everything=True)
-        if not self.made:
-            self._start()
-        self._end()
-        return self.rows, len(self.made)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def _name(self) -> Path:
-        return self.folder / f"part-{len(self.made):05d}.parquet"
-
-    def _drain(self, *, everything: bool) -> None:
-        while self._pending_rows:
-            room = self.options.max_rows_per_file - self._in_file
-            size = min(self.options.row_group_rows, room)
-            if self._pending_rows < size:
-                if not everything:
-                    return
-                size = self._pending_rows
-            table = pa.concat_tables(self._pending)
-            writer = self._writer or self._start()
-            writer.write_table(table.slice(0, size), row_group_size=size)
-            self._in_file += size
-            self.rows += size
-            rest = table.slice(size)
-            self._pending = [rest] if rest.num_rows else []
-            self._pending_rows -= size
-            if self._in_file >= self.options.max_rows_per_file:
-                self._end()
-
-    def _start(self) -> pq.ParquetWriter:
-        path = self._name()
-        self.made.append(path)
-        self._writer = pq.ParquetWriter(path, self.schema, compression=self.options.compression)
-        return self._writer
-
-    def _end(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        self._writer, self._in_file = None, 0
-        fsync_file(self.made[-1])
-        if len(self.made) == 1 and self.crash_after_first is not None:
-            crash_point(self.crash_after_first)
+    return ChunkedWriter(
+        schema,
+        compression=options.compression,
+        row_group_rows=options.row_group_rows,
+        max_rows_per_file=options.max_rows_per_file,
+        next_path=lambda: folder / f"part-{next(numbers):05d}.parquet",
+        after_close=after_close,
+    )
 
 
-class _Tombstones(_Parts):
-    """The deleted versions, in one file beside the table, only when there are any."""
-
-    crash_after_first = None
-
-    def _name(self) -> Path:
-        return self.folder / TOMBSTONES
-
-    def close(self) -> tuple[int, int]:
-        self._drain(everything=True)
-        self._end()
-        return self.rows, len(self.made)
-
-    def _drain(self, *, everything: bool) -> None:
-        while self._pending_rows:
-            size = min(self.options.row_group_rows, self._pending_rows)
-            if self._pending_rows < self.options.row_group_rows and not everything:
-                return
-            table = pa.concat_tables(self._pending)
-            writer = self._writer or self._start()
-            writer.write_table(table.slice(0, size), row_group_size=size)
-            self.rows += size
-            rest = table.slice(size)
-            self._pending = [rest] if rest.num_rows else []
-            self._pending_rows -= size
+def _tombstone_writer(folder: Path, schema: pa.Schema, options: LayoutOptions) -> ChunkedWriter:
+    """The deleted versions, in one file beside the table (fsynced), only when there are any."""
+    return ChunkedWriter(
+        schema,
+        compression=options.compression,
+        row_group_rows=options.row_group_rows,
+        max_rows_per_file=None,
+        next_path=lambda: folder / TOMBSTONES,
+    )
 
 
 def _iter_versions(output: Path, endpoint: str) -> Iterator[tuple[tuple[int, int], Path]]:
