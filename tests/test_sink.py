@@ -761,3 +761,113 @@ def test_abort_is_quiet_when_the_disk_fails_again(
     (tmp_path / "gone").rmdir()  # the folder itself is gone: nothing to clean, no error
     other.abort()
     assert other.closed
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a/b", "contains '/'"),
+        ("a\\b", "contains '\\\\\\\\'"),
+        ("c:", "contains ':'"),
+        ("a\x7fb", "contains '\\\\x7f'"),
+        ("a\x1fb", "contains '\\\\x1f'"),
+        ("b/a:", "contains '/:'"),
+        (".hidden", "must not start with '.' or '_' \\(path escape, or hidden from dataset"),
+        ("_meta", "must not start with '.' or '_'"),
+        ("x" * 201, r"^invalid folder name 'xxxxxxxxxxxxxxxxxxxx'...: longer than 200$"),
+    ],
+)
+def test_unsafe_folder_names_are_refused_saying_why(name: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        safe_dir_name(name)
+
+
+@pytest.mark.parametrize("name", ["x" * 200, "caf\u00e9", "a\x80b", "a.b_c-d", "Xy"])
+def test_safe_folder_names_are_kept(name: str) -> None:
+    assert safe_dir_name(name) == name
+
+
+def test_without_a_tap_no_batches_are_kept(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "laps", SMALL)
+    sink.write(rows(7))
+    sink.close()
+    assert sink.take_batches() == []  # not the whole run's data held in memory
+
+
+def _write_part(folder: Path, n: int, table: pa.Table) -> None:
+    folder.mkdir(exist_ok=True)
+    pq.write_table(table, folder / f"part-{n:05d}.parquet")
+
+
+def test_a_foreign_file_does_not_hide_later_files_of_an_earlier_run(tmp_path: Path) -> None:
+    folder = tmp_path / "laps"
+    _write_part(folder, 0, pa.table({"other": ["not ours"]}))
+    first = ParquetSink(tmp_path, "laps", SMALL)
+    first.write([{"x": 1}])
+    first.close()  # part-00001, ours
+    again = ParquetSink(tmp_path, "laps", SMALL)
+    again.write([{"x": 2.5}])  # widens x: the earlier run's file is rewritten at close
+    again.close()
+    assert pq.read_schema(folder / "part-00001.parquet").field("x").type == pa.float64()
+    assert pq.read_table(folder / "part-00000.parquet").column_names == ["other"]
+
+
+def test_the_newest_earlier_file_is_the_highest_number_not_the_last_name(tmp_path: Path) -> None:
+    """``part-100000`` sorts before ``part-99999`` as text: the kinds a resumed sink continues
+    from come from the file with the highest number."""
+    folder = tmp_path / "laps"
+    run = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    run.write([{"x": 1}])
+    run.close()
+    older = pq.read_table(folder / "part-00000.parquet")
+    run = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    run.write([{"x": 1.5}])
+    run.close()
+    newer = pq.read_table(folder / "part-00001.parquet")
+    for p in folder.glob("part-*.parquet"):
+        p.unlink()
+    _write_part(folder, 99_999, older.cast(newer.schema))  # unified at close, as a run leaves it
+    _write_part(folder, 100_000, newer)
+    resumed = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    assert resumed.reserve_path().name == "part-100001.parquet"
+    resumed.write([{"x": 7}])
+    resumed.close()
+    for p in folder.glob("part-*.parquet"):
+        assert pq.read_schema(p).field("x").type == pa.float64(), p.name
+
+
+def test_a_rewrite_at_close_keeps_the_configured_compression(tmp_path: Path) -> None:
+    folder = tmp_path / "laps"
+    sink = ParquetSink(tmp_path, "laps", SinkOptions(compression="gzip", row_group_rows=1))
+    sink.write([{"x": 1}])
+    sink.flush()
+    sink.write([{"x": 1.5}])
+    sink.close()
+    for p in sorted(folder.glob("part-*.parquet")):
+        meta = pq.ParquetFile(p).metadata
+        assert meta.row_group(0).column(0).compression == "GZIP", p.name
+
+
+def test_every_file_not_yet_widened_is_rewritten_whatever_comes_before_it(
+    tmp_path: Path,
+) -> None:
+    """A compaction of the newer files puts a file already of the final schema before older
+    ones in the rewrite order: the older ones are still rewritten."""
+    folder = tmp_path / "laps"
+    first = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    first.write([{"x": 1}])
+    first.close()  # part-00000: x int
+    sink = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    sink.write([{"x": 2}])
+    sink.flush()  # part-00001: x int
+    sink.write([{"x": 2.5}])
+    (widened,) = sink.flush()  # part-00002: x float
+    merged = sink.reserve_path()
+    table = pq.read_table(widened)
+    pq.write_table(table, merged)
+    widened.unlink()
+    sink.replaced([widened], [merged], table.schema)
+    sink.close()
+    for p in sorted(folder.glob("part-*.parquet")):
+        assert pq.read_schema(p).field("x").type == pa.float64(), p.name
+    assert sorted(read_dataset(folder).column("x").to_pylist()) == [1.0, 2.0, 2.5]
