@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asyncingest.sink.parquet import FieldType, ParquetSink, SinkOptions, safe_dir_name
+from asyncingest.sink.schema import BatchConverter
 
 SMALL = SinkOptions(row_group_rows=3, max_rows_per_file=1_000)
 
@@ -871,3 +872,100 @@ def test_every_file_not_yet_widened_is_rewritten_whatever_comes_before_it(
     for p in sorted(folder.glob("part-*.parquet")):
         assert pq.read_schema(p).field("x").type == pa.float64(), p.name
     assert sorted(read_dataset(folder).column("x").to_pylist()) == [1.0, 2.0, 2.5]
+
+
+# -- schema edges mutation testing found unguarded (nox -s mutants -- schema) -----------------
+
+
+def test_a_batch_of_nothing_but_non_objects_is_refused_record_by_record() -> None:
+    table, rejected = BatchConverter().convert([5, "x"])  # type: ignore[list-item]
+    assert table.num_rows == 0
+    assert [(r.record, r.reason) for r in rejected] == [
+        (5, "record is not a JSON object: int 5"),
+        ("x", "record is not a JSON object: str 'x'"),
+    ]
+
+
+def test_records_with_no_field_at_all_are_refused_as_they_came() -> None:
+    table, rejected = BatchConverter().convert([{}])
+    assert table.num_rows == 0 and [r.record for r in rejected] == [{}]
+
+
+def test_every_reason_of_a_record_is_given() -> None:
+    conv = BatchConverter({"a": "int64", "b": "bool"})
+    _, rejected = conv.convert([{"a": "x", "b": 3}])
+    (only,) = rejected
+    assert only.reason.count("; ") == 1
+    assert only.reason.startswith("field 'a': expected int64") and "field 'b'" in only.reason
+
+
+def test_dropped_fields_are_counted_per_value_across_batches() -> None:
+    conv = BatchConverter({"id": "int64"}, "only_declared")
+    conv.convert([{"id": 1, "x": 1}, {"id": 2, "x": 2}, {"id": 3}])
+    conv.convert([{"id": 4, "x": 3}])
+    assert conv.dropped_fields == {"x": 3}
+
+
+def test_a_big_integer_then_a_float_in_the_first_batch_makes_a_float_column() -> None:
+    table, rejected = BatchConverter().convert([{"x": 2**70}, {"x": 1.5}])
+    assert table.schema.field("x").type == pa.float64()
+    assert table.column("x").to_pylist() == [1.5]
+    assert [r.record for r in rejected] == [{"x": 2**70}]  # would lose its value as float64
+
+
+def test_a_decimal_column_refuses_floats_later() -> None:
+    conv = BatchConverter()
+    conv.convert([{"x": 2**70}])
+    table, rejected = conv.convert([{"x": 1.5}, {"x": 3}])
+    assert table.schema.field("x").type == pa.decimal128(38, 0)
+    assert table.column("x").to_pylist() == [3]
+    assert [r.record for r in rejected] == [{"x": 1.5}]
+    assert "kept exact: no floats" in rejected[0].reason
+
+
+def test_a_value_of_no_supported_type_is_refused_naming_it() -> None:
+    table, rejected = BatchConverter().convert([{"x": b"raw"}, {"x": None}])
+    assert table.num_rows == 1
+    assert [(r.record, r.reason) for r in rejected] == [
+        (
+            {"x": b"raw"},
+            "field 'x': inferred null from earlier records, got bytes b'raw' (unsupported value)",
+        )
+    ]
+
+
+def test_a_json_fallback_column_stays_json_when_objects_come_later() -> None:
+    conv = BatchConverter()
+    conv.convert([{"x": {"a": 1}}, {"x": [1]}])  # object and list: JSON text
+    table, rejected = conv.convert([{"x": {"b": 2}}])
+    assert not rejected
+    assert conv.types["x"] == "json"
+    assert table.column("x").to_pylist() == ['{"b":2}']
+
+
+def test_empty_objects_inside_values_are_stored_as_null_not_the_whole_value() -> None:
+    table, _ = BatchConverter().convert([{"x": {"a": {}, "b": 1}}, {"x": {"a": {}, "b": 2}}])
+    assert table.column("x").to_pylist() == [{"a": None, "b": 1}, {"a": None, "b": 2}]
+
+
+def test_text_that_becomes_json_later_is_rewritten_as_json_text_in_earlier_files(
+    tmp_path: Path,
+) -> None:
+    """A string column that falls back to JSON text has the same Arrow type: only the kinds in
+    the metadata tell them apart, so the earlier file must still be rewritten (as JSON)."""
+    sink = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=1))
+    sink.write([{"x": "abc"}])
+    sink.flush()
+    sink.write([{"x": {"a": 1}}])
+    sink.close()
+    values = sorted(read_dataset(tmp_path / "laps").column("x").to_pylist())
+    assert values == ['"abc"', '{"a":1}']
+
+
+def test_batch_converter_repr() -> None:
+    assert repr(BatchConverter({"a": "int64"}, "only_declared")) == (
+        "BatchConverter(only declared, fields=1, declared=1, json_fallbacks=0, dropped=0)"
+    )
+    assert repr(BatchConverter()) == (
+        "BatchConverter(declared+inferred, fields=0, declared=0, json_fallbacks=0, dropped=0)"
+    )
