@@ -2,6 +2,7 @@
 default)."""
 
 import json
+import os
 import re
 import time
 import tomllib
@@ -195,6 +196,7 @@ def mutants(session: nox.Session) -> None:
     if "report" not in flags:
         session.install("-e", ".[test]", "mutmut>=3.8,<4")
         started = time.monotonic()
+        session.log(f"mutants: load average {_load()} at the start (2 cores: 2.0 is busy)")
         for module, target in chosen.items():
             folder = _module_folder(root, module, target)
             session.log(f"mutants: {module} ({', '.join(target.files)})")
@@ -204,9 +206,16 @@ def mutants(session: nox.Session) -> None:
                     "mutmut", "run", "--max-children", children, *target.names, env=_MUTMUT_ENV
                 )
             (folder / "seconds.txt").write_text(f"{time.monotonic() - begin:.0f}\n")
-        session.log(f"mutants: {time.monotonic() - started:.0f} s for {len(chosen)} modules")
+        session.log(
+            f"mutants: {time.monotonic() - started:.0f} s for {len(chosen)} modules, "
+            f"load average {_load()} at the end"
+        )
     table = kill_rates(root, chosen)
     session.log("kill rate per module (in mutants/<module>/: mutmut show NAME):\n" + table)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _slug(module: str) -> str:

@@ -505,3 +505,54 @@ def test_run_report(tmp_path: Path) -> None:
     assert path == tmp_path / "_asyncingest" / "runs" / "run-1.json"
     assert json.loads(path.read_bytes())["state"] == "complete"
     assert report_json("x", result).startswith(b'{\n  "state"')  # indented for people
+
+
+def test_a_saved_request_is_sent_again_byte_for_byte() -> None:
+    """A link the API gave (a signed query, an encoded cursor) must not be re-encoded."""
+    r = Request("GET", URL("https://api.test/x?q=%7Euser&sig=a%2Bb", encoded=True))
+    back = request_from_json(json.loads(json.dumps(request_to_json(r))))
+    assert str(back.full_url) == "https://api.test/x?q=%7Euser&sig=a%2Bb"
+
+
+def test_a_journal_never_opened_has_committed_nothing(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    assert j.sync() == (0, 0)
+    j.close()
+    assert (j.lines, j.nbytes) == (0, 0)
+
+
+def test_closing_a_journal_writes_out_what_it_buffered(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    j.open(0, 0)
+    j.append({"id": 1}, {})
+    j.close()  # not synced, so not named in a state; but the file is complete and closed
+    assert j.path.stat().st_size == j.nbytes
+
+
+def test_a_missing_journal_the_state_names_is_corrupt_naming_it(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    with pytest.raises(StateCorrupt, match="0 bytes, shorter than the 1 the state names") as info:
+        j.open(1, 1)
+    assert str(j.path) in str(info.value)
+
+
+def test_journal_damage_names_the_file(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    j.open(0, 0)
+    j.append({"id": 0}, {})
+    j.sync()
+    j.close()
+    with pytest.raises(StateCorrupt) as short:
+        list(Journal(tmp_path, "child").replay(2))
+    with j.path.open("ab") as fh:
+        fh.write(b"{not json\n")
+    with pytest.raises(StateCorrupt) as bad:
+        list(Journal(tmp_path, "child").replay(2))
+    assert str(j.path) in str(short.value) and str(j.path) in str(bad.value)
+
+
+def test_run_state_repr_lists_every_endpoint() -> None:
+    state = RunState("fp", endpoints={"a": EndpointState(), "b": EndpointState()})
+    assert repr(state) == (
+        "RunState(running, a: 0 done/0 partial/0 files, b: 0 done/0 partial/0 files)"
+    )
