@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -175,3 +176,18 @@ def test_count_left_reads_only_the_committed_prefix(tmp_path: Path) -> None:
     assert count_left(dl.path, committed) == (0, 1)
     assert count_left(dl.path, 0) == (0, 0)
     assert count_left(tmp_path / "missing.jsonl", 100) == (0, 0)
+
+
+def test_the_time_stamp_is_utc_whatever_the_local_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        (line,) = written(tmp_path, DeadLetter.rejected_record({"id": 1}, "no key"))
+        after = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert before <= str(line["time"]) <= after

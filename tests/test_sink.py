@@ -895,8 +895,9 @@ def test_every_reason_of_a_record_is_given() -> None:
     conv = BatchConverter({"a": "int64", "b": "bool"})
     _, rejected = conv.convert([{"a": "x", "b": 3}])
     (only,) = rejected
-    assert only.reason.count("; ") == 1
-    assert only.reason.startswith("field 'a': expected int64") and "field 'b'" in only.reason
+    assert only.reason == (
+        "field 'a': expected int64, got str 'x'; field 'b': expected bool, got int 3"
+    )
 
 
 def test_dropped_fields_are_counted_per_value_across_batches() -> None:
@@ -937,9 +938,11 @@ def test_a_value_of_no_supported_type_is_refused_naming_it() -> None:
 def test_a_json_fallback_column_stays_json_when_objects_come_later() -> None:
     conv = BatchConverter()
     conv.convert([{"x": {"a": 1}}, {"x": [1]}])  # object and list: JSON text
+    assert conv.json_fallbacks == {"x": "a list where an object was"}
     table, rejected = conv.convert([{"x": {"b": 2}}])
     assert not rejected
     assert conv.types["x"] == "json"
+    assert conv.json_fallbacks == {"x": "a list where an object was"}  # the first reason stays
     assert table.column("x").to_pylist() == ['{"b":2}']
 
 
@@ -969,3 +972,10 @@ def test_batch_converter_repr() -> None:
     assert repr(BatchConverter()) == (
         "BatchConverter(declared+inferred, fields=0, declared=0, json_fallbacks=0, dropped=0)"
     )
+
+
+def test_a_converter_refuses_what_it_cannot_honour() -> None:
+    with pytest.raises(ValueError, match=r"^columns='only_declared' needs a schema$"):
+        BatchConverter(columns="only_declared")
+    with pytest.raises(ValueError, match=r"^field 'a': unknown type 'nope'$"):
+        BatchConverter({"a": "nope"})  # type: ignore[dict-item]
