@@ -556,3 +556,24 @@ def test_run_state_repr_lists_every_endpoint() -> None:
     assert repr(state) == (
         "RunState(running, a: 0 done/0 partial/0 files, b: 0 done/0 partial/0 files)"
     )
+
+
+def test_the_state_file_is_indented_for_people(tmp_path: Path) -> None:
+    save_state(tmp_path, RunState("fp"))
+    assert state_path(tmp_path).read_bytes().startswith(b'{\n  "version": 1,\n')
+
+
+def test_a_failed_save_reports_its_cause_even_if_the_cleanup_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cp.os, "replace", full_disk)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "f.json", b"x")
+    assert info.value.errno == 28
