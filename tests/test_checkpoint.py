@@ -428,8 +428,9 @@ def test_requeue_failed_refuses_a_damaged_line(tmp_path: Path) -> None:
     dead.write_bytes(b'{"kind":"record","reason":"x"}\n{broken\n')
     state = RunState("fp")
     state.endpoint("items").dead_letter_bytes = dead.stat().st_size
-    with pytest.raises(StateCorrupt, match="line 2 cannot be read"):
+    with pytest.raises(StateCorrupt, match="line 2 cannot be read") as info:
         requeue_failed(tmp_path, state)
+    assert str(dead) in str(info.value)
 
 
 def test_job_plan_answers_done_part_way_or_start() -> None:
@@ -577,3 +578,40 @@ def test_a_failed_save_reports_its_cause_even_if_the_cleanup_fails(
     with pytest.raises(OSError) as info:
         write_atomic(tmp_path / "f.json", b"x")
     assert info.value.errno == 28
+
+
+def test_refusals_name_the_output_and_what_to_do(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    with pytest.raises(ConfigError) as no_run:
+        prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert str(no_run.value) == f"{tmp_path}: 1 problem\n  - --retry-failed: no earlier run here"
+    _part(tmp_path / "items", 0)
+    with pytest.raises(ConfigError) as foreign:
+        prepare(cfg, tmp_path, fresh=False, retry_failed=False)
+    assert str(foreign.value) == (
+        f"{tmp_path}: 1 problem\n  - output: holds Parquet files but no asyncingest state, so a "
+        "run here could duplicate them; use --fresh to replace them, or another --output"
+    )
+    fresh = prepare(cfg, tmp_path, fresh=True, retry_failed=False)
+    assert fresh.resumed is False and fresh.state.fingerprint == fingerprint(cfg)
+
+
+def test_retry_failed_requeues_request_letters_only_and_every_endpoint(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    state = RunState(fingerprint(cfg), status="complete")
+    state.endpoint("aaa")  # an endpoint without dead letters comes first
+    es = state.endpoint("items")
+    refused = DeadLetter.refused_job(job=8, reason="unsafe path value", variables={}, copy={})
+    records = [DeadLetter.rejected_record({"id": i}, "no key") for i in (1, 2)]
+    es.dead_letter_bytes = _letters(tmp_path, "items", refused, _failed(3), *records)
+    save_state(tmp_path, state)
+    start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert start.requeued == 1
+    assert sorted(start.state.endpoint("items").partial) == [3]
+    dead = tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl"
+    kept = [json.loads(line) for line in dead.read_bytes().splitlines()]
+    assert [(e["kind"], e.get("job")) for e in kept] == [
+        ("job", 8),
+        ("record", None),
+        ("record", None),
+    ]
