@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from asyncingest.config.identity import fingerprint
+from asyncingest.config.identity import fingerprint, identity
 from asyncingest.core.request import Request
 from asyncingest.errors import ConfigError, StateCorrupt
 from asyncingest.sink.deadletter import DeadLetter, DeadLetters
@@ -615,3 +615,23 @@ def test_retry_failed_requeues_request_letters_only_and_every_endpoint(tmp_path:
         ("record", None),
         ("record", None),
     ]
+
+
+def test_a_changed_config_is_refused_naming_the_output_and_the_change(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    before = pipeline("https://api.test", [{"name": "items", "path": "/things"}], tmp_path)
+    save_state(tmp_path, RunState(fingerprint(before), identity=identity(before)))
+    with pytest.raises(ConfigError) as info:
+        prepare(cfg, tmp_path, fresh=False, retry_failed=False)
+    text = str(info.value)
+    assert text.startswith(f"{tmp_path}: 2 problems\n")
+    assert "/things" in text and "this field changed since this output was started" in text
+    save_state(tmp_path, RunState("0123456789abcdef", identity=None))  # an older asyncingest
+    with pytest.raises(ConfigError, match="fingerprint 0123456789abcdef -> "):
+        prepare(cfg, tmp_path, fresh=False, retry_failed=False)
+
+
+def test_a_plain_resume_requeues_nothing(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    save_state(tmp_path, RunState(fingerprint(cfg), status="interrupted"))
+    assert prepare(cfg, tmp_path, fresh=False, retry_failed=False).requeued == 0
