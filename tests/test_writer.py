@@ -149,9 +149,16 @@ async def test_a_failed_write_fails_every_barrier_with_its_cause(
 async def test_a_tap_comes_before_any_record(tmp_path: Path) -> None:
     writer = plain_writer(tmp_path)
     writer.fed = True
-    with pytest.raises(RuntimeError, match="has already written records"):
+    with pytest.raises(RuntimeError) as fed:
         writer.attach_tap(None)  # type: ignore[arg-type]
+    assert str(fed.value) == (
+        "batches('users'): the endpoint has already written records; call batches() before "
+        "the pipeline starts, or right after (before awaiting anything else)"
+    )
     writer = plain_writer(tmp_path / "2")
     writer.keep_raw = False
-    with pytest.raises(ValueError, match="keeps no raw records"):
+    with pytest.raises(ValueError) as raw:
         writer.attach_tap(None)  # type: ignore[arg-type]
+    assert str(raw.value) == (
+        "batches('users'): the endpoint keeps no raw records (transform.keep_raw: false)"
+    )
