@@ -15,18 +15,29 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
+# pytest-xdist: 4 worker processes on this 2-core machine. Most tests wait on loopback
+# sockets, sleeps and subprocesses, so more workers than cores pay; each worker costs ~3 s
+# of CPU to start (imports, collection), which is why not more (benchmarks/RESULTS.md, "Test
+# times"). worksteal: an idle worker takes queued tests from a busy one, so the slow set's
+# 5-20 s tests do not leave one worker running alone at the end. `-- -n 0` runs serially.
+XDIST = ("-n", "4", "--dist", "worksteal")
+# Workers share the rewritten test modules through __pycache__; with bytecode off
+# (PYTHONDONTWRITEBYTECODE set) every worker would compile and rewrite all of them again.
+BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
+    """Every test (what CI runs), in xdist workers."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", *session.posargs)
+    session.run("pytest", "-q", *XDIST, *session.posargs, env=BYTECODE)
 
 
 @nox.session(python="3.11")
 def quick(session: nox.Session) -> None:
     """The fast tests only (``-m "not slow"``) for the inner loop; ``tests`` runs them all."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-m", "not slow", *session.posargs)
+    session.run("pytest", "-q", "-m", "not slow", *XDIST, *session.posargs, env=BYTECODE)
 
 
 @nox.session(python="3.11")

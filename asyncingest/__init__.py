@@ -17,6 +17,7 @@ from .config.models import (
     ForEach,
     FromFile,
     HttpConfig,
+    IncrementalConfig,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
@@ -32,11 +33,13 @@ from .core.events import (
     BreakerChanged,
     BudgetExhausted,
     ConcurrencyChanged,
+    CursorAhead,
     EndpointFinished,
     EndpointStarted,
     Event,
     EventBus,
     FileCommitted,
+    IncrementStarted,
     JobFinished,
     JobsQueued,
     RatePaused,
@@ -53,9 +56,10 @@ from .core.events import (
 )
 from .core.pagination import Paginator
 from .core.request import Page, Request
-from .core.result import EndpointSummary, RunResult
+from .core.result import EndpointSummary, IncrementSummary, RunResult, WindowSummary
 from .core.snapshot import EndpointSnapshot, Snapshot, WindowUsage
 from .engine.engine import Engine
+from .engine.loop_thread import PipelineThread
 from .engine.pipeline import Pipeline, PipelineStateError, run, run_sync
 from .errors import (
     AsyncIngestError,
@@ -89,6 +93,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "ConcurrencyConfig",
     "OutputConfig",
     "EndpointConfig",
+    "IncrementalConfig",
     "ForEach",
     "FromFile",
     "NoPagination",
@@ -111,6 +116,7 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "PipelineStateError",
     "Budget",
     "RedisBudget",
+    "PipelineThread",
     "tune_gc",
     # results and snapshots
     "Snapshot",
@@ -118,11 +124,15 @@ __all__ = [  # noqa: RUF022 -- grouped by topic, as a table of contents; sorting
     "WindowUsage",
     "RunResult",
     "EndpointSummary",
+    "IncrementSummary",
+    "WindowSummary",
     # events
     "Event",
     "EventBus",
     "Subscriber",
     "RunStarted",
+    "IncrementStarted",
+    "CursorAhead",
     "RunFinished",
     "EndpointStarted",
     "EndpointFinished",

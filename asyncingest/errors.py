@@ -47,7 +47,8 @@ class OutputLocked(AsyncIngestError):
         self.holder = holder  # "pid 123 on host h since 2026-01-01T00:00:00Z", as far as known
         super().__init__(
             f"{output}: another run is writing to this output folder ({holder}); wait for it "
-            "to finish, stop it, or use another --output"
+            "to finish, stop it, or write to another output folder (output.directory, or --output "
+            "on the command line)"
         )
 
 

@@ -98,6 +98,14 @@ async def main(args: argparse.Namespace) -> None:
     counts = [1, 2] if args.quick else [1, 2, 4]
     ids = 120 if args.quick else 800
     print(f"# scale-out: items per second by worker processes ({os.cpu_count()} CPUs)")
+    if args.only != "cpu":
+        await io_bound(args, counts, ids)
+    if args.only != "io":
+        await cpu_bound(args, counts)
+
+
+async def io_bound(args: argparse.Namespace, counts: list[int], ids: int) -> None:
+    """Workload 1: one request per id at 50 ms."""
     async with MockAPI(MockSettings.small(latency_ms=50.0, latency_jitter_ms=0.0)) as api:
         for k in counts:
             with tempfile.TemporaryDirectory() as tmp:
@@ -119,6 +127,10 @@ async def main(args: argparse.Namespace) -> None:
                 )
                 rate = await one(args.broker, k, cfg, Path(tmp) / "out", 50, ids)
             print(f"io-bound  50 ms/request  {k} worker(s): {rate:8.1f} ids/s")
+
+
+async def cpu_bound(args: argparse.Namespace, counts: list[int]) -> None:
+    """Workload 2: the telemetry transform, one session per shard."""
     big = {"n_meetings": 2 if args.quick else 6, "sessions_per_meeting": 2, "n_drivers": 20}
     settings = MockSettings.small(laps_per_driver=60, **big)
     async with MockAPI(settings) as api:
@@ -160,4 +172,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--only", choices=["io", "cpu"], default=None, help="one workload")
     asyncio.run(main(parser.parse_args()))

@@ -336,17 +336,22 @@ async def serve(stack: AsyncExitStack, app: web.Application) -> str:
 
 
 async def bench(
-    rounds: int, seconds: float, pipelines: int, out: Path, profile: bool, settings: MockSettings
+    rounds: int,
+    seconds: float,
+    pipelines: int,
+    out: Path,
+    profile: float | None,
+    settings: MockSettings,
 ) -> dict[str, Any]:
     """Two services in this process's loop, alike but for where they run their pipelines: in
     the service's loop (the default) or in a loop of their own on a second thread."""
     idle = Phase("idle")
-    busy = Phase(f"ingesting, {pipelines} crawls in the service's loop (default)")
+    busy = Phase(f"ingesting, {pipelines} crawls in the service's loop (--in-loop)")
     threaded = Phase(f"ingesting, {pipelines} crawls in a pipelines thread")
     load = os.getloadavg()[0]
     with MockServer(settings) as server:
         async with AsyncExitStack() as stack:
-            app = make_app(server.url, out / "loop", rate_limits=[])
+            app = make_app(server.url, out / "loop", rate_limits=[], pipelines_thread=False)
             other = make_app(server.url, out / "thread", rate_limits=[], pipelines_thread=True)
             url, other_url = await serve(stack, app), await serve(stack, other)
             ticker = Ticker()
@@ -354,7 +359,7 @@ async def bench(
             stack.push_async_callback(ticker.stop)
             stack.enter_context(GcTimer(ticker))
             stack.enter_context(LoopPasses(ticker))
-            sampler = stack.enter_context(SlowSteps()) if profile else None
+            sampler = stack.enter_context(SlowSteps(profile)) if profile is not None else None
             for service in (app[SERVICE], other[SERVICE]):
                 warm = await service.start("f1", None)  # imports, first files: not measured
                 await service.wait(warm)
@@ -423,12 +428,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round (the tests)")
     parser.add_argument("--profile", action="store_true", help="sample what holds the loop")
     parser.add_argument(
+        "--profile-ms",
+        type=float,
+        default=5.0,
+        help="--profile lists the loop callbacks that used more CPU than this (ms)",
+    )
+    parser.add_argument(
         "--gc",
         choices=["tuned", "default"],
         default="tuned",
         help="tuned: asyncingest.tune_gc() as the service's main() does; default: Python's",
     )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="sys.setswitchinterval in ms (Python's default: 5): how long a thread that wants"
+        " the GIL waits before the holder must let go",
+    )
     args = parser.parse_args(args_in)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval / 1e3)
     settings = SERVER
     if args.quick:
         args.rounds, args.seconds = 1, 1.0
@@ -439,7 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="bench-service-"))
     try:
         found = asyncio.run(
-            bench(args.rounds, args.seconds, args.pipelines, out, args.profile, settings)
+            bench(
+                args.rounds,
+                args.seconds,
+                args.pipelines,
+                out,
+                args.profile_ms / 1e3 if args.profile else None,
+                settings,
+            )
         )
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -454,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\n{args.rounds} rounds of {args.seconds:g} s each: idle, then ingesting with the"
         " pipelines in the service's loop, then with them in a loop of their own on a second"
-        f" thread; garbage collector {args.gc}; {sum(p.pipelines for p in busy)} crawls of the"
+        f" thread; garbage collector {args.gc}; GIL switch interval"
+        f" {sys.getswitchinterval() * 1e3:g} ms; {sum(p.pipelines for p in busy)} crawls of the"
         " `f1` job (config/f1_crawl.yaml, no rate window) in all. /health every"
         f" {PROBE_GAP * 1e3:g} ms from another process; loop lag: a {TICK * 1e3:g} ms ticker in"
         " the service's loop.\n"

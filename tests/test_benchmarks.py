@@ -126,7 +126,7 @@ def test_bench_service_measures_health_and_loop_lag_idle_and_ingesting(
     assert bench_service.main(["--quick", "--profile"]) == 0
     out = capsys.readouterr().out
     assert "| idle |" in out
-    assert "| ingesting, 2 crawls in the service's loop (default) |" in out
+    assert "| ingesting, 2 crawls in the service's loop (--in-loop) |" in out
     assert "| ingesting, 2 crawls in a pipelines thread |" in out
     assert out.count("target /health p99 < 20 ms, ingesting") == 2
     assert "loop callbacks that used more than" in out

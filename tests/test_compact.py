@@ -3,16 +3,23 @@ them leaves the old files or the new ones committed, never both, never a row twi
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from aiohttp import web
 
 import asyncingest
 from asyncingest import StateCorrupt, config_from_dict
@@ -26,19 +33,77 @@ from .conftest import F1_ENDPOINTS, F1_KEYS, assert_same_records, read_records, 
 
 pytestmark = pytest.mark.slow
 
-# Every checkpoint file is smaller than the minimum, however the machine's load spreads the
-# checkpoints: laps (480 rows) and its transform output always have small files to merge.
+# Every checkpoint file is smaller than the minimum: laps (480 rows) and its transform output
+# always have small files to merge, because the mock API answers two laps pages per checkpoint
+# (paced_api below).
 MAX_ROWS = MIN_ROWS = 200
 GROUP_ROWS = 5
 # No folder reaches 500 rows: nothing is merged during the run, everything at its end.
 AT_THE_END = {"max_rows_per_file": 500, "min_rows_per_file": 500}
-# 480 laps arrive 10 a page over ~50 rounds of requests: many checkpoints, many small files.
+# 480 laps, 10 a page.
 SETTINGS = {"laps_per_driver": 40, "latency_ms": 10}
-# Slower pages: a checkpoint commits about 20 laps, so laps and laps_out reach 100 small rows
+PAGES_PER_SAVE = 2  # laps pages the mock answers per save of the state (paced_api)
+# A checkpoint commits at most 4 laps pages (40 rows), so laps and laps_out reach 100 small rows
 # again and again during the run (a file cut at 100 by the sink would not be small).
 DURING = {"max_rows_per_file": 100, "min_rows_per_file": 100}
-SLOW = {**SETTINGS, "latency_ms": 30}
 TRANSFORM = {"function": "tests.transform_helpers:identity", "batch_size": 7}
+
+
+@asynccontextmanager
+async def paced_api(out: Path) -> AsyncIterator[tuple[MockAPI, str]]:
+    """The mock API (``SETTINGS``) and the URL of a proxy in front of it that answers two laps
+    pages per save of the state of the run writing ``out``: at most four laps pages (40 rows:
+    two answered since the last save, two before it while that checkpoint was under way) land
+    in one checkpoint, whatever the machine's load.
+
+    How many small files a folder gets decides whether these tests see a compaction at all.
+    Paced only by the mock's latency, that number was the ratio of page time to checkpoint
+    time (fsyncs included): 4-6 files for laps with 10 ms pages on an idle machine, and 1 (no
+    merge, so a test waiting for a crash point at the 1st or 2nd compaction saw the run end
+    instead) under ``pytest -n`` or beside other jobs. Paced by the checkpoints it is the same
+    on any machine.
+    """
+    state = out / "_asyncingest" / "state.json"
+
+    def stamp() -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(state)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size  # replaced at each save: a new file
+
+    last: tuple[int, int, int] | None = None
+    answered = 0
+    turn = asyncio.Lock()
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal last, answered
+        if request.path == "/v1/laps":
+            async with turn:
+                if answered == PAGES_PER_SAVE:
+                    for _ in range(12_000):  # a minute at most (the run died: answer anyway)
+                        if stamp() not in (None, last):
+                            break
+                        await asyncio.sleep(0.005)
+                    answered = 0
+                last = stamp() if answered == 0 else last
+                answered += 1
+        async with session.get(api.url + request.path_qs) as answer:
+            body = await answer.read()
+            return web.Response(status=answer.status, body=body, content_type="application/json")
+
+    async with (
+        MockAPI(MockSettings.small(**SETTINGS)) as api,
+        aiohttp.ClientSession() as session,
+    ):
+        runner = web.ServerRunner(web.Server(handle, access_log=None), shutdown_timeout=0.5)
+        await runner.setup()
+        try:
+            sock = socket.create_server(("127.0.0.1", 0))
+            await web.SockSite(runner, sock).start()
+            yield api, f"http://127.0.0.1:{sock.getsockname()[1]}"
+        finally:
+            await runner.cleanup()
 
 
 def pipeline(url: str, out: Path, *, transform: bool = False, **output: Any) -> dict[str, Any]:
@@ -118,8 +183,8 @@ async def test_a_finished_run_leaves_at_most_one_small_file_per_folder(tmp_path:
     # slower pages make the crawl span many checkpoints however loaded the machine is: laps
     # always ends the run with several small files to merge.
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SLOW)) as api:
-        result = await asyncingest.run(config_from_dict(pipeline(api.url, out, **AT_THE_END)))
+    async with paced_api(out) as (api, url):
+        result = await asyncingest.run(config_from_dict(pipeline(url, out, **AT_THE_END)))
         assert result.ok
         assert_every_record_once(api, out)
     assert_compacted(out, 500, 500)
@@ -133,8 +198,8 @@ async def test_compacted_files_keep_types_metadata_compression_and_row_groups(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
-        result = await asyncingest.run(config_from_dict(pipeline(api.url, out)))
+    async with paced_api(out) as (_api, url):
+        result = await asyncingest.run(config_from_dict(pipeline(url, out, **AT_THE_END)))
         assert result.ok and result.compacted
     for c in result.compacted:
         for path in (out / c.folder).glob("*.parquet"):
@@ -152,8 +217,8 @@ async def test_compacted_files_keep_types_metadata_compression_and_row_groups(
 
 async def test_the_run_report_counts_files_before_and_after_compaction(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SLOW)) as api:  # see the test above: many files
-        result = await asyncingest.run(config_from_dict(pipeline(api.url, out, **AT_THE_END)))
+    async with paced_api(out) as (_api, url):
+        result = await asyncingest.run(config_from_dict(pipeline(url, out, **AT_THE_END)))
     report = orjson.loads((out / "_asyncingest" / "runs" / f"{result.run_id}.json").read_bytes())
     (laps,) = [c for c in report["result"]["compacted"] if c["folder"] == "laps"]
     assert set(laps) == {"folder", "files", "compacted_from", "rows"}
@@ -163,12 +228,13 @@ async def test_the_run_report_counts_files_before_and_after_compaction(tmp_path:
 
 async def test_transform_output_folder_is_compacted_too(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
-        result = await asyncingest.run(config_from_dict(pipeline(api.url, out, transform=True)))
+    async with paced_api(out) as (api, url):
+        cfg = pipeline(url, out, transform=True, **AT_THE_END)  # files only at checkpoints
+        result = await asyncingest.run(config_from_dict(cfg))
         assert result.ok
         assert_every_record_once(api, out, transform=True)
     assert "laps_out" in {c.folder for c in result.compacted}
-    assert_compacted(out)
+    assert_compacted(out, 500, 500)
     assert_state_names_what_is_on_disk(out)
 
 
@@ -180,9 +246,9 @@ async def test_a_kill_during_the_final_compaction_then_resume_gives_every_record
     tmp_path: Path, crash_at: str
 ) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
+    async with paced_api(out) as (api, url):
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, transform=True, **AT_THE_END)))
+        cfg.write_text(yaml.safe_dump(pipeline(url, out, transform=True, **AT_THE_END)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
         assert code == -signal.SIGKILL, text
         # Killed part way: a reader of any folder never sees a row twice.
@@ -202,9 +268,9 @@ async def test_a_kill_during_a_compaction_while_running_then_resume_gives_every_
     tmp_path: Path, crash_at: str
 ) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SLOW)) as api:
+    async with paced_api(out) as (api, url):
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, transform=True, **DURING)))
+        cfg.write_text(yaml.safe_dump(pipeline(url, out, transform=True, **DURING)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": crash_at})
         assert code == -signal.SIGKILL, text
         assert_no_key_twice_in_a_glob(out)
@@ -222,9 +288,9 @@ async def test_small_files_are_merged_while_the_run_goes_on(tmp_path: Path) -> N
     """Killed before its end, a long run has not left a file per checkpoint: its small
     files were merged once they added up to min_rows_per_file."""
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SLOW)) as api:
+    async with paced_api(out) as (_api, url):
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **DURING)))
+        cfg.write_text(yaml.safe_dump(pipeline(url, out, **DURING)))
         # The 2nd merge has committed: the run is still going (laps alone makes 4 or more).
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-renamed:2"})
         assert code == -signal.SIGKILL, text
@@ -239,9 +305,9 @@ async def test_a_compaction_killed_before_its_commit_leaves_the_old_files_commit
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
+    async with paced_api(out) as (_api, url):
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **AT_THE_END)))
+        cfg.write_text(yaml.safe_dump(pipeline(url, out, **AT_THE_END)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-staged:1"})
         assert code == -signal.SIGKILL, text
     state = load_state(out)
@@ -258,9 +324,9 @@ async def test_a_compaction_killed_after_its_commit_is_finished_on_the_next_star
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    async with MockAPI(MockSettings.small(**SETTINGS)) as api:
+    async with paced_api(out) as (_api, url):
         cfg = tmp_path / "job.yaml"
-        cfg.write_text(yaml.safe_dump(pipeline(api.url, out, **AT_THE_END)))
+        cfg.write_text(yaml.safe_dump(pipeline(url, out, **AT_THE_END)))
         code, text = await run_cli(cfg, env={"ASYNCINGEST_CRASH_AT": "compact-state:1"})
         assert code == -signal.SIGKILL, text
     state = load_state(out)

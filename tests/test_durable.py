@@ -9,12 +9,13 @@ import pytest
 import asyncingest.sink.parquet as parquet
 import asyncingest.state.checkpoint as checkpoint
 import asyncingest.state.compact as compact
-from asyncingest.sink import durable
+from asyncingest.sink import chunked, durable
 
 
 def test_the_sink_the_state_and_compaction_fsync_folders_with_one_function() -> None:
     assert parquet.fsync_dir is checkpoint.fsync_dir is compact.fsync_dir is durable.fsync_dir
-    assert parquet.fsync_file is compact.fsync_file is durable.fsync_file
+    # compaction and the current table fsync their files through sink.chunked
+    assert parquet.fsync_file is chunked.fsync_file is durable.fsync_file
 
 
 def test_fsync_of_a_folder_and_a_file_succeeds_on_what_exists(tmp_path: Path) -> None:

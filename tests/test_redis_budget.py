@@ -1,8 +1,10 @@
 """RedisBudget against the Redis at 127.0.0.1:6379 (skipped when it is absent, unless CI=true)
 and the mock API's referee, which counts every arrival that would break the server's windows.
 
-Each test uses its own key prefix. The state-loss test empties a database of its own with
-FLUSHDB (not FLUSHALL: the Redis of this machine is shared)."""
+Each test uses its own key prefix and touches no other key: the Redis is shared by the
+test processes of ``pytest -n`` (and by whatever else runs on the machine), so the state-loss
+test deletes its own prefix's keys instead of FLUSHDB, which would empty the budgets of tests
+running beside it."""
 
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ from asyncingest.mockapi import MockSettings
 from .conftest import F1_ENDPOINTS, ROOT, MockAPIFactory, pipeline, service_required
 
 REDIS = "redis://127.0.0.1:6379/0"
-FLUSH_DB = 13  # only test_state_lost_... uses it
 
 
 def _redis_up() -> bool:
@@ -144,10 +145,10 @@ async def test_state_lost_mid_run_keeps_every_window(
 
     window = (5, 2.0)
     api = await start_mock_api(MockSettings.small(rate_limits=(window,)))
-    redis_url = f"redis://127.0.0.1:6379/{FLUSH_DB}"
+    key = prefix()
     caplog.set_level(logging.WARNING, logger="asyncingest.budget")
     async with (
-        RedisBudget(redis_url, [window], prefix=prefix()) as budget,
+        RedisBudget(REDIS, [window], prefix=key) as budget,
         aiohttp.ClientSession() as session,
     ):
 
@@ -160,12 +161,43 @@ async def test_state_lost_mid_run_keeps_every_window(
                 permit.release()
 
         await asyncio.gather(*(request() for _ in range(window[0])))  # the window is full
-        async with Redis.from_url(redis_url) as admin:
-            await admin.flushdb()  # the history is gone, as after a restart without persistence
+        async with Redis.from_url(REDIS) as admin:
+            # The history is gone, as after a restart without persistence (or a FLUSHDB): every
+            # key of this budget, and only those.
+            lost = [k async for k in admin.scan_iter(match=f"{key}:*")]
+            assert lost
+            await admin.delete(*lost)
         await asyncio.gather(*(request() for _ in range(window[0])))
     stats = api.stats
     assert stats.requests == 2 * window[0]
     assert (stats.violations, stats.sent_429) == (0, 0)
+    assert any("lost its state" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_newcomer_first_to_find_redis_empty_does_not_hide_the_loss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis loses its state; a fresh client (a new worker, ``status``) asks first and starts a
+    new history. A worker that was sending before still learns of the loss (its epoch is not
+    the one there) and counts every window full, instead of starting from empty windows."""
+    window = (3, 30.0)
+    url = REDIS
+    key = prefix()
+    caplog.set_level(logging.WARNING, logger="asyncingest.budget")
+    async with RedisBudget(url, [window], prefix=key) as old:
+        for _ in range(window[0]):
+            (await old.acquire("k")).release()
+        await old.aclose()  # the releases recorded
+        async with Redis.from_url(url) as admin:
+            # the state lost: this budget's keys, and only those (the Redis is shared)
+            lost = [k async for k in admin.scan_iter(match=f"{key}:*")]
+            assert lost
+            await admin.delete(*lost)
+        async with RedisBudget(url, [window], prefix=key) as newcomer:
+            assert newcomer.usage()[0].used == 0  # it cannot tell
+        await old.peek()
+        assert old.usage()[0].used == window[0]  # full again, for a whole window
+        assert old.time_until_capacity() == pytest.approx(window[1], abs=1.0)
     assert any("lost its state" in r.getMessage() for r in caplog.records)
 
 

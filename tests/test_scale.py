@@ -256,6 +256,22 @@ async def test_sigkill_a_worker_mid_shard_output_equals_one_run(
     assert rc == 0, err
     status = orjson.loads(text)
     assert (status["total"], status["done"], status["failed"]) == (9, 9, 0), status
+    import aio_pika
+
+    connection = await aio_pika.connect(BROKER)
+    async with connection:  # the record expires a week after its last use ...
+        channel = await connection.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="x-expires"):
+            await channel.declare_queue(names.run_record("r1"), durable=True)
+        channel = await connection.channel()
+        await channel.queue_delete(names.run_record("r1"))
+    rc, text, err = await cli("status", "r1", "--broker", BROKER, "--queue", names.shards)
+    assert rc == 2 and "--output" in err, err
+    rc, text, err = await cli(  # ... and then the output's record answers
+        "status", "r1", "--broker", BROKER, "--queue", names.shards, "--output", str(out), "--json"
+    )
+    assert rc == 0, err
+    assert orjson.loads(text)["done"] == 9, text
     again = await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     assert (again.published, again.skipped) == (0, 7)
     with pytest.raises(ConfigError, match="--shard-size"):  # other shards under the same ids
@@ -307,7 +323,7 @@ async def test_sigterm_finishes_the_shard_in_hand_and_takes_no_more(
     cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
     await submit(cfg, BROKER, run_id="r1", output=out, shard_size=20, names=names)
     worker = await start_worker(names)
-    inflight = RunFolder(out, "r1").root / "inflight"
+    inflight = out / "_asyncingest" / "scale" / "r1" / "inflight"
     for _ in range(1200):
         if inflight.is_dir() and any(inflight.iterdir()):
             break
@@ -393,7 +409,7 @@ async def test_a_shard_that_keeps_failing_is_dead_lettered_with_the_reason(
     out = tmp_path / "out"
     cfg = job(api.url, out, tmp_path / "ids.csv", crawl=False)
     await submit(cfg, BROKER, run_id="r1", output=out, shard_size=10, names=names)
-    shard = orjson.loads(RunFolder(out, "r1").record.read_bytes())
+    shard = RunFolder(out, "r1").read_record() or {}
     assert shard["shards"] == ["users-00000", "users-00001", "users-00002"]
     broken = {
         "run_id": "r1",
@@ -422,7 +438,7 @@ async def test_a_shard_that_keeps_failing_is_dead_lettered_with_the_reason(
             reasons[message.body[:8]] = str(message.headers["x-asyncingest-reason"])
     assert reasons[b"not json"].startswith("not a shard message")
     assert "ValidationError" in reasons[orjson.dumps(broken)[:8]]
-    failure = orjson.loads(RunFolder(out, "r1").failure("broken-00000").read_bytes())
+    failure = RunFolder(out, "r1").failure("broken-00000") or {}
     assert failure["deliveries"] == 5 and "ValidationError" in failure["reason"]
     check_output(api, out, ids, crawl=False)
 
@@ -444,7 +460,7 @@ async def user_queue(names: QueueNames) -> AsyncIterator[str]:
     connection = await aio_pika.connect(BROKER)
     async with connection:
         channel = await connection.channel()
-        for q in (name, f"{name}.dead"):
+        for q in (name, f"{name}.dead", QueueNames(name).run_record(queue_run_id(name))):
             await channel.queue_delete(q)
 
 
@@ -486,9 +502,10 @@ async def committed(out: Path, queue: str, n: int, workers: list[Any]) -> None:
 async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
     tmp_path: Path, user_queue: str, start_mock_api: MockAPIFactory
 ) -> None:
-    """Test 8: session ids published on a plain queue -> 2 workers x 2 pool processes (two
-    messages at once, a pool of one each) -> raw laps and lap statistics in Parquet, each
-    record once; each worker's Prometheus metrics count the messages, durations and errors."""
+    """Test 8: session ids published on a plain queue -> 2 workers x 2 pool processes (one
+    pool per worker, shared by the two messages it runs at once and by every later one) -> raw
+    laps and lap statistics in Parquet, each record once; each worker's Prometheus metrics
+    count the messages, durations and errors."""
     api = await start_mock_api()
     laps = dict(next(e for e in F1_ENDPOINTS if e["name"] == "laps"))
     del laps["for_each"]
@@ -501,7 +518,7 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
     out = tmp_path / "out"
     cfg = tmp_path / "telemetry.json"
     raw = {
-        "api": {"base_url": api.url, "concurrency": {"cpu_workers": 1}},
+        "api": {"base_url": api.url, "concurrency": {"cpu_workers": 2}},
         "output": {"directory": str(out)},
         "endpoints": [laps],
     }
@@ -533,8 +550,14 @@ async def test_seed_004_queue_to_process_pool_to_parquet_with_metrics(
             if sum(m[key] for m in scraped) >= len(sessions):
                 break
             await asyncio.sleep(0.05)
+    rc, text, err = await cli("status", queue_run_id(user_queue), "--broker", BROKER, "--json")
+    assert rc == 0, err
+    status = orjson.loads(text)
+    assert status["source"] == "from_queue" and status["queue"] == user_queue, status
+    assert (status["done"], status["failed"], status["total"]) == (len(sessions), 0, len(sessions))
     for w in workers:
         assert await w.stop() == 0, w.text
+        assert w.text.count("transform pool of 2 process(es) started") == 1, w.text
     keys = ["session_key", "driver_number", "lap_number"]
     assert_same_records(read_records(out, "laps"), api.dataset.laps, keys)
     stats = read_records(out, "laps_out")
@@ -631,13 +654,17 @@ async def test_workers_share_one_budget_through_redis(
     api = await start_mock_api(
         MockSettings.small(rate_limits=(WINDOW,), enforce_rate_limit=False, latency_ms=5)
     )
-    write_ids(tmp_path, 160 if shared else 80)
+    # The control's shards last 1 s each at least (40 ids at 20 per 0.5 s), so two of them
+    # always overlap by a window: with 20-id shards (one burst each) a loaded machine started
+    # each shard's pipeline after the previous had finished, and the control saw no violation.
+    write_ids(tmp_path, 160)
     out = tmp_path / "out"
     raw = job(api.url, out, tmp_path / "ids.csv", crawl=False).model_dump(mode="json")
     raw["api"]["rate_limits"] = [{"requests": WINDOW[0], "per_seconds": WINDOW[1]}]
     run_id = f"budget-{uuid.uuid4().hex[:8]}"
     cfg = config_from_dict(raw)
-    done = await submit(cfg, BROKER, run_id=run_id, output=out, shard_size=20, names=names)
+    shard = 20 if shared else 40
+    done = await submit(cfg, BROKER, run_id=run_id, output=out, shard_size=shard, names=names)
     budget = ("--budget", "redis://127.0.0.1:6379/0") if shared else ()
     workers = [await start_worker(names, None, "--shards-at-once", "2", *budget) for _ in range(2)]
     try:
@@ -656,3 +683,80 @@ async def test_workers_share_one_budget_through_redis(
         assert stats.max_in_window[0] == WINDOW[0]  # and the budget was used up to its limit
     else:
         assert stats.violations > 0 and stats.max_in_window[0] > WINDOW[0], stats
+
+
+ISSUE_WINDOWS = ((100, 1.0), (170, 10.0))
+ISSUE_SECONDS = 60.0
+
+
+async def test_three_workers_share_the_issue_budget_for_a_minute(
+    tmp_path: Path, names: QueueNames, start_mock_api: MockAPIFactory
+) -> None:
+    """Test 1 at the issue's scale: 3 workers (2 shards at once each) share 100/1 s + 170/10 s
+    through Redis against the referee for a minute. The server never counts more than a limit
+    in any window, and the first 60 s from the first arrival carry at least 95% of what the
+    tighter limit allows (6 x 170). The job (1,100 ids) needs a seventh long window to finish,
+    so the workers are busy for the whole minute; the test runs about 65 s."""
+    if not _redis_up():
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI=true: the Redis at 127.0.0.1:6379 (and redis-py) are required")
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    api = await start_mock_api(MockSettings.small(rate_limits=ISSUE_WINDOWS, latency_ms=2))
+    write_ids(tmp_path, 1_100)
+    out = tmp_path / "out"
+    raw = job(api.url, out, tmp_path / "ids.csv", crawl=False).model_dump(mode="json")
+    raw["api"]["rate_limits"] = [{"requests": n, "per_seconds": w} for n, w in ISSUE_WINDOWS]
+    run_id = f"issue-t1-{uuid.uuid4().hex[:8]}"
+    budget = ("--budget", "redis://127.0.0.1:6379/0")
+    workers = [await start_worker(names, None, "--shards-at-once", "2", *budget) for _ in range(3)]
+    for w in workers:
+        await w.wait_for("consuming")
+    done = await submit(
+        config_from_dict(raw), BROKER, run_id=run_id, output=out, shard_size=20, names=names
+    )
+    try:
+        for _ in range(1200):  # into the first long window
+            if api.stats.requests >= 150:
+                break
+            await asyncio.sleep(0.05)
+        rc, text, err = await cli(
+            "status", run_id, "--broker", BROKER, "--queue", names.shards, "--json", *budget
+        )
+        await all_committed(out, run_id, done.shards, workers)
+    finally:
+        for w in workers:
+            await w.stop()
+        import aio_pika
+
+        connection = await aio_pika.connect(BROKER)
+        async with connection:
+            await (await connection.channel()).queue_delete(names.run_record(run_id))
+    assert rc == 0, err
+    use = orjson.loads(text)["budget"]  # read from Redis while the workers sent
+    assert use["error"] is None, use
+    assert [(w["limit"], w["seconds"]) for w in use["windows"]] == list(ISSUE_WINDOWS)
+    assert 0 < use["windows"][1]["used"] <= 170, use
+    stats = api.stats
+    arrivals = sorted(e.time for e in stats.log if e.path.startswith("/partner/users"))
+    t0 = arrivals[0]
+    first_minute = sum(t < t0 + ISSUE_SECONDS for t in arrivals)
+    allowed = ISSUE_SECONDS / ISSUE_WINDOWS[1][1] * ISSUE_WINDOWS[1][0]
+    peaks = [_most_in_any_window(arrivals, w) for _, w in ISSUE_WINDOWS]
+    print(
+        f"{len(arrivals)} arrivals over {arrivals[-1] - t0:.1f} s; first {ISSUE_SECONDS:g} s: "
+        f"{first_minute} of {allowed:g} allowed ({first_minute / allowed:.1%}); most in any "
+        f"window {peaks} (limits {[n for n, _ in ISSUE_WINDOWS]}); violations "
+        f"{stats.violations}, 429s {stats.sent_429}"
+    )
+    assert len(arrivals) == 1_100
+    assert (stats.violations, stats.sent_429) == (0, 0), stats
+    assert all(p <= n for p, (n, _) in zip(peaks, ISSUE_WINDOWS, strict=True)), peaks
+    assert first_minute >= 0.95 * allowed, (first_minute, allowed)
+
+
+def _most_in_any_window(times: list[float], seconds: float) -> int:
+    from bisect import bisect_right
+
+    return max(
+        (bisect_right(times, t) - bisect_right(times, t - seconds) for t in times), default=0
+    )

@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         help="run a pipeline config (resumes an interrupted run in the same output)",
         description="Run a pipeline config. Running the same command again after an "
         "interruption (Ctrl-C, SIGTERM, a crash, SIGKILL) resumes where the last checkpoint "
-        "left off: every record ends up in Parquet exactly once.",
+        "left off: every record ends up in Parquet exactly once. With an incremental "
+        "endpoint, running it on a finished output runs the next increment: only what changed "
+        "since the last one.",
     )
     run.add_argument("config", help="pipeline config (YAML or JSON)")
     _run_options(run)
@@ -98,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         "--retry-failed",
         action="store_true",
         help="request the dead-lettered requests of the last run again, then finish",
+    )
+    run.add_argument(
+        "--full-refresh",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help="incremental configs: refetch this endpoint from its incremental.initial in the "
+        "next increment (its current table is replaced); repeatable",
     )
     run.add_argument(
         "--mode",
@@ -255,6 +265,7 @@ def _operator(
         quiet=args.quiet,
         fresh=fresh or getattr(args, "fresh", False),
         retry_failed=getattr(args, "retry_failed", False),
+        full_refresh=tuple(getattr(args, "full_refresh", ())),
         stop_timeout=30.0 if args.stop_timeout is None else args.stop_timeout,
         log_level=_log_level(args),
         log_format=args.log_format,
@@ -444,6 +455,10 @@ def check_options(args: argparse.Namespace) -> None:
                     "Prometheus metrics need the metrics extra: pip install 'asyncingest[metrics]'",
                 )
             )
+    if getattr(args, "fresh", False) and getattr(args, "full_refresh", None):
+        problems.append(
+            Problem("--full-refresh", "--fresh starts over: every endpoint is fetched from initial")
+        )
     if getattr(args, "fresh", False) and getattr(args, "retry_failed", False):
         problems.append(
             Problem("--fresh", "--fresh deletes the dead letters --retry-failed would ask again")
@@ -451,6 +466,7 @@ def check_options(args: argparse.Namespace) -> None:
     if getattr(args, "mode", "async") == "sync":
         for flag, value in (
             ("--retry-failed", args.retry_failed),
+            ("--full-refresh", bool(args.full_refresh)),
             ("--metrics-port", args.metrics_port),
             ("--stop-timeout", args.stop_timeout),
         ):
@@ -509,6 +525,7 @@ def resume_command(args: argparse.Namespace) -> str:
     if args.output:
         cmd += ["--output", shlex.quote(args.output)]
     cmd += [f"--set {shlex.quote(o)}" for o in args.overrides]
+    cmd += [f"--full-refresh {shlex.quote(n)}" for n in getattr(args, "full_refresh", ())]
     return " ".join(cmd)
 
 

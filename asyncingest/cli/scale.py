@@ -32,7 +32,11 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
     _broker_options(submit)
     submit.add_argument("--run-id", default=None, help="the run's id (default: a new one)")
     submit.add_argument(
-        "--output", "-o", default=None, help="shared output folder (default: output.directory)"
+        "--output",
+        "-o",
+        default=None,
+        help="shared output folder, or an object store URI such as s3://bucket/prefix "
+        "(default: output.directory)",
     )
     submit.add_argument(
         "--shard-size",
@@ -107,12 +111,25 @@ def add_parsers(sub: Any, positive_int: Callable[[str], Any], port: Callable[[st
 
     status = sub.add_parser(
         "status",
-        help="shards done, in flight and failed of a submitted run",
-        description="How far a submitted run is: shards done, in flight, failed, waiting.",
+        help="shards done, in flight and failed of a run; with --budget, window use",
+        description="How far a run is: shards done, in flight, failed, waiting (a from_queue "
+        "run is queue-<its queue>); with --budget, each rate window's use of the shared budget.",
     )
     status.add_argument("run_id", metavar="ID")
     _broker_options(status)
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--budget",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="the workers' --budget: also show each rate window's use, read from Redis",
+    )
+    status.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="the run's output (folder or URI), for a run whose record the broker no longer has",
+    )
 
 
 def _broker_options(p: argparse.ArgumentParser) -> None:
@@ -151,7 +168,7 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
             [Problem("--run-id", "expected 1-100 letters, digits, '_', '-', '.'")],
         )
     cfg = load_config(args.config, args.overrides)
-    output = Path(args.output if args.output is not None else cfg.output.directory).resolve()
+    output = _output(args.output if args.output is not None else cfg.output.directory)
     done = asyncio.run(
         submit(
             cfg,
@@ -177,6 +194,16 @@ def _submit(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     return 0
 
 
+def _output(where: str) -> str:
+    """The shared output: an object store URI as given (refused with credentials in it), or
+    a folder made absolute (every worker must see the same path)."""
+    from ..scale.store import check_output, is_uri
+
+    if is_uri(where):
+        return check_output(where, "--output")
+    return str(Path(where).resolve())
+
+
 def _budget_note(url: str | None) -> str:
     if url is None:
         return (
@@ -197,8 +224,8 @@ def _worker(args: argparse.Namespace, names: QueueNames, out: Reporter) -> int:
     source = None
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
-        output = Path(args.output if args.output is not None else cfg.output.directory)
-        source = QueueSource.from_config(cfg, str(output.resolve()))
+        output = _output(args.output if args.output is not None else cfg.output.directory)
+        source = QueueSource.from_config(cfg, output)
     elif args.output is not None or args.overrides:
         raise ConfigError(
             "command line", [Problem("--output/--set", "only with --config (a from_queue job)")]
@@ -249,7 +276,12 @@ async def _metrics(port: int, host: str, out: Reporter) -> AsyncIterator[Any]:
 def _status(args: argparse.Namespace, names: QueueNames) -> int:
     from ..scale.status import run_status
 
-    status = asyncio.run(run_status(args.run_id, args.broker, names))
+    if args.budget is not None and not args.budget.startswith(("redis://", "rediss://")):
+        raise ConfigError("command line", [Problem("--budget", "expected redis://HOST:PORT/DB")])
+    output = _output(args.output) if args.output is not None else None
+    status = asyncio.run(
+        run_status(args.run_id, args.broker, names, budget=args.budget, output=output)
+    )
     if args.json:
         print(orjson.dumps(status.to_dict()).decode())
     else:

@@ -39,7 +39,15 @@ def identity(cfg: PipelineConfig, *, masked: bool = True) -> dict[str, Any]:
         "endpoints": [
             e.model_dump(
                 mode="json",
-                exclude={"rate_limits", "concurrency"},
+                # The window's tuning may change between increments: it decides where the
+                # next increment starts, not what a resumed one fetches (its window is saved).
+                exclude={
+                    "rate_limits": True,
+                    "concurrency": True,
+                    "incremental": {"lag", "initial", "end", "future_tolerance"},
+                    # Which parents an increment's children are fetched for, likewise.
+                    "for_each": {"parents"},
+                },
                 by_alias=True,
                 exclude_defaults=True,  # a setting added later, at its default, changes nothing
             )

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from .cursor import CursorKind, CursorType, format_timestamp, infer_type
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 FieldType = Literal[
@@ -322,7 +324,8 @@ Pagination = Annotated[
 
 
 class ForEach(_Model):
-    """One request (or paginated walk) per record of a parent endpoint."""
+    """One request (or paginated walk) per record of a parent endpoint (of an incremental parent:
+    per record of each increment, or with ``parents: all`` per key of its current table)."""
 
     endpoint: str
     bind: dict[str, str] = Field(
@@ -332,6 +335,12 @@ class ForEach(_Model):
         default_factory=dict,
         alias="copy",
         description="child record field -> parent field copied into every child record",
+    )
+    parents: Literal["increment", "all"] = Field(
+        "increment",
+        description="incremental parent: 'increment' fetches children for the parent records "
+        "of each increment; 'all' for every key of the parent's current table (the parent "
+        "needs merge: latest)",
     )
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -439,6 +448,141 @@ class TransformConfig(_Model):
         return v
 
 
+#: Placeholders an incremental endpoint may use in ``params`` and ``body``.
+INCREMENTAL_START = "incremental.start"
+INCREMENTAL_END = "incremental.end"
+
+
+class IncrementalConfig(_Model):
+    """Fetch only what changed since the last run (``incremental:`` of an endpoint).
+
+    Each run is an *increment*: its window starts at the high-water mark the last increment
+    committed (the highest ``cursor_field`` of its durable records) minus ``lag``, or at
+    ``initial`` the first time, and is sent as ``?<param>=<start>`` or through the
+    ``{incremental.start}`` / ``{incremental.end}`` placeholders of ``params`` and ``body``.
+    With ``cursor_type: token`` the API hands out an opaque "changes since" value
+    (``token_path`` in the response) that the next increment sends back as it is. The values
+    are read by :class:`asyncingest.config.cursor.CursorKind`; README, "Incremental runs".
+    """
+
+    cursor_field: str | None = Field(
+        None,
+        min_length=1,
+        description="dotted path of each record's cursor (updatedAt); with cursor_type token "
+        "only used to order the current table",
+    )
+    cursor_type: CursorType | None = Field(
+        None,
+        description="timestamp (ISO 8601, zones compared in UTC) | epoch_s | epoch_ms | "
+        "integer | token; default: timestamp when initial is ISO text",
+    )
+    param: str | None = Field(
+        None, min_length=1, description="query parameter the window's start is sent as"
+    )
+    end_param: str | None = Field(
+        None, min_length=1, description="query parameter the window's end (end) is sent as"
+    )
+    initial: Any = Field(None, description="the first increment's start (none: no filter)")
+    lag: float = Field(
+        0,
+        ge=0,
+        description="re-read this much before the high-water mark each increment (seconds for "
+        "time cursors, a count for integer cursors), for late writes",
+    )
+    end: Any = Field(None, description="a bounded backfill: the window ends here")
+    deleted_field: str | None = Field(
+        None,
+        min_length=1,
+        description="dotted path of a flag (deleted/archived): a truthy value removes the key "
+        "from the current table (merge: latest)",
+    )
+    token_path: str | None = Field(
+        None,
+        min_length=1,
+        description="cursor_type token: dotted path of the next 'changes since' token in a "
+        "response body (the newest one seen is kept)",
+    )
+    future_tolerance: float | None = Field(
+        86_400,
+        ge=0,
+        description="time cursors: a record whose cursor is later than the run's start plus "
+        "this many seconds (bad data: year 9999, epoch ms sent as s) is written but does not "
+        "move the high-water mark, and is reported; null: no guard",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cursor_type") is None:
+            inferred = infer_type(data.get("initial"))
+            if inferred is not None:
+                data = {**data, "cursor_type": inferred}
+        return data
+
+    @field_validator("initial", "end")
+    @classmethod
+    def _value(cls, v: Any, info: ValidationInfo) -> Any:
+        """A cursor value of the type: stored as the state and the report write it (ISO UTC
+        text for a timestamp, YAML's own timestamps included; a number otherwise)."""
+        cursor_type = info.data.get("cursor_type")
+        if v is None or cursor_type in (None, "token"):
+            return v
+        key = CursorKind(cursor_type).parse(v)  # CursorError is a ValueError: reported here
+        return format_timestamp(key) if cursor_type == "timestamp" else v
+
+    @model_validator(mode="after")
+    def _check(self) -> IncrementalConfig:
+        if self.cursor_type is None:
+            why = "only an ISO 8601 initial says timestamp on its own"
+            if isinstance(self.initial, str):
+                why = f"initial {self.initial!r} is not ISO 8601 text, so it says no type"
+            raise ValueError(
+                f"cursor_type is needed: one of timestamp, epoch_s, epoch_ms, integer, token "
+                f"({why})"
+            )
+        kind = CursorKind(self.cursor_type)
+        if self.cursor_type == "token":
+            if not self.token_path:
+                raise ValueError("cursor_type token needs token_path (where the API puts it)")
+            if self.lag:
+                raise ValueError("lag: a token cursor cannot be stepped back; leave lag out")
+            if self.end is not None or self.end_param is not None:
+                raise ValueError("end: a token cursor has no end; leave end out")
+            if not self.param:
+                raise ValueError("cursor_type token needs param (the token is sent as ?param=)")
+        else:
+            if not self.cursor_field:
+                raise ValueError(f"cursor_type {self.cursor_type} needs cursor_field")
+            if self.token_path:
+                raise ValueError("token_path: only for cursor_type token")
+            if self.cursor_type == "integer" and not float(self.lag).is_integer():
+                raise ValueError(f"lag: a count for an integer cursor, got {self.lag:g}")
+        if (
+            not kind.timed
+            and "future_tolerance" in self.model_fields_set
+            and self.future_tolerance is not None
+        ):
+            raise ValueError(
+                f"future_tolerance: only for time cursors (timestamp, epoch_s, epoch_ms), "
+                f"not {self.cursor_type}; leave it out"
+            )
+        if (
+            self.initial is not None
+            and self.end is not None
+            and kind.parse(self.end) < kind.parse(self.initial)
+        ):
+            raise ValueError(f"end ({self.end}) is before initial ({self.initial})")
+        if self.end_param is not None and self.end is None:
+            raise ValueError("end_param: needs end (the value it sends)")
+        return self
+
+    @property
+    def kind(self) -> CursorKind:
+        """The semantics of this cursor's values."""
+        assert self.cursor_type is not None
+        return CursorKind(self.cursor_type)
+
+
 class EndpointConfig(_Model):
     """One endpoint: its request template, where the records are in a body, keys, schema,
     pagination, what it iterates over (``for_each`` or ``from_file``), limits and an optional
@@ -476,7 +620,18 @@ class EndpointConfig(_Model):
     rate_limits: tuple[RateWindow, ...] = ()
     concurrency: int | None = Field(None, ge=1, description="requests in flight (override)")
     transform: TransformConfig | None = None
+    incremental: IncrementalConfig | None = None
+    merge: Literal["latest"] | None = Field(
+        None,
+        description="latest: keep OUTPUT/<name>_current/, one row per primary_key (the highest "
+        "cursor), rebuilt after each increment; needs primary_key and incremental",
+    )
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def current_folder(self) -> str | None:
+        """The current table's folder (``<name>_current``) with ``merge: latest``, else None."""
+        return f"{self.name}_current" if self.merge == "latest" else None
 
     @property
     def transform_folder(self) -> str | None:
@@ -522,13 +677,20 @@ class EndpointConfig(_Model):
             provided = {self.from_file.variable}
         elif self.from_queue:
             provided = {self.from_queue.variable}
-        used = template_fields(self.path)
+        in_path = template_fields(self.path)
+        window = {INCREMENTAL_START, INCREMENTAL_END}
+        if in_path & window:
+            raise ValueError(
+                "{incremental.start} and {incremental.end} go in params or body, not in path"
+            )
+        used = set(in_path)
         for value in self.params.values():
             if isinstance(value, str):
                 used |= template_fields(value)
         if self.json_body is not None:
             used |= _body_fields(self.json_body)
-        missing = sorted(used - provided)
+        self._check_incremental(used & window)
+        missing = sorted(used - provided - window)
         if missing:
             raise ValueError(
                 f"template variables {missing} are not bound "
@@ -544,6 +706,50 @@ class EndpointConfig(_Model):
                     "columns: only_declared would drop them"
                 )
         return self
+
+    def _check_incremental(self, placeholders: set[str]) -> None:
+        inc = self.incremental
+        if inc is None:
+            if placeholders:
+                raise ValueError(
+                    f"{{{sorted(placeholders)[0]}}} needs an incremental: block (the window)"
+                )
+            if self.merge is not None:
+                raise ValueError(
+                    "merge: latest needs incremental: (a cursor that says which version of a "
+                    "record is the latest) and primary_key"
+                )
+            return
+        if self.from_queue is not None:
+            raise ValueError("incremental: not with from_queue (a queue has no increments)")
+        if not inc.param and INCREMENTAL_START not in placeholders:
+            raise ValueError(
+                "incremental needs param (sent as ?param=<start>) or an {incremental.start} "
+                "placeholder in params or body; without either every increment would fetch "
+                "everything"
+            )
+        if INCREMENTAL_END in placeholders and inc.end is None:
+            raise ValueError("{incremental.end} needs incremental.end (the window's end)")
+        if placeholders and inc.initial is None and inc.cursor_type != "token":
+            raise ValueError(
+                "incremental.initial is needed with {incremental.start} (the first "
+                "increment's start fills it)"
+            )
+        if inc.cursor_type == "token":
+            if placeholders:
+                raise ValueError("cursor_type token is sent with param, not a placeholder")
+            if self.for_each is not None or self.from_file is not None:
+                raise ValueError(
+                    "cursor_type token: only on an endpoint walked once per increment (no "
+                    "for_each or from_file): the API hands out one token per walk"
+                )
+        if self.merge == "latest" and not self.primary_key:
+            raise ValueError("merge: latest needs primary_key (one row per key)")
+        if inc.deleted_field is not None and self.merge is None:
+            raise ValueError(
+                "incremental.deleted_field: only used by merge: latest (the current table); "
+                "add merge: latest or leave it out"
+            )
 
     @property
     def parent(self) -> str | None:
@@ -664,6 +870,7 @@ class PipelineConfig(_Model):
     def _graph(self) -> PipelineConfig:
         names = [e.name for e in self.endpoints]
         folders = names + [e.transform_folder for e in self.endpoints if e.transform_folder]
+        folders += [e.current_folder for e in self.endpoints if e.current_folder]
         seen: set[str] = set()
         for n in folders:
             if n.lower() in seen:
@@ -675,6 +882,11 @@ class PipelineConfig(_Model):
                     f"endpoint '{e.name}': a transform writes Parquet, but output format is "
                     "none; drop the transform or use format parquet"
                 )
+            if self.output.format == "none" and e.incremental is not None:
+                raise ValueError(
+                    f"endpoint '{e.name}': incremental runs need Parquet output (increments are "
+                    "partitions of its folder); output format none is not supported yet"
+                )
             if e.for_each and e.for_each.endpoint not in names:
                 raise ValueError(
                     f"endpoint '{e.name}': for_each.endpoint '{e.for_each.endpoint}' "
@@ -682,8 +894,23 @@ class PipelineConfig(_Model):
                 )
             if e.for_each and e.for_each.endpoint == e.name:
                 raise ValueError(f"endpoint '{e.name}' cannot iterate over itself")
+            if e.for_each and e.for_each.parents == "all":
+                parent = next(p for p in self.endpoints if p.name == e.for_each.endpoint)
+                if parent.merge != "latest":
+                    raise ValueError(
+                        f"endpoint '{e.name}': for_each.parents: all walks every key of "
+                        f"'{parent.name}'s current table, so '{parent.name}' needs "
+                        "merge: latest (with primary_key and incremental); add it, or use "
+                        "parents: increment (the default: the parent records of each increment)"
+                    )
         self.order()  # raises on cycles
         return self
+
+    @property
+    def incremental(self) -> bool:
+        """Whether any endpoint is incremental: then every run is an increment and every
+        endpoint's files go to ``<folder>/increment=<n>/``."""
+        return any(e.incremental is not None for e in self.endpoints)
 
     def endpoint(self, name: str) -> EndpointConfig:
         """The endpoint named ``name`` (KeyError if there is none)."""

@@ -5,7 +5,10 @@ the point ``name`` (``commit``: a Parquet file is fsynced but not yet renamed; `
 new state is fsynced under its temporary name but not yet renamed; ``page``: a page was
 fetched but not yet handed to the writer; ``compact-staged``, ``compact-state``,
 ``compact-deleted``, ``compact-renamed``: after each step of a compaction, see
-:mod:`asyncingest.state.compact`). Unset (always, outside those tests) a point
+:mod:`asyncingest.state.compact`; ``current-partial``, ``current-staged``,
+``current-switched``, ``current-cleaned``: during a current table's rebuild, see
+:mod:`asyncingest.state.current`; ``sweep``: a batch of a ``for_each: {parents: all}`` sweep
+was handed to the writer and its jobs queued). Unset (always, outside those tests) a point
 costs one dictionary lookup.
 """
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
-    from .result import EndpointSummary, RunResult
+    from .result import EndpointSummary, IncrementSummary, RunResult
 
 log = logging.getLogger("asyncingest")
 
@@ -130,6 +130,29 @@ class EndpointFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class IncrementStarted:
+    """An incremental config's run began an increment (``resumed``: went on with one a kill or a
+    stop interrupted): its number and each endpoint's window, before the first request."""
+
+    increment: IncrementSummary
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CursorAhead:
+    """Records of an incremental endpoint whose (time) cursor is beyond the run's start plus
+    ``future_tolerance``: bad data (year 9999, epoch milliseconds where seconds are expected).
+    They were written, but do not move the high-water mark (else every later change would be
+    skipped). Emitted at most once per endpoint per checkpoint, naming the first value."""
+
+    endpoint: str
+    field: str
+    value: Any  # the first such cursor, as the record had it
+    limit: Any  # the latest cursor accepted (the state's form: ISO text or a number)
+    records: int  # such records made durable since the last checkpoint
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """The run is over (finished, stopped or failed); the last event of a run."""
 
@@ -202,6 +225,8 @@ class ConcurrencyChanged:
 
 Event = (
     RunStarted
+    | IncrementStarted
+    | CursorAhead
     | EndpointStarted
     | JobsQueued
     | RequestFinished

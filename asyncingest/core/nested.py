@@ -281,7 +281,9 @@ def conform_array(array: pa.Array, source: Kind, target: Kind) -> pa.Array:
             child_type = arrow_type(kind)
             fields.append(pa.field(name, child_type))
             old = source[1].get(name)
-            if old is None or arrow_type(old) == PLACEHOLDER:  # absent, or null so far
+            if old is None or (is_nested(old) and arrow_type(old) == PLACEHOLDER):
+                # absent, null so far, or an object without keys so far (stored as null); a
+                # string or JSON text child is pa.string() too, and is kept
                 children.append(pa.nulls(len(array), child_type))
             else:  # .field() of a slice is sliced too
                 children.append(conform_array(array.field(name), old, kind))
@@ -294,3 +296,28 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value)
     return str(value)
+
+
+def union(a: Kind, b: Kind) -> Kind:
+    """The narrowest kind both ``a`` and ``b`` widen to (:func:`conform_array` takes columns of
+    either to it): undecided takes the other, struct fields are united by name (``a``'s order
+    first), list elements united, int64 with float64 or decimal as in :func:`widen`, JSON text
+    absorbs anything. Two kinds no value could widen between (text and numbers, an object and a
+    list) raise :class:`Untypable`; the caller falls back to JSON text for the column."""
+    if a is None:
+        return b
+    if b is None or a == b:
+        return a
+    if a == "json" or b == "json":
+        return "json"
+    if type(a) is tuple and type(b) is tuple and a[0] == b[0]:
+        if a[0] == "list":
+            return ("list", union(a[1], b[1]))
+        fields = dict(a[1])
+        for name, kind in b[1].items():
+            fields[name] = union(fields[name], kind) if name in fields else kind
+        return ("struct", fields)
+    wider = _WIDER.get((a, b)) if type(a) is str and type(b) is str else None
+    if wider is None:
+        raise Untypable(f"{describe(b)} where {describe(a)} was")
+    return wider

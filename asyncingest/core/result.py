@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -117,6 +118,76 @@ class Compaction:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowSummary:
+    """One endpoint's part of an increment: the cursor window it fetched and the rows it
+    committed (over every run of the increment, a resumed one included)."""
+
+    endpoint: str
+    incremental: bool  # False: fetched in full every increment (or for its parent's records)
+    start: Any  # the window's start as sent (None: no filter, the first increment)
+    end: Any  # a bounded backfill's end
+    high: Any  # the highest cursor committed (a token cursor: the newest token)
+    rows: int
+    full_refresh: bool = False
+    skipped: bool = False  # a bounded backfill already done: not fetched
+    held: bool = False  # failed requests: the mark did not move (the next window starts here)
+    unreadable: int = 0  # records without a readable cursor (they do not move the mark)
+    parent: str | None = None  # for_each: fetched for the parent records of the increment
+    future: int = 0  # records with a cursor beyond the run's start + future_tolerance (idem)
+    all_parents: bool = False  # for_each parents: all: for every key of the parent's table
+
+    def __str__(self) -> str:
+        """``contacts: 2024-01-01T00:00:00Z -> 2024-01-02T09:30:00Z, 120 rows``."""
+        if not self.incremental and self.parent is not None and self.all_parents:
+            return f"{self.endpoint}: for every {self.parent}_current key, {self.rows:,} rows"
+        if not self.incremental and self.parent is not None:
+            return f"{self.endpoint}: for the {self.parent} of this increment, {self.rows:,} rows"
+        if not self.incremental:
+            return f"{self.endpoint}: fetched in full, {self.rows:,} rows"
+        if self.skipped:
+            return f"{self.endpoint}: backfill through {self.end} done, not fetched"
+        start = "the beginning" if self.start is None else _short(self.start)
+        high = "nothing new" if self.high is None else _short(self.high)
+        text = f"{self.endpoint}: {start} -> {high}, {self.rows:,} rows"
+        if self.unreadable:
+            text += f", {self.unreadable:,} without a readable cursor"
+        if self.future:
+            text += f", {self.future:,} with a cursor in the future (not moving the mark)"
+        if self.full_refresh:
+            text += " (full refresh)"
+        if self.held:
+            text += " (failed requests: its mark stays, the next increment reads this again)"
+        return text
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class IncrementSummary:
+    """The increment a run of an incremental config ran: its number, whether it completed, and
+    each endpoint's window."""
+
+    number: int
+    complete: bool
+    windows: tuple[WindowSummary, ...]
+
+    def window(self, endpoint: str) -> WindowSummary:
+        """The window of ``endpoint`` (KeyError if there is none)."""
+        for w in self.windows:
+            if w.endpoint == endpoint:
+                return w
+        raise KeyError(endpoint)
+
+    def __str__(self) -> str:
+        """``increment 3: contacts: ... -> ..., 120 rows; engagements: ...``."""
+        state = "" if self.complete else " (not complete)"
+        return f"increment {self.number}{state}: " + "; ".join(str(w) for w in self.windows)
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     """What a run returns (and ``RunFinished`` carries): the figures per endpoint, how it ended, and
     the exit code the CLI would use.
@@ -134,6 +205,7 @@ class RunResult:
     dead_requests: int = 0  # failed requests (--retry-failed asks them again)
     dead_records: int = 0  # refused records
     compacted: tuple[Compaction, ...] = ()  # folders whose small files were merged
+    increment: IncrementSummary | None = None  # an incremental config: the increment it ran
 
     @property
     def ok(self) -> bool:

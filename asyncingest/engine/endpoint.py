@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -128,8 +128,14 @@ class EndpointRunner:
         self._waiting: set[asyncio.Task[Any]] = set()  # workers waiting on limits or back-off
         self.budget: BudgetWatch | None = None
         self.guards: EndpointGuards | None = None
+        # Run once its own walks are done, before its writer finishes (the engine's sweep of a
+        # current table for for_each children with parents: all); not on a stop.
+        self.before_finish: Callable[[], Awaitable[None]] | None = None
         pagination = endpoint.pagination
         self._total_path: str | None = getattr(pagination, "total_path", None)
+        inc = endpoint.incremental
+        # A token cursor: where each page's "changes since" token is (the writer keeps it).
+        self._token_path = inc.token_path if inc is not None else None
 
     def stop(self) -> None:
         """Graceful stop: requests in flight finish; waits for the limiter or a back-off end."""
@@ -234,6 +240,8 @@ class EndpointRunner:
                 await writer
                 return
             await all_workers
+            if self.before_finish is not None and not self.stopping:
+                await self.before_finish()
             self.writer.finish()
             await writer
         except BaseException:
@@ -442,7 +450,8 @@ class EndpointRunner:
                     dead.append(DeadLetter.rejected_record(r, why))
                     self.ledger.rejected(why)
         self.ledger.received(len(records))
-        children = await self.writer.put_page(records, Token(job.number, next_request), dead)
+        mark = lookup(page.body, self._token_path) if self._token_path else None
+        children = await self.writer.put_page(records, Token(job.number, next_request), dead, mark)
         for link, jobs in children:
             child = self._children_by_name[link.name]
             await child.submit_many(jobs)

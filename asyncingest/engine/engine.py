@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -26,13 +28,18 @@ import uuid
 from collections.abc import Awaitable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ..config.models import EndpointConfig, FromFile, PipelineConfig
 from ..config.sources import check_ids_file, count_ids, iter_id_rows, iter_ids
+from ..core.crashpoints import crash_point
+from ..core.cursor import CursorMax, bind_window
 from ..core.events import (
+    CursorAhead,
     EndpointFinished,
     EndpointStarted,
     EventBus,
+    IncrementStarted,
     JobsQueued,
     RunFinished,
     RunStarted,
@@ -40,10 +47,10 @@ from ..core.events import (
 )
 from ..core.records import Job
 from ..core.request import Request, base_url_of
-from ..core.result import Compaction, RunResult
+from ..core.result import Compaction, IncrementSummary, RunResult, WindowSummary
 from ..core.retry import RetryPolicy, retry_policy
 from ..core.snapshot import EndpointSnapshot, RunPhase, Snapshot
-from ..errors import environment_failure
+from ..errors import ConfigError, Problem, environment_failure
 from ..http.client import HttpClient, credentials_from_env
 from ..limits.adaptive import AdaptiveConcurrency
 from ..limits.breaker import CircuitBreaker
@@ -62,8 +69,23 @@ from ..state.checkpoint import (
     save_state,
 )
 from ..state.compact import CommittedFile, CompactOptions, compact_folders, compact_running, recover
+from ..state.increments import (
+    Increment,
+    begin_increment,
+    check_full_refresh,
+    complete_increment,
+    fold_high,
+    partition_name,
+)
 from ..state.lock import OutputLock
-from ..state.resume import JobPlan, apply, dead_letters_left, prepare, write_run_report
+from ..state.resume import (
+    JobPlan,
+    apply,
+    dead_letters_left,
+    dead_requests_by_endpoint,
+    prepare,
+    write_run_report,
+)
 from ..transform.pool import TransformPool
 from .endpoint import EndpointRunner
 from .guards import EndpointGuards, concurrency_events
@@ -92,6 +114,14 @@ class Engine:
     ``budget``: the API's rate budget, shared with other pipelines given the same one (it then
     replaces ``config.api.rate_limits``); without it the engine makes its own from the config.
 
+    A config with an ``incremental:`` endpoint runs as increments (``state/increments.py``): on a
+    finished output a run starts the next increment (each endpoint's window from the committed
+    high-water mark), on an interrupted one it resumes the increment under way with its saved
+    window; ``full_refresh`` names endpoints refetched from ``initial`` (their current table
+    replaced). After an increment's files are committed, each ``merge: latest`` endpoint's
+    current table is rebuilt (``state/current.py``); a rebuild a kill interrupted is finished
+    when the next run starts.
+
     With ``output: none`` nothing is written as Parquet: the state (checkpoint, journals, dead
     letters, run reports) goes to ``output.state_dir``, or, without one, to a temporary
     folder deleted at the end (every run starts afresh).
@@ -108,8 +138,13 @@ class Engine:
         fresh: bool = False,
         retry_failed: bool = False,
         budget: RateBudget | None = None,
+        full_refresh: Iterable[str] = (),
+        pool: TransformPool | None = None,
     ) -> None:
         self.config = config
+        self._shared_pool = pool  # entered and closed by its owner, not by this run
+        names = (full_refresh,) if isinstance(full_refresh, str) else full_refresh  # one name
+        self._full_refresh = tuple(dict.fromkeys(names))
         self.batches_only = config.output.format == "none"
         self._ephemeral = False  # output: none without state_dir: a temporary state folder
         if self.batches_only:
@@ -121,7 +156,19 @@ class Engine:
             self._ephemeral = config.output.state_dir is None
             self.output = Path(config.output.state_dir or tempfile.gettempdir())
         else:
-            self.output = Path(output if output is not None else config.output.directory)
+            where = os.fspath(output if output is not None else config.output.directory)
+            if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", where) and not where.startswith("file:"):
+                raise ConfigError(  # not a folder named "s3:" in the working directory
+                    "output.directory",
+                    [
+                        Problem(
+                            where.split("?")[0],
+                            "an object store is an output of the scale-out commands (submit, "
+                            "worker); a run in one process writes to a folder",
+                        )
+                    ],
+                )
+            self.output = Path(where)
         self._taps: dict[str, BatchTap] = {}
         self._ended = False
         self._checkpoint_wanted = False
@@ -137,11 +184,14 @@ class Engine:
         self._stop_reason = ""
         self._phase: RunPhase = "new"
         self._started_at: float | None = None  # on the run's clock
+        self._wall_start: float | None = None  # seconds since the epoch (the cursor guard)
         self._ended_at: float | None = None
         self._result: RunResult | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._own_limiters: dict[str, SlidingWindowLimiter] = {}
         self._state: RunState | None = None
+        self._increment: Increment | None = None  # incremental configs: the one this run runs
+        self._began_increment = False  # this run began it (else it resumes one under way)
         self._prior_files: dict[str, list[str]] = {}
         self._checkpoint_lock = asyncio.Lock()
         # Compaction during the run (asyncingest.state.compact.compact_running): the file thread it
@@ -383,6 +433,7 @@ class Engine:
 
     async def _run(self) -> RunResult:
         cfg = self.config
+        self._wall_start = self._clock.wall()
         self._make_limits()
         credentials = credentials_from_env(cfg)
         for e in cfg.endpoints:
@@ -401,7 +452,8 @@ class Engine:
         # staging files deleted (it was not); an output already complete gets it done now.
         if await asyncio.to_thread(recover, self.output, state):
             await asyncio.to_thread(save_state, self.output, state)
-        if start.already_complete:
+        increment = await self._start_increment(state, parquet)
+        if start.already_complete and increment is None:
             merged = await self._compact(list(parquet))
             dead, refused = await asyncio.to_thread(dead_letters_left, self.output, state)
             return RunResult(
@@ -414,6 +466,10 @@ class Engine:
                 dead_requests=dead,
                 dead_records=refused,
             )
+        resumed = start.resumed
+        if increment is not None:  # a new increment's windows, or the one under way (resumed)
+            self._increment = increment
+            resumed = resumed and not self._began_increment
         await asyncio.to_thread(discard_uncommitted, self.output, state, parquet)
         self._prior_files = {f: list(state.endpoint(f).files) for f in folders}
         state.status = "running"
@@ -432,9 +488,9 @@ class Engine:
         compacted: tuple[Compaction, ...] = ()
         pool: TransformPool | None = None
         if any(e.transform for e in cfg.endpoints):
-            pool = TransformPool(cfg.api.concurrency.cpu_workers)
+            pool = self._shared_pool or TransformPool(cfg.api.concurrency.cpu_workers)
         async with contextlib.AsyncExitStack() as stack:
-            if pool is not None:
+            if pool is not None and pool is not self._shared_pool:
                 await stack.enter_async_context(pool)
             client = await stack.enter_async_context(
                 HttpClient(cfg.api, credentials, clock=self._clock)
@@ -457,6 +513,9 @@ class Engine:
                     tuple(str(w) for w in cfg.api.rate_limits),
                 )
             )
+            summary = self._increment_summary()
+            if summary is not None:
+                self.events.emit(IncrementStarted(summary, resumed))
             trees = asyncio.Semaphore(cfg.api.concurrency.endpoints)
             roots = [e for e in cfg.order() if e.parent is None]
             # The endpoints run in a task of their own, so that a cancellation of this one
@@ -472,6 +531,8 @@ class Engine:
                 work.result()  # the first error of an endpoint or a checkpoint, if any
                 await self._checkpoint(final=True)
                 compacted = await self._compact(list(parquet))
+                if self._increment is not None and state.status == "complete":
+                    await self._rebuild_current(self._increment)
                 if state.status == "complete":
                     left = await asyncio.to_thread(dead_letters_left, self.output, state)
             except asyncio.CancelledError:
@@ -494,10 +555,11 @@ class Engine:
                     duration=self._clock.time() - started,
                     cancelled=cancelled,
                     stopped=self._stopping and not cancelled,
-                    note=self._stop_reason or ("resumed" if start.resumed else ""),
+                    note=self._stop_reason or ("resumed" if resumed else ""),
                     dead_requests=left[0],
                     dead_records=left[1],
                     compacted=compacted,
+                    increment=self._increment_summary(),
                 )
                 self._result = result
                 try:
@@ -586,9 +648,19 @@ class Engine:
             if self.batches_only:
                 sink = BatchSink(self.output, e.name, e.schema_, e.columns)
             else:
-                sink = ParquetSink(self.output, e.name, options, e.schema_, e.columns)
+                sink = ParquetSink(
+                    *self._sink_place(e.name),
+                    options,
+                    e.schema_,
+                    e.columns,
+                    seed_from=self._earlier_partition(e.name),
+                )
+            endpoint = e
+            window = self._increment.windows.get(e.name) if self._increment is not None else None
+            if window is not None and e.incremental is not None:
+                endpoint = bind_window(e, window.start, window.end)
             self._runners[e.name] = EndpointRunner(
-                e,
+                endpoint,
                 base_url=base,
                 client=client,
                 limits=self._limits_for(e, workers),
@@ -605,16 +677,226 @@ class Engine:
             )
         for name, runner in self._runners.items():
             runner.link([self._runners[c.name] for c in cfg.children(name)])
+            inc = runner.endpoint.incremental
+            if inc is not None and self._increment is not None:
+                runner.writer.cursor = CursorMax(inc, now=self._wall_start)
+                window = self._increment.windows.get(name)
+                if window is not None and inc.kind.timed and inc.future_tolerance is not None:
+                    assert self._wall_start is not None
+                    window.future_limit = self._wall_start + inc.future_tolerance
             t = runner.endpoint.transform
             if t is not None and pool is not None:
                 folder = runner.endpoint.transform_folder
                 assert folder is not None
-                runner.writer.attach_transform(pool, t, ParquetSink(self.output, folder, options))
+                tsink = ParquetSink(
+                    *self._sink_place(folder), options, seed_from=self._earlier_partition(folder)
+                )
+                runner.writer.attach_transform(pool, t, tsink, folder)
             tap = self._taps.get(name)
             if tap is not None:
                 self._attach(runner, tap)
             runner.budget = self._budget_watch(runner.endpoint)
             runner.guards = self._guards_for(runner.endpoint)
+            if self._increment is not None and any(_sweeps(c.endpoint) for c in runner.children):
+                runner.before_finish = functools.partial(self._sweep_parents, runner)
+
+    def _sink_place(self, folder: str) -> tuple[Path, str]:
+        """Where ``folder``'s sink writes: ``(output, folder)``, or for an incremental config
+        ``(output/folder, increment=<n>)``, the increment's partition."""
+        state = self._state
+        assert state is not None
+        place = state.folder_path(self.output, folder)
+        return place.parent, place.name
+
+    def _earlier_partition(self, folder: str) -> Path | None:
+        """The newest earlier increment's partition of ``folder`` holding files: a new
+        increment's sink starts from its column types, so the partitions agree (None: not
+        incremental, or no earlier files)."""
+        state = self._state
+        assert state is not None
+        for n in range(state.increment - 1, 0, -1):
+            place = self.output / folder / partition_name(n)
+            if any(place.glob("part-*.parquet")):
+                return place
+        return None
+
+    # ------------------------------------------------------------------ increments
+
+    async def _start_increment(self, state: RunState, parquet: dict[str, str]) -> Increment | None:
+        """For an incremental config: finish what the last increment left (compaction, current
+        tables), then begin the next increment, or return the one under way (resumed). None for
+        a config that is not incremental (``full_refresh`` is refused there)."""
+        cfg = self.config
+        if not cfg.incremental:
+            if self._full_refresh:
+                raise ConfigError(
+                    str(self.output),
+                    [
+                        Problem(
+                            f"--full-refresh {self._full_refresh[0]}",
+                            "no endpoint of this config is incremental: every run fetches "
+                            "everything (or resumes)",
+                        )
+                    ],
+                )
+            return None
+        if self._retry_failed and state.status == "complete":
+            return None  # nothing was put back: the last increment stands; no new one
+        last = state.current_increment
+        finished = last is None or state.status == "complete"
+        running = None if finished else last
+        problems = check_full_refresh(cfg, self._full_refresh, running)
+        if problems:
+            raise ConfigError(str(self.output), problems)
+        if running is not None:
+            return running
+        if last is not None:  # killed after the last increment's final save: finish its work
+            if any(es.files for es in state.endpoints.values()):
+                for c in await self._compact(list(parquet)):
+                    log.info("increment %d: %s", last.number, c)
+            await self._rebuild_current(last)
+        dead = await asyncio.to_thread(dead_requests_by_endpoint, self.output, state)
+        new = begin_increment(cfg, state, self._full_refresh, dead)
+        self._began_increment = True
+        self._compacted.clear()  # the last increment's compactions are not this run's
+        await asyncio.to_thread(save_state, self.output, state)
+        return new
+
+    async def _rebuild_current(self, increment: Increment) -> None:
+        """Rebuild the current table of every ``merge: latest`` endpoint whose rebuild for
+        ``increment`` is pending, from the increment's committed files; each one done is
+        saved in the state. Idempotent: a rebuild a kill interrupted is redone."""
+        state = self._state
+        assert state is not None
+        for e in self.config.endpoints:
+            window = increment.windows.get(e.name)
+            if window is None or window.current != "pending":
+                continue
+            # A --retry-failed that reopened a completed increment (revision > 0) and made no
+            # record durable leaves the published table as it is.
+            unchanged = window.revision > 0 and window.rows == window.built_rows
+            if not unchanged and (
+                state.endpoint(e.name).files or window.full_refresh or increment.number == 1
+            ):
+                # (Else nothing changes: the table stays at its version, and the next rebuild
+                # merges onto it. The first increment publishes a table even when empty.)
+                await asyncio.shield(asyncio.to_thread(self._rebuild_one, e, increment))
+            window.built_rows = window.rows
+            window.current = "done"
+            await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
+
+    def _rebuild_one(self, e: EndpointConfig, increment: Increment) -> None:
+        """One endpoint's current table from ``increment``'s files (state/current.py)."""
+        from ..state.current import rebuild_current
+
+        state = self._state
+        assert state is not None and e.incremental is not None
+        folder = self.output / e.name / increment.folder
+        files = [folder / name for name in state.endpoint(e.name).files]
+        inc = e.incremental
+        assert inc.cursor_type is not None
+        rebuild_current(
+            self.output,
+            e.name,
+            increment.number,
+            files,
+            primary_key=e.primary_key,
+            cursor_field=inc.cursor_field,
+            cursor_type=inc.cursor_type,
+            deleted_field=inc.deleted_field,
+            replace=increment.windows[e.name].full_refresh,
+            options=CompactOptions.from_config(self.config.output),
+            revision=increment.windows[e.name].revision,
+            future_limit=increment.windows[e.name].future_limit,
+        )
+
+    async def _sweep_parents(self, runner: EndpointRunner) -> None:
+        """``for_each: {parents: all}``: once ``runner`` (a ``merge: latest`` parent) has walked
+        its window, give its ``parents: all`` children a job for every row of its current
+        table (the version published when the sweep began) whose key no record of this
+        increment has (those had their jobs from the pages, at their new version).
+
+        The increment's keys are read back from its committed files (a checkpoint first makes
+        every record durable), so memory follows the increment; the table is streamed in
+        ``row_group_rows`` batches in a fixed order, and ``Window.swept`` counts the rows
+        swept in the saves that commit their jobs' journal lines: a resumed run goes on where
+        the last save left it, and a finished sweep is not done again (``--retry-failed``)."""
+        from ..state.current import published_folder, sweep_rows, table_keys
+
+        state, increment = self._state, self._increment
+        assert state is not None and increment is not None
+        e = runner.endpoint
+        window = increment.windows[runner.name]
+        if window.full_refresh:
+            return  # the increment holds every parent key now: the pages gave every job
+        if window.sweep is None:
+            published = await asyncio.to_thread(published_folder, self.output, e.name)
+            if published is None:
+                return  # the first increment: every parent is a record of it
+            window.sweep, window.sweep_rows = published
+        if window.swept >= window.sweep_rows:
+            return
+        await self._checkpoint()  # the increment's parent records durable, in its files
+        folder = self.output / e.name / increment.folder
+        files = [folder / n for n in state.endpoint(e.name).files]
+        keys = await asyncio.to_thread(table_keys, files, e.primary_key)
+        links = [c for c in runner.children if _sweeps(c.endpoint)]
+        fields = [p for c in links for p in _for_each_paths(c.endpoint)]
+        batches = sweep_rows(
+            self.output,
+            window.sweep,
+            fields,
+            e.primary_key,
+            self.config.output.row_group_rows,
+            window.swept,
+        )
+        names = {c.name for c in links}
+        by_name = {c.name: c for c in links}
+        while not runner.stopping:
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                break
+            rows, row_keys, consumed = batch
+            todo = [r for r, k in zip(rows, row_keys, strict=True) if k not in keys]
+            children = await runner.writer.put_children(todo, consumed, names)
+            for link, jobs in children:
+                child = by_name[link.name]
+                await child.submit_many(jobs)
+                child.ledger.jobs_queued(len(jobs))
+            crash_point("sweep")
+
+    def _cursor_ahead(self, runner: EndpointRunner, records: int, value: Any) -> None:
+        """Report records whose cursor was beyond the run's start + ``future_tolerance``."""
+        inc = runner.endpoint.incremental
+        cursor = runner.writer.cursor
+        assert inc is not None and cursor is not None
+        limit = None if cursor.limit is None else inc.kind.to_json(cursor.limit)
+        self.events.emit(CursorAhead(runner.name, str(inc.cursor_field), value, limit, records))
+
+    def _increment_summary(self) -> IncrementSummary | None:
+        """The increment this run ran, for the result and the report."""
+        inc = self._increment
+        if inc is None:
+            return None
+        windows = tuple(
+            WindowSummary(
+                endpoint=name,
+                incremental=w.incremental,
+                start=w.start,
+                end=w.end,
+                high=w.high,
+                rows=w.rows,
+                full_refresh=w.full_refresh,
+                skipped=w.skipped,
+                held=w.held,
+                unreadable=w.unreadable,
+                parent=w.parent,
+                future=w.future,
+                all_parents=w.all_parents,
+            )
+            for name, w in inc.windows.items()
+        )
+        return IncrementSummary(inc.number, inc.status == "complete", windows)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -646,8 +928,17 @@ class Engine:
             futures = [r.writer.barrier() for r in runners]  # one synchronous step
             results = await asyncio.gather(*futures)
             complete = final and not self._stopping
+            increment = self._increment
             for r, res in zip(runners, results, strict=True):
                 apply(state, r.name, self._prior_files[r.name], res, complete)
+                if increment is not None and r.name in increment.windows:
+                    window = increment.windows[r.name]
+                    fold_high(self.config, window, r.name, res.cursor, res.rows)
+                    window.unreadable += res.unreadable
+                    window.swept += res.swept
+                    if res.future:
+                        window.future += res.future
+                        self._cursor_ahead(r, res.future, res.future_value)
                 for folder, names in res.extra_files.items():
                     prior = self._prior_files[folder]
                     state.endpoint(folder).files = prior + [n for n in names if n not in prior]
@@ -657,6 +948,10 @@ class Engine:
             if final:
                 state.status = "complete" if complete else "interrupted"
                 state.note = self._stop_reason
+                if complete and increment is not None:
+                    # The marks move in the save that completes the increment (checkpoint rule).
+                    dead = await asyncio.to_thread(dead_requests_by_endpoint, self.output, state)
+                    complete_increment(self.config, state, dead)
             await asyncio.shield(asyncio.to_thread(save_state, self.output, state))
             for r in runners:
                 if r.writer.tap is not None:
@@ -672,11 +967,13 @@ class Engine:
         options = CompactOptions.from_config(self.config.output)
         loop = asyncio.get_running_loop()
         for r in self._runners.values():
-            sinks = [r.writer.sink] + ([r.writer.tsink] if r.writer.tsink is not None else [])
-            for sink in sinks:
+            # The state's folder names (a sink's directory may be an increment's partition).
+            sinks = [(r.name, r.writer.sink)]
+            if r.writer.tsink is not None:
+                sinks.append((r.writer.tfolder, r.writer.tsink))
+            for folder, sink in sinks:
                 if not isinstance(sink, ParquetSink):
                     continue  # output: none
-                folder = sink.directory.name
                 before = list(state.endpoint(folder).files)
                 done = await loop.run_in_executor(
                     self._files,
@@ -789,6 +1086,10 @@ class Engine:
     async def _feed_root(self, runner: EndpointRunner) -> None:
         spec = runner.endpoint.from_file
         plan = self._plan(runner)
+        increment = self._increment
+        if increment is not None and increment.windows[runner.name].skipped:
+            await runner.producer_done()  # a bounded backfill already done: nothing to fetch
+            return
         if spec is None:
             await runner.submit_many(self._planned(plan, [Job(0, {})]))
         else:
@@ -842,6 +1143,18 @@ class Engine:
         if queued:
             self.events.emit(JobsQueued(runner.name, queued))
         await runner.producer_done()
+
+
+def _sweeps(e: EndpointConfig) -> bool:
+    """Whether ``e`` is a ``for_each`` child with ``parents: all``."""
+    return e.for_each is not None and e.for_each.parents == "all"
+
+
+def _for_each_paths(e: EndpointConfig) -> list[str]:
+    """The parent fields a ``for_each`` child binds and copies."""
+    spec = e.for_each
+    assert spec is not None
+    return [*spec.bind.values(), *spec.copy_fields.values()]
 
 
 async def _bounded(aw: Awaitable[object], seconds: float | None) -> bool:

@@ -32,6 +32,7 @@ from ..core.result import RunResult
 from ..core.snapshot import Snapshot
 from ..limits.clock import Clock
 from ..limits.rate_budget import RateBudget
+from ..transform.pool import TransformPool
 from .engine import Engine
 from .tap import BatchStream
 
@@ -53,7 +54,12 @@ class Pipeline:
     ``async with`` starts the run and, on leaving the block, waits for its end (or, after
     ``stop()``, for the stop to complete); the run's error is raised there. An exception or a
     cancellation inside the block cancels the run (see the module docstring for what a cancel
-    keeps). A pipeline runs once.
+    keeps). A pipeline runs once. ``pool``: a :class:`~asyncingest.transform.pool.TransformPool`
+    its owner entered and will close, shared by pipelines run one after another or side by side
+    (a scale-out worker's, so each shard does not start processes of its own).
+
+    For a config with ``incremental:`` endpoints a run is one increment (README, "Incremental
+    runs"): ``full_refresh`` names endpoints refetched from their ``initial`` this time.
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class Pipeline:
         clock: Clock | None = None,
         fresh: bool = False,
         retry_failed: bool = False,
+        full_refresh: Iterable[str] = (),
+        pool: TransformPool | None = None,
     ) -> None:
         self.config = config
         self._engine = Engine(
@@ -76,6 +84,8 @@ class Pipeline:
             fresh=fresh,
             retry_failed=retry_failed,
             budget=budget,
+            full_refresh=full_refresh,
+            pool=pool,
         )
         self._task: asyncio.Task[RunResult] | None = None
         self._began: asyncio.Future[None] | None = None
@@ -177,7 +187,13 @@ class Pipeline:
 
     def snapshot(self) -> Snapshot:
         """Where the run is now (see :class:`~asyncingest.Snapshot`): O(endpoints), safe at any
-        moment, before the start and after the end."""
+        moment, before the start and after the end.
+
+        Call it from the thread running the pipeline's event loop: the counters it reads are
+        updated by that loop without locks. From another thread, ask the loop for it
+        (``asyncio.run_coroutine_threadsafe`` of a coroutine that returns ``p.snapshot()``, or
+        ``loop.call_soon_threadsafe``); the :class:`~asyncingest.Snapshot` it returns is frozen
+        and may then be read anywhere."""
         return self._engine.snapshot()
 
     def batches(self, endpoint: str) -> BatchStream:
@@ -253,6 +269,7 @@ async def run(
     fresh: bool = False,
     retry_failed: bool = False,
     budget: RateBudget | None = None,
+    full_refresh: Iterable[str] = (),
 ) -> RunResult:
     """Run a pipeline to completion in the current event loop and return what it did (a
     :class:`Pipeline` run to its end; cancelling the caller cancels the run). ``budget``: an
@@ -265,6 +282,7 @@ async def run(
         clock=clock,
         fresh=fresh,
         retry_failed=retry_failed,
+        full_refresh=full_refresh,
     )
     await pipeline.start()
     return await pipeline.wait()
@@ -279,6 +297,7 @@ def run_sync(
     fresh: bool = False,
     retry_failed: bool = False,
     budget: RateBudget | None = None,
+    full_refresh: Iterable[str] = (),
 ) -> RunResult:
     """:func:`run` for scripts: runs the pipeline in a new event loop (``asyncio.run``) and returns
     the result. Inside a running event loop, use ``await asyncingest.run(...)`` instead. A
@@ -301,5 +320,6 @@ def run_sync(
             clock=clock,
             fresh=fresh,
             retry_failed=retry_failed,
+            full_refresh=full_refresh,
         )
     )

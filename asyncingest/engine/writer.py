@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config.models import ForEach, TransformConfig
+from ..core.cursor import CursorMax
 from ..core.records import bind_children
 from ..core.request import Record
 from ..errors import environment_failure
@@ -76,6 +77,8 @@ class PageDone:
     token: Token | None
     children: Sequence[tuple[ChildLink, list[Job]]] = ()
     dead: Sequence[DeadLetter] = ()
+    mark: Any = None  # a token cursor's "changes since" token the page carried
+    swept: int = 0  # parents: all: current-table rows of the parent this item swept
 
 
 class Barrier:
@@ -129,6 +132,7 @@ class Writer:
         # The CPU stage, when the endpoint has a transform (attach_transform).
         self.pipe: TransformPipe | None = None
         self.tsink: ParquetSink | None = None
+        self.tfolder = ""  # the transform's output folder (attach_transform)
         self.keep_raw = True
         self._tcommitted = 0
         self.tap: BatchTap | None = None  # Pipeline.batches: the consumer of this endpoint
@@ -139,6 +143,11 @@ class Writer:
         self.answered_batches = 0  # batches the last settled barrier answer covered
         self._barriers_queued = 0
         self._barrier_queued: asyncio.Future[None] | None = None
+        # An incremental endpoint: the high-water mark of the records applied since the last
+        # barrier, and their count; a barrier hands both out with what it made durable.
+        self.cursor: CursorMax | None = None
+        self._rows = 0
+        self._swept = 0  # parents: all: current-table rows swept since the last barrier
 
     def attach_tap(self, tap: BatchTap) -> None:
         """Hand every batch the sink makes to ``tap``; only before any record reached it."""
@@ -205,10 +214,13 @@ class Writer:
             self._barrier_queued = None
 
     def attach_transform(
-        self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink
+        self, pool: TransformPool, spec: TransformConfig, sink: ParquetSink, folder: str
     ) -> None:
         """Send this endpoint's records through ``pool`` (the transform ``spec``) in order; what it
-        returns goes to ``sink``. Call before :meth:`start`."""
+        returns goes to ``sink``, the output folder ``folder`` (the state's name for it; the
+        sink's directory may be an increment's partition inside it). Call before
+        :meth:`start`."""
+        self.tfolder = folder
         self.pipe = TransformPipe(
             pool, spec, self._write_transformed, self._set_aside, self._release
         )
@@ -263,6 +275,7 @@ class Writer:
         records: list[Record],
         token: Token,
         dead: list[DeadLetter],
+        mark: Any = None,
     ) -> Sequence[tuple[ChildLink, list[Job]]]:
         """Hand over one page: wait for room, bind the records to each child's jobs, number
         them and enqueue the page, and return the jobs per child for the caller to queue.
@@ -285,7 +298,30 @@ class Writer:
                 self.ledger.rejected(why)
             if jobs:
                 children.append((link, jobs))
-        inbox.put_nowait(PageDone(records, token, children, dead))
+        inbox.put_nowait(PageDone(records, token, children, dead, mark))
+        return children
+
+    async def put_children(
+        self, rows: list[Record], swept: int, links: Collection[str]
+    ) -> Sequence[tuple[ChildLink, list[Job]]]:
+        """Hand over parent rows that are not records of this run (``for_each: {parents:
+        all}``: the rows of the parent's current table no record of the increment replaced):
+        bind them to the jobs of the children named ``links``, numbered into their journals
+        like a page's, and count ``swept`` rows as done in the barrier answers. Nothing is
+        written and no cursor moves; a row that cannot be bound is skipped (it was
+        dead-lettered when it was fetched). Returns the jobs per child, as :meth:`put_page`."""
+        inbox = self._inbox
+        if inbox.full():
+            await inbox.wait_for_room()
+        children: list[tuple[ChildLink, list[Job]]] = []
+        for link in self._links:
+            if link.name not in links:
+                continue
+            jobs, _ = bind_children(rows, link.spec, link.name, itertools.count(link.next_number))
+            link.next_number += len(jobs)
+            if jobs:
+                children.append((link, jobs))
+        inbox.put_nowait(PageDone([], None, children, (), None, swept))
         return children
 
     def barrier(self) -> asyncio.Future[BarrierResult]:
@@ -392,6 +428,13 @@ class Writer:
     def _apply(self, item: PageDone) -> None:
         if item.records and self.keep_raw:
             self._buffer.extend(item.records)
+        self._rows += len(item.records)
+        self._swept += item.swept
+        if self.cursor is not None:
+            if item.records:
+                self.cursor.fold(item.records)
+            if item.mark is not None:
+                self.cursor.fold_token(item.mark)
         for link, jobs in item.children:
             journal = link.journal
             for job in jobs:
@@ -444,6 +487,14 @@ class Writer:
 
     def _snapshot(self, progress: Progress | None = None, finished: bool = False) -> BarrierResult:
         self._announce_files()
+        cursor, rows, unreadable, future, future_value, swept = None, 0, 0, 0, None, 0
+        if progress is not None:  # handed out once, like the progress
+            rows, self._rows = self._rows, 0
+            swept, self._swept = self._swept, 0
+            if self.cursor is not None:
+                cursor = self.cursor.take()
+                unreadable, self.cursor.unreadable = self.cursor.unreadable, 0
+                future, future_value = self.cursor.take_future()
         return BarrierResult(
             progress=progress if progress is not None else Progress(),
             files=[Path(p).name for p in self.sink.files],
@@ -451,10 +502,16 @@ class Writer:
             dead_letter_bytes=self.dead.nbytes,
             finished=finished,
             extra_files=(
-                {self.tsink.directory.name: [Path(p).name for p in self.tsink.files]}
+                {self.tfolder: [Path(p).name for p in self.tsink.files]}
                 if self.tsink is not None
                 else {}
             ),
+            cursor=cursor,
+            rows=rows,
+            unreadable=unreadable,
+            future=future,
+            future_value=future_value,
+            swept=swept,
         )
 
     def _announce_files(self) -> None:

@@ -32,7 +32,7 @@ class Clock(Protocol):
         ...
 
     def wall(self) -> float:
-        """Seconds since the epoch (for HTTP-date headers only)."""
+        """Seconds since the epoch (HTTP-date headers; the run start of the future-cursor guard)."""
         ...
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:

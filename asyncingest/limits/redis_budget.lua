@@ -50,7 +50,10 @@ local function push(i, at, n)
 end
 
 -- The history: present, first use, or lost (Redis restarted empty, flushed) while this client
--- was talking to it. Lost: presume every window full for its whole length from now.
+-- was talking to it. Lost: presume every window full for its whole length from now. A client
+-- that knew another epoch than the one found lost it too: a newcomer (a fresh worker, a
+-- `status`) may have been first to find Redis empty, and must not hide the loss from the
+-- workers that were sending before it (each of them makes every window full again once).
 local epoch = redis.call('GET', alive_key)
 local lost = 0
 if not epoch then
@@ -58,6 +61,8 @@ if not epoch then
   redis.call('DEL', held_key)
   for i = 1, nwin do redis.call('DEL', KEYS[2 + 2 * i], KEYS[3 + 2 * i]) end
   if known ~= '' then lost = 1 end
+elseif known ~= '' and known ~= epoch then
+  lost = 1
 end
 redis.call('SET', alive_key, epoch, 'PX', keep_ms)
 

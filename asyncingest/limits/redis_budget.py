@@ -25,12 +25,15 @@ changes it atomically, on Redis ``TIME`` (never a worker's clock: skew cannot ov
   clock; every worker's next ask waits for it. It is also kept locally at once.
 * **Redis down or hung: fail closed.** Every call has a timeout; no grant without an answer. The
   waiter retries with back-off (up to ``2 s``), and the outage is logged once (and its end).
-  Releases that cannot be recorded are retried; if they never are, the lease runs out.
+  Releases that cannot be recorded are retried; if they never are, the lease runs out. An ask
+  that timed out is given back (in the background, retried): a hung Redis (SIGSTOP) runs the
+  commands it had received once it resumes, and that lease would otherwise hold a slot, granted
+  to nobody, until it ran out.
 * **History lost** (Redis restarted without persistence, flushed): a worker that was talking to
-  Redis notices (its epoch is gone while it should still be there) and the script presumes every
-  window full for its whole length from then: nothing is granted for the longest window. A worker
-  started fresh into an emptied Redis cannot tell; that is the limit of this design without a
-  durable ledger.
+  Redis notices (its epoch is gone while it should still be there, or another one is there: a
+  newcomer found Redis empty first) and the script presumes every window full for its whole
+  length from then: nothing is granted for the longest window. A worker started fresh into an
+  emptied Redis cannot tell; that is the limit of this design without a durable ledger.
 
 All workers sharing a budget must be given the same windows and ``name`` (and ``prefix``).
 """
@@ -167,6 +170,7 @@ class RedisBudget:
         self._local_pause = -math.inf  # local monotonic end of a pause this process asked for
         self._down_since: float | None = None
         self._lost_seen = 0
+        self._timed_out = False  # the last call failed by a timeout (it may still run)
 
     @property
     def name(self) -> str:
@@ -212,6 +216,8 @@ class RedisBudget:
                     self._background(self._record(lease, "give_back"))
                     raise
                 if reply is None:  # Redis did not answer: nothing is granted
+                    if self._timed_out:  # a hung Redis runs the ask when it resumes: undo it
+                        self._background(self._record(lease, "give_back"))
                     await self._clock.sleep(backoff)
                     backoff = min(_MAX_BACKOFF, backoff * 2)
                     continue
@@ -335,6 +341,7 @@ class RedisBudget:
     ) -> _Reply | None:
         """Run the script once; None when Redis did not answer in time (logged once per outage)."""
         from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         known = self._epoch
         last = self._last
@@ -348,6 +355,7 @@ class RedisBudget:
             async with asyncio.timeout(self._timeout * 2):
                 raw = await script(keys=self._keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
+            self._timed_out = isinstance(exc, TimeoutError | RedisTimeout)
             if self._down_since is None:
                 self._down_since = self._clock.time()
                 logger.warning(

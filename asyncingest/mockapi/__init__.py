@@ -2,16 +2,18 @@
 sliding-window limit that referees the client, and named faults.
 
 Used by the test suite, ``python -m asyncingest demo``, ``python -m asyncingest mock-api`` and
-the benchmarks. Modules: ``settings`` (what to serve), ``data`` (the dataset), ``routes``
-(endpoints), ``ratelimit`` (the referee), ``faults`` (named faults), ``stats`` (counters),
-``oauth`` (a token endpoint), ``app`` (the server and its request pipeline). It stands alone:
-it imports nothing of the client (the import contract checks it), so it referees the client
-rather than trusting it.
+the benchmarks. Modules: ``settings`` (what to serve), ``data`` (the dataset), ``changes`` (CRM
+records that change over time on a mock clock, "changed since" filters and sync tokens),
+``routes`` (endpoints), ``ratelimit`` (the referee), ``faults`` (named faults), ``stats``
+(counters), ``oauth`` (a token endpoint), ``app`` (the server and its request pipeline). It
+stands alone: it imports nothing of the client (the import contract checks it), so it referees
+the client rather than trusting it.
 Private, like every sub-package: only the public API in :mod:`asyncingest` is stable.
 """
 
 from .app import MockAPI, serve
-from .data import Dataset, Record, user_record
+from .changes import ChangingTable, MockClock
+from .data import CrmTable, Dataset, Record, user_record
 from .faults import FaultPlan
 from .oauth import TokenIssuer, TokenStats
 from .ratelimit import SlidingWindowReferee
@@ -21,11 +23,14 @@ from .stats import LogEntry, MockStats
 __all__ = [
     "FAULT_KINDS",
     "TRANSIENT_FAULTS",
+    "ChangingTable",
+    "CrmTable",
     "Dataset",
     "FaultKind",
     "FaultPlan",
     "LogEntry",
     "MockAPI",
+    "MockClock",
     "MockSettings",
     "MockStats",
     "OAuthSettings",

@@ -14,7 +14,9 @@ Every non-admin request goes through the same steps, in order:
 6. endpoint (``routes.py``) -> reply, then sent as is or broken by the chosen fault;
 7. the status is counted and ``(now, method, path, status)`` appended to the bounded log.
 
-``GET /_stats``, ``POST /_reset``, ``POST /_revoke`` (revoke every OAuth token) and the OAuth
+``GET /_stats``, ``POST /_reset``, ``POST /_revoke`` (revoke every OAuth token), ``POST /_edit``
+(change the CRM records: ``Routes.edit``, e.g. ``curl -XPOST localhost:8000/_edit -d
+'{"fraction": 0.01, "advance": 86400}'`` for a day and 1% of the contacts) and the OAuth
 token endpoint (``oauth.py``: counted apart, never refereed) skip all of it. aiohttp's
 low-level ``web.Server`` is used (no router, no middlewares, no access log) to keep the
 per-request path short.
@@ -43,7 +45,7 @@ from .stats import MockStats
 logger = logging.getLogger("asyncingest.mockapi")
 
 _STATUS_FAULTS = frozenset({"status_500", "status_503", "status_429"})
-_ADMIN = frozenset({"/_stats", "/_reset", "/_revoke"})
+_ADMIN = frozenset({"/_stats", "/_reset", "/_revoke", "/_edit"})
 
 
 class _Pipeline:
@@ -174,6 +176,12 @@ class _Pipeline:
             reply = json_reply({"reset": True})
         elif path == "/_revoke" and request.method == "POST":
             reply = json_reply({"revoked": self.api.revoke_tokens()})
+        elif path == "/_edit" and request.method == "POST":
+            call = Call(request.query, None, await request.read(), f"http://{request.host}")
+            try:
+                reply = self.routes.edit(call)
+            except BadRequest as exc:
+                reply = error_reply(400, str(exc))
         else:
             reply = Reply(405, b'{"error":"method not allowed","status":405}')
         return web.Response(status=reply.status, body=reply.body, content_type=JSON)

@@ -8,16 +8,22 @@ Counts are predictable from the settings (see :meth:`Dataset.counts`): per sessi
 ``n_drivers`` driver rows, ``n_drivers * laps_per_driver`` laps, ``weather_per_session`` weather
 rows, ``race_control_per_session`` race-control items and ``team_radio_per_session`` radios;
 pit stops and stints follow from each driver's (seeded) pit laps.
+
+The CRM contacts and engagements change when a test says so (:meth:`Dataset.edit`,
+:meth:`Dataset.archive`, :meth:`Dataset.create`, stamped with the dataset's mock clock
+:attr:`Dataset.clock`); everything else is fixed. See ``changes.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+from .changes import ChangingTable, MockClock, archived, created, edited, sample_ids, sync_token
 from .settings import MockSettings
 
 Record = dict[str, Any]
@@ -63,6 +69,10 @@ _DOMAINS = ["example.com", "example.org", "mail.test", "corp.test"]
 _INDUSTRIES = ["SOFTWARE", "RETAIL", "FINANCE", "LOGISTICS", "HEALTHCARE", "MEDIA"]
 _TIERS = [(800.0, "platinum"), (700.0, "gold"), (600.0, "silver"), (0.0, "bronze")]
 _CRM_EPOCH = datetime(2023, 1, 1, tzinfo=UTC)
+_ID_SEQUENCE = {"contacts": (10_001, 3), "engagements": (5_000_001, 7)}  # id = base + i * step
+
+CrmTable = Literal["contacts", "engagements"]
+"""The CRM lists that change over time."""
 
 
 def _iso(t: datetime) -> str:
@@ -117,6 +127,9 @@ class Dataset:
     _by_session: dict[str, dict[int, list[Record]]] = field(
         default_factory=dict, compare=False, init=False
     )
+    _crm: dict[str, ChangingTable] = field(default_factory=dict, compare=False, init=False)
+    _clock: MockClock = field(default_factory=MockClock, compare=False, init=False)
+    _rounds: int = field(default=0, compare=False, init=False)
 
     def __post_init__(self) -> None:
         for table in PER_SESSION_TABLES:
@@ -124,6 +137,10 @@ class Dataset:
             for row in getattr(self, table):
                 index.setdefault(row["session_key"], []).append(row)
             self._by_session[table] = index
+        self._crm = {
+            "contacts": ChangingTable("contacts", self.contacts),
+            "engagements": ChangingTable("engagements", self.engagements),
+        }
 
     @classmethod
     def build(cls, settings: MockSettings) -> Dataset:
@@ -158,6 +175,83 @@ class Dataset:
             "users": len(self.user_ids),
         }
 
+    # -- changes over time (the CRM lists) ------------------------------------------------------
+
+    @property
+    def clock(self) -> MockClock:
+        """The mock clock that stamps every change (``advance``, ``set``; starts 2024-03-01)."""
+        return self._clock
+
+    def crm(self, table: CrmTable) -> ChangingTable:
+        """The changing CRM list ``table`` (``contacts`` or ``engagements``) and its indexes."""
+        return self._crm[table]
+
+    def sync_token(self, table: CrmTable) -> str:
+        """The ``/changes`` token that names every change of ``table`` made so far."""
+        return sync_token(table, self._crm[table].last_seq)
+
+    def _round(self, what: str, table: CrmTable, seed: int, now: datetime | None) -> random.Random:
+        if now is not None:
+            self._clock.set(now)
+        self._rounds += 1
+        return random.Random(f"{self.seed}|{what}|{table}|{seed}|{self._rounds}")
+
+    def edit(
+        self,
+        fraction: float = 0.0,
+        *,
+        ids: Sequence[str] | None = None,
+        table: CrmTable = "contacts",
+        now: datetime | None = None,
+        seed: int = 0,
+    ) -> list[str]:
+        """Change one field of ``fraction`` of the live (not archived) records of ``table`` (at
+        least one when > 0), or of the records ``ids``, and set their ``updatedAt`` to ``now``
+        (the clock is set to it first; default: the clock's instant). The sample and the new
+        values are seeded by the dataset's seed, ``seed`` and the number of changes made so
+        far, so a test repeats exactly. Returns the ids changed, in list order."""
+        rng = self._round("edit", table, seed, now)
+        changing = self._crm[table]
+        chosen = sample_ids(changing, fraction, rng, ids)
+        for rid in chosen:
+            changing.replace(edited(table, changing.get(rid), rng, self._clock.now))
+        return chosen
+
+    def archive(
+        self, ids: Sequence[str], *, table: CrmTable = "contacts", now: datetime | None = None
+    ) -> list[str]:
+        """Archive (HubSpot's delete) the records ``ids``: ``archived: true`` and ``updatedAt`` =
+        ``now`` (see :meth:`edit`). They leave the default list and stay in the filtered and
+        ``/changes`` ones, so an incremental client sees the delete. Returns the ids."""
+        self._round("archive", table, 0, now)
+        changing = self._crm[table]
+        chosen = sample_ids(changing, 0.0, random.Random(0), ids)
+        for rid in chosen:
+            changing.replace(archived(changing.get(rid), self._clock.now))
+        return chosen
+
+    def create(
+        self, n: int, *, table: CrmTable = "contacts", now: datetime | None = None, seed: int = 0
+    ) -> list[str]:
+        """Add ``n`` new records to ``table``, created and updated at ``now`` (see :meth:`edit`),
+        with ids continuing the table's sequence; a new engagement gets 0..3 associated live
+        contacts. Returns the new ids."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        rng = self._round("create", table, seed, now)
+        changing = self._crm[table]
+        base, step = _ID_SEQUENCE[table]
+        made = []
+        for _ in range(n):
+            k = len(changing.rows)
+            rid = str(base + k * step)
+            changing.replace(created(table, rid, k, rng, self._clock.now))
+            made.append(rid)
+            if table == "engagements":
+                live = [c["id"] for c in self.contacts if not c.get("archived")]
+                self.associations[rid] = rng.sample(live, min(len(live), rng.randint(0, 3)))
+        return made
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.counts().items())
         return f"Dataset(seed={self.seed}, {shown})"
@@ -171,7 +265,7 @@ def _build(s: MockSettings) -> Dataset:
     for session in sessions:
         _session_tables(rng, s, session, roster, tables)
     contacts = _contacts(rng, s.n_contacts)
-    engagements = _engagements(rng, s.n_engagements)
+    engagements = _engagements(rng, s.n_engagements, s.seed)
     contact_ids = [c["id"] for c in contacts]
     associations = {
         e["id"]: rng.sample(contact_ids, min(len(contact_ids), rng.randint(0, 3)))
@@ -367,9 +461,9 @@ def _contacts(rng: random.Random, n: int) -> list[Record]:
     return rows
 
 
-def _engagements(rng: random.Random, n: int) -> list[Record]:
+def _engagements(rng: random.Random, n: int, seed: int) -> list[Record]:
     epoch_ms = int(_CRM_EPOCH.timestamp() * 1000)
-    return [
+    rows: list[Record] = [
         {
             "id": str(5_000_001 + i * 7),
             "type": rng.choice(_ENGAGEMENT_TYPES),
@@ -378,6 +472,15 @@ def _engagements(rng: random.Random, n: int) -> list[Record]:
         }
         for i in range(n)
     ]
+    for row in rows:
+        # Up to 30 days after the engagement, from a digest: the seeded stream the rest of the
+        # dataset is drawn from stays as it was before engagements had an updatedAt.
+        d = hashlib.blake2b(f"{seed}|engagement|{row['id']}".encode(), digest_size=8).digest()
+        minutes = int.from_bytes(d, "big") % (60 * 24 * 30)
+        updated = _CRM_EPOCH + timedelta(milliseconds=row["timestamp"] - epoch_ms, minutes=minutes)
+        row["updatedAt"] = _iso_z(updated)
+        row["archived"] = False
+    return rows
 
 
 def _companies(rng: random.Random, n: int) -> list[Record]:

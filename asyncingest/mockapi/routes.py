@@ -15,7 +15,20 @@ deliberately varied so every pagination and record-location kind gets exercised:
   pair, which the client reads from the record itself (no built-in kind does that; see
   ``asyncingest/examples/keyset.py``)
 - ``GET /crm/v3/objects/{contacts,engagements}?limit=&after=``:
-  ``{"results", "paging": {"next": {"after", "link"}}}``, no ``paging`` on the last page
+  ``{"results", "paging": {"next": {"after", "link"}}}``, no ``paging`` on the last page.
+  Archived records are left out (HubSpot's default); ``archived=true`` lists only them,
+  ``archived=false`` only the others. "Changed since" filters (any of them switches the list to
+  update order): ``updatedAfter=<t>`` (strictly after ``t``), ``updatedSince=<t>`` (at or after
+  ``t``), ``updatedBefore=<t>`` (strictly before ``t``), ``t`` an ISO 8601 instant (``Z`` or an
+  offset, compared as instants in UTC) or epoch milliseconds. Filtered, records come in
+  ``(updatedAt, id)`` order with a keyset ``after`` cursor (a record edited while a client
+  pages is served again later, never skipped), and archived records are included (a client
+  sees deletes) unless ``archived`` says otherwise. The ``link`` repeats the filters.
+- ``GET /crm/v3/objects/{contacts,engagements}/changes?since=<token>&limit=``: every record
+  changed after the sync token (from the start without one), each once at its newest version,
+  archived ones included, in change order: ``{"results", "nextSyncToken", "hasMore"}`` plus,
+  while ``hasMore``, ``"paging": {"next": {"after": <token>, "link"}}``; the last page's
+  ``nextSyncToken`` is what to send next time. Tokens are opaque; a bad one is a 400.
 - ``GET /crm/v4/objects/engagements/{id}/associations/contacts``: ``{"results"}``; 404 if unknown
 - ``GET /crm/v3/objects/companies?limit=&cursor=``: top-level list, ``Link: <url>; rel="next"``
 - ``GET /partner/users/{user_id}``, ``POST /partner/score {"user_id"}``: one object; 404 if
@@ -35,7 +48,15 @@ from urllib.parse import urlencode
 
 import orjson
 
-from .data import Dataset, Record
+from .changes import (
+    ChangingTable,
+    Window,
+    iso_z,
+    parse_instant,
+    read_sync_token,
+    sync_token,
+)
+from .data import CrmTable, Dataset, Record
 from .faults import Reply
 
 MAX_LIMIT = 100
@@ -107,6 +128,46 @@ def _cursor(query: Mapping[str, str], name: str) -> int:
     return int(raw)
 
 
+def _flag(query: Mapping[str, str], name: str) -> bool | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise BadRequest(f"{name} must be true or false, got {raw!r}")
+
+
+def _instant(query: Mapping[str, str], name: str) -> int:
+    try:
+        return parse_instant(query[name])
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+
+
+def _window(query: Mapping[str, str], archived: bool | None) -> Window | None:
+    """The "changed since" filters of a CRM list, or None when none is given."""
+    if not any(n in query for n in ("updatedAfter", "updatedSince", "updatedBefore")):
+        return None
+    lows = []
+    if "updatedAfter" in query:
+        lows.append(_instant(query, "updatedAfter") + 1)  # strictly after: 1 us later
+    if "updatedSince" in query:
+        lows.append(_instant(query, "updatedSince"))
+    high = _instant(query, "updatedBefore") if "updatedBefore" in query else None
+    return Window(max(lows) if lows else None, high, archived)
+
+
+def _keyset(query: Mapping[str, str]) -> tuple[int, int] | None:
+    """The ``after`` cursor of a filtered CRM list: ``<updatedAt us>-<id>`` of the last record."""
+    raw = query.get("after")
+    if raw is None:
+        return None
+    us, sep, rid = raw.partition("-")
+    if not (sep and us.isascii() and us.isdigit() and rid.isascii() and rid.isdigit()):
+        raise BadRequest(f"invalid after cursor {raw!r}")
+    return int(us), int(rid)
+
+
 class Routes:
     """The route table over one dataset. ``resolve`` is one dict lookup for fixed paths."""
 
@@ -125,11 +186,15 @@ class Routes:
             "/v1/race_control": Route("/v1/race_control", "GET", self.race_control),
             "/v1/team_radio": Route("/v1/team_radio", "GET", self.team_radio),
             "/v2/weather": Route("/v2/weather", "GET", self.weather_feed),
-            contacts: Route(
-                contacts, "GET", partial(self._cursor_page, contacts, dataset.contacts)
-            ),
+            contacts: Route(contacts, "GET", partial(self._crm_list, "contacts", contacts)),
             engagements: Route(
-                engagements, "GET", partial(self._cursor_page, engagements, dataset.engagements)
+                engagements, "GET", partial(self._crm_list, "engagements", engagements)
+            ),
+            f"{contacts}/changes": Route(
+                f"{contacts}/changes", "GET", partial(self._changes, "contacts")
+            ),
+            f"{engagements}/changes": Route(
+                f"{engagements}/changes", "GET", partial(self._changes, "engagements")
             ),
             "/crm/v3/objects/companies": Route("/crm/v3/objects/companies", "GET", self.companies),
             "/partner/score": Route("/partner/score", "POST", self.score),
@@ -232,13 +297,45 @@ class Routes:
         return json_reply({"data": rows, "meta": {"has_more": more}})
 
     # -- CRM ------------------------------------------------------------------------------
-    def _cursor_page(self, path: str, rows: list[Record], call: Call) -> Reply:
-        start, limit = _cursor(call.query, "after"), _limit(call.query, default=10)
-        end = start + limit
-        body: dict[str, Any] = {"results": rows[start:end]}
-        if end < len(rows):
-            link = f"{call.origin}{path}?{urlencode({'after': end, 'limit': limit})}"
-            body["paging"] = {"next": {"after": str(end), "link": link}}
+    def _crm_list(self, table: CrmTable, path: str, call: Call) -> Reply:
+        """A CRM object list: in list order, or in update order when a filter is given."""
+        query = call.query
+        limit = _limit(query, default=10)
+        changing = self.dataset.crm(table)
+        archived = _flag(query, "archived")
+        window = _window(query, archived)
+        body: dict[str, Any]
+        if window is None:
+            want = archived is True
+            rows, end = changing.by_position(
+                _cursor(query, "after"), limit, lambda r: bool(r.get("archived")) == want
+            )
+            body, after = {"results": rows}, (None if end is None else str(end))
+        else:
+            rows, last = changing.by_update(window, _keyset(query), limit)
+            body, after = {"results": rows}, (None if last is None else f"{last[0]}-{last[1]}")
+        if after is not None:
+            params = {k: v for k, v in query.items() if k not in ("after", "limit")}
+            link = f"{call.origin}{path}?{urlencode({**params, 'after': after, 'limit': limit})}"
+            body["paging"] = {"next": {"after": after, "link": link}}
+        return json_reply(body)
+
+    def _changes(self, table: CrmTable, call: Call) -> Reply:
+        """``.../changes?since=<token>``: records changed after the token, in change order."""
+        changing: ChangingTable = self.dataset.crm(table)
+        raw = call.query.get("since")
+        try:
+            seq = 0 if raw is None or raw == "" else read_sync_token(table, raw)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        limit = _limit(call.query, default=10)
+        rows, last, more = changing.changes_since(seq, limit)
+        token = sync_token(table, last)
+        body: dict[str, Any] = {"results": rows, "nextSyncToken": token, "hasMore": more}
+        if more:
+            query = urlencode({"since": token, "limit": limit})
+            link = f"{call.origin}/crm/v3/objects/{table}/changes?{query}"
+            body["paging"] = {"next": {"after": token, "link": link}}
         return json_reply(body)
 
     def companies(self, call: Call) -> Reply:
@@ -266,6 +363,43 @@ class Routes:
                 404,
             )
         return json_reply({"results": self.dataset.association_records(eid)})
+
+    def edit(self, call: Call) -> Reply:
+        """``POST /_edit`` (admin, for a mock run by hand or a benchmark): change the CRM data as
+        :meth:`Dataset.edit`, :meth:`Dataset.archive` and :meth:`Dataset.create` do. Body:
+        ``{"op": "edit" | "archive" | "create", "table": "contacts" | "engagements",
+        "advance": <seconds the clock moves first>, "fraction", "ids", "n", "seed"}``. Answers
+        ``{"ids", "now", "syncToken"}``; 400 for a bad body."""
+        try:
+            payload = orjson.loads(call.body or b"{}")
+        except orjson.JSONDecodeError:
+            raise BadRequest("body must be JSON") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("body must be a JSON object")
+        d = self.dataset
+        op, table = payload.get("op", "edit"), payload.get("table", "contacts")
+        if table not in ("contacts", "engagements"):
+            raise BadRequest(f"table must be contacts or engagements, got {table!r}")
+        try:
+            d.clock.advance(float(payload.get("advance", 0)))
+            seed, ids = int(payload.get("seed", 0)), payload.get("ids")
+            if ids is not None and not (
+                isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+            ):
+                raise ValueError("ids must be a list of strings")
+            if op == "edit":
+                done = d.edit(float(payload.get("fraction", 0)), ids=ids, table=table, seed=seed)
+            elif op == "archive":
+                done = d.archive(ids or [], table=table)
+            elif op == "create":
+                done = d.create(int(payload.get("n", 1)), table=table, seed=seed)
+            else:
+                raise ValueError(f"op must be edit, archive or create, got {op!r}")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BadRequest(str(exc)) from None
+        return json_reply(
+            {"ids": done, "now": iso_z(d.clock.now), "syncToken": d.sync_token(table)}
+        )
 
     # -- partner --------------------------------------------------------------------------
     def user(self, call: Call) -> Reply:

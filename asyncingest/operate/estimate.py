@@ -155,6 +155,9 @@ class Estimate:
     seconds: float | None  # the larger bound; None: nothing bounds the time
     bottleneck: str | None  # "170/10s", "laps: 10/1s", "laps: 16 in flight at 0.02s each"
     window_seconds: tuple[tuple[Window, float], ...]  # each shared window's share of the time
+    # An incremental config: the increment estimated (None: the first, from ``initial``; else
+    # the next one of an existing output, its windows from the saved marks, or one under way).
+    increment: int | None = None
 
     def __rich__(self) -> Group:
         return render_estimate(self)
@@ -162,6 +165,7 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``plan --json``)."""
         return {
+            "increment": self.increment,
             "requests": self.requests,
             "requests_low": self.requests_low,
             "requests_high": self.requests_high,
@@ -489,6 +493,11 @@ def render_estimate(est: Estimate) -> Group:
             r.measured,
         )
     text = Text()
+    if est.increment is not None:
+        text.append(
+            f"increment {est.increment}: the windows the next run fetches (from the output's "
+            "saved marks)\n"
+        )
     for r in est.endpoints:
         if r.failed_walks:
             text.append(

@@ -8,7 +8,7 @@ returns the subscriber to hand to the engine. Levels:
 * INFO: the run and each endpoint starting and finishing, files committed, the breaker closing,
   pauses taken before the server said 429;
 * WARNING: retries, requests that gave up, rejected records, the breaker opening, 429 pauses,
-  a budget used up (with when it returns).
+  a budget used up (with when it returns), incremental cursors in the future (``cursor_ahead``).
 
 ``fmt="text"`` writes ``2024-05-01 12:00:00.123 INFO  laps: ...`` lines; ``fmt="json"`` writes
 one JSON object per line with stable keys: ``ts``, ``level``, ``logger``, ``event``,
@@ -30,10 +30,12 @@ from ..core.events import (
     BreakerChanged,
     BudgetExhausted,
     ConcurrencyChanged,
+    CursorAhead,
     EndpointFinished,
     EndpointStarted,
     Event,
     FileCommitted,
+    IncrementStarted,
     JobsQueued,
     RatePaused,
     RecordsExpected,
@@ -204,6 +206,51 @@ def _run_started(e: RunStarted) -> Entry:
     return logging.INFO, "run_started", msg, f
 
 
+def _increment_started(e: IncrementStarted) -> Entry:
+    inc = e.increment
+    f: Fields = {
+        "increment": inc.number,
+        "resumed": e.resumed,
+        "windows": [
+            {"endpoint": w.endpoint, "start": w.start, "end": w.end, "full_refresh": w.full_refresh}
+            for w in inc.windows
+            if w.incremental
+        ],
+    }
+    parts = []
+    for w in inc.windows:
+        if not w.incremental:
+            continue
+        if w.skipped:
+            parts.append(f"{w.endpoint} skipped (backfill through {w.end} done)")
+            continue
+        start = "the beginning" if w.start is None else str(w.start)[:40]
+        parts.append(
+            f"{w.endpoint} from {start}"
+            + (f" to {w.end}" if w.end is not None else "")
+            + (" (full refresh)" if w.full_refresh else "")
+        )
+    how = "resumed" if e.resumed else "began"
+    msg = f"increment {inc.number} {how}: {'; '.join(parts)}"
+    return logging.INFO, "increment_started", msg, f
+
+
+def _cursor_ahead(e: CursorAhead) -> Entry:
+    f: Fields = {
+        "endpoint": e.endpoint,
+        "field": e.field,
+        "value": e.value if isinstance(e.value, int | float | str) else repr(e.value),
+        "limit": e.limit,
+        "records": e.records,
+    }
+    more = f" (and {e.records - 1:,} more)" if e.records > 1 else ""
+    msg = (
+        f"{e.endpoint}: {e.field} {e.value!r} is beyond the run's start + future_tolerance "
+        f"({e.limit}){more}: written, but it does not move the high-water mark"
+    )
+    return logging.WARNING, "cursor_ahead", msg, f
+
+
 def _run_finished(e: RunFinished) -> Entry:
     r = e.result
     f: Fields = {
@@ -292,6 +339,8 @@ _DESCRIBE: dict[type, Callable[[Any], Entry]] = {
     EndpointStarted: _endpoint_started,
     EndpointFinished: _endpoint_finished,
     RunStarted: _run_started,
+    IncrementStarted: _increment_started,
+    CursorAhead: _cursor_ahead,
     RunFinished: _run_finished,
     BreakerChanged: _breaker_changed,
     RatePaused: _rate_paused,

@@ -103,6 +103,7 @@ class Reporter:
                 "resume": resume,
                 "endpoints": [_endpoint_fields(result, asdict(e)) for e in result.endpoints],
                 "compacted": [asdict(c) for c in result.compacted],
+                "increment": asdict(result.increment) if result.increment is not None else None,
             }
             self._json("info" if code == 0 else "warning", "run_summary", line, fields)
             return
@@ -116,7 +117,7 @@ class Reporter:
             print_("responses by status (retried where retryable):", highlight=False)
             for status in statuses:
                 print_(f"  {status}", highlight=False, markup=False)
-        for note in [*schema_lines(result), *compaction_lines(result)]:
+        for note in [*schema_lines(result), *compaction_lines(result), *increment_lines(result)]:
             print_(note, highlight=False, markup=False, soft_wrap=True)
         for e in result.endpoints:
             if not e.ok:
@@ -152,12 +153,24 @@ def one_line(result: RunResult, code: int, output: Path, resume: str | None) -> 
         how = "stopped" + (f" ({result.note})" if result.note else "")
     elif result.note:
         how += f" ({result.note})"
+    if result.increment is not None:
+        how += f" (increment {result.increment.number})"
     line = (
         f"run {result.run_id} {how} in {result.duration:.1f}s: {result.records_written:,} "
         f"records, {result.requests:,} requests, {failed:,} failed requests, {rejected:,} "
         f"rejected records -> {output} (exit {code})"
     )
     return line + (f"; to resume: {resume}" if resume is not None else "")
+
+
+def increment_lines(result: RunResult) -> list[str]:
+    """``increment 3 (complete), cursor windows:`` and one line per endpoint
+    (``contacts: 2024-01-01T00:00:00Z -> 2024-01-02T09:30:00Z, 120 rows``)."""
+    inc = result.increment
+    if inc is None:
+        return []
+    state = "complete" if inc.complete else "not complete: the same command resumes it"
+    return [f"increment {inc.number} ({state}), cursor windows:"] + [f"  {w}" for w in inc.windows]
 
 
 def _endpoint_fields(result: RunResult, e: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class Operator:
     quiet: bool = False
     fresh: bool = False
     retry_failed: bool = False
+    full_refresh: tuple[str, ...] = ()  # incremental endpoints refetched from initial
     stop_timeout: float = 30.0
     log_level: str = "warning"
     log_format: Literal["text", "json"] = "text"
@@ -46,7 +47,13 @@ async def run_operated(
 ) -> tuple[RunResult, ProgressModel]:
     """Run ``cfg`` with the display, logs, metrics and signal handlers ``op`` asks for;
     messages go through ``out`` (text, quiet or JSON lines)."""
-    pipeline = Pipeline(cfg, output=op.output, fresh=op.fresh, retry_failed=op.retry_failed)
+    pipeline = Pipeline(
+        cfg,
+        output=op.output,
+        fresh=op.fresh,
+        retry_failed=op.retry_failed,
+        full_refresh=op.full_refresh,
+    )
 
     def budget() -> Mapping[str, Sequence[WindowUsage]]:
         return pipeline.snapshot().windows

@@ -24,13 +24,16 @@ import asyncio
 import itertools
 import random
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+from ..config.identity import fingerprint
 from ..config.models import EndpointConfig, PipelineConfig
 from ..config.sources import iter_ids
+from ..core.cursor import bind_window
 from ..core.pagination import (
     PaginationLoop,
     Paginator,
@@ -52,6 +55,8 @@ from ..core.retry import Failure, retry_policy
 from ..http.client import HttpClient, Response, credentials_from_env, scrub_next
 from ..limits.clock import Clock, LoopClock
 from ..limits.limiter import Limit, Limits, SlidingWindowLimiter
+from ..state.checkpoint import load_state
+from ..state.increments import Increment, upcoming_increment
 from .estimate import EndpointSample, Estimate, WalkSample, count_inputs, estimate
 
 WALKS = 5
@@ -80,14 +85,36 @@ class Sampled:
 
 
 async def plan(cfg: PipelineConfig, *, walks: int = WALKS, max_pages: int = MAX_PAGES) -> Estimate:
-    """The estimate for ``cfg``: sample (unless ``walks`` is 0), then :func:`estimate`."""
+    """The estimate for ``cfg``: sample (unless ``walks`` is 0), then :func:`estimate`.
+
+    An incremental config whose output already holds increments is sampled with the windows
+    the next run would fetch (the increment under way, or the next one from the saved marks:
+    :func:`asyncingest.state.increments.upcoming_increment`), not the first increment's."""
     ids = count_inputs(cfg)
+    upcoming = _upcoming(cfg)
+    number = None if upcoming is None else upcoming.number
     if walks <= 0:
-        return estimate(cfg, ids_in_files=ids)
-    sampled = await sample(cfg, walks=walks, max_pages=max_pages)
-    return estimate(
+        return replace(estimate(cfg, ids_in_files=ids), increment=number)
+    windows = None
+    if upcoming is not None:
+        windows = {n: (w.start, w.end) for n, w in upcoming.windows.items() if w.incremental}
+    sampled = await sample(cfg, walks=walks, max_pages=max_pages, windows=windows)
+    est = estimate(
         cfg, samples=sampled.endpoints, ids_in_files=ids, mean_latency=sampled.mean_latency
     )
+    return replace(est, increment=number)
+
+
+def _upcoming(cfg: PipelineConfig) -> Increment | None:
+    """The increment a run on ``cfg``'s output would fetch next, when the output holds a state
+    of this config (a state of another config: a run would refuse it; estimate the first)."""
+    if not cfg.incremental:
+        return None
+    output = Path(cfg.output.directory)
+    state = load_state(output) if output.is_dir() else None
+    if state is None or state.fingerprint != fingerprint(cfg):
+        return None
+    return upcoming_increment(cfg, state)
 
 
 async def sample(
@@ -96,11 +123,14 @@ async def sample(
     walks: int = WALKS,
     max_pages: int = MAX_PAGES,
     clock: Clock | None = None,
+    windows: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> Sampled:
-    """Sample every endpoint of ``cfg`` (see the module docstring)."""
+    """Sample every endpoint of ``cfg`` (see the module docstring). ``windows``: an incremental
+    endpoint's ``(start, end)`` to sample (default: the first increment's, from ``initial``)."""
     clock = clock or LoopClock()
     async with HttpClient(cfg.api, credentials_from_env(cfg), clock=clock) as client:
         sampler = _Sampler(cfg, client, clock, walks, max_pages)
+        sampler.windows = dict(windows or {})
         tasks: dict[str, asyncio.Task[list[Record]]] = {}
         for e in cfg.order():
             parent = tasks.get(e.parent) if e.parent is not None else None
@@ -130,6 +160,7 @@ class _Sampler:
         windows = [(w.requests, w.per_seconds) for w in cfg.api.rate_limits]
         self.api_limit = SlidingWindowLimiter(windows, clock, name="api") if windows else None
         self.sampled = Sampled()
+        self.windows: dict[str, tuple[Any, Any]] = {}  # incremental endpoint -> (start, end)
 
     def _limits(self, e: EndpointConfig) -> Limit | None:
         parts: list[Limit] = []
@@ -146,6 +177,10 @@ class _Sampler:
         """Sample ``e``'s walks; returns their records (parent fields copied) for children."""
         jobs = self._jobs(e, await parent if parent is not None else [])
         paginator = paginator_for(e.pagination)
+        if e.incremental is not None:
+            # The next increment's window on an existing output; else the first increment's.
+            start, end = self.windows.get(e.name, (e.incremental.initial, e.incremental.end))
+            e = bind_window(e, start, end)
         template = RequestTemplate(self.base, e)
         limits = self._limits(e)
         done = await asyncio.gather(

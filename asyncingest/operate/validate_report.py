@@ -103,7 +103,38 @@ def describe_plan(cfg: PipelineConfig, source: str = "") -> Group:
             + "\n"
         )
         body.append(f"     {indent}columns: {schema_text(e)}\n")
+        if e.incremental is not None or cfg.incremental:
+            body.append(f"     {indent}increments: {incremental_text(e)}\n")
     return Group(head, body)
+
+
+def incremental_text(e: EndpointConfig) -> str:
+    """``updatedAt (timestamp) sent as ?updatedAfter, from 2024-01-01T00:00:00Z, lag 300;
+    current table contacts_current`` (or how a non-incremental endpoint of an incremental
+    config is fetched)."""
+    inc = e.incremental
+    if inc is None:
+        if e.parent is not None and e.for_each is not None and e.for_each.parents == "all":
+            return f"for every key of {e.parent}_current, each increment (parents: all)"
+        if e.parent is not None:
+            return f"for the {e.parent} records of each increment"
+        return "fetched in full every increment"
+    if inc.cursor_type == "token":
+        text = f"a 'changes since' token from {inc.token_path}, sent as ?{inc.param}"
+    else:
+        sent = f"?{inc.param}" if inc.param else "{incremental.start}"
+        text = f"{inc.cursor_field} ({inc.cursor_type}) sent as {sent}"
+    if inc.initial is not None:
+        text += f", from {inc.initial}"
+    if inc.lag:
+        text += f", lag {inc.lag:g}"
+    if inc.end is not None:
+        text += f", until {inc.end} (a backfill)"
+    if e.current_folder:
+        text += f"; current table {e.current_folder}"
+        if inc.deleted_field:
+            text += f" (without keys whose {inc.deleted_field} is set)"
+    return text
 
 
 def schema_text(e: EndpointConfig) -> str:

@@ -22,6 +22,9 @@ DEFAULT_QUEUE = "asyncingest.shards"
 DELIVERY_LIMIT = 5
 """Deliveries of one shard before the broker dead-letters it (x-delivery-limit)."""
 CONNECT_TIMEOUT = 10.0
+RUN_RECORD_TTL_MS = 7 * 24 * 3600 * 1000
+"""A run-record queue unused this long (no submit, no status, no worker of a from_queue run
+starting) is deleted by the broker (``x-expires``); the record stays in the output."""
 
 
 def redact(url: str) -> str:
@@ -137,3 +140,22 @@ async def declare(
                 )
             ],
         ) from None
+
+
+async def declare_run_record(
+    connection: aio_pika.abc.AbstractConnection, names: QueueNames, run_id: str
+) -> aio_pika.abc.AbstractQueue:
+    """Declare run ``run_id``'s record queue, which the broker deletes once unused for
+    :data:`RUN_RECORD_TTL_MS` (a record queue made before that policy is replaced: its one
+    message is published again by the caller)."""
+    import aio_pika
+
+    name = names.run_record(run_id)
+    arguments: dict[str, Any] = {"x-expires": RUN_RECORD_TTL_MS}
+    channel = await connection.channel()
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except aio_pika.exceptions.ChannelPreconditionFailed:  # declared without the expiry
+        channel = await connection.channel()
+        await channel.queue_delete(name)
+        return await channel.declare_queue(name, durable=True, arguments=arguments)

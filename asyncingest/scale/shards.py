@@ -48,7 +48,7 @@ class Shard(BaseModel):
     shard_size: int = DEFAULT_SHARD_SIZE
     first_row: int = 0
     last_row: int = 0
-    output: str = Field(description="the shared output folder, absolute")
+    output: str = Field(description="the shared output: an absolute folder or a store URI")
     config: dict[str, Any] = Field(description="the job's config, as JSON (no secrets)")
 
     @property
@@ -91,7 +91,7 @@ def subtree(cfg: PipelineConfig, root: str, split: bool = False) -> list[str]:
 def cut(
     cfg: PipelineConfig,
     run_id: str,
-    output: Path,
+    output: str | Path,
     size: int = DEFAULT_SHARD_SIZE,
     *,
     split: bool = True,

@@ -17,9 +17,10 @@ import orjson
 from ..config.identity import changes, fingerprint, identity
 from ..config.models import PipelineConfig
 from ..errors import ConfigError, Problem
-from .broker import QueueNames, connect, declare
+from .broker import QueueNames, connect, declare, declare_run_record
 from .commit import RunFolder
 from .shards import DEFAULT_SHARD_SIZE, Shard, cut
+from .store import check_output, is_uri
 
 PUBLISH_WINDOW = 64
 """Publishes awaiting their confirm at once."""
@@ -51,7 +52,7 @@ async def submit(
     broker: str,
     *,
     run_id: str,
-    output: Path,
+    output: str | Path,
     shard_size: int = DEFAULT_SHARD_SIZE,
     names: QueueNames | None = None,
     split_children: bool = True,
@@ -61,9 +62,24 @@ async def submit(
     ``split_children``, children found at run time are published as shards by the workers."""
     import aio_pika
 
+    incremental = [e.name for e in cfg.endpoints if e.incremental is not None]
+    if incremental:
+        raise ConfigError(
+            f"run {run_id}",
+            [
+                Problem(
+                    f"endpoints[{incremental[0]}].incremental",
+                    "scale-out runs have no increments yet (each shard would fetch from "
+                    "initial, and no high-water mark is kept); run an incremental config with "
+                    "python -m asyncingest run",
+                )
+            ],
+        )
     names = names or QueueNames()
-    if not output.is_absolute():
-        raise ValueError(f"output must be an absolute path, got {output}")
+    output = str(output)
+    if not is_uri(output) and not Path(output).is_absolute():
+        raise ValueError(f"output must be an absolute path or a URI, got {output}")
+    check_output(output, "--output")
     folder = RunFolder(output, run_id)
     previous = await asyncio.to_thread(folder.read_record)
     if previous is not None:
@@ -104,18 +120,20 @@ async def submit(
             await task
         record = {
             "run_id": run_id,
-            "output": str(output),
+            "output": output,
             "queue": names.shards,
             "shards": shard_ids,
             "shard_size": shard_size,
             "split_children": split_children,
+            "source": "submit",
+            "rate_limits": rate_windows(cfg),
             "fingerprint": fingerprint(cfg),
             "identity": identity(cfg),
             "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         await asyncio.to_thread(folder.write_record, record)
         # The same record on the broker, so `status ID --broker` finds the output folder.
-        run_queue = await channel.declare_queue(names.run_record(run_id), durable=True)
+        run_queue = await declare_run_record(connection, names, run_id)
         await run_queue.purge()
         small = {k: v for k, v in record.items() if k not in ("shards", "identity")}
         small["total"] = len(shard_ids)
@@ -127,7 +145,13 @@ async def submit(
             ),
             routing_key=run_queue.name,
         )
-    return Submitted(run_id, str(output), len(shard_ids), published, skipped, names.shards)
+    return Submitted(run_id, output, len(shard_ids), published, skipped, names.shards)
+
+
+def rate_windows(cfg: PipelineConfig) -> list[list[float]]:
+    """The config's rate windows as ``[[requests, seconds], ...]`` (the run record keeps them,
+    so ``status`` can read the shared budget's use without the config)."""
+    return [[w.requests, w.per_seconds] for w in cfg.api.rate_limits]
 
 
 def _same_job(

@@ -29,10 +29,18 @@ from ..config.models import PipelineConfig
 from ..core.crashpoints import crash_point
 from ..engine.pipeline import Pipeline
 from ..errors import ConfigError, EnvironmentFailure, Problem
-from .broker import DELIVERY_LIMIT, QueueNames, connect, declare, redact
+from .broker import DELIVERY_LIMIT, QueueNames, connect, declare, declare_run_record, redact
 from .budgets import Budgets
 from .commit import RunFolder
-from .shards import Shard, child_shards, config_json, message_shard, shard_config
+from .pools import Pools
+from .shards import (
+    Shard,
+    child_shards,
+    config_json,
+    message_shard,
+    queue_run_id,
+    shard_config,
+)
 
 if TYPE_CHECKING:
     import aio_pika.abc
@@ -75,6 +83,7 @@ class QueueSource:
     field: str
     output: str
     config: dict[str, Any]
+    rate_limits: tuple[tuple[int, float], ...] = ()
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, output: str) -> QueueSource:
@@ -93,11 +102,21 @@ class QueueSource:
                     "its children; submit the others",
                 )
             )
+        problems += [
+            Problem(
+                f"endpoints[{e.name}].incremental",
+                "not with a queue worker: a worker's messages have no increments (run it with "
+                "python -m asyncingest run)",
+            )
+            for e in cfg.endpoints
+            if e.incremental is not None
+        ]
         if problems:
             raise ConfigError("--config", problems)
         spec = queued[0].from_queue
         assert spec is not None
-        return cls(queued[0].name, spec.queue, spec.field, output, config_json(cfg))
+        windows = tuple((w.requests, w.per_seconds) for w in cfg.api.rate_limits)
+        return cls(queued[0].name, spec.queue, spec.field, output, config_json(cfg), windows)
 
 
 class MessageFailed(Exception):
@@ -137,9 +156,11 @@ class Worker:
         engine_options: Callable[[], dict[str, Any]] | None = None,
         source: QueueSource | None = None,
         budgets: Budgets | None = None,
+        pools: Pools | None = None,
     ) -> None:
         self.broker = broker
         self.budgets = budgets or Budgets()
+        self.pools = pools or Pools()
         self.source = source
         self.names = QueueNames(source.queue) if source is not None else (names or QueueNames())
         self.shards_at_once = shards_at_once
@@ -188,6 +209,7 @@ class Worker:
                 queue = await declare(channel, self.names, self.delivery_limit)
             else:
                 queue = await self._users_queue(connection, channel)
+                await self._announce(connection, channel)
             connection.close_callbacks.add(self._connection_lost)
             # The broker closes a channel whose delivery was held past its consumer_timeout
             # (30 min by default): size shards to take minutes.
@@ -211,6 +233,7 @@ class Worker:
                 self._channel.close_callbacks.discard(self._connection_lost)
             with contextlib.suppress(Exception):
                 await connection.close()
+            await self.pools.aclose()
             if install_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
@@ -239,6 +262,37 @@ class Worker:
             self.names.dead, durable=True, arguments={"x-queue-type": "quorum"}
         )
         return await channel.declare_queue(self.names.shards, passive=True)
+
+    async def _announce(
+        self, connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel
+    ) -> None:
+        """The record of a ``from_queue`` run (``queue-<queue>``: output, queue, rate windows),
+        in the output and on the broker as ``submit`` makes it, so ``status`` finds the run."""
+        import aio_pika
+
+        assert self.source is not None
+        run_id = queue_run_id(self.source.queue)
+        record = {
+            "run_id": run_id,
+            "output": self.source.output,
+            "queue": self.names.shards,
+            "source": "from_queue",
+            "rate_limits": [list(w) for w in self.source.rate_limits],
+            "total": 0,
+        }
+        folder = RunFolder(self.source.output, run_id)
+        if await asyncio.to_thread(folder.read_record) is None:
+            await asyncio.to_thread(folder.write_record, record)
+        run_queue = await declare_run_record(connection, self.names, run_id)
+        if not run_queue.declaration_result.message_count:
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps(record),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                ),
+                routing_key=run_queue.name,
+            )
 
     def _connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         if not self._stopping.is_set():
@@ -341,7 +395,11 @@ class Worker:
         pipeline: Pipeline | None = None
         try:
             cfg = await asyncio.to_thread(shard_config, shard, staging)
-            options = {"budget": self.budgets.for_run(shard.run_id, cfg), **self.engine_options()}
+            options = {
+                "budget": self.budgets.for_run(shard.run_id, cfg),
+                "pool": await self.pools.for_config(cfg),
+                **self.engine_options(),
+            }
             pipeline = Pipeline(cfg, output=staging, fresh=True, **options)
             await pipeline.start()
             self._pipelines.add(pipeline)
@@ -365,7 +423,7 @@ class Worker:
                 "exit_code": result.exit_code,
             }
             manifest = await asyncio.to_thread(
-                folder.manifest_for, shard.shard_id, staging, summary
+                folder.manifest_for, shard.shard_id, staging, summary, cfg.output.compression
             )
             won = await asyncio.to_thread(folder.commit, manifest)
             if not won:  # another delivery of this shard committed first: use its files
@@ -382,6 +440,8 @@ class Worker:
             if pipeline is not None:
                 self._pipelines.discard(pipeline)
             heartbeat.cancel()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(folder.release, staging)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(folder.clear_inflight, shard.shard_id)
 

@@ -32,7 +32,10 @@ Schema (types live in :mod:`asyncingest.sink.schema`)
     files whose schema differs are rewritten to the final schema, one row group at a time and
     with the same staging/fsync/rename steps, so the folder has one schema again. That
     includes files an earlier run of this output committed (a resume): the sink starts from
-    the kinds the newest of them recorded.
+    the kinds the newest of them recorded. A sink on an empty folder given ``seed_from`` (an
+    incremental run's new partition, with the last increment's partition) starts from the
+    kinds of that folder's newest file instead, so the increments of an endpoint agree; files
+    there are never rewritten.
 """
 
 from __future__ import annotations
@@ -129,8 +132,12 @@ class ParquetSink:
         options: SinkOptions,
         schema: Mapping[str, FieldType] | None = None,
         columns: Columns = "all",
+        seed_from: Path | None = None,
     ) -> None:
         self.name = name
+        # A folder whose newest file's column kinds this sink starts from when its own folder
+        # has none (the previous increment's partition: later increments keep its types).
+        self._seed_from = seed_from
         self.options = options
         self.directory = Path(root) / safe_dir_name(name)
         self._converter = BatchConverter(schema, columns)
@@ -175,6 +182,15 @@ class ParquetSink:
             kinds = kinds_of(newest)
             assert kinds is not None
             self._converter.seed(kinds, fallbacks_of(newest))
+        elif self._seed_from is not None and self._seed_from.is_dir():
+            found = [
+                (int(m[1]), p) for p in self._seed_from.iterdir() if (m := _PART.fullmatch(p.name))
+            ]
+            if found:
+                newest = committed.read_schema(max(found)[1])
+                kinds = kinds_of(newest)
+                if kinds is not None:
+                    self._converter.seed(kinds, fallbacks_of(newest))
 
     # -- state ---------------------------------------------------------------------------------
 

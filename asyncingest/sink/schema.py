@@ -50,6 +50,7 @@ import orjson
 import pyarrow as pa
 
 from ..core.nested import (
+    DECIMAL_TYPE,
     MAX_JSON_DEPTH,
     PLACEHOLDER,
     SCALAR_ARROW,
@@ -65,6 +66,7 @@ from ..core.nested import (
     needs_cleaning,
     scalar_kind,
     to_json,
+    union,
     widen,
 )
 from ..core.values import CONVERTERS, FAST_TYPES, Mismatch, show
@@ -400,3 +402,59 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
             chunks = [conform_array(c, source, target) for c in column.chunks]
             columns.append(pa.chunked_array(chunks, type=field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+_ARROW_KINDS: Final[Mapping[pa.DataType, str]] = {
+    pa.int64(): "int64",
+    pa.float64(): "float64",
+    pa.bool_(): "bool",
+    pa.string(): "string",
+    DECIMAL_TYPE: "decimal",
+    pa.timestamp("us", tz="UTC"): "timestamp_us",
+    pa.timestamp("ns", tz="UTC"): "timestamp_ns",
+    pa.date32(): "date",
+}
+
+
+def _kind_of_arrow(t: pa.DataType) -> Kind:
+    """A kind for a column of a file asyncingest did not write (no kinds in its metadata)."""
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_struct(t):
+        return (
+            "struct",
+            {t.field(i).name: _kind_of_arrow(t.field(i).type) for i in range(t.num_fields)},
+        )
+    if pa.types.is_list(t):
+        return ("list", _kind_of_arrow(t.value_type))
+    return _ARROW_KINDS.get(t, "json")
+
+
+def union_schema(schemas: Sequence[pa.Schema]) -> pa.Schema:
+    """One schema every table of ``schemas`` :func:`conform`\\ s to, with the kinds in its
+    metadata: the columns of all of them (first seen first), each of the united kind
+    (:func:`asyncingest.core.nested.union`; a conflict makes the column JSON text, recorded as a
+    fallback). What a sink would have widened to, had it seen every table's rows: used to read
+    files several runs (increments) wrote as one table."""
+    kinds: dict[str, Kind] = {}
+    fallbacks: dict[str, str] = {}
+    for schema in schemas:
+        recorded = kinds_of(schema)
+        fallbacks.update(fallbacks_of(schema))
+        for field in schema:
+            if recorded is not None and field.name in recorded:
+                kind = from_json(recorded[field.name])
+            else:
+                kind = _kind_of_arrow(field.type)
+            if field.name not in kinds:
+                kinds[field.name] = kind
+                continue
+            try:
+                kinds[field.name] = union(kinds[field.name], kind)
+            except Untypable as exc:
+                kinds[field.name] = "json"
+                fallbacks.setdefault(field.name, str(exc))
+    metadata = {TYPES_KEY: orjson.dumps({n: to_json(k) for n, k in kinds.items()})}
+    if fallbacks:
+        metadata[FALLBACKS_KEY] = orjson.dumps(fallbacks)
+    return pa.schema([(n, arrow_type(k)) for n, k in kinds.items()], metadata=metadata)

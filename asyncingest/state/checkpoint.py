@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -36,6 +36,7 @@ from ..core.request import Request
 from ..errors import state_corrupt
 from ..sink.deadletter import FOLDER as DEAD_LETTER_FOLDER
 from ..sink.durable import fsync_dir
+from .increments import PARTITION, Increment, partition_name
 from .rangeset import RangeSet
 
 STATE_FOLDER = "_asyncingest"
@@ -150,6 +151,24 @@ class RunState:
     # What the fingerprint hashes (config/identity.py), so a refused resume names the changed
     # fields; None in a state written before it was stored.
     identity: dict[str, Any] | None = None
+    # Incremental configs (asyncingest.state.increments): the increment under way or last
+    # completed (0: not incremental, files directly in each folder), every increment's record,
+    # each endpoint's committed high-water mark and the end a bounded backfill has reached.
+    increment: int = 0
+    increments: list[Increment] = field(default_factory=list)
+    marks: dict[str, Any] = field(default_factory=dict)
+    backfilled: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current_increment(self) -> Increment | None:
+        """The increment under way or last completed (None: none yet, or not incremental)."""
+        return self.increments[-1] if self.increments else None
+
+    def folder_path(self, output: Path, folder: str) -> Path:
+        """Where ``folder``'s committed files are: ``output/folder``, or for an incremental
+        config the current increment's partition ``output/folder/increment=<n>``."""
+        base = output / folder
+        return base / partition_name(self.increment) if self.increment else base
 
     def endpoint(self, name: str) -> EndpointState:
         """The state of endpoint ``name`` (made empty on first use)."""
@@ -158,18 +177,21 @@ class RunState:
     def to_bytes(self) -> bytes:
         """The state as JSON; an integer beyond 64 bits (a cursor, a body value of a walk part
         way through) is written exactly, and :meth:`from_bytes` reads it back exactly."""
-        return json_dumps(
-            {
-                "version": STATE_VERSION,
-                "fingerprint": self.fingerprint,
-                "status": self.status,
-                "runs": self.runs,
-                "note": self.note,
-                "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
-                "identity": self.identity,
-            },
-            indent=True,
-        )
+        data: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "runs": self.runs,
+            "note": self.note,
+            "endpoints": {k: v.to_json() for k, v in self.endpoints.items()},
+            "identity": self.identity,
+        }
+        if self.increment:  # left out otherwise: a non-incremental state is as it was
+            data["increment"] = self.increment
+            data["increments"] = [i.to_json() for i in self.increments]
+            data["marks"] = self.marks
+            data["backfilled"] = self.backfilled
+        return json_dumps(data, indent=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RunState:
@@ -184,6 +206,10 @@ class RunState:
             note=d.get("note", ""),
             endpoints={k: EndpointState.from_json(v) for k, v in d["endpoints"].items()},
             identity=d.get("identity"),
+            increment=int(d.get("increment", 0)),
+            increments=[Increment.from_json(i) for i in d.get("increments", [])],
+            marks=dict(d.get("marks", {})),
+            backfilled=dict(d.get("backfilled", {})),
         )
 
     def __repr__(self) -> str:
@@ -302,7 +328,7 @@ def discard_uncommitted(output: Path, state: RunState, folder_of: dict[str, str]
     for name, folder in folder_of.items():
         es = state.endpoints.get(name, EndpointState())
         keep = set(es.files)
-        d = output / folder
+        d = state.folder_path(output, folder)
         if d.is_dir():
             for p in d.glob("part-*.parquet"):
                 if p.name not in keep:
@@ -318,15 +344,32 @@ def discard_uncommitted(output: Path, state: RunState, folder_of: dict[str, str]
 
 
 def has_data(output: Path, folders: list[str]) -> bool:
-    """Whether any of ``folders`` under ``output`` holds a committed Parquet file."""
-    return any(any((output / f).glob("part-*.parquet")) for f in folders)
+    """Whether any of ``folders`` under ``output`` holds a committed Parquet file (directly, or
+    in an increment's partition)."""
+    patterns = ("part-*.parquet", f"{PARTITION}=*/part-*.parquet")
+    return any(any((output / f).glob(p)) for f in folders for p in patterns)
 
 
-def wipe(output: Path, folders: list[str]) -> None:
-    """What ``--fresh`` deletes: data, dead letters, journals and state; run reports stay."""
+def wipe(output: Path, folders: list[str], tables: Sequence[str] = ()) -> None:
+    """What ``--fresh`` deletes: data (increment partitions too), the current ``tables`` of
+    ``merge: latest`` endpoints, dead letters, journals and state; run reports stay."""
     for f in folders:
         for p in (output / f).glob("part-*.parquet"):
             p.unlink()
+        for part in (output / f).glob(f"{PARTITION}=*"):
+            if part.is_dir():
+                shutil.rmtree(part)
         shutil.rmtree(output / DEAD_LETTER_FOLDER / f, ignore_errors=True)
+    for t in tables:  # a link to hidden version folders (state/current.py): both go
+        link = output / t
+        if link.is_symlink():
+            link.unlink()
+        elif link.is_dir():
+            shutil.rmtree(link)
+        for hidden in output.glob(f".{t}.*"):
+            if hidden.is_symlink() or hidden.is_file():
+                hidden.unlink()
+            else:
+                shutil.rmtree(hidden, ignore_errors=True)
     shutil.rmtree(output / STATE_FOLDER / "jobs", ignore_errors=True)
     state_path(output).unlink(missing_ok=True)

@@ -47,14 +47,14 @@ from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config.models import OutputConfig
 from ..core.crashpoints import crash_point
 from ..core.result import Compaction
 from ..errors import StateCorrupt
 from ..sink import committed
-from ..sink.durable import fsync_dir, fsync_file
+from ..sink.chunked import ChunkedWriter
+from ..sink.durable import fsync_dir
 from ..sink.parquet import ParquetSink
 from .checkpoint import EndpointState, RunState, save_state
 
@@ -104,7 +104,7 @@ def recover(output: Path, state: RunState) -> bool:
     """
     changed = False
     for folder, es in state.endpoints.items():
-        directory = output / folder
+        directory = state.folder_path(output, folder)
         if es.compaction is not None:
             _finish(directory, es.compaction)
             es.compaction = None
@@ -198,7 +198,7 @@ def compact_running(
     )
     if merged is None:
         return None
-    directory = output / folder
+    directory = state.folder_path(output, folder)
     for old, new, schema in merged.groups:
         sink.replaced([directory / n for n in old], [directory / n for n in new], schema)
         for name in old:
@@ -223,7 +223,7 @@ def _compact_folder(
     names: Iterator[Path] | None = None,
     known: dict[str, CommittedFile] | None = None,
 ) -> _Merged | None:
-    directory = output / folder
+    directory = state.folder_path(output, folder)
     small = _small_files(directory, es.files, options.min_rows_per_file, known)
     groups = [g for g in plan(small, options.min_rows_per_file) if sum(f.rows for f in g) >= enough]
     if not groups:
@@ -305,76 +305,33 @@ def _names(directory: Path, committed: list[str]) -> Iterator[Path]:
 def _merge(
     directory: Path, group: list[CommittedFile], options: CompactOptions, names: Iterator[Path]
 ) -> list[tuple[Path, Path]]:
-    """Stream ``group`` into staging files of up to ``max_rows_per_file`` rows, fsynced."""
-    out = _MergedFiles(group[0].schema, options, names)
+    """Stream ``group`` into staging files of up to ``max_rows_per_file`` rows, fsynced.
+
+    Returns (staging, final) per file made. Staging names are the final ones hidden:
+    ``.part-NNNNN.parquet.compact``."""
+    made: list[tuple[Path, Path]] = []
+
+    def next_staging() -> Path:
+        final = next(names)
+        staging = final.with_name(f".{final.name}.compact")
+        made.append((staging, final))
+        return staging
+
+    out = ChunkedWriter(
+        group[0].schema,
+        compression=options.compression,
+        row_group_rows=options.row_group_rows,
+        max_rows_per_file=options.max_rows_per_file,
+        next_path=next_staging,
+    )
     try:
         for f in group:
             for table in committed.batches(directory / f.name, options.row_group_rows):
                 out.add(table)
-        return out.close()
+        out.close()
+        return made
     except BaseException:
         out.abort()
-        raise
-
-
-class _MergedFiles:
-    """Row groups of ``row_group_rows`` into files of ``max_rows_per_file``, as staging files."""
-
-    def __init__(self, schema: pa.Schema, options: CompactOptions, names: Iterator[Path]) -> None:
-        self.schema = schema
-        self.options = options
-        self.names = names
-        self.made: list[tuple[Path, Path]] = []
-        self._writer: pq.ParquetWriter | None = None
-        self._rows = 0  # in the open file
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-
-    def add(self, table: pa.Table) -> None:
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self._drain(everything=False)
-
-    def close(self) -> list[tuple[Path, Path]]:
-        self._drain(everything=True)
-        self._end_file()
-        return self.made
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        for staging, _ in self.made:
+        for staging, _ in made:
             staging.unlink(missing_ok=True)
-
-    def _drain(self, *, everything: bool) -> None:
-        while self._pending_rows:
-            room = self.options.max_rows_per_file - self._rows
-            size = min(self.options.row_group_rows, room)
-            if self._pending_rows < size:
-                if not everything:
-                    return
-                size = self._pending_rows
-            table = pa.concat_tables(self._pending)
-            writer = self._writer or self._start_file()
-            writer.write_table(table.slice(0, size), row_group_size=size)
-            self._rows += size
-            rest = table.slice(size)
-            self._pending = [rest] if rest.num_rows else []
-            self._pending_rows -= size
-            if self._rows >= self.options.max_rows_per_file:
-                self._end_file()
-
-    def _start_file(self) -> pq.ParquetWriter:
-        final = next(self.names)
-        staging = final.with_name(f".{final.name}.compact")
-        self.made.append((staging, final))
-        self._writer = pq.ParquetWriter(staging, self.schema, compression=self.options.compression)
-        return self._writer
-
-    def _end_file(self) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        self._writer, self._rows = None, 0
-        staging = self.made[-1][0]
-        fsync_file(staging)
+        raise

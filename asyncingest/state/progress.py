@@ -5,6 +5,7 @@ Shared by the async writer (which builds it) and resume (which saves it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..core.request import Request
 from .rangeset import RangeSet
@@ -50,3 +51,15 @@ class BarrierResult:
     dead_letter_bytes: int
     finished: bool = False
     extra_files: dict[str, list[str]] = field(default_factory=dict)  # transform folder -> names
+    # Incremental endpoints: the highest cursor (newest token) of the records this barrier made
+    # durable (None: none moved it), the rows it made durable, records without a readable cursor.
+    cursor: Any = None
+    rows: int = 0
+    unreadable: int = 0
+    # Records whose (time) cursor was beyond the run's start + future_tolerance (they do not
+    # move the mark), and the first one's cursor value as the record had it.
+    future: int = 0
+    future_value: Any = None
+    # for_each parents: all: rows of the parent's current table swept into child jobs (their
+    # jobs are in the journal lines this barrier committed).
+    swept: int = 0

@@ -52,9 +52,10 @@ def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: boo
     ``retry_failed`` puts dead-lettered requests back.
     """
     folders = [e.name for e in cfg.endpoints]
+    folders += [f for e in cfg.endpoints if (f := e.transform_folder)]
     fp = fingerprint(cfg)
     if fresh:
-        wipe(output, folders)
+        wipe(output, folders, [f for e in cfg.endpoints if (f := e.current_folder)])
         return Start(RunState(fp, identity=identity(cfg)), resumed=False)
     old = load_state(output)
     if old is None:
@@ -84,6 +85,9 @@ def prepare(cfg: PipelineConfig, output: Path, *, fresh: bool, retry_failed: boo
             old.status = "running"
             for es in old.endpoints.values():
                 es.finished = False
+            increment = old.current_increment
+            if increment is not None:  # the last increment reopens: same window, same partition
+                increment.status = "running"
     if old.status == "complete":
         return Start(old, resumed=True, already_complete=True)
     return Start(old, resumed=True, requeued=requeued)
@@ -176,6 +180,16 @@ def write_run_report(output: Path, status: str, result: Any) -> Path:
     path = output / STATE_FOLDER / "runs" / f"{result.run_id}.json"
     write_atomic(path, report_json(status, result))
     return path
+
+
+def dead_requests_by_endpoint(output: Path, state: RunState) -> dict[str, int]:
+    """Failed requests each endpoint's committed dead letters hold (an incremental endpoint's
+    mark does not move past an increment that added some)."""
+    out = {}
+    for name, es in state.endpoints.items():
+        path = output / DEAD_LETTER_FOLDER / name / "dead-letters.jsonl"
+        out[name] = count_left(path, es.dead_letter_bytes)[0]
+    return out
 
 
 def dead_letters_left(output: Path, state: RunState) -> tuple[int, int]:

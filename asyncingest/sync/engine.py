@@ -362,6 +362,15 @@ def unsupported(config: PipelineConfig) -> list[Problem]:
         for e in config.endpoints
         if e.from_file is not None and e.from_file.copy_fields
     ]
+    problems += [
+        Problem(
+            f"endpoints[{e.name}].incremental",
+            "not run in sync mode: it keeps no checkpoint, so no high-water mark to start the "
+            "next increment from; run it in the async mode (without --mode sync)",
+        )
+        for e in config.endpoints
+        if e.incremental is not None
+    ]
     if config.output.format == "none":
         problems.append(
             Problem(

@@ -7,11 +7,11 @@
     GET  /health               {"status": "ok", "running": n, "pipelines": m}
 
 Every pipeline of the app shares one :class:`asyncingest.Budget`, so together they stay inside
-the API's rate windows. The pipelines run in the service's own event loop, or with
-``pipelines_thread=True`` in an event loop of their own on a second thread (so a crawl at full
-speed does not hold up the requests the service answers; see README.md). On shutdown each
-running pipeline is stopped gracefully and, after ``stop_timeout`` seconds, cancelled (see
-:meth:`IngestService.close`). Run it with
+the API's rate windows. The pipelines run in an event loop of their own on a second thread
+(``pipelines_thread=True``, the default: a crawl at full speed does not hold up the requests
+the service answers, see README.md), or with ``pipelines_thread=False`` in the service's own
+loop. On shutdown each running pipeline is stopped gracefully and, after ``stop_timeout``
+seconds, cancelled (see :meth:`IngestService.close`). Run it with
 ``python -m examples.service.app --base-url http://127.0.0.1:8000`` (README.md beside this file).
 """
 
@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import re
-import threading
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,52 +96,25 @@ def result_dict(result: asyncingest.RunResult) -> dict[str, Any]:
 
 class PipelineLoop:
     """Where the pipelines run: the service's own event loop, or (``thread=True``) an event loop
-    of their own on a second thread. A pipeline, and the budget they share, belong to one loop;
-    everything that touches them goes through :meth:`run`."""
+    of their own on a second thread (:class:`asyncingest.PipelineThread`). A pipeline, and the
+    budget they share, belong to one loop; everything that touches them goes through
+    :meth:`run`."""
 
     def __init__(self, *, thread: bool) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        if thread:
-            started = threading.Event()
-            self._thread = threading.Thread(
-                target=self._serve, args=(started,), name="pipelines", daemon=True
-            )
-            self._thread.start()
-            started.wait()
-
-    def _serve(self, started: threading.Event) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # this thread's
-        loop.call_soon(started.set)
-        try:
-            loop.run_forever()
-        finally:  # as asyncio.run ends: cancel what is left, then the executor's threads
-            left = asyncio.all_tasks(loop)
-            for task in left:
-                task.cancel()
-            if left:
-                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
+        self._thread = asyncingest.PipelineThread() if thread else None
 
     async def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """``await fn()`` in the pipelines' loop. Shielded: cancelling the caller (a client
         hanging up) does not cancel it; cancelling a pipeline's start or stop would cancel the
         run."""
-        if self._loop is None:
+        if self._thread is None:
             return await asyncio.shield(fn())
-        future = asyncio.run_coroutine_threadsafe(fn(), self._loop)
-        return await asyncio.shield(asyncio.wrap_future(future))
+        return await self._thread.run(fn)
 
     async def close(self) -> None:
         """End the pipelines' thread, if any (after the pipelines have ended)."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.to_thread(thread.join)
+        if self._thread is not None:
+            await self._thread.close()
 
 
 class IngestService:
@@ -379,7 +352,7 @@ def make_app(
     jobs: Mapping[str, str | Path] = JOBS,
     rate_limits: Sequence[tuple[int, float]] | None = None,
     share_budget: bool = True,
-    pipelines_thread: bool = False,
+    pipelines_thread: bool = True,
     stop_timeout: float = 10.0,
 ) -> web.Application:
     """The service, its pipelines reading the API at ``base_url`` and writing under
@@ -390,9 +363,9 @@ def make_app(
     and the shared budget (default: the first job's ``api.rate_limits``). ``share_budget=False``
     gives each pipeline its own limiter: together they may then exceed the API's windows (kept
     to show what the shared budget prevents). ``pipelines_thread``: run the pipelines in an
-    event loop of their own on a second thread. ``stop_timeout``: see
-    :meth:`IngestService.close`. A bad config raises :class:`asyncingest.ConfigError` here,
-    not on the first request.
+    event loop of their own on a second thread (default), or in the service's loop (False).
+    ``stop_timeout``: see :meth:`IngestService.close`. A bad config raises
+    :class:`asyncingest.ConfigError` here, not on the first request.
     """
     overrides = [f"api.base_url={base_url}"]
     if rate_limits is not None:
@@ -441,9 +414,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--stop-timeout", type=float, default=10.0)
     parser.add_argument(
-        "--pipelines-thread",
+        "--in-loop",
         action="store_true",
-        help="run the pipelines in an event loop of their own on a second thread",
+        help="run the pipelines in the service's own event loop (default: in a loop of their "
+        "own on a second thread, which keeps /health fast while they ingest at full speed)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -451,11 +425,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.base_url,
         args.output_dir,
         stop_timeout=args.stop_timeout,
-        pipelines_thread=args.pipelines_thread,
+        pipelines_thread=not args.in_loop,
     )
     # The host's decision, taken here for this process: a full collection of everything the
     # imports made held the loop ~40 ms at a time while ingesting (benchmarks/RESULTS.md).
     asyncingest.tune_gc()
+    if not args.in_loop:
+        # The service's loop waits for the GIL in every pass while the pipelines' thread runs:
+        # at most 1 ms instead of Python's 5 (benchmarks/RESULTS.md, issue 12, helper speed).
+        sys.setswitchinterval(0.001)
     web.run_app(app, host=args.host, port=args.port)
 
 
