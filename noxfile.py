@@ -271,8 +271,11 @@ def _module_folder(root: Path, module: str, target: Target) -> Path:
 
 
 def _equivalent(root: Path) -> set[str]:
-    """The survivors accepted as equivalent: every mutant name in docs/testing.md."""
-    return set(_MUTANT_NAME.findall((root / "docs" / "testing.md").read_text()))
+    """The survivors accepted as equivalent: every mutant name in the "Accepted survivors"
+    section of docs/testing.md."""
+    text = (root / "docs" / "testing.md").read_text()
+    section = text.partition("### Accepted survivors")[2].partition("\n### ")[0]
+    return set(_MUTANT_NAME.findall(section))
 
 
 def kill_rates(root: Path, chosen: dict[str, Target]) -> str:
