@@ -197,7 +197,8 @@ def mutants(session: nox.Session) -> None:
 
     ``nox -s mutants -- limiter rangeset`` runs the modules whose name holds an argument;
     ``-- report`` only prints the rates of the last run; ``-- -j1`` runs one mutant at a time
-    (default two). Results stay in ``mutants/<module>/`` (a rerun tests only what changed).
+    (default two). Results stay in ``mutants/<module>/``: a rerun tests the changed functions
+    and the survivors again.
     """
     flags = {a for a in session.posargs if a == "report" or a.startswith("-j")}
     words = [a for a in session.posargs if a not in flags]
