@@ -2,6 +2,7 @@
 default)."""
 
 import json
+import os
 import re
 import time
 import tomllib
@@ -196,7 +197,8 @@ def mutants(session: nox.Session) -> None:
 
     ``nox -s mutants -- limiter rangeset`` runs the modules whose name holds an argument;
     ``-- report`` only prints the rates of the last run; ``-- -j1`` runs one mutant at a time
-    (default two). Results stay in ``mutants/<module>/`` (a rerun tests only what changed).
+    (default two). Results stay in ``mutants/<module>/``: a rerun tests the changed functions
+    and the survivors again.
     """
     flags = {a for a in session.posargs if a == "report" or a.startswith("-j")}
     words = [a for a in session.posargs if a not in flags]
@@ -206,6 +208,7 @@ def mutants(session: nox.Session) -> None:
     if "report" not in flags:
         session.install("-e", ".[test]", "mutmut>=3.8,<4")
         started = time.monotonic()
+        session.log(f"mutants: load average {_load()} at the start (2 cores: 2.0 is busy)")
         for module, target in chosen.items():
             folder = _module_folder(root, module, target)
             session.log(f"mutants: {module} ({', '.join(target.files)})")
@@ -215,9 +218,16 @@ def mutants(session: nox.Session) -> None:
                     "mutmut", "run", "--max-children", children, *target.names, env=_MUTMUT_ENV
                 )
             (folder / "seconds.txt").write_text(f"{time.monotonic() - begin:.0f}\n")
-        session.log(f"mutants: {time.monotonic() - started:.0f} s for {len(chosen)} modules")
+        session.log(
+            f"mutants: {time.monotonic() - started:.0f} s for {len(chosen)} modules, "
+            f"load average {_load()} at the end"
+        )
     table = kill_rates(root, chosen)
     session.log("kill rate per module (in mutants/<module>/: mutmut show NAME):\n" + table)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _slug(module: str) -> str:
@@ -262,8 +272,11 @@ def _module_folder(root: Path, module: str, target: Target) -> Path:
 
 
 def _equivalent(root: Path) -> set[str]:
-    """The survivors accepted as equivalent: every mutant name in docs/testing.md."""
-    return set(_MUTANT_NAME.findall((root / "docs" / "testing.md").read_text()))
+    """The survivors accepted as equivalent: every mutant name in the "Accepted survivors"
+    section of docs/testing.md."""
+    text = (root / "docs" / "testing.md").read_text()
+    section = text.partition("### Accepted survivors")[2].partition("\n### ")[0]
+    return set(_MUTANT_NAME.findall(section))
 
 
 def kill_rates(root: Path, chosen: dict[str, Target]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from asyncingest.config.identity import fingerprint
+from asyncingest.config.identity import fingerprint, identity
 from asyncingest.core.request import Request
 from asyncingest.errors import ConfigError, StateCorrupt
 from asyncingest.sink.deadletter import DeadLetter, DeadLetters
@@ -428,8 +428,9 @@ def test_requeue_failed_refuses_a_damaged_line(tmp_path: Path) -> None:
     dead.write_bytes(b'{"kind":"record","reason":"x"}\n{broken\n')
     state = RunState("fp")
     state.endpoint("items").dead_letter_bytes = dead.stat().st_size
-    with pytest.raises(StateCorrupt, match="line 2 cannot be read"):
+    with pytest.raises(StateCorrupt, match="line 2 cannot be read") as info:
         requeue_failed(tmp_path, state)
+    assert str(dead) in str(info.value)
 
 
 def test_job_plan_answers_done_part_way_or_start() -> None:
@@ -505,3 +506,132 @@ def test_run_report(tmp_path: Path) -> None:
     assert path == tmp_path / "_asyncingest" / "runs" / "run-1.json"
     assert json.loads(path.read_bytes())["state"] == "complete"
     assert report_json("x", result).startswith(b'{\n  "state"')  # indented for people
+
+
+def test_a_saved_request_is_sent_again_byte_for_byte() -> None:
+    """A link the API gave (a signed query, an encoded cursor) must not be re-encoded."""
+    r = Request("GET", URL("https://api.test/x?q=%7Euser&sig=a%2Bb", encoded=True))
+    back = request_from_json(json.loads(json.dumps(request_to_json(r))))
+    assert str(back.full_url) == "https://api.test/x?q=%7Euser&sig=a%2Bb"
+
+
+def test_a_journal_never_opened_has_committed_nothing(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    assert j.sync() == (0, 0)
+    j.close()
+    assert (j.lines, j.nbytes) == (0, 0)
+
+
+def test_closing_a_journal_writes_out_what_it_buffered(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    j.open(0, 0)
+    j.append({"id": 1}, {})
+    j.close()  # not synced, so not named in a state; but the file is complete and closed
+    assert j.path.stat().st_size == j.nbytes
+
+
+def test_a_missing_journal_the_state_names_is_corrupt_naming_it(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    with pytest.raises(StateCorrupt, match="0 bytes, shorter than the 1 the state names") as info:
+        j.open(1, 1)
+    assert str(j.path) in str(info.value)
+
+
+def test_journal_damage_names_the_file(tmp_path: Path) -> None:
+    j = Journal(tmp_path, "child")
+    j.open(0, 0)
+    j.append({"id": 0}, {})
+    j.sync()
+    j.close()
+    with pytest.raises(StateCorrupt) as short:
+        list(Journal(tmp_path, "child").replay(2))
+    with j.path.open("ab") as fh:
+        fh.write(b"{not json\n")
+    with pytest.raises(StateCorrupt) as bad:
+        list(Journal(tmp_path, "child").replay(2))
+    assert str(j.path) in str(short.value) and str(j.path) in str(bad.value)
+
+
+def test_run_state_repr_lists_every_endpoint() -> None:
+    state = RunState("fp", endpoints={"a": EndpointState(), "b": EndpointState()})
+    assert repr(state) == (
+        "RunState(running, a: 0 done/0 partial/0 files, b: 0 done/0 partial/0 files)"
+    )
+
+
+def test_the_state_file_is_indented_for_people(tmp_path: Path) -> None:
+    save_state(tmp_path, RunState("fp"))
+    assert state_path(tmp_path).read_bytes().startswith(b'{\n  "version": 1,\n')
+
+
+def test_a_failed_save_reports_its_cause_even_if_the_cleanup_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cp.os, "replace", full_disk)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(OSError) as info:
+        write_atomic(tmp_path / "f.json", b"x")
+    assert info.value.errno == 28
+
+
+def test_refusals_name_the_output_and_what_to_do(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    with pytest.raises(ConfigError) as no_run:
+        prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert str(no_run.value) == f"{tmp_path}: 1 problem\n  - --retry-failed: no earlier run here"
+    _part(tmp_path / "items", 0)
+    with pytest.raises(ConfigError) as foreign:
+        prepare(cfg, tmp_path, fresh=False, retry_failed=False)
+    assert str(foreign.value) == (
+        f"{tmp_path}: 1 problem\n  - output: holds Parquet files but no asyncingest state, so a "
+        "run here could duplicate them; use --fresh to replace them, or another --output"
+    )
+    fresh = prepare(cfg, tmp_path, fresh=True, retry_failed=False)
+    assert fresh.resumed is False and fresh.state.fingerprint == fingerprint(cfg)
+
+
+def test_retry_failed_requeues_request_letters_only_and_every_endpoint(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    state = RunState(fingerprint(cfg), status="complete")
+    state.endpoint("aaa")  # an endpoint without dead letters comes first
+    es = state.endpoint("items")
+    refused = DeadLetter.refused_job(job=8, reason="unsafe path value", variables={}, copy={})
+    records = [DeadLetter.rejected_record({"id": i}, "no key") for i in (1, 2)]
+    es.dead_letter_bytes = _letters(tmp_path, "items", refused, _failed(3), *records)
+    save_state(tmp_path, state)
+    start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert start.requeued == 1
+    assert sorted(start.state.endpoint("items").partial) == [3]
+    dead = tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl"
+    kept = [json.loads(line) for line in dead.read_bytes().splitlines()]
+    assert [(e["kind"], e.get("job")) for e in kept] == [
+        ("job", 8),
+        ("record", None),
+        ("record", None),
+    ]
+
+
+def test_a_changed_config_is_refused_naming_the_output_and_the_change(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    before = pipeline("https://api.test", [{"name": "items", "path": "/things"}], tmp_path)
+    save_state(tmp_path, RunState(fingerprint(before), identity=identity(before)))
+    with pytest.raises(ConfigError) as info:
+        prepare(cfg, tmp_path, fresh=False, retry_failed=False)
+    text = str(info.value)
+    assert text.startswith(f"{tmp_path}: 2 problems\n")
+    assert "/things" in text and "this field changed since this output was started" in text
+    save_state(tmp_path, RunState("0123456789abcdef", identity=None))  # an older asyncingest
+    with pytest.raises(ConfigError, match="fingerprint 0123456789abcdef -> "):
+        prepare(cfg, tmp_path, fresh=False, retry_failed=False)
+
+
+def test_a_plain_resume_requeues_nothing(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    save_state(tmp_path, RunState(fingerprint(cfg), status="interrupted"))
+    assert prepare(cfg, tmp_path, fresh=False, retry_failed=False).requeued == 0

@@ -203,3 +203,34 @@ def test_a_compaction_makes_its_files_durable_before_the_state_names_them(
         ("fsync", state_dir),
     ]
     assert sorted(pq.read_table(tmp_path / "items").column("id").to_pylist()) == list(range(9))
+
+
+# -- the crash points the SIGKILL tests aim at ------------------------------------------------
+
+
+def test_the_crash_points_sit_between_the_fsync_and_the_rename(
+    tmp_path: Path, disk: DiskLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ASYNCINGEST_CRASH_AT=commit`` / ``state`` (the SIGKILL tests) must kill the process
+    after the new file is durable under its temporary name and before it is renamed."""
+    import asyncingest.sink.parquet as parquet
+    import asyncingest.state.checkpoint as checkpoint
+
+    def crash_point(name: str) -> None:
+        disk.steps.append(("crash", name))
+
+    monkeypatch.setattr(parquet, "crash_point", crash_point)
+    monkeypatch.setattr(checkpoint, "crash_point", crash_point)
+    sink = ParquetSink(tmp_path, "items", SinkOptions())
+    disk.steps.clear()
+    sink.write([{"id": 1}])
+    sink.close()
+    save_state(tmp_path, RunState("fp"))
+    assert disk.steps[:3] == [
+        ("fsync", "items/.part-00000.parquet.inprogress"),
+        ("crash", "commit"),
+        ("replace", "items/.part-00000.parquet.inprogress", "items/part-00000.parquet"),
+    ]
+    crash = disk.steps.index(("crash", "state"))
+    assert disk.steps[crash - 1] == ("fsync", "_asyncingest/.state.json.tmp")
+    assert disk.steps[crash + 1][0] == "replace"

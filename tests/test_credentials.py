@@ -149,6 +149,8 @@ def test_scrub_next_passes_a_clean_or_new_link_through() -> None:
         ("HTTP://api.test/x", ("http", "api.test", 80)),
         ("https://api.test:8443/x", ("https", "api.test", 8443)),
         ("http://api.test:443/x", ("http", "api.test", 443)),
+        ("/relative", ("", "", 80)),  # no scheme, host or port: the fallbacks
+        ("custom://API.test/x", ("custom", "api.test", 80)),
     ],
 )
 def test_origin_defaults_the_port_from_the_scheme(url: str, expected: tuple[str, str, int]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import asyncingest.sink.parquet as parquet
 import asyncingest.state.checkpoint as checkpoint
 import asyncingest.state.compact as compact
@@ -20,3 +22,11 @@ def test_fsync_of_a_folder_and_a_file_succeeds_on_what_exists(tmp_path: Path) ->
     (tmp_path / "f").write_bytes(b"x")
     durable.fsync_file(tmp_path / "f")
     durable.fsync_dir(tmp_path)
+
+
+def test_fsync_dir_refuses_a_file(tmp_path: Path) -> None:
+    """A folder fsync of something that is not a folder is a bug in the caller, not a no-op."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    with pytest.raises(NotADirectoryError):
+        durable.fsync_dir(path)

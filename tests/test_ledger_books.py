@@ -14,6 +14,7 @@ from yarl import URL
 
 from asyncingest.core.events import (
     BreakerChanged,
+    FileCommitted,
     JobsQueued,
     RecordsRejected,
     RecordsWritten,
@@ -210,3 +211,43 @@ def test_jobs_records_and_times_are_counted() -> None:
     assert (s.jobs, s.records_received, s.records_transformed, s.duration) == (6, 8, 6, 12.5)
     assert events == [JobsQueued("users", 3)]
     assert repr(books) == "EndpointLedger(users, jobs=6, requests=0, records=0, failed=0)"
+
+
+# -- counts over several events (mutation testing: each was seen once) ------------------------
+
+
+def test_every_count_adds_up_over_several_events(tmp_path: Path) -> None:
+    entered: list[int] = []
+
+    class CountingLock:
+        def __enter__(self) -> None:
+            entered.append(1)
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    events: list[Any] = []
+    books = EndpointLedger("users", events.append, lambda s: s, lock=CountingLock())
+    request = Request("GET", URL("https://api.test/u"))
+    failure = Failure(FailureKind.HTTP_STATUS, "boom", 503)
+    for _ in range(2):
+        books.attempted(request, 1, 503, 10, failure, 0.1, 0.0)
+        books.retrying(request, failure, 1, 0.5)
+        books.gave_up(request, Job(0, {}, {}), failure, 2)
+        books.refused(Job(1, {}, {}), "unsafe")
+        books.transformed(3)
+    books.breaker_changed(Transition(BreakerState.CLOSED, BreakerState.OPEN, 3, 1.0))
+    books.breaker_changed(Transition(BreakerState.OPEN, BreakerState.HALF_OPEN, 3, 0.0))
+    books.breaker_changed(Transition(BreakerState.HALF_OPEN, BreakerState.OPEN, 4, 2.0))
+    books.schema_noted({"extra": 2}, {"blob": "a list where an object was"})
+    s = books.summary()
+    assert s.name == "users" and books.stats.name == "users"
+    assert (s.requests, s.retries, s.failed_requests) == (2, 2, 4)
+    assert s.failures == {"HTTP status": 2, "unsafe path value": 2}
+    assert books.stats.statuses == {503: 2}
+    assert (books.stats.breaker_opens, books.stats.records_transformed) == (2, 6)
+    assert books.stats.dropped_fields == {"extra": 2}
+    assert books.stats.json_fallbacks == {"blob": "a list where an object was"}
+    assert entered  # the books are kept under the lock given
+    books.committed([tmp_path / "part-00000.parquet"])
+    assert events[-1] == FileCommitted("users", str(tmp_path / "part-00000.parquet"))

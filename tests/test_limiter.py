@@ -7,6 +7,7 @@ binary float and "granted at the instant the slot returned" can be checked with 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from bisect import bisect_right
 from collections import defaultdict
@@ -15,11 +16,15 @@ from collections.abc import Sequence
 import pytest
 
 from asyncingest.limits.limiter import (
+    BUCKETS,
+    EXACT_MAX,
     ConcurrencyLimit,
     KeyStats,
     Limits,
     Permit,
     SlidingWindowLimiter,
+    Window,
+    make_windows,
 )
 from asyncingest.testing import FakeClock
 
@@ -626,3 +631,36 @@ async def test_reprs_when_idle(clock: FakeClock) -> None:
     permit.release()
     assert repr(permit) == "<permit 'k' of 'api' released>"
     assert repr(Limits([conc])) == "Limits([ConcurrencyLimit('c', in_use=0/2, waiting=0)])"
+
+
+def test_make_windows_needs_a_window_and_finite_seconds() -> None:
+    with pytest.raises(
+        ValueError, match=r"^a sliding-window limiter needs at least one \(limit, seconds\) window$"
+    ):
+        make_windows([])
+    assert make_windows([], allow_none=True) == ()
+    with pytest.raises(ValueError, match="bad window"):
+        make_windows([(5, math.inf)])
+
+
+def test_a_window_of_exactly_exact_max_slots_keeps_exact_times() -> None:
+    exact, bucketed = make_windows([(EXACT_MAX, 60.0), (EXACT_MAX + 1, 60.0)])
+    assert (exact.bucket, bucketed.bucket) == (0.0, 60.0 / BUCKETS)
+
+
+def test_a_bucketed_release_expires_at_its_bucket_end_never_earlier() -> None:
+    on_edge = Window(5_000, 10.0, 0.25)
+    on_edge.add(2.0)  # exactly a bucket's end: not pushed to the next one
+    assert on_edge.first_expiry() == 12.0
+    rounded = Window(5_000, 86_400.0, 86.4)
+    released = 432.00000000000006  # ceil(released / 86.4) * 86.4 rounds to 432.0, below it
+    rounded.add(released)
+    expiry = rounded.first_expiry()
+    assert expiry is not None and released + 86_400.0 <= expiry <= released + 86_400.0 + 86.4
+
+
+async def test_names_and_permit_labels(clock: FakeClock) -> None:
+    window = SlidingWindowLimiter([(2, 1.0)], clock)
+    assert window.name == ""
+    permit = await window.acquire("k", group="pipe")
+    assert repr(permit) == "<permit 'pipe/k' of ''>"

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asyncingest.sink.parquet import FieldType, ParquetSink, SinkOptions, safe_dir_name
+from asyncingest.sink.schema import BatchConverter
 
 SMALL = SinkOptions(row_group_rows=3, max_rows_per_file=1_000)
 
@@ -761,3 +762,220 @@ def test_abort_is_quiet_when_the_disk_fails_again(
     (tmp_path / "gone").rmdir()  # the folder itself is gone: nothing to clean, no error
     other.abort()
     assert other.closed
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a/b", "contains '/'"),
+        ("a\\b", "contains '\\\\\\\\'"),
+        ("c:", "contains ':'"),
+        ("a\x7fb", "contains '\\\\x7f'"),
+        ("a\x1fb", "contains '\\\\x1f'"),
+        ("b/a:", "contains '/:'"),
+        (".hidden", "must not start with '.' or '_' \\(path escape, or hidden from dataset"),
+        ("_meta", "must not start with '.' or '_'"),
+        ("x" * 201, r"^invalid folder name 'xxxxxxxxxxxxxxxxxxxx'...: longer than 200$"),
+    ],
+)
+def test_unsafe_folder_names_are_refused_saying_why(name: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        safe_dir_name(name)
+
+
+@pytest.mark.parametrize("name", ["x" * 200, "caf\u00e9", "a\x80b", "a.b_c-d", "Xy"])
+def test_safe_folder_names_are_kept(name: str) -> None:
+    assert safe_dir_name(name) == name
+
+
+def test_without_a_tap_no_batches_are_kept(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "laps", SMALL)
+    sink.write(rows(7))
+    sink.close()
+    assert sink.take_batches() == []  # not the whole run's data held in memory
+
+
+def _write_part(folder: Path, n: int, table: pa.Table) -> None:
+    folder.mkdir(exist_ok=True)
+    pq.write_table(table, folder / f"part-{n:05d}.parquet")
+
+
+def test_a_foreign_file_does_not_hide_later_files_of_an_earlier_run(tmp_path: Path) -> None:
+    folder = tmp_path / "laps"
+    _write_part(folder, 0, pa.table({"other": ["not ours"]}))
+    first = ParquetSink(tmp_path, "laps", SMALL)
+    first.write([{"x": 1}])
+    first.close()  # part-00001, ours
+    again = ParquetSink(tmp_path, "laps", SMALL)
+    again.write([{"x": 2.5}])  # widens x: the earlier run's file is rewritten at close
+    again.close()
+    assert pq.read_schema(folder / "part-00001.parquet").field("x").type == pa.float64()
+    assert pq.read_table(folder / "part-00000.parquet").column_names == ["other"]
+
+
+def test_the_newest_earlier_file_is_the_highest_number_not_the_last_name(tmp_path: Path) -> None:
+    """``part-100000`` sorts before ``part-99999`` as text: the kinds a resumed sink continues
+    from come from the file with the highest number."""
+    folder = tmp_path / "laps"
+    run = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    run.write([{"x": 1}])
+    run.close()
+    older = pq.read_table(folder / "part-00000.parquet")
+    run = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    run.write([{"x": 1.5}])
+    run.close()
+    newer = pq.read_table(folder / "part-00001.parquet")
+    for p in folder.glob("part-*.parquet"):
+        p.unlink()
+    _write_part(folder, 99_999, older)  # a run killed before close: not unified yet
+    _write_part(folder, 100_000, newer)
+    resumed = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    assert resumed.reserve_path().name == "part-100001.parquet"
+    resumed.write([{"x": 7}])
+    resumed.close()
+    for p in folder.glob("part-*.parquet"):
+        assert pq.read_schema(p).field("x").type == pa.float64(), p.name
+
+
+def test_a_rewrite_at_close_keeps_the_configured_compression(tmp_path: Path) -> None:
+    folder = tmp_path / "laps"
+    sink = ParquetSink(tmp_path, "laps", SinkOptions(compression="gzip", row_group_rows=1))
+    sink.write([{"x": 1}])
+    sink.flush()
+    sink.write([{"x": 1.5}])
+    sink.close()
+    for p in sorted(folder.glob("part-*.parquet")):
+        meta = pq.ParquetFile(p).metadata
+        assert meta.row_group(0).column(0).compression == "GZIP", p.name
+
+
+def test_every_file_not_yet_widened_is_rewritten_whatever_comes_before_it(
+    tmp_path: Path,
+) -> None:
+    """A compaction of the newer files puts a file already of the final schema before older
+    ones in the rewrite order: the older ones are still rewritten."""
+    folder = tmp_path / "laps"
+    first = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    first.write([{"x": 1}])
+    first.close()  # part-00000: x int
+    sink = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=10))
+    sink.write([{"x": 2}])
+    sink.flush()  # part-00001: x int
+    sink.write([{"x": 2.5}])
+    (widened,) = sink.flush()  # part-00002: x float
+    merged = sink.reserve_path()
+    table = pq.read_table(widened)
+    pq.write_table(table, merged)
+    widened.unlink()
+    sink.replaced([widened], [merged], table.schema)
+    sink.close()
+    for p in sorted(folder.glob("part-*.parquet")):
+        assert pq.read_schema(p).field("x").type == pa.float64(), p.name
+    assert sorted(read_dataset(folder).column("x").to_pylist()) == [1.0, 2.0, 2.5]
+
+
+# -- schema edges mutation testing found unguarded (nox -s mutants -- schema) -----------------
+
+
+def test_a_batch_of_nothing_but_non_objects_is_refused_record_by_record() -> None:
+    table, rejected = BatchConverter().convert([5, "x"])  # type: ignore[list-item]
+    assert table.num_rows == 0
+    assert [(r.record, r.reason) for r in rejected] == [
+        (5, "record is not a JSON object: int 5"),
+        ("x", "record is not a JSON object: str 'x'"),
+    ]
+
+
+def test_records_with_no_field_at_all_are_refused_as_they_came() -> None:
+    table, rejected = BatchConverter().convert([{}])
+    assert table.num_rows == 0 and [r.record for r in rejected] == [{}]
+
+
+def test_every_reason_of_a_record_is_given() -> None:
+    conv = BatchConverter({"a": "int64", "b": "bool"})
+    _, rejected = conv.convert([{"a": "x", "b": 3}])
+    (only,) = rejected
+    assert only.reason == (
+        "field 'a': expected int64, got str 'x'; field 'b': expected bool, got int 3"
+    )
+
+
+def test_dropped_fields_are_counted_per_value_across_batches() -> None:
+    conv = BatchConverter({"id": "int64"}, "only_declared")
+    conv.convert([{"id": 1, "x": 1}, {"id": 2, "x": 2}, {"id": 3}])
+    conv.convert([{"id": 4, "x": 3}])
+    assert conv.dropped_fields == {"x": 3}
+
+
+def test_a_big_integer_then_a_float_in_the_first_batch_makes_a_float_column() -> None:
+    table, rejected = BatchConverter().convert([{"x": 2**70}, {"x": 1.5}])
+    assert table.schema.field("x").type == pa.float64()
+    assert table.column("x").to_pylist() == [1.5]
+    assert [r.record for r in rejected] == [{"x": 2**70}]  # would lose its value as float64
+
+
+def test_a_decimal_column_refuses_floats_later() -> None:
+    conv = BatchConverter()
+    conv.convert([{"x": 2**70}])
+    table, rejected = conv.convert([{"x": 1.5}, {"x": 3}])
+    assert table.schema.field("x").type == pa.decimal128(38, 0)
+    assert table.column("x").to_pylist() == [3]
+    assert [r.record for r in rejected] == [{"x": 1.5}]
+    assert "kept exact: no floats" in rejected[0].reason
+
+
+def test_a_value_of_no_supported_type_is_refused_naming_it() -> None:
+    table, rejected = BatchConverter().convert([{"x": b"raw"}, {"x": None}])
+    assert table.num_rows == 1
+    assert [(r.record, r.reason) for r in rejected] == [
+        (
+            {"x": b"raw"},
+            "field 'x': inferred null from earlier records, got bytes b'raw' (unsupported value)",
+        )
+    ]
+
+
+def test_a_json_fallback_column_stays_json_when_objects_come_later() -> None:
+    conv = BatchConverter()
+    conv.convert([{"x": {"a": 1}}, {"x": [1]}])  # object and list: JSON text
+    assert conv.json_fallbacks == {"x": "a list where an object was"}
+    table, rejected = conv.convert([{"x": {"b": 2}}])
+    assert not rejected
+    assert conv.types["x"] == "json"
+    assert conv.json_fallbacks == {"x": "a list where an object was"}  # the first reason stays
+    assert table.column("x").to_pylist() == ['{"b":2}']
+
+
+def test_empty_objects_inside_values_are_stored_as_null_not_the_whole_value() -> None:
+    table, _ = BatchConverter().convert([{"x": {"a": {}, "b": 1}}, {"x": {"a": {}, "b": 2}}])
+    assert table.column("x").to_pylist() == [{"a": None, "b": 1}, {"a": None, "b": 2}]
+
+
+def test_text_that_becomes_json_later_is_rewritten_as_json_text_in_earlier_files(
+    tmp_path: Path,
+) -> None:
+    """A string column that falls back to JSON text has the same Arrow type: only the kinds in
+    the metadata tell them apart, so the earlier file must still be rewritten (as JSON)."""
+    sink = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=1))
+    sink.write([{"x": "abc"}])
+    sink.flush()
+    sink.write([{"x": {"a": 1}}])
+    sink.close()
+    values = sorted(read_dataset(tmp_path / "laps").column("x").to_pylist())
+    assert values == ['"abc"', '{"a":1}']
+
+
+def test_batch_converter_repr() -> None:
+    assert repr(BatchConverter({"a": "int64"}, "only_declared")) == (
+        "BatchConverter(only declared, fields=1, declared=1, json_fallbacks=0, dropped=0)"
+    )
+    assert repr(BatchConverter()) == (
+        "BatchConverter(declared+inferred, fields=0, declared=0, json_fallbacks=0, dropped=0)"
+    )
+
+
+def test_a_converter_refuses_what_it_cannot_honour() -> None:
+    with pytest.raises(ValueError, match=r"^columns='only_declared' needs a schema$"):
+        BatchConverter(columns="only_declared")
+    with pytest.raises(ValueError, match=r"^field 'a': unknown type 'nope'$"):
+        BatchConverter({"a": "nope"})  # type: ignore[dict-item]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 from typing import Any
 
+import pytest
+from yarl import URL
+
 from asyncingest.config.models import ForEach
+from asyncingest.core.request import Request
 from asyncingest.engine.writer import MAX_PAGES_QUEUED, Writer
-from asyncingest.sink.deadletter import DeadLetters
+from asyncingest.errors import EnvironmentFailure
+from asyncingest.sink.deadletter import DeadLetter, DeadLetters
 from asyncingest.sink.parquet import ParquetSink, SinkOptions
 from asyncingest.state.checkpoint import Journal
 from asyncingest.state.ledger import EndpointLedger
@@ -62,3 +68,97 @@ async def test_a_record_without_the_bound_field_is_a_dead_letter_not_a_job(
     assert [job.number for _, jobs in children for job in jobs] == [3]
     assert len(dead) == 1
     assert writer.ledger.stats.records_rejected == 1
+
+
+# -- the writer on its own (mutation testing: it was reached only through the engine) ---------
+
+
+def plain_writer(tmp_path: Path, row_group_rows: int = 1_000) -> Writer:
+    ledger = EndpointLedger("users", lambda _: None, lambda s: s)
+    sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=row_group_rows))
+    return Writer("users", sink, DeadLetters(tmp_path, "users"), {}, ledger, row_group_rows)
+
+
+def _next(page: int) -> Request:
+    return Request("GET", URL(f"https://api.test/users?page={page}"), page=page)
+
+
+async def test_a_barrier_before_the_start_answers_at_once_with_nothing(tmp_path: Path) -> None:
+    writer = plain_writer(tmp_path)
+    res = await writer.barrier()
+    assert (res.files, res.journals, res.dead_letter_bytes, res.finished) == ([], {}, 0, False)
+    assert not res.progress
+
+
+async def test_a_barrier_commits_what_came_before_and_hands_tokens_out_once(
+    tmp_path: Path,
+) -> None:
+    writer = plain_writer(tmp_path)
+    writer.start()
+    letter = DeadLetter.rejected_record({"id": None}, "no key")
+    await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [letter])
+    await writer.put_page([{"id": 3}], Token(1, _next(2)), [])
+    assert repr(writer).startswith("Writer(users, queued=")
+    res = await writer.barrier()
+    assert res.files == ["part-00000.parquet"]
+    assert res.progress.done.ranges() == [(0, 1)]
+    assert res.progress.partial == {1: _next(2)}
+    assert res.dead_letter_bytes == writer.dead.path.stat().st_size > 0
+    assert writer.ledger.stats.records_written == 3
+    again = await writer.barrier()
+    assert not again.progress and again.files == ["part-00000.parquet"]
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    final = await writer.barrier()  # after the end: the final answer, once
+    assert final.finished and not final.progress
+    assert repr(writer) == (
+        "Writer(users, queued=0, buffered=0, pending=0 done/0 partial, files=1)"
+    )
+
+
+async def test_the_end_answers_a_barrier_asked_while_finishing(tmp_path: Path) -> None:
+    writer = plain_writer(tmp_path)
+    writer.start()
+    await writer.put_page([{"id": 1}], Token(0, None), [])
+    writer.finish()
+    res = await writer.barrier()
+    assert res.finished and res.files == ["part-00000.parquet"]
+    assert res.progress.done.ranges() == [(0, 1)]
+
+
+async def test_a_failed_write_fails_every_barrier_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = plain_writer(tmp_path)
+
+    def full_disk(records: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.sink, "write", full_disk)
+    writer.start()
+    await writer.put_page([{"id": 1}], Token(0, None), [])
+    waiting = writer.barrier()
+    with pytest.raises(EnvironmentFailure):
+        await waiting
+    with pytest.raises(EnvironmentFailure):
+        await writer.task  # type: ignore[misc]
+    with pytest.raises(EnvironmentFailure):
+        await writer.barrier()  # asked after: fails at once with the same cause
+
+
+async def test_a_tap_comes_before_any_record(tmp_path: Path) -> None:
+    writer = plain_writer(tmp_path)
+    writer.fed = True
+    with pytest.raises(RuntimeError) as fed:
+        writer.attach_tap(None)  # type: ignore[arg-type]
+    assert str(fed.value) == (
+        "batches('users'): the endpoint has already written records; call batches() before "
+        "the pipeline starts, or right after (before awaiting anything else)"
+    )
+    writer = plain_writer(tmp_path / "2")
+    writer.keep_raw = False
+    with pytest.raises(ValueError) as raw:
+        writer.attach_tap(None)  # type: ignore[arg-type]
+    assert str(raw.value) == (
+        "batches('users'): the endpoint keeps no raw records (transform.keep_raw: false)"
+    )
