@@ -7,10 +7,12 @@ import errno
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from yarl import URL
 
 from asyncingest.config.models import ForEach
+from asyncingest.core.events import RecordsRejected
 from asyncingest.core.request import Request
 from asyncingest.engine.writer import MAX_PAGES_QUEUED, Writer
 from asyncingest.errors import EnvironmentFailure
@@ -162,3 +164,92 @@ async def test_a_tap_comes_before_any_record(tmp_path: Path) -> None:
     assert str(raw.value) == (
         "batches('users'): the endpoint keeps no raw records (transform.keep_raw: false)"
     )
+
+
+# -- the transform path and the final answer (mutation testing: their survivors) -------------
+
+
+def _letters(writer: Writer) -> list[dict[str, Any]]:
+    writer.dead.sync()
+    lines = writer.dead.path.read_bytes().splitlines()
+    return [{k: v for k, v in orjson.loads(line).items() if k != "time"} for line in lines]
+
+
+def _rejections(writer: Writer) -> list[RecordsRejected]:
+    events: list[RecordsRejected] = []
+    writer.ledger = EndpointLedger(
+        "users", lambda e: events.append(e) if isinstance(e, RecordsRejected) else None, str
+    )
+    return events
+
+
+async def test_a_transform_batch_set_aside_is_dead_lettered_record_by_record_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    writer = plain_writer(tmp_path)
+    events = _rejections(writer)
+    # the callback the writer hands its TransformPipe for a batch whose transform failed
+    writer._set_aside([{"id": 1}, {"id": 2}], "ValueError: boom")
+    why = "transform: ValueError: boom"
+    assert _letters(writer) == [
+        {"kind": "record", "reason": why, "record": {"id": 1}},
+        {"kind": "record", "reason": why, "record": {"id": 2}},
+    ]
+    assert events == [RecordsRejected("users", 2, why)]  # one event for the batch
+    assert writer.ledger.stats.records_rejected == 2
+
+
+async def test_transform_output_the_sink_refuses_is_dead_lettered_and_the_rest_counted(
+    tmp_path: Path,
+) -> None:
+    writer = plain_writer(tmp_path)
+    events = _rejections(writer)
+    writer.tsink = ParquetSink(tmp_path / "stats", "users_stats", SinkOptions())
+    # the callback the writer hands its TransformPipe for what a transform returned
+    await writer._write_transformed([{"n": 1}, {"n": "x"}, {"n": 2}, {"n": 3}])
+    reason = "field 'n': inferred int64 from earlier records, got str 'x'"
+    assert _letters(writer) == [
+        {"kind": "record", "reason": f"transform output: {reason}", "record": {"n": "x"}}
+    ]
+    assert events == [RecordsRejected("users", 1, reason)]
+    assert writer.ledger.stats.records_rejected == 1
+    assert writer.ledger.stats.records_transformed == 3
+
+
+async def test_a_writer_failing_while_finishing_fails_the_barrier_asked_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = plain_writer(tmp_path)
+
+    def full_disk(records: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.sink, "write", full_disk)
+    writer.start()
+    await writer.put_page([{"id": 1}], Token(0, None), [])
+    writer.finish()
+    waiting = writer.barrier()  # answered when the task ends
+    with pytest.raises(EnvironmentFailure) as failed:
+        await writer.task  # type: ignore[misc]
+    await asyncio.sleep(0)  # the task's done callbacks run (awaiting `waiting` could hang)
+    assert waiting.done()
+    assert waiting.exception() is failed.value
+
+
+async def test_every_barrier_asked_while_finishing_gets_the_final_answer_tokens_once(
+    tmp_path: Path,
+) -> None:
+    writer = plain_writer(tmp_path)
+    writer.start()
+    await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
+    await writer.put_page([{"id": 3}], Token(1, None), [])
+    writer.finish()
+    first, second = writer.barrier(), writer.barrier()
+    await writer.task  # type: ignore[misc]
+    await asyncio.sleep(0)
+    assert first.done() and second.done()
+    one, two = first.result(), second.result()
+    assert one.finished and two.finished
+    assert one.progress.done.ranges() == [(0, 2)]  # pages 0 and 1
+    assert not two.progress
+    assert one.files == two.files == ["part-00000.parquet"]
