@@ -185,8 +185,12 @@ MUTANT_MODULES: dict[str, Target] = {
 }
 _KILLED = {1, 3, 24, -24, 36, 152, 255}  # tests failed, pytest error, timeouts (mutmut's codes)
 _SURVIVED = {0, 5, 33}  # tests passed, or no selected test reaches the function
-# the ci examples of the property tests, a failure not shrunk (tests/conftest.py)
-_MUTMUT_ENV = {"HYPOTHESIS_PROFILE": "mutants"}
+# the ci examples of the property tests, a failure not shrunk (tests/conftest.py); and a hung
+# test fails after 10 s (pytest-timeout, this session only; the slowest selected test takes
+# ~1.3 s) instead of the mutant waiting out mutmut's (tests' time + 2 s) x 5, up to 117 s for
+# a writer function. An environment variable, not pytest_add_cli_args: mutmut resets every
+# module's verdicts when those change.
+_MUTMUT_ENV = {"HYPOTHESIS_PROFILE": "mutants", "PYTEST_TIMEOUT": "10"}
 _MUTANT_NAME = re.compile(r"asyncingest\.[\w.ǁ]+__mutmut_\d+")
 
 
@@ -206,7 +210,7 @@ def mutants(session: nox.Session) -> None:
     children = next((a[2:] for a in flags if a.startswith("-j")), "2")
     root = Path.cwd()
     if "report" not in flags:
-        session.install("-e", ".[test]", "mutmut>=3.8,<4")
+        session.install("-e", ".[test]", "mutmut>=3.8,<4", "pytest-timeout>=2.3,<3")
         started = time.monotonic()
         session.log(f"mutants: load average {_load()} at the start (2 cores: 2.0 is busy)")
         for module, target in chosen.items():
