@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -493,3 +494,26 @@ settings.register_profile(
     phases=(Phase.explicit, Phase.generate),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def most_in_any_window(arrivals: Sequence[float], seconds: float) -> int:
+    """The largest number of arrivals in any interval (t - seconds, t]: an independent check
+    of a limiter. The maximum is reached with t at an arrival, so only those t are checked."""
+    times = sorted(arrivals)
+    return max(
+        (bisect_right(times, t) - bisect_right(times, t - seconds) for t in times), default=0
+    )
+
+
+async def spawn_hammer(*args: str) -> asyncio.subprocess.Process:
+    """A ``tests.redis_hammer`` worker process (its log lines on stdout)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.redis_hammer",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )

@@ -24,7 +24,7 @@ from asyncingest import ConfigError, RunResult, config_from_dict
 from asyncingest.mockapi import MockAPI, MockSettings
 from asyncingest.sync import run_sync
 
-from .conftest import F1_ENDPOINTS, pipeline, read_records
+from .conftest import F1_ENDPOINTS, most_in_any_window, pipeline, read_records
 from .hostile_server import HostileServer
 
 FAST_RETRY = {"max_attempts": 3, "backoff_base": 0.01, "backoff_max": 0.02, "max_time": 5}
@@ -72,17 +72,6 @@ def dead_letters(out: Path, endpoint: str) -> list[dict[str, Any]]:
 
 def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
-
-
-def most_in_any_window(times: list[float], seconds: float) -> int:
-    """The largest number of ``times`` in any window (t - seconds, t]."""
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - seconds:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def ids_csv(tmp_path: Path, ids: list[str]) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -28,21 +27,12 @@ from asyncingest.limits.limiter import (
 )
 from asyncingest.testing import FakeClock
 
+from .conftest import most_in_any_window
+
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-def most_in_any_window(arrivals: Sequence[float], seconds: float) -> int:
-    """The largest number of arrivals in any interval (t - seconds, t]: an independent check.
-
-    The maximum is reached with t at an arrival, so only those t need checking.
-    """
-    times = sorted(arrivals)
-    return max(
-        (bisect_right(times, t) - bisect_right(times, t - seconds) for t in times), default=0
-    )
 
 
 class Recorder:

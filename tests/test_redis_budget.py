@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
-import sys
 import uuid
-from bisect import bisect_right
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,14 @@ import pytest
 import asyncingest
 from asyncingest.mockapi import MockSettings
 
-from .conftest import F1_ENDPOINTS, ROOT, MockAPIFactory, pipeline, service_required
+from .conftest import (
+    F1_ENDPOINTS,
+    MockAPIFactory,
+    most_in_any_window,
+    pipeline,
+    service_required,
+    spawn_hammer,
+)
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -54,26 +58,6 @@ def prefix() -> str:
     return f"asyncingest-test-{uuid.uuid4().hex[:10]}"
 
 
-def most_in_any_window(times: list[float], seconds: float) -> int:
-    times = sorted(times)
-    return max(
-        (bisect_right(times, t) - bisect_right(times, t - seconds) for t in times), default=0
-    )
-
-
-async def spawn(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.redis_hammer",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-
-
 # 100/1 s + 170/10 s, scaled down: bursts of 10 per 0.25 s, 34 per 2 s (17/s) in the long run.
 BURST, LONG = (10, 0.25), (34, 2.0)
 
@@ -86,7 +70,7 @@ async def test_three_processes_share_one_budget_never_over_and_use_it_all(
     url = f"{api.url}/partner/users/1001"
     spec = [f"{n}/{w}" for n, w in (BURST, LONG)]
     key = prefix()
-    procs = [await spawn(REDIS, key, url, "7", "6", *spec) for _ in range(3)]
+    procs = [await spawn_hammer(REDIS, key, url, "7", "6", *spec) for _ in range(3)]
     outputs = [(await p.communicate())[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     stats = api.stats
@@ -204,7 +188,7 @@ async def test_a_newcomer_first_to_find_redis_empty_does_not_hide_the_loss(
 @pytest.mark.slow  # spawns processes, or waits out windows in real time
 async def test_a_killed_holders_slot_returns_when_its_lease_runs_out() -> None:
     key = prefix()
-    holder = await spawn("--hold", REDIS, key, "0.6", "1/0.2")
+    holder = await spawn_hammer("--hold", REDIS, key, "0.6", "1/0.2")
     assert holder.stdout is not None
     assert (await asyncio.wait_for(holder.stdout.readline(), 30)).strip() == b"held"
     holder.send_signal(signal.SIGKILL)

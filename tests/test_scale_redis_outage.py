@@ -23,8 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
-from bisect import bisect_right
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import pytest
 
 from asyncingest.mockapi import MockSettings
 
-from .conftest import ROOT, MockAPIFactory, service_required
+from .conftest import MockAPIFactory, most_in_any_window, service_required, spawn_hammer
 
 pytestmark = pytest.mark.slow  # spawns processes and waits out real seconds
 
@@ -41,27 +39,6 @@ pytest.importorskip("redis", reason="redis-py (the scale extra)")
 BURST, LONG = (10, 0.25), (34, 2.0)  # 100/1 s + 170/10 s scaled down, as in test_redis_budget
 STOPPED = 5.0
 GRACE = 0.5  # requests granted just before a stop or a kill may still arrive this late
-
-
-def most_in_any_window(times: list[float], seconds: float) -> int:
-    times = sorted(times)
-    return max(
-        (bisect_right(times, t) - bisect_right(times, t - seconds) for t in times), default=0
-    )
-
-
-async def spawn(*args: str) -> asyncio.subprocess.Process:
-    """A ``tests.redis_hammer`` worker process (its log lines on stdout)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.redis_hammer",
-        *args,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
 
 
 def _free_port() -> int:
@@ -158,7 +135,7 @@ async def test_redis_stopped_then_restarted_empty_no_request_and_no_window_over(
     url = f"{api.url}/partner/users/1001"
     spec = [f"{n}/{w}" for n, w in (BURST, LONG)]
     key = f"asyncingest-outage-{os.getpid()}"
-    procs = [await spawn(own_redis.url, key, url, "15", "6", *spec) for _ in range(3)]
+    procs = [await spawn_hammer(own_redis.url, key, url, "15", "6", *spec) for _ in range(3)]
     readers = [asyncio.create_task(p.communicate()) for p in procs]
     try:
         for _ in range(400):  # until the workers send

@@ -32,6 +32,7 @@ from .conftest import (
     assert_same_records,
     by_key,
     expected_f1,
+    most_in_any_window,
     pipeline,
     read_records,
 )
@@ -207,17 +208,6 @@ async def test_a_config_with_a_transform_is_refused_not_run_without_it(tmp_path:
 
 
 # -- the limiter on its own ---------------------------------------------------------------------
-
-
-def most_in_any_window(times: list[float], seconds: float) -> int:
-    """The largest number of ``times`` inside any window (t - seconds, t]."""
-    times = sorted(times)
-    most, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - seconds:
-            lo += 1
-        most = max(most, hi - lo + 1)
-    return most
 
 
 def test_the_limiter_holds_every_window_under_heavy_thread_concurrency() -> None:
