@@ -253,3 +253,76 @@ async def test_every_barrier_asked_while_finishing_gets_the_final_answer_tokens_
     assert one.progress.done.ranges() == [(0, 2)]  # pages 0 and 1
     assert not two.progress
     assert one.files == two.files == ["part-00000.parquet"]
+
+
+async def test_a_writer_cancelled_before_its_first_step_does_not_answer_finished(
+    tmp_path: Path,
+) -> None:
+    """Cancelled before it ran (a run stopped as it began), the writer closed nothing: a
+    barrier asked while finishing is cancelled with it, never answered ``finished``."""
+    writer = plain_writer(tmp_path)
+    writer.start()
+    assert writer.task is not None
+    writer.task.cancel()  # before its first step: _run's body never runs
+    writer.finish()
+    waiting = writer.barrier()
+    with pytest.raises(asyncio.CancelledError):
+        await writer.task
+    await asyncio.sleep(0)  # the task's done callbacks run
+    assert waiting.cancelled()
+
+
+def _counts(res: Any) -> tuple[Any, ...]:
+    return (res.rows, res.swept, res.unreadable, res.future, res.future_value, res.cursor)
+
+
+NOTHING = (0, 0, 0, 0, None, None)
+
+
+async def test_barrier_answers_hand_out_record_and_swept_row_counts_once(tmp_path: Path) -> None:
+    """The engine adds each answer's ``rows`` to the increment's count and ``swept`` to how
+    far a ``parents: all`` sweep has gone (a resumed sweep skips that many rows): a count
+    answered twice, or never, would skip parents' children or sweep them again."""
+    writer, journal = parent_writer(tmp_path)
+    assert _counts(await writer.barrier()) == NOTHING  # not started
+    writer.start()
+    await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
+    first = await writer.put_children([{"id": 7}, {"name": "no id"}], 2, {"posts"})
+    assert [job.number for _, jobs in first for job in jobs] == [5]  # after the page's 3, 4
+    res = await writer.barrier()
+    assert (res.rows, res.swept) == (2, 2)  # swept rows are not records: nothing written
+    await writer.put_page([{"id": 3}], Token(1, None), [])
+    await writer.put_children([{"id": 8}], 1, {"posts"})
+    res = await writer.barrier()
+    assert (res.rows, res.swept) == (1, 1)
+    assert _counts(await writer.barrier()) == NOTHING  # nothing since
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    final, again = await writer.barrier(), await writer.barrier()
+    assert final.finished and again.finished
+    assert _counts(final) == _counts(again) == NOTHING
+    assert writer.ledger.stats.records_written == 3
+    assert [v["uid"] for _, v, _ in journal.replay(journal.lines)][3:] == [1, 2, 7, 3, 8]
+
+
+async def test_swept_parents_bind_only_the_named_children_and_wait_for_room(
+    tmp_path: Path,
+) -> None:
+    writer, posts = parent_writer(tmp_path)
+    likes = Journal(tmp_path, "likes")
+    likes.open(0, 0)
+    writer.link_child("likes", ForEach(endpoint="users", bind={"user": "id"}), likes)
+    for i in range(MAX_PAGES_QUEUED):  # fill the inbox: the writer is not running yet
+        await writer.put_page([], Token(i, None), [])
+    sweeping = asyncio.create_task(writer.put_children([{"id": 5}, {"id": 6}], 2, {"likes"}))
+    await asyncio.sleep(0)
+    assert not sweeping.done()  # no room: nothing numbered yet
+    writer.start()
+    ((link, jobs),) = await sweeping
+    assert link.name == "likes" and [(j.number, j.variables) for j in jobs] == [
+        (0, {"user": 5}),
+        (1, {"user": 6}),
+    ]
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    assert (posts.lines, likes.lines) == (3, 2)  # posts is not among the children swept

@@ -348,6 +348,10 @@ class Writer:
     def _answer_final(self, b: Barrier) -> None:
         if self._failed is not None:
             _fail(b, self._failed)
+        elif self._final is None:
+            # Every ending of _run sets _failed or _final, except a cancel before its first
+            # step (the body never ran): nothing was closed, so nothing is final.
+            b.future.cancel()
         elif not b.future.done():
             b.future.set_result(self._take_final())
 
@@ -361,7 +365,8 @@ class Writer:
             self._barrier_queued.set_result(None)  # no barrier needed: the end cuts the batch
 
     def _take_final(self) -> BarrierResult:
-        final = self._final or self._snapshot(finished=True)
+        final = self._final
+        assert final is not None
         self._final = self._snapshot(finished=True)  # tokens are handed out once
         return final
 
