@@ -63,6 +63,24 @@ def test_row_groups_have_the_configured_size(tmp_path: Path) -> None:
     assert [meta.row_group(i).num_rows for i in range(3)] == [4, 4, 2]
 
 
+def test_a_row_group_larger_than_pyarrows_default_stays_one_group_also_when_widened(
+    tmp_path: Path,
+) -> None:
+    """``row_group_rows`` above pyarrow's own cap (1,048,576 rows per group when
+    ``row_group_size`` is not given) is still what the files hold, in the first write and in
+    the rewrite that widens a file's schema at close. (~1 s: the only way to see the cap.)"""
+    size = 1_100_000
+    options = SinkOptions(row_group_rows=size, max_rows_per_file=2 * size, compression="none")
+    sink = ParquetSink(tmp_path, "big", options)
+    sink.write([{"i": i} for i in range(size)])  # one full row group: written as int64
+    sink.write([{"i": 0.5}])  # widens the column to float64: the first file is rewritten
+    first, second = sink.close()
+    meta = pq.ParquetFile(first).metadata
+    assert [meta.row_group(k).num_rows for k in range(meta.num_row_groups)] == [size]
+    assert meta.schema.to_arrow_schema().field("i").type == pa.float64()
+    assert pq.ParquetFile(second).metadata.num_rows == 1
+
+
 def test_rotation_at_max_rows_per_file(tmp_path: Path) -> None:
     sink = ParquetSink(tmp_path, "laps", SinkOptions(row_group_rows=3, max_rows_per_file=5))
     sink.write(rows(12))
