@@ -238,6 +238,26 @@ def test_journal_numbers_jobs_and_syncs_what_it_wrote(tmp_path: Path) -> None:
     assert list(Journal(tmp_path, "absent").replay(5)) == []
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_journal_close_on_a_full_disk_is_quiet_and_keeps_what_was_synced(tmp_path: Path) -> None:
+    """A failed run closes its journals after the disk filled: the flush of the unsynced tail
+    fails, which must not hide the run's own error; the synced lines are what counts."""
+    j = Journal(tmp_path, "child")
+    j.open(0, 0)
+    j.append({"id": 0}, {})
+    synced = j.sync()
+    j.append({"id": 1}, {})  # buffered, not written yet
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, j._fh.fileno())  # type: ignore[union-attr]  # the disk fills up
+    finally:
+        os.close(full)
+    j.close()  # the flush fails with ENOSPC inside: no error
+    j.close()
+    assert synced == (1, j.path.stat().st_size)
+    assert list(Journal(tmp_path, "child").replay(1)) == [(0, {"id": 0}, {})]
+
+
 def test_journal_open_drops_what_was_not_committed(tmp_path: Path) -> None:
     j = Journal(tmp_path, "child")
     j.open(0, 0)
