@@ -539,6 +539,26 @@ def test_nesting_deeper_than_the_typed_limit_falls_back_to_json_text(tmp_path: P
     assert values[0] is None and values[1] == "[" * 200 + "0" + "]" * 200
 
 
+def test_a_nested_float_column_meeting_an_int_beyond_2_53_keeps_it_exact_as_json_text(
+    tmp_path: Path,
+) -> None:
+    """Arrow refuses an int a double cannot hold exactly (2**53 + 1) in a nested float
+    column, though the kinds widen (int into float64): the column falls back to JSON text,
+    with Arrow's reason, and every value stays exact (the earlier file, rewritten as text at
+    close, held floats)."""
+    sink = ParquetSink(tmp_path, "t", SMALL)
+    big = 2**53 + 1
+    assert sink.write([{"id": 1, "v": [1.5, 2]}, {"id": 2, "v": [3]}]) == []
+    assert sink.field_types["v"] == ("list", "float64")
+    assert sink.write([{"id": 3, "v": [0.5, big]}]) == []
+    assert sink.field_types["v"] == "json"
+    (why,) = sink.json_fallbacks.values()
+    assert list(sink.json_fallbacks) == ["v"] and why.startswith("not typable: Integer value")
+    sink.close()
+    table = read_dataset(tmp_path / "t").sort_by("id")
+    assert table.column("v").to_pylist() == ["[1.5,2.0]", "[3.0]", f"[0.5,{big}]"]
+
+
 def test_a_resumed_sink_continues_a_json_fallback(tmp_path: Path) -> None:
     first = ParquetSink(tmp_path, "t", SMALL)
     first.write([{"v": {"a": 1}}, {"v": [1]}])
