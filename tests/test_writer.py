@@ -326,3 +326,25 @@ async def test_swept_parents_bind_only_the_named_children_and_wait_for_room(
     writer.finish()
     await writer.task  # type: ignore[misc]
     assert (posts.lines, likes.lines) == (3, 2)  # posts is not among the children swept
+
+
+async def test_batches_cut_at_barriers_wait_for_one_once_full(tmp_path: Path) -> None:
+    """``output: none`` with a state: a full batch asks for a checkpoint and waits for its
+    barrier (so a batch never outruns what the state can name), then goes on."""
+    writer = plain_writer(tmp_path, row_group_rows=2)
+    writer.cut_at_barriers = True
+    asked: list[int] = []
+    writer.request_checkpoint = lambda: asked.append(len(asked))
+    writer.start()
+    await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert asked == [0] and writer.sink.files == []  # full: waiting, nothing written yet
+    first = await writer.barrier()
+    assert first.files == ["part-00000.parquet"] and first.progress.done.ranges() == [(0, 1)]
+    again = await writer.barrier()  # not waiting now: an ordinary barrier
+    assert again.files == first.files and not again.progress
+    await writer.put_page([{"id": 3}], Token(1, None), [])
+    writer.finish()  # the end cuts the last batch: no barrier needed
+    await writer.task  # type: ignore[misc]
+    assert asked == [0] and len(writer.sink.files) == 2
