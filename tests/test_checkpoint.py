@@ -655,3 +655,35 @@ def test_a_plain_resume_requeues_nothing(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     save_state(tmp_path, RunState(fingerprint(cfg), status="interrupted"))
     assert prepare(cfg, tmp_path, fresh=False, retry_failed=False).requeued == 0
+
+
+def _merge_config(out: Path) -> Any:
+    """One incremental endpoint with a current table (``merge: latest``): ``items_current``."""
+    incremental = {
+        "cursor_field": "updatedAt",
+        "param": "updatedAfter",
+        "initial": "2020-01-01T00:00:00Z",
+    }
+    items = {
+        "name": "items",
+        "path": "/items",
+        "primary_key": "id",
+        "merge": "latest",
+        "incremental": incremental,
+    }
+    return pipeline("https://api.test", [items], out)
+
+
+def test_fresh_deletes_the_current_table_and_its_hidden_versions(tmp_path: Path) -> None:
+    cfg = _merge_config(tmp_path)
+    assert cfg.endpoints[0].current_folder == "items_current"
+    save_state(tmp_path, RunState(fingerprint(cfg), identity=identity(cfg)))
+    _part(tmp_path / "items" / "increment=1", 0)
+    version = tmp_path / ".items_current.v1"  # the link's target (state/current.py)
+    _part(version / "data", 0)
+    (tmp_path / "items_current").symlink_to(version / "data")
+    start = prepare(cfg, tmp_path, fresh=True, retry_failed=False)
+    assert not start.resumed
+    assert not (tmp_path / "items_current").is_symlink()
+    assert not version.exists()
+    assert not (tmp_path / "items" / "increment=1").exists()
