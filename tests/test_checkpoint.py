@@ -37,6 +37,7 @@ from asyncingest.state.checkpoint import (
     wipe,
     write_atomic,
 )
+from asyncingest.state.increments import Increment, Window
 from asyncingest.state.progress import BarrierResult, Progress
 from asyncingest.state.rangeset import RangeSet
 from asyncingest.state.resume import (
@@ -687,3 +688,37 @@ def test_fresh_deletes_the_current_table_and_its_hidden_versions(tmp_path: Path)
     assert not (tmp_path / "items_current").is_symlink()
     assert not version.exists()
     assert not (tmp_path / "items" / "increment=1").exists()
+
+
+def test_retry_failed_reopens_the_last_increment(tmp_path: Path) -> None:
+    """Same increment, same window and partition, running again until the run completes it."""
+    cfg = _merge_config(tmp_path)
+    state = RunState(fingerprint(cfg), status="complete", identity=identity(cfg))
+    window = Window(start="2020-01-01T00:00:00Z", high="2024-05-01T00:00:00Z", current="done")
+    state.increment = 1
+    state.increments = [Increment(1, status="complete", windows={"items": window})]
+    es = state.endpoint("items")
+    es.finished, es.dead_letter_bytes = True, _letters(tmp_path, "items", _failed(2))
+    save_state(tmp_path, state)
+    start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert start.requeued == 1 and not start.already_complete
+    assert start.state.increment == 1 and len(start.state.increments) == 1
+    reopened = start.state.current_increment
+    assert reopened is not None
+    assert reopened.status == "running"
+    assert reopened.windows["items"] == window
+    save_state(tmp_path, start.state)  # as the run's first checkpoint writes it
+    saved = load_state(tmp_path)
+    assert saved is not None and saved.increments[0].status == "running"
+
+
+def test_retry_failed_with_nothing_to_requeue_leaves_the_increment_complete(
+    tmp_path: Path,
+) -> None:
+    cfg = _merge_config(tmp_path)
+    state = RunState(fingerprint(cfg), status="complete", identity=identity(cfg))
+    state.increment = 1
+    state.increments = [Increment(1, status="complete")]
+    save_state(tmp_path, state)
+    start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert start.already_complete and start.state.increments[0].status == "complete"
