@@ -44,6 +44,7 @@ from asyncingest.state.resume import (
     JobPlan,
     apply,
     dead_letters_left,
+    dead_requests_by_endpoint,
     prepare,
     report_json,
     requeue_failed,
@@ -722,3 +723,17 @@ def test_retry_failed_with_nothing_to_requeue_leaves_the_increment_complete(
     save_state(tmp_path, state)
     start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
     assert start.already_complete and start.state.increments[0].status == "complete"
+
+
+def test_dead_requests_by_endpoint_counts_committed_failed_requests(tmp_path: Path) -> None:
+    """What an increment's marks are held by (``begin_increment``, ``complete_increment``)."""
+    state = RunState("fp")
+    record = DeadLetter.rejected_record({"id": 1}, "no key")
+    state.endpoint("items").dead_letter_bytes = _letters(
+        tmp_path, "items", _failed(1), record, _failed(2), record, record
+    )
+    _letters(tmp_path, "items", _failed(3))  # after the last save: not committed
+    state.endpoint("other").dead_letter_bytes = _letters(tmp_path, "other", record)
+    state.endpoint("quiet")  # no dead letters at all
+    assert dead_requests_by_endpoint(tmp_path, state) == {"items": 2, "other": 0, "quiet": 0}
+    assert dead_requests_by_endpoint(tmp_path, RunState("fp")) == {}
