@@ -37,12 +37,14 @@ from asyncingest.state.checkpoint import (
     wipe,
     write_atomic,
 )
+from asyncingest.state.increments import Increment, Window
 from asyncingest.state.progress import BarrierResult, Progress
 from asyncingest.state.rangeset import RangeSet
 from asyncingest.state.resume import (
     JobPlan,
     apply,
     dead_letters_left,
+    dead_requests_by_endpoint,
     prepare,
     report_json,
     requeue_failed,
@@ -655,3 +657,83 @@ def test_a_plain_resume_requeues_nothing(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     save_state(tmp_path, RunState(fingerprint(cfg), status="interrupted"))
     assert prepare(cfg, tmp_path, fresh=False, retry_failed=False).requeued == 0
+
+
+def _merge_config(out: Path) -> Any:
+    """One incremental endpoint with a current table (``merge: latest``): ``items_current``."""
+    incremental = {
+        "cursor_field": "updatedAt",
+        "param": "updatedAfter",
+        "initial": "2020-01-01T00:00:00Z",
+    }
+    items = {
+        "name": "items",
+        "path": "/items",
+        "primary_key": "id",
+        "merge": "latest",
+        "incremental": incremental,
+    }
+    return pipeline("https://api.test", [items], out)
+
+
+def test_fresh_deletes_the_current_table_and_its_hidden_versions(tmp_path: Path) -> None:
+    cfg = _merge_config(tmp_path)
+    assert cfg.endpoints[0].current_folder == "items_current"
+    save_state(tmp_path, RunState(fingerprint(cfg), identity=identity(cfg)))
+    _part(tmp_path / "items" / "increment=1", 0)
+    version = tmp_path / ".items_current.v1"  # the link's target (state/current.py)
+    _part(version / "data", 0)
+    (tmp_path / "items_current").symlink_to(version / "data")
+    start = prepare(cfg, tmp_path, fresh=True, retry_failed=False)
+    assert not start.resumed
+    assert not (tmp_path / "items_current").is_symlink()
+    assert not version.exists()
+    assert not (tmp_path / "items" / "increment=1").exists()
+
+
+def test_retry_failed_reopens_the_last_increment(tmp_path: Path) -> None:
+    """Same increment, same window and partition, running again until the run completes it."""
+    cfg = _merge_config(tmp_path)
+    state = RunState(fingerprint(cfg), status="complete", identity=identity(cfg))
+    window = Window(start="2020-01-01T00:00:00Z", high="2024-05-01T00:00:00Z", current="done")
+    state.increment = 1
+    state.increments = [Increment(1, status="complete", windows={"items": window})]
+    es = state.endpoint("items")
+    es.finished, es.dead_letter_bytes = True, _letters(tmp_path, "items", _failed(2))
+    save_state(tmp_path, state)
+    start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert start.requeued == 1 and not start.already_complete
+    assert start.state.increment == 1 and len(start.state.increments) == 1
+    reopened = start.state.current_increment
+    assert reopened is not None
+    assert reopened.status == "running"
+    assert reopened.windows["items"] == window
+    save_state(tmp_path, start.state)  # as the run's first checkpoint writes it
+    saved = load_state(tmp_path)
+    assert saved is not None and saved.increments[0].status == "running"
+
+
+def test_retry_failed_with_nothing_to_requeue_leaves_the_increment_complete(
+    tmp_path: Path,
+) -> None:
+    cfg = _merge_config(tmp_path)
+    state = RunState(fingerprint(cfg), status="complete", identity=identity(cfg))
+    state.increment = 1
+    state.increments = [Increment(1, status="complete")]
+    save_state(tmp_path, state)
+    start = prepare(cfg, tmp_path, fresh=False, retry_failed=True)
+    assert start.already_complete and start.state.increments[0].status == "complete"
+
+
+def test_dead_requests_by_endpoint_counts_committed_failed_requests(tmp_path: Path) -> None:
+    """What an increment's marks are held by (``begin_increment``, ``complete_increment``)."""
+    state = RunState("fp")
+    record = DeadLetter.rejected_record({"id": 1}, "no key")
+    state.endpoint("items").dead_letter_bytes = _letters(
+        tmp_path, "items", _failed(1), record, _failed(2), record, record
+    )
+    _letters(tmp_path, "items", _failed(3))  # after the last save: not committed
+    state.endpoint("other").dead_letter_bytes = _letters(tmp_path, "other", record)
+    state.endpoint("quiet")  # no dead letters at all
+    assert dead_requests_by_endpoint(tmp_path, state) == {"items": 2, "other": 0, "quiet": 0}
+    assert dead_requests_by_endpoint(tmp_path, RunState("fp")) == {}
