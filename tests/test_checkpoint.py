@@ -37,6 +37,7 @@ from asyncingest.state.checkpoint import (
     wipe,
     write_atomic,
 )
+from asyncingest.state.increments import Increment, Window
 from asyncingest.state.progress import BarrierResult, Progress
 from asyncingest.state.rangeset import RangeSet
 from asyncingest.state.resume import (
@@ -131,6 +132,60 @@ def test_run_state_reads_a_state_without_note_or_identity() -> None:
     del_compaction = EndpointState().to_json()
     del del_compaction["compaction"]
     assert EndpointState.from_json(del_compaction).compaction is None
+
+
+def _incremental_state() -> RunState:
+    """A state of increment 3 of an incremental config: every incremental field set."""
+    done = Increment(
+        2,
+        status="complete",
+        windows={"items": Window(start="2024-01-01T00:00:00Z", high=BIG, rows=5, held=True)},
+        files={"items": ["part-00000.parquet"]},
+    )
+    running = Increment(
+        3,
+        windows={
+            "items": Window(start=BIG, end="2024-03-01", rows=2, future_limit=1.5e9),
+            "notes": Window(incremental=False, parent="items", all_parents=True, swept=4),
+        },
+    )
+    return RunState(
+        "fp",
+        endpoints={"items": _endpoint_state()},
+        increment=3,
+        increments=[done, running],
+        marks={"items": BIG, "deals": {"token": "t-9"}},
+        backfilled={"items": "2024-02-01"},
+    )
+
+
+def test_run_state_round_trips_every_incremental_field_exactly() -> None:
+    state = _incremental_state()
+    raw = state.to_bytes()
+    data = json.loads(raw)
+    assert (data["increment"], data["marks"], data["backfilled"]) == (
+        3,
+        {"items": BIG, "deals": {"token": "t-9"}},
+        {"items": "2024-02-01"},
+    )
+    assert [i["number"] for i in data["increments"]] == [2, 3]
+    back = RunState.from_bytes(raw)
+    assert back == state
+    assert back.current_increment == state.increments[-1]
+    assert back.increments[0].windows["items"].high == BIG  # a cursor beyond 64 bits, exact
+
+
+def test_run_state_without_increments_is_written_and_read_as_before_them() -> None:
+    """A state written before incremental configs (or by a config without any) has none of
+    their fields, and reads as increment 0, with nothing recorded."""
+    state = RunState("fp", endpoints={"items": _endpoint_state()}, note="n")
+    raw = state.to_bytes()
+    assert not {"increment", "increments", "marks", "backfilled"} & json.loads(raw).keys()
+    old = {"version": 1, "fingerprint": "fp", "status": "complete", "runs": [], "endpoints": {}}
+    for back in (RunState.from_bytes(raw), RunState.from_bytes(json.dumps(old).encode())):
+        assert (back.increment, back.increments, back.marks, back.backfilled) == (0, [], {}, {})
+        assert back.current_increment is None
+    assert RunState.from_bytes(raw) == state
 
 
 def test_run_state_refuses_another_version() -> None:
