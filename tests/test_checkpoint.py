@@ -188,6 +188,12 @@ def test_run_state_without_increments_is_written_and_read_as_before_them() -> No
     assert RunState.from_bytes(raw) == state
 
 
+def test_folder_path_is_the_current_increments_partition(tmp_path: Path) -> None:
+    assert RunState("fp").folder_path(tmp_path, "items") == tmp_path / "items"
+    state = _incremental_state()
+    assert state.folder_path(tmp_path, "items") == tmp_path / "items" / "increment=3"
+
+
 def test_run_state_refuses_another_version() -> None:
     data = json.loads(RunState("fp").to_bytes())
     data["version"] = 2
@@ -402,6 +408,18 @@ def test_discard_leaves_a_dead_letter_file_within_its_committed_size(tmp_path: P
     state.endpoint("items").dead_letter_bytes = nbytes + 10
     assert discard_uncommitted(tmp_path, state, {"items": "items"}) == []
     assert (tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl").stat().st_size == nbytes
+
+
+def test_discard_uncommitted_works_in_the_current_increments_partition(tmp_path: Path) -> None:
+    """An incremental resume deletes the unnamed files of the increment under way only: the
+    earlier increments' partitions (not named by this increment's state) stay."""
+    earlier = _part(tmp_path / "items" / "increment=2", 0)
+    keep = _part(tmp_path / "items" / "increment=3", 0)
+    drop = _part(tmp_path / "items" / "increment=3", 1)
+    state = _incremental_state()
+    state.endpoint("items").files = [keep.name]
+    assert discard_uncommitted(tmp_path, state, {"items": "items"}) == [drop]
+    assert earlier.exists() and keep.exists() and not drop.exists()
 
 
 def test_has_data_and_wipe(tmp_path: Path) -> None:
