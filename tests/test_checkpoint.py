@@ -410,6 +410,20 @@ def test_discard_leaves_a_dead_letter_file_within_its_committed_size(tmp_path: P
     assert (tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl").stat().st_size == nbytes
 
 
+def test_discard_leaves_a_dead_letter_file_at_its_committed_size_untouched(
+    tmp_path: Path,
+) -> None:
+    """Nothing to cut: the file is not even opened for writing (its mtime stays, so a backup
+    or a sync tool sees no change)."""
+    nbytes = _letters(tmp_path, "items", _failed(1))
+    dead = tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl"
+    os.utime(dead, ns=(10**18, 10**18))
+    state = RunState("fp")
+    state.endpoint("items").dead_letter_bytes = nbytes
+    discard_uncommitted(tmp_path, state, {"items": "items"})
+    assert (dead.stat().st_size, dead.stat().st_mtime_ns) == (nbytes, 10**18)
+
+
 def test_discard_uncommitted_works_in_the_current_increments_partition(tmp_path: Path) -> None:
     """An incremental resume deletes the unnamed files of the increment under way only: the
     earlier increments' partitions (not named by this increment's state) stay."""
