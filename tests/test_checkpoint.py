@@ -9,6 +9,7 @@ writer barrier is folded into the state.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -458,6 +459,73 @@ def test_has_data_and_wipe(tmp_path: Path) -> None:
     assert not j.path.parent.exists()
     assert load_state(tmp_path) is None
     assert report.exists()  # run reports stay
+
+
+def _current_table(output: Path, table: str, versions: int) -> None:
+    """A ``merge: latest`` current table as ``state/current.py`` leaves it: version folders
+    ``.<table>.v<n>``, the link ``<table>`` to the newest one's data, and the temporary link
+    of a switch killed before its rename."""
+    for v in range(1, versions + 1):
+        _part(output / f".{table}.v{v}" / "data", 0)
+        (output / f".{table}.v{v}" / "manifest.json").write_text("{}")
+    (output / table).symlink_to(f".{table}.v{versions}/data")
+    (output / f".{table}.tmp").symlink_to(f".{table}.v{versions}/data")
+
+
+def test_wipe_deletes_partitions_current_tables_and_dead_letters_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path
+    _part(out / "contacts", 0)  # written before the config became incremental
+    partitions = [_part(out / "contacts" / f"increment={n}", 0).parent for n in (1, 2)]
+    (out / "contacts" / "notes.txt").write_text("the user's")
+    _letters(out, "contacts", _failed(1))
+    _current_table(out, "contacts_current", 2)
+    _part(out / "deals_current", 0)  # a folder, not a link (made by something else)
+    # Not named: another endpoint's data, dead letters and current table.
+    other = _part(out / "other" / "increment=1", 0)
+    _letters(out, "other", _failed(2))
+    _current_table(out, "other_current", 1)
+    (out / ".other_current.tmp").unlink()
+    save_state(out, _incremental_state())
+
+    wipe(out, ["contacts"], ["contacts_current", "deals_current"])
+
+    assert not any(p.exists() for p in partitions)
+    assert [p.name for p in (out / "contacts").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".other_current.v1",
+        "_asyncingest",
+        "_dead_letter",
+        "contacts",
+        "other",
+        "other_current",
+    ]
+    assert [p.name for p in (out / "_dead_letter").iterdir()] == ["other"]
+    assert (out / "other_current" / "part-00000.parquet").exists() and other.exists()
+    assert load_state(out) is None
+
+
+def test_wipe_goes_on_past_a_version_folder_it_cannot_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version folder may be busy (a reader still in it: on NFS its open files become
+    ``.nfs*`` files and the folder cannot go). Like a rebuild's clean-up, ``--fresh`` leaves
+    it and wipes the rest, the state too, so the fresh run can start."""
+    _current_table(tmp_path, "contacts_current", 2)
+    save_state(tmp_path, RunState("fp"))
+    busy = tmp_path / ".contacts_current.v1"
+    rmdir = os.rmdir
+
+    def busy_rmdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == busy:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+        rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", busy_rmdir)
+    wipe(tmp_path, [], ["contacts_current"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "_asyncingest"]
+    assert load_state(tmp_path) is None
 
 
 def _config(out: Path) -> Any:
