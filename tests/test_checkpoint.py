@@ -9,6 +9,7 @@ writer barrier is folded into the state.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -133,6 +134,66 @@ def test_run_state_reads_a_state_without_note_or_identity() -> None:
     del_compaction = EndpointState().to_json()
     del del_compaction["compaction"]
     assert EndpointState.from_json(del_compaction).compaction is None
+
+
+def _incremental_state() -> RunState:
+    """A state of increment 3 of an incremental config: every incremental field set."""
+    done = Increment(
+        2,
+        status="complete",
+        windows={"items": Window(start="2024-01-01T00:00:00Z", high=BIG, rows=5, held=True)},
+        files={"items": ["part-00000.parquet"]},
+    )
+    running = Increment(
+        3,
+        windows={
+            "items": Window(start=BIG, end="2024-03-01", rows=2, future_limit=1.5e9),
+            "notes": Window(incremental=False, parent="items", all_parents=True, swept=4),
+        },
+    )
+    return RunState(
+        "fp",
+        endpoints={"items": _endpoint_state()},
+        increment=3,
+        increments=[done, running],
+        marks={"items": BIG, "deals": {"token": "t-9"}},
+        backfilled={"items": "2024-02-01"},
+    )
+
+
+def test_run_state_round_trips_every_incremental_field_exactly() -> None:
+    state = _incremental_state()
+    raw = state.to_bytes()
+    data = json.loads(raw)
+    assert (data["increment"], data["marks"], data["backfilled"]) == (
+        3,
+        {"items": BIG, "deals": {"token": "t-9"}},
+        {"items": "2024-02-01"},
+    )
+    assert [i["number"] for i in data["increments"]] == [2, 3]
+    back = RunState.from_bytes(raw)
+    assert back == state
+    assert back.current_increment == state.increments[-1]
+    assert back.increments[0].windows["items"].high == BIG  # a cursor beyond 64 bits, exact
+
+
+def test_run_state_without_increments_is_written_and_read_as_before_them() -> None:
+    """A state written before incremental configs (or by a config without any) has none of
+    their fields, and reads as increment 0, with nothing recorded."""
+    state = RunState("fp", endpoints={"items": _endpoint_state()}, note="n")
+    raw = state.to_bytes()
+    assert not {"increment", "increments", "marks", "backfilled"} & json.loads(raw).keys()
+    old = {"version": 1, "fingerprint": "fp", "status": "complete", "runs": [], "endpoints": {}}
+    for back in (RunState.from_bytes(raw), RunState.from_bytes(json.dumps(old).encode())):
+        assert (back.increment, back.increments, back.marks, back.backfilled) == (0, [], {}, {})
+        assert back.current_increment is None
+    assert RunState.from_bytes(raw) == state
+
+
+def test_folder_path_is_the_current_increments_partition(tmp_path: Path) -> None:
+    assert RunState("fp").folder_path(tmp_path, "items") == tmp_path / "items"
+    state = _incremental_state()
+    assert state.folder_path(tmp_path, "items") == tmp_path / "items" / "increment=3"
 
 
 def test_run_state_refuses_another_version() -> None:
@@ -351,6 +412,32 @@ def test_discard_leaves_a_dead_letter_file_within_its_committed_size(tmp_path: P
     assert (tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl").stat().st_size == nbytes
 
 
+def test_discard_leaves_a_dead_letter_file_at_its_committed_size_untouched(
+    tmp_path: Path,
+) -> None:
+    """Nothing to cut: the file is not even opened for writing (its mtime stays, so a backup
+    or a sync tool sees no change)."""
+    nbytes = _letters(tmp_path, "items", _failed(1))
+    dead = tmp_path / "_dead_letter" / "items" / "dead-letters.jsonl"
+    os.utime(dead, ns=(10**18, 10**18))
+    state = RunState("fp")
+    state.endpoint("items").dead_letter_bytes = nbytes
+    discard_uncommitted(tmp_path, state, {"items": "items"})
+    assert (dead.stat().st_size, dead.stat().st_mtime_ns) == (nbytes, 10**18)
+
+
+def test_discard_uncommitted_works_in_the_current_increments_partition(tmp_path: Path) -> None:
+    """An incremental resume deletes the unnamed files of the increment under way only: the
+    earlier increments' partitions (not named by this increment's state) stay."""
+    earlier = _part(tmp_path / "items" / "increment=2", 0)
+    keep = _part(tmp_path / "items" / "increment=3", 0)
+    drop = _part(tmp_path / "items" / "increment=3", 1)
+    state = _incremental_state()
+    state.endpoint("items").files = [keep.name]
+    assert discard_uncommitted(tmp_path, state, {"items": "items"}) == [drop]
+    assert earlier.exists() and keep.exists() and not drop.exists()
+
+
 def test_has_data_and_wipe(tmp_path: Path) -> None:
     assert not has_data(tmp_path, ["items"])
     _part(tmp_path / "items", 0)
@@ -373,6 +460,73 @@ def test_has_data_and_wipe(tmp_path: Path) -> None:
     assert not j.path.parent.exists()
     assert load_state(tmp_path) is None
     assert report.exists()  # run reports stay
+
+
+def _current_table(output: Path, table: str, versions: int) -> None:
+    """A ``merge: latest`` current table as ``state/current.py`` leaves it: version folders
+    ``.<table>.v<n>``, the link ``<table>`` to the newest one's data, and the temporary link
+    of a switch killed before its rename."""
+    for v in range(1, versions + 1):
+        _part(output / f".{table}.v{v}" / "data", 0)
+        (output / f".{table}.v{v}" / "manifest.json").write_text("{}")
+    (output / table).symlink_to(f".{table}.v{versions}/data")
+    (output / f".{table}.tmp").symlink_to(f".{table}.v{versions}/data")
+
+
+def test_wipe_deletes_partitions_current_tables_and_dead_letters_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path
+    _part(out / "contacts", 0)  # written before the config became incremental
+    partitions = [_part(out / "contacts" / f"increment={n}", 0).parent for n in (1, 2)]
+    (out / "contacts" / "notes.txt").write_text("the user's")
+    _letters(out, "contacts", _failed(1))
+    _current_table(out, "contacts_current", 2)
+    _part(out / "deals_current", 0)  # a folder, not a link (made by something else)
+    # Not named: another endpoint's data, dead letters and current table.
+    other = _part(out / "other" / "increment=1", 0)
+    _letters(out, "other", _failed(2))
+    _current_table(out, "other_current", 1)
+    (out / ".other_current.tmp").unlink()
+    save_state(out, _incremental_state())
+
+    wipe(out, ["contacts"], ["contacts_current", "deals_current"])
+
+    assert not any(p.exists() for p in partitions)
+    assert [p.name for p in (out / "contacts").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".other_current.v1",
+        "_asyncingest",
+        "_dead_letter",
+        "contacts",
+        "other",
+        "other_current",
+    ]
+    assert [p.name for p in (out / "_dead_letter").iterdir()] == ["other"]
+    assert (out / "other_current" / "part-00000.parquet").exists() and other.exists()
+    assert load_state(out) is None
+
+
+def test_wipe_goes_on_past_a_version_folder_it_cannot_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version folder may be busy (a reader still in it: on NFS its open files become
+    ``.nfs*`` files and the folder cannot go). Like a rebuild's clean-up, ``--fresh`` leaves
+    it and wipes the rest, the state too, so the fresh run can start."""
+    _current_table(tmp_path, "contacts_current", 2)
+    save_state(tmp_path, RunState("fp"))
+    busy = tmp_path / ".contacts_current.v1"
+    rmdir = os.rmdir
+
+    def busy_rmdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == busy:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+        rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", busy_rmdir)
+    wipe(tmp_path, [], ["contacts_current"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "_asyncingest"]
+    assert load_state(tmp_path) is None
 
 
 def _config(out: Path) -> Any:
