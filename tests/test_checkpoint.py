@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -527,6 +528,19 @@ def test_wipe_goes_on_past_a_version_folder_it_cannot_delete(
     wipe(tmp_path, [], ["contacts_current"])
     assert sorted(p.name for p in tmp_path.iterdir()) == [busy.name, "_asyncingest"]
     assert load_state(tmp_path) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_wipe_removes_a_pipe_by_a_version_folders_name_without_blocking(tmp_path: Path) -> None:
+    """Anything by a hidden version name that is not a folder is unlinked: ``rmtree`` would
+    open a named pipe and wait forever for a writer."""
+    _current_table(tmp_path, "contacts_current", 1)
+    os.mkfifo(tmp_path / ".contacts_current.x")
+    wiping = threading.Thread(target=wipe, args=(tmp_path, [], ["contacts_current"]), daemon=True)
+    wiping.start()
+    wiping.join(30)
+    assert not wiping.is_alive(), "wipe blocked on the pipe"
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def _config(out: Path) -> Any:

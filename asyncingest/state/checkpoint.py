@@ -367,9 +367,9 @@ def wipe(output: Path, folders: list[str], tables: Sequence[str] = ()) -> None:
         elif link.is_dir():
             shutil.rmtree(link)
         for hidden in output.glob(f".{t}.*"):
-            if hidden.is_symlink() or hidden.is_file():
-                hidden.unlink()
-            else:
+            if hidden.is_dir() and not hidden.is_symlink():
                 shutil.rmtree(hidden, ignore_errors=True)
+            else:  # a link, a file, or anything else by that name (rmtree would block on a FIFO)
+                hidden.unlink()
     shutil.rmtree(output / STATE_FOLDER / "jobs", ignore_errors=True)
     state_path(output).unlink(missing_ok=True)
