@@ -132,7 +132,13 @@ MUTANT_MODULES: dict[str, Target] = {
     ),
     "sink/schema": Target(
         ("asyncingest/sink/schema.py",),
-        (f"{_T}sink.py", f"{_T}sink_nested_nulls.py", f"{_T}schema_run.py", f"{_T}properties.py"),
+        (
+            f"{_T}sink.py",
+            f"{_T}sink_nested_nulls.py",
+            f"{_T}schema_union.py",
+            f"{_T}schema_run.py",
+            f"{_T}properties.py",
+        ),
     ),
     "sink/deadletter": Target(
         ("asyncingest/sink/deadletter.py",),

@@ -875,6 +875,68 @@ def test_the_newest_earlier_file_is_the_highest_number_not_the_last_name(tmp_pat
         assert pq.read_schema(p).field("x").type == pa.float64(), p.name
 
 
+def _one_file(tmp_path: Path, name: str, records: list[dict[str, Any]]) -> pa.Table:
+    sink = ParquetSink(tmp_path / "elsewhere", name, SMALL)
+    assert sink.write(records) == []
+    (path,) = sink.close()
+    return pq.read_table(path)
+
+
+def test_a_new_partition_continues_the_kinds_of_the_seed_folders_newest_file(
+    tmp_path: Path,
+) -> None:
+    """An incremental run's new partition (an empty folder) given the last increment's
+    partition as ``seed_from`` starts from the kinds and JSON fallbacks of that folder's file
+    with the highest number (not the last name as text); the seed folder is never written."""
+    older = _one_file(tmp_path, "older", [{"id": 1, "score": 1}])
+    newer = _one_file(tmp_path, "newer", [{"id": 2, "score": 1.5, "v": 1}, {"id": 3, "v": {}}])
+    seed = tmp_path / "contacts" / "increment=1"
+    seed.parent.mkdir()
+    _write_part(seed, 99_999, older)
+    _write_part(seed, 100_000, newer)
+    before = {p.name: p.read_bytes() for p in seed.iterdir()}
+    sink = ParquetSink(tmp_path / "contacts", "increment=2", SMALL, seed_from=seed)
+    kinds = {"id": "int64", "score": "float64", "v": "json"}
+    assert sink.field_types == kinds
+    assert sink.json_fallbacks == {"v": "an object where int64 was"}
+    assert sink.write([{"id": 4, "score": 2, "v": 5}]) == []  # an int in a float64 column
+    (path,) = sink.close()
+    assert path == tmp_path / "contacts" / "increment=2" / "part-00000.parquet"
+    assert pq.read_table(path).to_pylist() == [{"id": 4, "score": 2.0, "v": "5"}]
+    assert sink.field_types == kinds
+    assert {p.name: p.read_bytes() for p in seed.iterdir()} == before
+
+
+def test_a_seed_folder_without_a_file_of_ours_seeds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    _write_part(tmp_path / "foreign", 0, pa.table({"other": [1.5]}))
+    (tmp_path / "foreign" / "notes.parquet").write_bytes(b"not a part file")
+    for seed in (tmp_path / "missing", tmp_path / "empty", tmp_path / "foreign"):
+        sink = ParquetSink(tmp_path / "out", seed.name, SMALL, seed_from=seed)
+        assert sink.field_types == {}, seed.name
+        sink.write([{"other": 1}])
+        assert sink.field_types == {"other": "int64"}, seed.name
+
+
+def test_a_resumed_partition_continues_its_own_files_not_the_seed(tmp_path: Path) -> None:
+    seed = tmp_path / "contacts" / "increment=1"
+    seed.parent.mkdir()
+    _write_part(seed, 0, _one_file(tmp_path, "seed", [{"score": 1.5}]))
+    first = ParquetSink(tmp_path / "contacts", "increment=2", SMALL)
+    first.write([{"n": 1}])
+    first.close()
+    resumed = ParquetSink(tmp_path / "contacts", "increment=2", SMALL, seed_from=seed)
+    assert resumed.field_types == {"n": "int64"}
+
+
+def test_a_new_sink_is_open_with_its_tap_off(tmp_path: Path) -> None:
+    sink = ParquetSink(tmp_path, "laps", SMALL)
+    assert (sink.closed, sink.tap) == (False, False)
+    assert sink.closed is False and sink.tap is False  # bools, as annotated, not just falsy
+    sink.close()
+    assert sink.closed is True
+
+
 def test_a_rewrite_at_close_keeps_the_configured_compression(tmp_path: Path) -> None:
     folder = tmp_path / "laps"
     sink = ParquetSink(tmp_path, "laps", SinkOptions(compression="gzip", row_group_rows=1))
