@@ -90,6 +90,8 @@ async def test_a_barrier_before_the_start_answers_at_once_with_nothing(tmp_path:
     res = await writer.barrier()
     assert (res.files, res.journals, res.dead_letter_bytes, res.finished) == ([], {}, 0, False)
     assert not res.progress
+    # what the engine then tells a tap is saved (tap.saved_through): no batch yet
+    assert writer.answered_batches == 0
 
 
 async def test_a_barrier_commits_what_came_before_and_hands_tokens_out_once(
