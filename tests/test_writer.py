@@ -14,6 +14,7 @@ from yarl import URL
 from asyncingest.config.models import ForEach
 from asyncingest.core.events import RecordsRejected
 from asyncingest.core.request import Request
+from asyncingest.engine.tap import BatchTap
 from asyncingest.engine.writer import MAX_PAGES_QUEUED, Writer
 from asyncingest.errors import EnvironmentFailure
 from asyncingest.sink.deadletter import DeadLetter, DeadLetters
@@ -142,8 +143,13 @@ async def test_a_failed_write_fails_every_barrier_with_its_cause(
     writer.start()
     await writer.put_page([{"id": 1}], Token(0, None), [])
     waiting = writer.barrier()
-    with pytest.raises(EnvironmentFailure):
+    behind = writer.barrier()  # still in the inbox when the writer fails
+    with pytest.raises(EnvironmentFailure) as failed:
         await waiting
+    # the OSError names no file: the error names the folder the writer was writing
+    assert str(writer.sink.directory) in str(failed.value)
+    with pytest.raises(EnvironmentFailure):
+        await asyncio.wait_for(behind, 30)  # bounded: a barrier left unanswered would hang
     with pytest.raises(EnvironmentFailure):
         await writer.task  # type: ignore[misc]
     with pytest.raises(EnvironmentFailure):
@@ -350,3 +356,30 @@ async def test_batches_cut_at_barriers_wait_for_one_once_full(tmp_path: Path) ->
     writer.finish()  # the end cuts the last batch: no barrier needed
     await writer.task  # type: ignore[misc]
     assert asked == [0] and len(writer.sink.files) == 2
+
+
+async def test_a_failing_writer_fails_the_barriers_waiting_for_a_tap_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a tap, a barrier's answer waits until the consumer has taken the batches before
+    it; if the writer dies meanwhile, that answer fails with the writer's own error."""
+    writer = plain_writer(tmp_path)
+    writer.attach_tap(BatchTap("users"))
+    writer.start()
+    await writer.put_page([{"id": 1}], Token(0, None), [])
+    delivered = writer.barrier()  # its batch is never taken: the answer waits
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not delivered.done()
+
+    def full_disk(records: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.sink, "write", full_disk)
+    await writer.put_page([{"id": 2}], Token(1, None), [])
+    failing = writer.barrier()
+    with pytest.raises(EnvironmentFailure) as failed:
+        await writer.task  # type: ignore[misc]
+    await asyncio.sleep(0)
+    assert failing.exception() is failed.value
+    assert delivered.done() and delivered.exception() is failed.value
