@@ -8,6 +8,7 @@ records), and with a ``state_dir`` a cancelled run restarts after the last deliv
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,10 @@ def test_output_none_config_is_validated() -> None:
         config_from_dict({**base, "output": "csv"})
 
 
-async def test_the_cli_and_sync_mode_refuse_output_none(tmp_path: Path) -> None:
+async def test_the_cli_and_sync_mode_refuse_output_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the config's output is the default, ./output
     raw = {
         "api": {"base_url": "http://127.0.0.1:9"},
         "output": "none",
@@ -332,6 +336,7 @@ async def test_the_cli_and_sync_mode_refuse_output_none(tmp_path: Path) -> None:
     assert code == 2 and "output.format: none delivers records only" in err
     with pytest.raises(asyncingest.ConfigError, match=r"output\.format: none"):
         await asyncio.to_thread(run_sync, config_from_dict(raw))
+    assert sorted(os.listdir(tmp_path)) == ["job.yaml"]  # refused: nothing made
 
 
 # -- through the Pipeline, as the example ---------------------------------------------

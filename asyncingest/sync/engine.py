@@ -126,6 +126,9 @@ class SyncEngine:
 
     def run(self) -> RunResult:
         """Run to the end holding the output folder (``OutputLocked`` when another run does)."""
+        problems = unsupported(self.config)
+        if problems:  # refused rather than silently run without them, before touching disk
+            raise ConfigError("--mode sync", problems)
         lock = OutputLock(self.output)
         try:
             lock.acquire()  # before --fresh deletes anything or the output is checked
@@ -203,11 +206,8 @@ class SyncEngine:
     def _prepare_output(self) -> None:
         """Sync mode keeps no checkpoint, so it cannot resume: it refuses an output that holds
         an earlier run (which it would duplicate), as the async engine refuses data without
-        state. ``fresh`` deletes what ``--fresh`` deletes, first. Async-only settings the
-        config asks for are refused first (:func:`unsupported`)."""
-        problems = unsupported(self.config)
-        if problems:  # refused rather than silently run without them
-            raise ConfigError("--mode sync", problems)
+        state. ``fresh`` deletes what ``--fresh`` deletes, first. (Async-only settings the
+        config asks for were refused before the output was locked: :func:`unsupported`.)"""
         folders = [e.name for e in self.config.endpoints]
         if self.fresh:
             wipe(self.output, folders)
