@@ -11,7 +11,8 @@ import orjson
 import pytest
 from yarl import URL
 
-from asyncingest.config.models import ForEach
+from asyncingest.config.models import ForEach, IncrementalConfig
+from asyncingest.core.cursor import CursorMax
 from asyncingest.core.events import RecordsRejected
 from asyncingest.core.request import Request
 from asyncingest.engine.tap import BatchTap
@@ -222,6 +223,12 @@ async def test_transform_output_the_sink_refuses_is_dead_lettered_and_the_rest_c
     assert events == [RecordsRejected("users", 1, reason)]
     assert writer.ledger.stats.records_rejected == 1
     assert writer.ledger.stats.records_transformed == 3
+    # the state names the transform's committed files under its folder, or a resume would
+    # take them for leftovers of a crash and delete them
+    writer.tfolder = "users_stats"
+    writer.tsink.flush()
+    res = await writer.barrier()  # not started: answered at once
+    assert res.extra_files == {"users_stats": ["part-00000.parquet"]}
 
 
 async def test_a_writer_failing_while_finishing_fails_the_barrier_asked_meanwhile(
@@ -383,3 +390,33 @@ async def test_a_failing_writer_fails_the_barriers_waiting_for_a_tap_with_its_ca
     await asyncio.sleep(0)
     assert failing.exception() is failed.value
     assert delivered.done() and delivered.exception() is failed.value
+
+
+async def test_an_incremental_writers_answers_hand_out_the_mark_and_its_counts_once(
+    tmp_path: Path,
+) -> None:
+    """The mark (the highest cursor applied), the unreadable and future counts and the first
+    future cursor go out with the barrier that made their records durable, then start over:
+    the engine moves the increment's high-water mark by them."""
+    writer = plain_writer(tmp_path)
+    spec = IncrementalConfig(cursor_field="t", cursor_type="epoch_s", future_tolerance=3600)
+    writer.cursor = CursorMax(spec, now=1_700_000_000.0)
+    writer.start()
+    page = [{"id": 1, "t": 1_699_990_000}, {"id": 2}, {"id": 3, "t": 1_700_000_000_123}]
+    await writer.put_page(page, Token(0, None), [])
+    res = await writer.barrier()
+    assert (res.cursor, res.rows, res.unreadable) == (1_699_990_000, 3, 1)
+    assert (res.future, res.future_value) == (1, 1_700_000_000_123)
+    assert writer.cursor.unreadable == 0  # handed out: the next answer starts from zero
+    await writer.put_page([{"id": 4, "t": 1_699_990_500}], Token(1, None), [])
+    res = await writer.barrier()
+    assert (res.cursor, res.rows, res.unreadable, res.future, res.future_value) == (
+        1_699_990_500,
+        1,
+        0,
+        0,
+        None,
+    )
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    assert _counts(await writer.barrier()) == NOTHING
