@@ -67,11 +67,15 @@ async def test_a_record_without_the_bound_field_is_a_dead_letter_not_a_job(
     tmp_path: Path,
 ) -> None:
     writer, _ = parent_writer(tmp_path)
+    events = _rejections(writer)
     dead: list[Any] = []
     children = await writer.put_page([{"id": 1}, {"name": "x"}], Token(0, None), dead)
     assert [job.number for _, jobs in children for job in jobs] == [3]
-    assert len(dead) == 1
+    assert [(d.kind, d.reason, d.record) for d in dead] == [
+        ("record", "no ['id'] to bind for child endpoint 'posts'", {"name": "x"})
+    ]
     assert writer.ledger.stats.records_rejected == 1
+    assert events == [RecordsRejected("users", 1, "no ['id'] to bind for child endpoint 'posts'")]
 
 
 # -- the writer on its own (mutation testing: it was reached only through the engine) ---------
@@ -304,8 +308,9 @@ async def test_barrier_answers_hand_out_record_and_swept_row_counts_once(tmp_pat
     await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
     first = await writer.put_children([{"id": 7}, {"name": "no id"}], 2, {"posts"})
     assert [job.number for _, jobs in first for job in jobs] == [5]  # after the page's 3, 4
+    await writer.put_children([], 3, {"posts"})  # rows swept add up until the barrier
     res = await writer.barrier()
-    assert (res.rows, res.swept) == (2, 2)  # swept rows are not records: nothing written
+    assert (res.rows, res.swept) == (2, 5)  # swept rows are not records: nothing written
     await writer.put_page([{"id": 3}], Token(1, None), [])
     await writer.put_children([{"id": 8}], 1, {"posts"})
     res = await writer.barrier()
@@ -420,3 +425,35 @@ async def test_an_incremental_writers_answers_hand_out_the_mark_and_its_counts_o
     writer.finish()
     await writer.task  # type: ignore[misc]
     assert _counts(await writer.barrier()) == NOTHING
+
+
+async def test_records_the_sink_refuses_are_dead_lettered_with_why_and_not_counted_written(
+    tmp_path: Path,
+) -> None:
+    writer = plain_writer(tmp_path)
+    events = _rejections(writer)
+    writer.start()
+    await writer.put_page([{"n": 1}], Token(0, None), [])
+    await writer.barrier()
+    await writer.put_page([{"n": "x"}, {"n": 2}], Token(1, None), [])
+    await writer.barrier()
+    reason = "field 'n': inferred int64 from earlier records, got str 'x'"
+    assert _letters(writer) == [{"kind": "record", "reason": reason, "record": {"n": "x"}}]
+    assert events == [RecordsRejected("users", 1, reason)]
+    stats = writer.ledger.stats
+    assert (stats.records_written, stats.records_rejected) == (2, 1)
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+
+
+async def test_a_token_cursors_mark_is_the_last_token_a_page_carried(tmp_path: Path) -> None:
+    writer = plain_writer(tmp_path)
+    spec = IncrementalConfig(cursor_type="token", token_path="next_since", param="since")
+    writer.cursor = CursorMax(spec)
+    writer.start()
+    await writer.put_page([{"id": 1}], Token(0, None), [], mark="t1")
+    await writer.put_page([{"id": 2}], Token(1, None), [], mark=None)  # carried none
+    res = await writer.barrier()
+    assert res.cursor == "t1"
+    writer.finish()
+    await writer.task  # type: ignore[misc]
