@@ -115,6 +115,8 @@ async def test_a_barrier_commits_what_came_before_and_hands_tokens_out_once(
     assert res.progress.partial == {1: _next(2)}
     assert res.dead_letter_bytes == writer.dead.path.stat().st_size > 0
     assert writer.ledger.stats.records_written == 3
+    # announced once each (FileCommitted): the ledger lists the first file too
+    assert writer.ledger.stats.files == [str(tmp_path / "users" / "part-00000.parquet")]
     again = await writer.barrier()
     assert not again.progress and again.files == ["part-00000.parquet"]
     writer.finish()
@@ -233,6 +235,9 @@ async def test_transform_output_the_sink_refuses_is_dead_lettered_and_the_rest_c
     writer.tsink.flush()
     res = await writer.barrier()  # not started: answered at once
     assert res.extra_files == {"users_stats": ["part-00000.parquet"]}
+    assert writer.ledger.stats.files == [
+        str(tmp_path / "stats" / "users_stats" / "part-00000.parquet")
+    ]
 
 
 async def test_a_writer_failing_while_finishing_fails_the_barrier_asked_meanwhile(
@@ -457,3 +462,25 @@ async def test_a_token_cursors_mark_is_the_last_token_a_page_carried(tmp_path: P
     assert res.cursor == "t1"
     writer.finish()
     await writer.task  # type: ignore[misc]
+
+
+async def test_a_write_failing_between_barriers_fails_the_writer_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full row group is written without a barrier; if that write fails after an earlier
+    barrier was answered, the writer ends with the disk's error (no barrier in hand)."""
+    writer = plain_writer(tmp_path, row_group_rows=1)
+    writer.start()
+    await writer.put_page([{"id": 1}], Token(0, None), [])
+    assert (await writer.barrier()).files == ["part-00000.parquet"]
+
+    def full_disk(records: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.sink, "write", full_disk)
+    await writer.put_page([{"id": 2}], Token(1, None), [])  # full: written when applied
+    writer.finish()  # wakes the writer (a lone page waits for company): the write fails
+    with pytest.raises(EnvironmentFailure):
+        await writer.task  # type: ignore[misc]
+    with pytest.raises(EnvironmentFailure):
+        await writer.barrier()
