@@ -9,7 +9,7 @@ start the app with ``aiohttp.test_utils.TestServer`` on loopback.
 route                  what it does
 =====================  ==========================================================================
 /h/ok                  ``{"items": [{"id": 1}]}``
-/h/reset-every-2nd     closes the connection without answering every second arrival
+/h/reset-every-2nd     closes the connection without answering every other arrival of a query
 /h/redirect            302 to ``/h/ok`` on every request
 /h/redirect-loop       302 to itself (with the query string echoed back) forever
 /h/huge-length         ``Content-Length: 2000000000`` and a few bytes
@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,7 +74,7 @@ class HostileServer:
     healed: bool = False
     served_retry_after: set[str] = field(default_factory=set)
     on_arrival: Callable[[int], None] | None = None  # called with the arrival count
-    _counter: itertools.count[int] = field(default_factory=itertools.count)
+    _arrivals_of: Counter[str] = field(default_factory=Counter)  # reset-every-2nd, per query
     _bomb: bytes | None = None
 
     def app(self) -> web.Application:
@@ -136,7 +136,11 @@ class HostileServer:
 
     async def reset_every_2nd(self, request: web.Request) -> web.StreamResponse:
         self.note(request)
-        if next(self._counter) % 2 == 1:
+        # per query, not per server: with a global count, concurrent requests could draw odd
+        # numbers ten times running (the test then failed now and then); this way every
+        # request is reset on its first arrival and answered on its second
+        self._arrivals_of[request.query_string] += 1
+        if self._arrivals_of[request.query_string] % 2 == 1:
             assert request.transport is not None
             request.transport.close()  # a keep-alive connection closed under the client
             await asyncio.sleep(0)
