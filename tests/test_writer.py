@@ -81,6 +81,11 @@ async def test_a_record_without_the_bound_field_is_a_dead_letter_not_a_job(
 # -- the writer on its own (mutation testing: it was reached only through the engine) ---------
 
 
+def _full_disk(records: object) -> None:
+    """A sink write on a full disk (monkeypatched over ``sink.write``)."""
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def plain_writer(tmp_path: Path, row_group_rows: int = 1_000) -> Writer:
     ledger = EndpointLedger("users", lambda _: None, lambda s: s)
     sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=row_group_rows))
@@ -143,10 +148,7 @@ async def test_a_failed_write_fails_every_barrier_with_its_cause(
 ) -> None:
     writer = plain_writer(tmp_path)
 
-    def full_disk(records: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(writer.sink, "write", full_disk)
+    monkeypatch.setattr(writer.sink, "write", _full_disk)
     writer.start()
     await writer.put_page([{"id": 1}], Token(0, None), [])
     waiting = writer.barrier()
@@ -245,10 +247,7 @@ async def test_a_writer_failing_while_finishing_fails_the_barrier_asked_meanwhil
 ) -> None:
     writer = plain_writer(tmp_path)
 
-    def full_disk(records: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(writer.sink, "write", full_disk)
+    monkeypatch.setattr(writer.sink, "write", _full_disk)
     writer.start()
     await writer.put_page([{"id": 1}], Token(0, None), [])
     writer.finish()
@@ -389,10 +388,7 @@ async def test_a_failing_writer_fails_the_barriers_waiting_for_a_tap_with_its_ca
         await asyncio.sleep(0)
     assert not delivered.done()
 
-    def full_disk(records: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(writer.sink, "write", full_disk)
+    monkeypatch.setattr(writer.sink, "write", _full_disk)
     await writer.put_page([{"id": 2}], Token(1, None), [])
     failing = writer.barrier()
     with pytest.raises(EnvironmentFailure) as failed:
@@ -474,10 +470,7 @@ async def test_a_write_failing_between_barriers_fails_the_writer_with_its_error(
     await writer.put_page([{"id": 1}], Token(0, None), [])
     assert (await writer.barrier()).files == ["part-00000.parquet"]
 
-    def full_disk(records: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(writer.sink, "write", full_disk)
+    monkeypatch.setattr(writer.sink, "write", _full_disk)
     await writer.put_page([{"id": 2}], Token(1, None), [])  # full: written when applied
     writer.finish()  # wakes the writer (a lone page waits for company): the write fails
     with pytest.raises(EnvironmentFailure):
