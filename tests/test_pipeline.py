@@ -316,3 +316,29 @@ async def test_the_run_s_error_mid_run_is_raised_on_leaving_the_block(
     with pytest.raises(asyncingest.EnvironmentFailure):
         _ = p.result
     assert_readable_and_clean(tmp_path)
+
+
+async def test_the_run_s_tasks_in_the_host_s_loop_are_named_after_their_endpoint(
+    start_mock_api: MockAPIFactory, tmp_path: Path
+) -> None:
+    """A host's task dump (``asyncio.all_tasks()``, aiomonitor) says which run and which
+    endpoint a task works for (docs/architecture.md, "What runs where")."""
+    api = await start_mock_api(latency_ms=20)
+    names: set[str] = set()
+
+    def on_laps_page(event: object) -> None:  # runs in the engine, mid-run
+        if isinstance(event, RequestFinished) and event.endpoint == "laps" and not names:
+            names.update(t.get_name() for t in asyncio.all_tasks())
+
+    on_laps_page.event_types = (RequestFinished,)  # type: ignore[attr-defined]
+    async with Pipeline(config(api, tmp_path), subscribers=[on_laps_page]) as p:
+        run_id = p.run_id
+    assert {
+        f"asyncingest-{run_id}",
+        f"{run_id}-work",
+        "tree-meetings",
+        "endpoint-laps",
+        "laps-worker-0",
+        "laps-worker-1",
+        "laps-writer",
+    } <= names, sorted(names)

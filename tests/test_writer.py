@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from asyncingest.config.models import ForEach, IncrementalConfig
+from asyncingest.config.models import ForEach, IncrementalConfig, TransformConfig
 from asyncingest.core.cursor import CursorMax
 from asyncingest.core.events import RecordsRejected
 from asyncingest.core.request import Request
@@ -23,6 +25,7 @@ from asyncingest.sink.parquet import ParquetSink, SinkOptions
 from asyncingest.state.checkpoint import Journal
 from asyncingest.state.ledger import EndpointLedger
 from asyncingest.state.progress import Token
+from asyncingest.transform.pool import TransformPool
 
 
 def parent_writer(tmp_path: Path) -> tuple[Writer, Journal]:
@@ -477,3 +480,135 @@ async def test_a_write_failing_between_barriers_fails_the_writer_with_its_error(
         await writer.task  # type: ignore[misc]
     with pytest.raises(EnvironmentFailure):
         await writer.barrier()
+
+
+# -- what the writer's last survivors changed: each test names the mutant it kills ------------
+
+
+async def test_pages_wake_a_waiting_writer_a_quarter_of_the_bound_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """One task switch per several pages (``__init__``'s inbox ``batch``): a writer waiting
+    for pages is woken by the quarter-bound-th page, or by a barrier, not by each page."""
+    writer = plain_writer(tmp_path)
+    writer.start()
+    await asyncio.sleep(0)  # the writer waits for its inbox
+    quarter = MAX_PAGES_QUEUED // 4
+    for i in range(quarter - 1):
+        await writer.put_page([{"id": i}], Token(i, None), [])
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(writer._inbox) == quarter - 1  # not woken: every page still waits
+    await writer.put_page([{"id": quarter}], Token(quarter - 1, None), [])
+    await asyncio.sleep(0)
+    assert len(writer._inbox) == 0  # woken once, it applied them all in one step
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    assert writer.ledger.stats.records_written == quarter
+
+
+async def test_a_page_waiting_for_room_is_let_in_once_the_inbox_is_down_to_half(
+    tmp_path: Path,
+) -> None:
+    """Producers waiting for room (``__init__``'s inbox ``refill_at``) are woken when the
+    writer has applied half the bound, not at each free slot."""
+    writer = plain_writer(tmp_path, row_group_rows=1)  # a file write, so a yield, per page
+    for i in range(MAX_PAGES_QUEUED):
+        await writer.put_page([{"id": i}], Token(i, None), [])
+    writer.start()
+    await writer.put_page([{"id": -1}], Token(MAX_PAGES_QUEUED, None), [])
+    assert len(writer._inbox) == MAX_PAGES_QUEUED // 2 + 1  # let in at half, then put
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    assert writer.ledger.stats.records_written == MAX_PAGES_QUEUED + 1
+
+
+async def test_file_work_runs_on_the_executor_the_writer_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine gives every writer one file thread, and after a failure shuts it down
+    (waiting) before it deletes staging files: file work run anywhere else (``_in_files``,
+    ``__init__``'s ``files``) could still be writing a file being deleted."""
+    ledger = EndpointLedger("users", lambda _: None, lambda s: s)
+    sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=1))
+    threads: list[str] = []
+    write = sink.write
+
+    def recording_write(records: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return write(records)
+
+    monkeypatch.setattr(sink, "write", recording_write)
+    with ThreadPoolExecutor(1, thread_name_prefix="files-of-the-test") as files:
+        writer = Writer("users", sink, DeadLetters(tmp_path, "users"), {}, ledger, 1, files=files)
+        writer.start()
+        await writer.put_page([{"id": 1}], Token(0, None), [])
+        await writer.barrier()
+        writer.finish()
+        await writer.task  # type: ignore[misc]
+    assert threads and all(t.startswith("files-of-the-test") for t in threads), threads
+
+
+async def test_a_file_committed_by_the_first_write_is_announced(tmp_path: Path) -> None:
+    """The ledger announces each committed file once (``__init__``'s ``_committed``), also one
+    the very first write completes (``max_rows_per_file`` reached at once)."""
+    ledger = EndpointLedger("users", lambda _: None, lambda s: s)
+    sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=2, max_rows_per_file=2))
+    writer = Writer("users", sink, DeadLetters(tmp_path, "users"), {}, ledger, 2)
+    writer.start()
+    await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
+    await writer.put_page([{"id": 3}, {"id": 4}], Token(1, None), [])
+    res = await writer.barrier()
+    assert res.files == ["part-00000.parquet", "part-00001.parquet"]
+    assert ledger.stats.files == [str(tmp_path / "users" / f) for f in res.files]
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+    assert ledger.stats.files == [str(tmp_path / "users" / f) for f in res.files]  # once
+
+
+async def test_a_second_barrier_queued_lets_a_cut_batch_through_without_asking_again(
+    tmp_path: Path,
+) -> None:
+    """``cut_at_barriers``: with two barriers queued (``barrier``'s count), the batch filled
+    between them waits for the second, already there; asking for another checkpoint instead
+    would wait on one that cannot start while the engine waits for the second answer."""
+    writer = plain_writer(tmp_path, row_group_rows=2)
+    writer.cut_at_barriers = True
+    asked = asyncio.Event()
+    writer.request_checkpoint = asked.set
+    writer.start()  # its task takes its first step at the first yield: after all of these
+    await writer.put_page([{"id": 1}], Token(0, None), [])
+    first = writer.barrier()
+    await writer.put_page([{"id": 2}, {"id": 3}], Token(1, None), [])
+    second = writer.barrier()  # both barriers are in the inbox
+    asking = asyncio.ensure_future(asked.wait())
+    await asyncio.wait([second, asking], return_when=asyncio.FIRST_COMPLETED)
+    assert not asked.is_set()  # no checkpoint asked for: a barrier was already queued
+    asking.cancel()
+    assert [r.progress.done.ranges() for r in (await first, await second)] == [[(0, 1)], [(1, 2)]]
+    assert writer._barriers_queued == 0
+    writer.finish()
+    await writer.task  # type: ignore[misc]
+
+
+async def test_a_transformed_page_releases_its_token_once_its_output_is_written(
+    tmp_path: Path,
+) -> None:
+    """With a transform, a page's token rides with its batch (``_apply_until_done`` feeds it
+    to the pipe) and is done once the batch's output is durable: a barrier names it. A token
+    lost there would leave every transformed job undone, refetched after a kill."""
+    writer = plain_writer(tmp_path)
+    tsink = ParquetSink(tmp_path, "users_out", SinkOptions())
+    spec = TransformConfig(function="tests.transform_helpers:identity", batch_size=2)
+    async with TransformPool(workers=1) as pool:
+        writer.attach_transform(pool, spec, tsink, "users_out")
+        writer.start()
+        await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
+        await writer.put_page([{"id": 3}], Token(1, _next(2)), [])
+        res = await writer.barrier()
+        assert res.progress.done.ranges() == [(0, 1)]
+        assert res.progress.partial == {1: _next(2)}
+        assert res.extra_files == {"users_out": ["part-00000.parquet"]}
+        writer.finish()
+        await writer.task  # type: ignore[misc]
+    assert writer.ledger.stats.records_transformed == 3
