@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import logging
 import os
@@ -494,6 +495,22 @@ settings.register_profile(
     phases=(Phase.explicit, Phase.generate),
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+if os.environ.get("HYPOTHESIS_PROFILE") == "mutants":
+
+    def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        """Under the mutants profile, drop the failing examples before hypothesis's report
+        hook sees them: it would write them as a source patch for the test, importing libcst
+        first, 1.6 s in each mutmut child that a property test kills (most of a rangeset
+        mutant's 2.6 s, measured with cProfile). mutmut only reads the exit code."""
+        item.__dict__.pop("_hypothesis_failing_examples", None)
+
+    def pytest_collection_finish(session: pytest.Session) -> None:
+        """Under the mutants profile, move everything alive after collection out of the
+        garbage collector's reach: mutmut forks each mutant's child from a process that has
+        collected the tests, and pytest ends each run with gc.collect() (three times, 0.26 s
+        of a 0.54-s child) over all of it, pyarrow's and the tests' modules included."""
+        gc.freeze()
 
 
 def most_in_any_window(arrivals: Sequence[float], seconds: float) -> int:
