@@ -612,3 +612,4 @@ async def test_a_transformed_page_releases_its_token_once_its_output_is_written(
         writer.finish()
         await writer.task  # type: ignore[misc]
     assert writer.ledger.stats.records_transformed == 3
+    assert writer.ledger.stats.records_written == 3  # keep_raw (the default): raw ones too
