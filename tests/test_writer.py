@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,18 @@ def _full_disk(records: object) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def plain_writer(tmp_path: Path, row_group_rows: int = 1_000) -> Writer:
+def plain_writer(
+    tmp_path: Path,
+    row_group_rows: int = 1_000,
+    *,
+    files: Executor | None = None,
+    max_rows_per_file: int = 1_000_000,
+) -> Writer:
     ledger = EndpointLedger("users", lambda _: None, lambda s: s)
-    sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=row_group_rows))
-    return Writer("users", sink, DeadLetters(tmp_path, "users"), {}, ledger, row_group_rows)
+    options = SinkOptions(row_group_rows=row_group_rows, max_rows_per_file=max_rows_per_file)
+    sink = ParquetSink(tmp_path, "users", options)
+    dead = DeadLetters(tmp_path, "users")
+    return Writer("users", sink, dead, {}, ledger, row_group_rows, files=files)
 
 
 def _next(page: int) -> Request:
@@ -529,18 +537,16 @@ async def test_file_work_runs_on_the_executor_the_writer_was_given(
     """The engine gives every writer one file thread, and after a failure shuts it down
     (waiting) before it deletes staging files: file work run anywhere else (``_in_files``,
     ``__init__``'s ``files``) could still be writing a file being deleted."""
-    ledger = EndpointLedger("users", lambda _: None, lambda s: s)
-    sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=1))
     threads: list[str] = []
-    write = sink.write
-
-    def recording_write(records: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return write(records)
-
-    monkeypatch.setattr(sink, "write", recording_write)
     with ThreadPoolExecutor(1, thread_name_prefix="files-of-the-test") as files:
-        writer = Writer("users", sink, DeadLetters(tmp_path, "users"), {}, ledger, 1, files=files)
+        writer = plain_writer(tmp_path, row_group_rows=1, files=files)
+        write = writer.sink.write
+
+        def recording_write(records: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return write(records)
+
+        monkeypatch.setattr(writer.sink, "write", recording_write)
         writer.start()
         await writer.put_page([{"id": 1}], Token(0, None), [])
         await writer.barrier()
@@ -552,9 +558,8 @@ async def test_file_work_runs_on_the_executor_the_writer_was_given(
 async def test_a_file_committed_by_the_first_write_is_announced(tmp_path: Path) -> None:
     """The ledger announces each committed file once (``__init__``'s ``_committed``), also one
     the very first write completes (``max_rows_per_file`` reached at once)."""
-    ledger = EndpointLedger("users", lambda _: None, lambda s: s)
-    sink = ParquetSink(tmp_path, "users", SinkOptions(row_group_rows=2, max_rows_per_file=2))
-    writer = Writer("users", sink, DeadLetters(tmp_path, "users"), {}, ledger, 2)
+    writer = plain_writer(tmp_path, row_group_rows=2, max_rows_per_file=2)
+    ledger = writer.ledger
     writer.start()
     await writer.put_page([{"id": 1}, {"id": 2}], Token(0, None), [])
     await writer.put_page([{"id": 3}, {"id": 4}], Token(1, None), [])
